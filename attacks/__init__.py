@@ -1,0 +1,1 @@
+"""parley.attacks: poisoning attacks, defenses and the attack benchmark."""

@@ -1,0 +1,1 @@
+"""parley.envs: game rules (pure numpy) and their PettingZoo / Gymnasium adapters."""

@@ -1,0 +1,844 @@
+"""Rules of Deal or No Deal bargaining (Lewis et al. 2017) played with coarse dialogue acts.
+
+Pure numpy: no torch, no environment framework. The PettingZoo, Gymnasium and vector environments in
+``parley.envs`` are thin adapters over this module, in the way OpenSpiel pairs a game with its states.
+
+The game
+--------
+Two agents divide a pool of three item types (book, hat, ball). A :class:`Context` holds the item counts
+(1-4 of each, 5-7 in total) and each agent's private integer values (``sum(count * value) == 10`` for
+both; every type is worth something to at least one agent; some type is worth something to both).
+
+Agents take turns sending one act each:
+
+* ``propose(split)``  -- ``split`` is what the speaker keeps, e.g. ``(2, 0, 1)``; the partner would get
+  the rest. It becomes the speaker's standing proposal.
+* ``insist(split)``   -- the same move, marked as firm (scripted partners read it as "no more
+  concessions"); it also becomes the standing proposal.
+* ``agree``           -- accept the partner's standing proposal; legal only when the last proposal on the
+  table was made by the partner. The game ends with that deal.
+* ``walk_away``       -- end the game with no deal.
+
+After ``max_turns`` acts without agreement the game ends with no deal. With a deal each agent scores
+``sum(value * items received)`` (0..10); without one both score ``no_deal_reward``.
+
+Action indices (fixed, independent of the context)
+--------------------------------------------------
+``0 .. 124``   propose split ``(a, b, c)`` at index ``25 a + 5 b + c`` (each entry 0..4)
+``125 .. 249`` insist on split ``(a, b, c)`` at index ``125 + 25 a + 5 b + c``
+``250``        agree
+``251``        walk away
+
+A split is legal only when each entry is at most that item's count. Legality lives in
+:func:`legal_action_mask`, which both the scalar :class:`NegotiationState` and the batched
+:class:`BatchedNegotiation` call.
+
+Observation vector (float32, observer-relative; see :class:`ObservationLayout`)
+-------------------------------------------------------------------------------
+``[0:3]``   item counts
+``[3:6]``   the observer's own values
+``[6]``     1 if the partner has a standing proposal, else 0
+``[7:10]``  items the observer would receive under the partner's standing proposal (0 if none)
+``[10]``    1 if the observer has made a proposal, else 0
+``[11:14]`` the observer's own last proposal: items it would keep (0 if none)
+``[14]``    turn fraction: acts sent so far / ``max_turns``
+``[15]``    1 if the observer moved first, else 0
+``[16:16+H]``      act history tokens, oldest first: action index + 1, 0 = padding (``H = max_turns``)
+``[16+H:16+2H]``   who sent each act: 1 = the observer, 2 = the partner, 0 = padding
+
+All numbers are stored raw (counts, values, act tokens as integers in float32) so sequence backbones can
+read them back as tokens; neural backbones scale them themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ITEM_NAMES: tuple[str, str, str] = ("book", "hat", "ball")
+NUM_ITEM_TYPES = 3
+MIN_ITEM_COUNT = 1
+MAX_ITEM_COUNT = 4
+MIN_TOTAL_ITEMS = 5
+MAX_TOTAL_ITEMS = 7
+VALUE_TOTAL = 10
+
+ACT_KINDS: tuple[str, ...] = ("propose", "insist", "agree", "walk_away")
+_SPLIT_BASE = MAX_ITEM_COUNT + 1
+NUM_SPLITS = _SPLIT_BASE**NUM_ITEM_TYPES  # 125
+PROPOSE_OFFSET = 0
+INSIST_OFFSET = NUM_SPLITS
+AGREE_ACTION = 2 * NUM_SPLITS  # 250
+WALK_AWAY_ACTION = AGREE_ACTION + 1  # 251
+NUM_ACTIONS = WALK_AWAY_ACTION + 1  # 252
+DEFAULT_MAX_TURNS = 10
+
+#: Every split (a, b, c) with entries 0..4, in action-index order; shape (125, 3).
+ALL_SPLITS: np.ndarray = np.array(list(itertools.product(range(_SPLIT_BASE), repeat=NUM_ITEM_TYPES)), dtype=np.int64)
+ALL_SPLITS.setflags(write=False)
+
+
+class IllegalActionError(ValueError):
+    """An act that the rules do not allow in the current state."""
+
+
+class InvalidContextError(ValueError):
+    """Item counts or values that break the Deal-or-No-Deal rules."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Contexts
+# --------------------------------------------------------------------------------------------------
+
+
+def context_problem(counts: Sequence[int], values: Sequence[Sequence[int]]) -> str | None:
+    """Say what is wrong with a context, or return None when it is valid."""
+    if len(counts) != NUM_ITEM_TYPES or len(values) != 2 or any(len(v) != NUM_ITEM_TYPES for v in values):
+        return "a context needs 3 item counts and two value vectors of 3 entries"
+    if any(int(c) != c for c in counts) or any(int(x) != x for v in values for x in v):
+        return "counts and values must be integers"
+    if not all(MIN_ITEM_COUNT <= c <= MAX_ITEM_COUNT for c in counts):
+        return f"each item count must be {MIN_ITEM_COUNT}-{MAX_ITEM_COUNT}, got {tuple(counts)}"
+    if not MIN_TOTAL_ITEMS <= sum(counts) <= MAX_TOTAL_ITEMS:
+        return f"the counts must total {MIN_TOTAL_ITEMS}-{MAX_TOTAL_ITEMS} items, got {sum(counts)}"
+    for agent, vals in enumerate(values):
+        if any(x < 0 for x in vals):
+            return f"agent {agent}'s values must be non-negative, got {tuple(vals)}"
+        total = sum(c * x for c, x in zip(counts, vals))
+        if total != VALUE_TOTAL:
+            return f"agent {agent}'s items must be worth {VALUE_TOTAL} in total, got {total}"
+    if any(values[0][i] == 0 and values[1][i] == 0 for i in range(NUM_ITEM_TYPES)):
+        return "every item type must be worth something to at least one agent"
+    if not any(values[0][i] > 0 and values[1][i] > 0 for i in range(NUM_ITEM_TYPES)):
+        return "at least one item type must be worth something to both agents"
+    return None
+
+
+@dataclass(frozen=True)
+class Context:
+    """One negotiation: item counts and both agents' private values.
+
+    ``Context(counts=(3, 1, 2), values=((1, 3, 2), (2, 0, 2)))`` -- three books, a hat and two balls;
+    agent 0 values a book at 1, a hat at 3, a ball at 2. Construction validates the rules and raises
+    :class:`InvalidContextError` with the reason.
+    """
+
+    counts: tuple[int, int, int]
+    values: tuple[tuple[int, int, int], tuple[int, int, int]]
+
+    def __post_init__(self) -> None:
+        counts = tuple(int(c) for c in self.counts)
+        values = tuple(tuple(int(x) for x in v) for v in self.values)
+        problem = context_problem(self.counts, self.values)
+        if problem is not None:
+            raise InvalidContextError(f"invalid context counts={self.counts} values={self.values}: {problem}")
+        object.__setattr__(self, "counts", counts)
+        object.__setattr__(self, "values", values)
+
+    def swapped(self) -> Context:
+        """The same context seen with the agents' roles exchanged."""
+        return Context(self.counts, (self.values[1], self.values[0]))
+
+    def score(self, agent: int, items: Sequence[int]) -> int:
+        """What ``items`` are worth to ``agent``."""
+        return int(sum(v * k for v, k in zip(self.values[agent], items)))
+
+
+@functools.lru_cache(maxsize=1)
+def _valid_count_vectors() -> tuple[tuple[int, int, int], ...]:
+    ranges = [range(MIN_ITEM_COUNT, MAX_ITEM_COUNT + 1)] * NUM_ITEM_TYPES
+    return tuple(c for c in itertools.product(*ranges) if MIN_TOTAL_ITEMS <= sum(c) <= MAX_TOTAL_ITEMS)
+
+
+@functools.lru_cache(maxsize=None)
+def _valuations(counts: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
+    ranges = [range(VALUE_TOTAL // c + 1) for c in counts]
+    return tuple(v for v in itertools.product(*ranges) if sum(c * x for c, x in zip(counts, v)) == VALUE_TOTAL)
+
+
+@functools.lru_cache(maxsize=None)
+def valid_value_pairs(counts: tuple[int, int, int]) -> tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...]:
+    """Every ordered pair of valuations that makes a valid context with these counts."""
+    vals = _valuations(tuple(counts))
+    return tuple((a, b) for a in vals for b in vals if context_problem(counts, (a, b)) is None)
+
+
+def sample_context(rng: np.random.Generator) -> Context:
+    """Draw a valid context.
+
+    The distribution: the count vector is uniform over all vectors with 1-4 of each type and 5-7 items
+    in total; given the counts, the ordered pair of valuations is uniform over all pairs that make a
+    valid context (non-negative integers, each side's items worth 10, every type worth something to at
+    least one side, some type worth something to both). Deterministic for a seeded ``rng``.
+    """
+    count_vectors = _valid_count_vectors()
+    counts = count_vectors[int(rng.integers(len(count_vectors)))]
+    pairs = valid_value_pairs(counts)
+    values = pairs[int(rng.integers(len(pairs)))]
+    return Context(counts, values)
+
+
+def contexts_to_arrays(contexts: Sequence[Context]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack contexts into ``counts`` (B, 3) and ``values`` (B, 2, 3) int64 arrays."""
+    counts = np.array([c.counts for c in contexts], dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
+    values = np.array([c.values for c in contexts], dtype=np.int64).reshape(-1, 2, NUM_ITEM_TYPES)
+    return counts, values
+
+
+def _parse_ints(tokens: Sequence[str], what: str) -> list[int]:
+    try:
+        return [int(t) for t in tokens]
+    except ValueError:
+        raise InvalidContextError(f"expected integers for {what}, got {' '.join(tokens)!r}") from None
+
+
+def _context_from_cnt_val(own: list[int], partner: list[int]) -> Context:
+    if len(own) != 6 or len(partner) != 6:
+        raise InvalidContextError("expected 6 integers per side: count value count value count value")
+    if own[0::2] != partner[0::2]:
+        raise InvalidContextError(f"the two sides disagree on the counts: {own[0::2]} vs {partner[0::2]}")
+    return Context(tuple(own[0::2]), (tuple(own[1::2]), tuple(partner[1::2])))
+
+
+def _detect_format(first_line: str) -> str:
+    if first_line.startswith("<input>"):
+        return "corpus-tagged"
+    if "," in first_line:
+        return "openspiel"
+    tokens = first_line.split()
+    if len(tokens) == 6:
+        return "selfplay"
+    if len(tokens) > 6 and ("YOU:" in tokens or "THEM:" in tokens):
+        return "corpus-raw"
+    raise InvalidContextError(
+        "unrecognised context file format: expected selfplay lines ('cnt val cnt val cnt val'), corpus "
+        "dialogue lines (data.txt or '<input> ...' files) or OpenSpiel instances ('1,2,3 8,1,0 4,0,2')"
+    )
+
+
+def load_contexts(path: str | Path, *, skip_invalid: bool = False) -> list[Context]:
+    """Read contexts from a file, detecting its format from the first non-empty line.
+
+    Formats:
+
+    * ``selfplay.txt``: ``cnt val cnt val cnt val``; consecutive lines are the two sides of one context.
+    * corpus dialogue files: raw ``data.txt`` lines (own context, dialogue, outcome, partner context) and
+      tagged ``val.txt`` / ``test.txt`` lines (``<input> ... </input> ... <partner_input> ...``). One
+      context per line, ``values[0]`` being the line's own side; each dialogue appears in these files
+      once from each side, so a context also appears with its roles swapped.
+    * OpenSpiel instance files: ``pool values0 values1``, comma-separated, e.g. ``1,2,3 8,1,0 4,0,2``.
+
+    An invalid line raises :class:`InvalidContextError` naming the file, the line and the problem; with
+    ``skip_invalid=True`` such lines are left out instead (OpenSpiel's instances include counts of 5,
+    which the Deal-or-No-Deal rules do not allow).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no context file at {path}")
+    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), start=1)]
+    lines = [(n, line) for n, line in lines if line]
+    if not lines:
+        raise InvalidContextError(f"{path}: the file holds no contexts")
+    try:
+        fmt = _detect_format(lines[0][1])
+    except InvalidContextError as err:
+        raise InvalidContextError(f"{path}, line {lines[0][0]}: {err}") from None
+
+    contexts: list[Context] = []
+
+    def add(line_no: int, build) -> None:
+        try:
+            contexts.append(build())
+        except InvalidContextError as err:
+            if not skip_invalid:
+                raise InvalidContextError(f"{path}, line {line_no}: {err}") from None
+
+    if fmt == "selfplay":
+        if len(lines) % 2:
+            raise InvalidContextError(f"{path}: selfplay files hold pairs of lines, got an odd count ({len(lines)})")
+        for (n0, a), (_, b) in zip(lines[0::2], lines[1::2]):
+            add(n0, lambda a=a, b=b: _context_from_cnt_val(_parse_ints(a.split(), "a context"),
+                                                           _parse_ints(b.split(), "a context")))
+    elif fmt == "openspiel":
+        def openspiel(line: str) -> Context:
+            parts = line.split()
+            if len(parts) != 3:
+                raise InvalidContextError("expected 'pool values0 values1', comma-separated")
+            pool, v0, v1 = (_parse_ints(p.split(","), "an instance") for p in parts)
+            return Context(tuple(pool), (tuple(v0), tuple(v1)))
+        for n, line in lines:
+            add(n, lambda line=line: openspiel(line))
+    elif fmt == "corpus-tagged":
+        def tagged(line: str) -> Context:
+            try:
+                own = line.split("<input>")[1].split("</input>")[0].split()
+                partner = line.split("<partner_input>")[1].split("</partner_input>")[0].split()
+            except IndexError:
+                raise InvalidContextError("expected <input> ... </input> and <partner_input> ... </partner_input>") from None
+            return _context_from_cnt_val(_parse_ints(own, "<input>"), _parse_ints(partner, "<partner_input>"))
+        for n, line in lines:
+            add(n, lambda line=line: tagged(line))
+    else:  # corpus-raw
+        def raw(line: str) -> Context:
+            tokens = line.split()
+            if len(tokens) < 12:
+                raise InvalidContextError("expected own context, dialogue, outcome and partner context")
+            return _context_from_cnt_val(_parse_ints(tokens[:6], "the own context"),
+                                         _parse_ints(tokens[-6:], "the partner context"))
+        for n, line in lines:
+            add(n, lambda line=line: raw(line))
+    if not contexts:
+        raise InvalidContextError(f"{path}: no valid contexts in the file")
+    return contexts
+
+
+# --------------------------------------------------------------------------------------------------
+# Acts
+# --------------------------------------------------------------------------------------------------
+
+
+def split_index(split: Sequence[int]) -> int:
+    """Position of a split among :data:`ALL_SPLITS`."""
+    if len(split) != NUM_ITEM_TYPES or any(not 0 <= int(k) <= MAX_ITEM_COUNT for k in split):
+        raise ValueError(f"a split is 3 item counts, each 0..{MAX_ITEM_COUNT}; got {tuple(split)}")
+    a, b, c = (int(k) for k in split)
+    return (a * _SPLIT_BASE + b) * _SPLIT_BASE + c
+
+
+def encode_act(kind: str, split: Sequence[int] | None = None) -> int:
+    """Action index of an act. ``split`` (what the speaker keeps) is needed for propose and insist."""
+    if kind in ("propose", "insist"):
+        if split is None:
+            raise ValueError(f"{kind} needs a split: the items the speaker keeps, e.g. (2, 0, 1)")
+        offset = PROPOSE_OFFSET if kind == "propose" else INSIST_OFFSET
+        return offset + split_index(split)
+    if kind in ("agree", "walk_away"):
+        if split is not None:
+            raise ValueError(f"{kind} takes no split")
+        return AGREE_ACTION if kind == "agree" else WALK_AWAY_ACTION
+    raise ValueError(f"unknown act kind {kind!r}; kinds are {', '.join(ACT_KINDS)}")
+
+
+def decode_act(action: int) -> tuple[str, tuple[int, int, int] | None]:
+    """``(kind, split)`` of an action index; ``split`` is what the speaker keeps, None for agree/walk_away."""
+    action = int(action)
+    if not 0 <= action < NUM_ACTIONS:
+        raise ValueError(f"action index must be in 0..{NUM_ACTIONS - 1}, got {action}")
+    if action == AGREE_ACTION:
+        return "agree", None
+    if action == WALK_AWAY_ACTION:
+        return "walk_away", None
+    kind = "propose" if action < INSIST_OFFSET else "insist"
+    split = ALL_SPLITS[action % NUM_SPLITS]
+    return kind, (int(split[0]), int(split[1]), int(split[2]))
+
+
+def describe_items(items: Sequence[int], counts: Sequence[int] | None = None) -> str:
+    """Items in words: "2 books and the ball". "the" marks a type's only item, "a" one of several."""
+    parts = []
+    for i, (name, k) in enumerate(zip(ITEM_NAMES, items)):
+        if k == 0:
+            continue
+        if k == 1:
+            parts.append(f"the {name}" if counts is not None and counts[i] == 1 else f"a {name}")
+        else:
+            parts.append(f"{k} {name}s")
+    if not parts:
+        return "nothing"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def verbalize_act(action: int, counts: Sequence[int]) -> str:
+    """The act as the speaker would say it, e.g. "I'd like 2 books and the ball; you take the rest"."""
+    kind, split = decode_act(action)
+    if kind == "agree":
+        return "Deal."
+    if kind == "walk_away":
+        return "No deal, I'm walking away."
+    give = tuple(int(c) - k for c, k in zip(counts, split))
+    if sum(give) == 0:
+        text = "I'd like everything"
+    elif sum(split) == 0:
+        text = "You can have everything"
+    else:
+        text = f"I'd like {describe_items(split, counts)}; you take the rest"
+    return text + (" -- that's my final offer." if kind == "insist" else ".")
+
+
+def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """The one place legality is decided, for one state or a batch.
+
+    ``counts`` (..., 3), ``partner_has_offer`` (...) -- the last proposal on the table is the partner's --
+    and ``done`` (...). Returns an int8 mask (..., 252): propose/insist of a split within the counts,
+    agree when the partner has a standing proposal, walk away; nothing once the game is over.
+    """
+    counts = np.asarray(counts)
+    partner_has_offer = np.asarray(partner_has_offer, dtype=bool)
+    live = ~np.asarray(done, dtype=bool)
+    split_ok = np.all(ALL_SPLITS <= counts[..., None, :], axis=-1) & live[..., None]
+    mask = np.zeros(counts.shape[:-1] + (NUM_ACTIONS,), dtype=np.int8)
+    mask[..., PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] = split_ok
+    mask[..., INSIST_OFFSET:INSIST_OFFSET + NUM_SPLITS] = split_ok
+    mask[..., AGREE_ACTION] = partner_has_offer & live
+    mask[..., WALK_AWAY_ACTION] = live
+    return mask
+
+
+def describe_legal(mask: np.ndarray, counts: Sequence[int]) -> str:
+    """A short human description of what a legality mask allows."""
+    if not mask.any():
+        return "nothing: the game is over"
+    parts = []
+    if mask[PROPOSE_OFFSET:INSIST_OFFSET].any():
+        parts.append(f"propose/insist (indices 0-249) with a split keeping at most {tuple(int(c) for c in counts)}")
+    if mask[AGREE_ACTION]:
+        parts.append(f"agree ({AGREE_ACTION})")
+    if mask[WALK_AWAY_ACTION]:
+        parts.append(f"walk_away ({WALK_AWAY_ACTION})")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Outcomes
+# --------------------------------------------------------------------------------------------------
+
+
+def outcome_metrics_batch(
+    counts: np.ndarray,
+    values: np.ndarray,
+    splits: np.ndarray,
+    agreed: np.ndarray,
+    no_deal_reward: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Outcome metrics for a batch of games.
+
+    ``counts`` (B, 3), ``values`` (B, 2, 3), ``splits`` (B, 3) items agent 0 keeps (ignored where not
+    agreed), ``agreed`` (B,) bool. Returns arrays of shape (B,) (``scores`` is (B, 2)):
+
+    * ``scores``: each agent's points (``no_deal_reward`` without a deal); ``joint``: their sum;
+    * ``pareto_optimal``: a deal no other split makes at least as good for both and better for one
+      (False without a deal);
+    * ``pareto_distance``: Euclidean distance in score space to the nearest Pareto-optimal split;
+    * ``nash_product``: (s0 - d)(s1 - d) with d = ``no_deal_reward``; ``max_nash_product`` over splits;
+    * ``agreement``: the ``agreed`` flag as float.
+    """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
+    values = np.asarray(values, dtype=np.int64).reshape(-1, 2, NUM_ITEM_TYPES)
+    splits = np.asarray(splits, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
+    agreed = np.asarray(agreed, dtype=bool).reshape(-1)
+    if np.any(agreed & np.any((splits < 0) | (splits > counts), axis=1)):
+        raise ValueError("an agreed split must keep between 0 and the item count of each type")
+
+    feasible = np.all(ALL_SPLITS[None] <= counts[:, None, :], axis=-1)  # (B, 125)
+    all_s0 = (ALL_SPLITS[None] * values[:, None, 0]).sum(-1)  # (B, 125)
+    all_s1 = ((counts[:, None, :] - ALL_SPLITS[None]) * values[:, None, 1]).sum(-1)
+    s0 = (splits * values[:, 0]).sum(-1)
+    s1 = ((counts - splits) * values[:, 1]).sum(-1)
+
+    weakly_better = (all_s0 >= s0[:, None]) & (all_s1 >= s1[:, None])
+    strictly = (all_s0 > s0[:, None]) | (all_s1 > s1[:, None])
+    dominated = np.any(feasible & weakly_better & strictly, axis=1)
+
+    # A feasible split is on the frontier when nothing feasible dominates it.
+    dom_pairs = ((all_s0[:, None, :] >= all_s0[:, :, None]) & (all_s1[:, None, :] >= all_s1[:, :, None])
+                 & ((all_s0[:, None, :] > all_s0[:, :, None]) | (all_s1[:, None, :] > all_s1[:, :, None]))
+                 & feasible[:, None, :])
+    on_frontier = feasible & ~np.any(dom_pairs, axis=2)
+
+    d = float(no_deal_reward)
+    score0 = np.where(agreed, s0, d).astype(np.float64)
+    score1 = np.where(agreed, s1, d).astype(np.float64)
+    dist = np.sqrt((all_s0 - score0[:, None]) ** 2 + (all_s1 - score1[:, None]) ** 2)
+    pareto_distance = np.where(on_frontier, dist, np.inf).min(axis=1)
+    nash = (score0 - d) * (score1 - d)
+    all_nash = np.where(feasible, (all_s0 - d) * (all_s1 - d), -np.inf).max(axis=1)
+    return {
+        "scores": np.stack([score0, score1], axis=1),
+        "joint": score0 + score1,
+        "pareto_optimal": agreed & ~dominated,
+        "pareto_distance": pareto_distance,
+        "nash_product": nash,
+        "max_nash_product": all_nash,
+        "agreement": agreed.astype(np.float64),
+    }
+
+
+def outcome_metrics(ctx: Context, split: Sequence[int] | None, *, turns: int | None = None,
+                    no_deal_reward: float = 0.0) -> dict:
+    """Metrics of one outcome; ``split`` is what agent 0 keeps, None for no deal.
+
+    Returns ``{"scores": (s0, s1), "joint", "pareto_optimal", "pareto_distance", "nash_product",
+    "max_nash_product", "agreement", "turns"}``.
+    """
+    agreed = split is not None
+    if agreed:
+        split_arr = np.array(split, dtype=np.int64)
+        if split_arr.shape != (NUM_ITEM_TYPES,) or np.any(split_arr < 0) or np.any(split_arr > ctx.counts):
+            raise ValueError(f"split {tuple(split)} must keep 0..count items of each type; counts are {ctx.counts}")
+    else:
+        split_arr = np.zeros(NUM_ITEM_TYPES, dtype=np.int64)
+    counts, values = contexts_to_arrays([ctx])
+    m = outcome_metrics_batch(counts, values, split_arr[None], np.array([agreed]), no_deal_reward)
+    s0, s1 = m["scores"][0]
+    return {
+        "scores": (float(s0), float(s1)),
+        "joint": float(m["joint"][0]),
+        "pareto_optimal": bool(m["pareto_optimal"][0]),
+        "pareto_distance": float(m["pareto_distance"][0]),
+        "nash_product": float(m["nash_product"][0]),
+        "max_nash_product": float(m["max_nash_product"][0]),
+        "agreement": agreed,
+        "turns": turns,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Observations
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """Where each field sits in the observation vector for a given ``max_turns``."""
+
+    max_turns: int = DEFAULT_MAX_TURNS
+
+    counts = slice(0, 3)
+    values = slice(3, 6)
+    partner_offer_flag = 6
+    partner_offer = slice(7, 10)
+    own_offer_flag = 10
+    own_offer = slice(11, 14)
+    turn_fraction = 14
+    moved_first = 15
+    header_size = 16
+
+    @property
+    def history_acts(self) -> slice:
+        return slice(self.header_size, self.header_size + self.max_turns)
+
+    @property
+    def history_speakers(self) -> slice:
+        return slice(self.header_size + self.max_turns, self.header_size + 2 * self.max_turns)
+
+    @property
+    def size(self) -> int:
+        return self.header_size + 2 * self.max_turns
+
+    @classmethod
+    def from_size(cls, size: int) -> ObservationLayout:
+        """The layout of an observation vector of ``size`` entries."""
+        turns, rem = divmod(size - cls.header_size, 2)
+        if rem or turns < 1:
+            raise ValueError(f"{size} is not a negotiation observation size (16 + 2 * max_turns)")
+        return cls(max_turns=turns)
+
+
+def observation_size(max_turns: int = DEFAULT_MAX_TURNS) -> int:
+    return ObservationLayout(max_turns).size
+
+
+# --------------------------------------------------------------------------------------------------
+# One game (scalar)
+# --------------------------------------------------------------------------------------------------
+
+
+class NegotiationState:
+    """The state of one game, advanced by :meth:`apply_action` (like an OpenSpiel state).
+
+    ``first_player`` is 0 or 1. Rewards and outcome are available once :meth:`is_terminal`.
+    """
+
+    def __init__(self, ctx: Context, *, max_turns: int = DEFAULT_MAX_TURNS, first_player: int = 0,
+                 no_deal_reward: float = 0.0) -> None:
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        if first_player not in (0, 1):
+            raise ValueError(f"first_player must be 0 or 1, got {first_player}")
+        self.ctx = ctx
+        self.max_turns = max_turns
+        self.first_player = first_player
+        self.no_deal_reward = float(no_deal_reward)
+        self.current_player = first_player
+        self.history: list[tuple[int, int]] = []  # (speaker, action)
+        self.standing_offer: tuple[int, tuple[int, int, int]] | None = None  # (proposer, kept split)
+        self.last_proposals: list[tuple[int, int, int] | None] = [None, None]
+        self.terminal = False
+        self.agreed_split: tuple[int, int, int] | None = None  # what agent 0 keeps
+        self.walked_away_by: int | None = None
+
+    @property
+    def turn(self) -> int:
+        return len(self.history)
+
+    def is_terminal(self) -> bool:
+        return self.terminal
+
+    def legal_action_mask(self, player: int | None = None) -> np.ndarray:
+        player = self.current_player if player is None else player
+        partner_offer = self.standing_offer is not None and self.standing_offer[0] != player
+        live = not self.terminal and player == self.current_player
+        return legal_action_mask(np.array(self.ctx.counts), np.array(partner_offer), np.array(not live))
+
+    def legal_actions(self) -> list[int]:
+        return [int(a) for a in np.flatnonzero(self.legal_action_mask())]
+
+    def apply_action(self, action: int) -> None:
+        """Send ``action`` for :attr:`current_player`; raises :class:`IllegalActionError` if not legal."""
+        action = int(action)
+        mask = self.legal_action_mask()
+        if not 0 <= action < NUM_ACTIONS or not mask[action]:
+            if 0 <= action < NUM_ACTIONS:
+                kind, split = decode_act(action)
+                what = f"{kind}{'' if split is None else ' ' + str(split)} (action {action})"
+            else:
+                what = f"action {action} (indices are 0..{NUM_ACTIONS - 1})"
+            raise IllegalActionError(
+                f"player {self.current_player} cannot play {what} at turn {self.turn}; legal: "
+                f"{describe_legal(mask, self.ctx.counts)}"
+            )
+        player = self.current_player
+        kind, split = decode_act(action)
+        self.history.append((player, action))
+        if kind in ("propose", "insist"):
+            self.standing_offer = (player, split)
+            self.last_proposals[player] = split
+        elif kind == "agree":
+            proposer, kept = self.standing_offer
+            self.agreed_split = kept if proposer == 0 else tuple(c - k for c, k in zip(self.ctx.counts, kept))
+            self.terminal = True
+        else:
+            self.walked_away_by = player
+            self.terminal = True
+        if not self.terminal and self.turn >= self.max_turns:
+            self.terminal = True
+        self.current_player = 1 - player
+
+    def returns(self) -> tuple[float, float]:
+        """Each agent's score; (no_deal_reward, no_deal_reward) without a deal or before the end."""
+        if self.agreed_split is None:
+            return (self.no_deal_reward, self.no_deal_reward)
+        kept = self.agreed_split
+        other = tuple(c - k for c, k in zip(self.ctx.counts, kept))
+        return (float(self.ctx.score(0, kept)), float(self.ctx.score(1, other)))
+
+    def metrics(self) -> dict:
+        return outcome_metrics(self.ctx, self.agreed_split, turns=self.turn, no_deal_reward=self.no_deal_reward)
+
+    def observation(self, player: int) -> np.ndarray:
+        layout = ObservationLayout(self.max_turns)
+        obs = np.zeros(layout.size, dtype=np.float32)
+        obs[layout.counts] = self.ctx.counts
+        obs[layout.values] = self.ctx.values[player]
+        if self.standing_offer is not None and self.standing_offer[0] != player:
+            obs[layout.partner_offer_flag] = 1
+            obs[layout.partner_offer] = np.subtract(self.ctx.counts, self.standing_offer[1])
+        if self.last_proposals[player] is not None:
+            obs[layout.own_offer_flag] = 1
+            obs[layout.own_offer] = self.last_proposals[player]
+        obs[layout.turn_fraction] = self.turn / self.max_turns
+        obs[layout.moved_first] = float(self.first_player == player)
+        for i, (speaker, action) in enumerate(self.history):
+            obs[layout.header_size + i] = action + 1
+            obs[layout.header_size + self.max_turns + i] = 1 if speaker == player else 2
+        return obs
+
+    def transcript(self, names: Sequence[str] = ("agent_0", "agent_1")) -> str:
+        """A readable transcript with acts verbalised."""
+        lines = []
+        for speaker, action in self.history:
+            lines.append(f"{names[speaker]}: {verbalize_act(action, self.ctx.counts)}")
+        if self.terminal:
+            if self.agreed_split is not None:
+                s0, s1 = self.returns()
+                other = tuple(c - k for c, k in zip(self.ctx.counts, self.agreed_split))
+                lines.append(f"Deal: {names[0]} gets {describe_items(self.agreed_split, self.ctx.counts)} ({s0:g} points), "
+                             f"{names[1]} gets {describe_items(other, self.ctx.counts)} ({s1:g} points).")
+            elif self.walked_away_by is not None:
+                lines.append(f"No deal: {names[self.walked_away_by]} walked away.")
+            else:
+                lines.append(f"No deal after {self.max_turns} turns.")
+        return "\n".join(lines)
+
+    def clone(self) -> NegotiationState:
+        other = NegotiationState.__new__(NegotiationState)
+        other.__dict__.update(self.__dict__)
+        other.history = list(self.history)
+        other.last_proposals = list(self.last_proposals)
+        return other
+
+
+# --------------------------------------------------------------------------------------------------
+# Many games at once (batched)
+# --------------------------------------------------------------------------------------------------
+
+
+class BatchedNegotiation:
+    """B games advanced in lock-step with numpy array operations.
+
+    Same rules and observations as :class:`NegotiationState`; the test suite checks that both agree
+    exactly on random games. Games that are over ignore further actions until :meth:`reset_games`.
+    """
+
+    def __init__(self, batch_size: int, *, max_turns: int = DEFAULT_MAX_TURNS, no_deal_reward: float = 0.0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        self.batch_size = batch_size
+        self.max_turns = max_turns
+        self.no_deal_reward = float(no_deal_reward)
+        self.layout = ObservationLayout(max_turns)
+        b = batch_size
+        self.counts = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)
+        self.values = np.zeros((b, 2, NUM_ITEM_TYPES), dtype=np.int64)
+        self.first_player = np.zeros(b, dtype=np.int64)
+        self.current_player = np.zeros(b, dtype=np.int64)
+        self.turn = np.zeros(b, dtype=np.int64)
+        self.offer_proposer = np.full(b, -1, dtype=np.int64)  # -1: no standing proposal
+        self.offer_split = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)  # what the proposer keeps
+        self.has_proposed = np.zeros((b, 2), dtype=bool)
+        self.last_proposals = np.zeros((b, 2, NUM_ITEM_TYPES), dtype=np.int64)
+        self.history_actions = np.full((b, max_turns), -1, dtype=np.int64)
+        self.history_speakers = np.full((b, max_turns), -1, dtype=np.int64)
+        self.done = np.ones(b, dtype=bool)
+        self.agreed = np.zeros(b, dtype=bool)
+        self.agreed_split = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)  # what agent 0 keeps
+        self.walked_away_by = np.full(b, -1, dtype=np.int64)
+
+    def reset_games(self, idx: np.ndarray, counts: np.ndarray, values: np.ndarray, first_player: np.ndarray) -> None:
+        """Start new games at indices ``idx`` with the given contexts and first movers."""
+        idx = np.asarray(idx, dtype=np.int64)
+        self.counts[idx] = counts
+        self.values[idx] = values
+        self.first_player[idx] = first_player
+        self.current_player[idx] = first_player
+        self.turn[idx] = 0
+        self.offer_proposer[idx] = -1
+        self.offer_split[idx] = 0
+        self.has_proposed[idx] = False
+        self.last_proposals[idx] = 0
+        self.history_actions[idx] = -1
+        self.history_speakers[idx] = -1
+        self.done[idx] = False
+        self.agreed[idx] = False
+        self.agreed_split[idx] = 0
+        self.walked_away_by[idx] = -1
+
+    def legal_masks(self) -> np.ndarray:
+        """(B, 252) masks for each game's current player (all zero where the game is over)."""
+        partner_offer = (self.offer_proposer >= 0) & (self.offer_proposer != self.current_player)
+        return legal_action_mask(self.counts, partner_offer, self.done)
+
+    def apply_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Apply one act per live game for its current player.
+
+        Returns a bool array (B,) marking games whose action was illegal; those games are left unchanged
+        so the caller can decide (raise, or end them with a penalty via :meth:`end_games`).
+        """
+        actions = np.asarray(actions, dtype=np.int64).reshape(self.batch_size)
+        live = ~self.done
+        in_range = (actions >= 0) & (actions < NUM_ACTIONS)
+        masks = self.legal_masks()
+        legal = in_range & masks[np.arange(self.batch_size), np.clip(actions, 0, NUM_ACTIONS - 1)].astype(bool)
+        illegal = live & ~legal
+        act = live & legal
+        rows = np.flatnonzero(act)
+        if rows.size == 0:
+            return illegal
+        a = actions[rows]
+        player = self.current_player[rows]
+        turn = self.turn[rows]
+        self.history_actions[rows, turn] = a
+        self.history_speakers[rows, turn] = player
+
+        is_offer = a < AGREE_ACTION
+        offer_rows = rows[is_offer]
+        split = ALL_SPLITS[a[is_offer] % NUM_SPLITS]
+        self.offer_proposer[offer_rows] = player[is_offer]
+        self.offer_split[offer_rows] = split
+        self.has_proposed[offer_rows, player[is_offer]] = True
+        self.last_proposals[offer_rows, player[is_offer]] = split
+
+        agree_rows = rows[a == AGREE_ACTION]
+        kept = self.offer_split[agree_rows]
+        by_zero = self.offer_proposer[agree_rows] == 0
+        self.agreed_split[agree_rows] = np.where(by_zero[:, None], kept, self.counts[agree_rows] - kept)
+        self.agreed[agree_rows] = True
+
+        walk = a == WALK_AWAY_ACTION
+        self.walked_away_by[rows[walk]] = player[walk]
+
+        self.turn[rows] += 1
+        self.done[rows] = (a >= AGREE_ACTION) | (self.turn[rows] >= self.max_turns)
+        self.current_player[rows] = 1 - player
+        return illegal
+
+    def end_games(self, idx: np.ndarray) -> None:
+        """End games at ``idx`` with no deal (used for illegal-action penalties)."""
+        self.done[np.asarray(idx, dtype=np.int64)] = True
+
+    def returns(self) -> np.ndarray:
+        """(B, 2) scores; ``no_deal_reward`` where there is no deal (or the game is still running)."""
+        s0 = (self.agreed_split * self.values[:, 0]).sum(-1)
+        s1 = ((self.counts - self.agreed_split) * self.values[:, 1]).sum(-1)
+        scores = np.stack([s0, s1], axis=1).astype(np.float64)
+        return np.where(self.agreed[:, None], scores, self.no_deal_reward)
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        m = outcome_metrics_batch(self.counts, self.values, self.agreed_split, self.agreed, self.no_deal_reward)
+        m["turns"] = self.turn.astype(np.float64)
+        return m
+
+    def observations(self, players: np.ndarray) -> np.ndarray:
+        """(B, D) float32 observations, game ``i`` seen by ``players[i]``."""
+        players = np.asarray(players, dtype=np.int64).reshape(self.batch_size)
+        rows = np.arange(self.batch_size)
+        lay = self.layout
+        obs = np.zeros((self.batch_size, lay.size), dtype=np.float32)
+        obs[:, lay.counts] = self.counts
+        obs[:, lay.values] = self.values[rows, players]
+        partner_offer = (self.offer_proposer >= 0) & (self.offer_proposer != players)
+        obs[:, lay.partner_offer_flag] = partner_offer
+        obs[:, lay.partner_offer] = np.where(partner_offer[:, None], self.counts - self.offer_split, 0)
+        own = self.has_proposed[rows, players]
+        obs[:, lay.own_offer_flag] = own
+        obs[:, lay.own_offer] = np.where(own[:, None], self.last_proposals[rows, players], 0)
+        obs[:, lay.turn_fraction] = self.turn / self.max_turns
+        obs[:, lay.moved_first] = self.first_player == players
+        filled = self.history_actions >= 0
+        obs[:, lay.history_acts] = np.where(filled, self.history_actions + 1, 0)
+        obs[:, lay.history_speakers] = np.where(
+            filled, np.where(self.history_speakers == players[:, None], 1, 2), 0)
+        return obs
+
+
+@functools.lru_cache(maxsize=1)
+def _context_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All valid contexts grouped by count vector: counts, values, group offsets and group sizes."""
+    counts, values, offsets, sizes = [], [], [], []
+    for c in _valid_count_vectors():
+        pairs = valid_value_pairs(c)
+        offsets.append(len(values))
+        sizes.append(len(pairs))
+        counts.extend([c] * len(pairs))
+        values.extend(pairs)
+    return (np.array(counts, dtype=np.int64), np.array(values, dtype=np.int64),
+            np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64))
+
+
+def sample_context_arrays(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` contexts from the distribution of :func:`sample_context`, drawn vectorised.
+
+    Returns (n, 3) counts and (n, 2, 3) values. The random stream differs from ``n`` calls of
+    :func:`sample_context`; the distribution is the same.
+    """
+    counts, values, offsets, sizes = _context_table()
+    group = rng.integers(len(offsets), size=n)
+    row = offsets[group] + (rng.random(n) * sizes[group]).astype(np.int64)
+    return counts[row].copy(), values[row].copy()

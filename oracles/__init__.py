@@ -1,0 +1,1 @@
+"""parley.oracles: expert oracles and targeted data acquisition."""
