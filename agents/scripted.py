@@ -1,0 +1,597 @@
+"""Scripted negotiation partners: rule-based opponents for training, evaluation and tournaments.
+
+Every partner implements the :class:`~parley.agents.policy.Policy` interface (``act`` and a batched
+``act_batch`` written with numpy array operations) and reads **only** the observation vector of
+:mod:`parley.envs.negotiation` -- item counts, its own values, the partner's standing proposal, its own
+last proposal, the turn fraction and the act history. None of them ever sees the partner's values.
+
+Build them by name::
+
+    from parley.agents.scripted import make_partner, list_partners
+    partner = make_partner("boulware", reservation=4)
+    action = partner.act(observation, action_mask)
+
+=============  ==================================================================================
+name           strategy
+=============  ==================================================================================
+random         uniform over the legal acts (seeded)
+hardliner      insists on every item it values; accepts only offers worth ``accept_at`` (10)
+fair_split     asks for about half of its total value, splitting each item type evenly
+boulware       time-dependent, e = 0.2: holds out and concedes late
+linear         time-dependent, e = 1: concedes at a constant rate
+conceder       time-dependent, e = 2: concedes early
+tit_for_tat    nice tit-for-tat: mirrors the partner's concessions, measured in its own utility
+pareto         keeps a belief over the partner's values; proposes splits on the believed Pareto frontier
+=============  ==================================================================================
+
+Shared conventions
+------------------
+* Utilities are the partner's own points, 0..10 (every agent's items are worth 10 in total).
+* Time runs from ``t = 0`` at the first act of a game to ``t = 1`` at the last act allowed
+  (``t = turn / (max_turns - 1)``; ``max_turns`` is read from the observation length). The agent that
+  sends the last act cannot expect another exchange, so target-driven partners reach their reservation
+  value exactly there.
+* Target-driven partners propose the split whose own utility is the smallest one at or above their
+  target; among splits of equal utility they keep the fewest items, i.e. they concede the items least
+  valuable to themselves first (items worth nothing to them are always given away). Remaining ties go to
+  the lowest action index, so they are deterministic and ``act`` equals ``act_batch`` row by row.
+* They accept the partner's standing proposal when it is worth at least their current target -- the
+  utility of the proposal they would send next (the "AC_next" acceptance condition of GENIUS agents).
+* Every act is checked against the action mask; a row whose mask is empty (the game is over) gets
+  ``walk_away``, which the rules ignore for finished games.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+from parley.agents.policy import BatchPolicy
+from parley.envs.negotiation import (
+    AGREE_ACTION,
+    ALL_SPLITS,
+    INSIST_OFFSET,
+    NUM_ITEM_TYPES,
+    NUM_SPLITS,
+    PROPOSE_OFFSET,
+    VALUE_TOTAL,
+    WALK_AWAY_ACTION,
+    ObservationLayout,
+    _valid_count_vectors,
+    _valuations,
+    valid_value_pairs,
+)
+
+__all__ = [
+    "ScriptedPartner",
+    "RandomPartner",
+    "HardlinerPartner",
+    "FairSplitPartner",
+    "TimeDependentPartner",
+    "TitForTatPartner",
+    "ParetoPartner",
+    "ObservationView",
+    "make_partner",
+    "list_partners",
+    "PARTNERS",
+]
+
+_EPS = 1e-9
+_MAX_UTILITY = float(VALUE_TOTAL)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading observations
+# --------------------------------------------------------------------------------------------------
+
+
+class ObservationView:
+    """Integer views of a batch of observation vectors (B, D), decoded once per ``act_batch`` call.
+
+    Attributes: ``counts`` (B, 3); ``values`` (B, 3) own values; ``has_offer`` (B,) whether the partner
+    has a standing proposal; ``offer_items`` (B, 3) what this agent would receive under it;
+    ``has_own`` / ``own_kept`` its own last proposal; ``turn`` (B,) acts sent so far; ``time`` (B,) in
+    [0, 1]; ``history`` (B, H) action indices (-1 = padding); ``from_partner`` (B, H) bool.
+    """
+
+    def __init__(self, observations: np.ndarray) -> None:
+        obs = np.asarray(observations, dtype=np.float64)
+        if obs.ndim != 2:
+            raise ValueError(f"observations must have shape (B, D), got {obs.shape}")
+        layout = ObservationLayout.from_size(obs.shape[1])
+        self.layout = layout
+        self.max_turns = layout.max_turns
+        as_int = np.rint(obs).astype(np.int64)
+        self.counts = as_int[:, layout.counts]
+        self.values = as_int[:, layout.values]
+        self.has_offer = as_int[:, layout.partner_offer_flag] > 0
+        self.offer_items = as_int[:, layout.partner_offer]
+        self.has_own = as_int[:, layout.own_offer_flag] > 0
+        self.own_kept = as_int[:, layout.own_offer]
+        self.turn = np.rint(obs[:, layout.turn_fraction] * layout.max_turns).astype(np.int64)
+        self.time = np.clip(self.turn / max(layout.max_turns - 1, 1), 0.0, 1.0)
+        self.history = as_int[:, layout.history_acts] - 1
+        self.from_partner = as_int[:, layout.history_speakers] == 2
+
+    @property
+    def batch_size(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def last_act(self) -> np.ndarray:
+        """Whether the act about to be sent is the last one the game allows."""
+        return self.turn >= self.max_turns - 1
+
+    def own_split_utilities(self) -> np.ndarray:
+        """(B, 125) own utility of keeping each split (whether or not it fits the counts)."""
+        return self.values @ ALL_SPLITS.T
+
+    def offer_utility(self) -> np.ndarray:
+        """(B,) own utility of the partner's standing proposal (0 where there is none)."""
+        return np.where(self.has_offer, (self.offer_items * self.values).sum(-1), 0)
+
+    def own_last_utility(self) -> np.ndarray:
+        """(B,) own utility of this agent's last proposal (10 where it has made none)."""
+        return np.where(self.has_own, (self.own_kept * self.values).sum(-1), VALUE_TOTAL)
+
+    def partner_offers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The partner's proposals in the history: kept splits (B, H, 3) and a validity mask (B, H)."""
+        is_offer = self.from_partner & (self.history >= 0) & (self.history < AGREE_ACTION)
+        kept = ALL_SPLITS[np.where(is_offer, self.history % NUM_SPLITS, 0)]
+        return kept, is_offer
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------------
+
+
+def _closest_above(utilities: np.ndarray, feasible: np.ndarray, target: np.ndarray,
+                   tie_break: np.ndarray) -> np.ndarray:
+    """Per row, the feasible split of smallest utility >= target, ties to the smallest ``tie_break``.
+
+    ``utilities`` and ``tie_break`` are (B, 125) with tie-break values in [0, 1000). Rows where no split
+    reaches the target take their best feasible split.
+    """
+    reaches = feasible & (utilities >= target[:, None] - _EPS)
+    best = np.where(feasible, utilities, -np.inf).max(axis=1)
+    none = ~reaches.any(axis=1)
+    reaches[none] = feasible[none] & (utilities[none] >= best[none, None] - _EPS)
+    score = np.where(reaches, utilities * 1000.0 + tie_break, np.inf)
+    return score.argmin(axis=1)
+
+
+def _items_kept() -> np.ndarray:
+    return ALL_SPLITS.sum(axis=1).astype(np.float64)
+
+
+def _finalize(actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Replace any act the mask forbids by walk_away (or the first legal act if that is forbidden)."""
+    rows = np.arange(actions.shape[0])
+    ok = masks[rows, actions] > 0
+    if ok.all():
+        return actions
+    fallback = np.where(masks[:, WALK_AWAY_ACTION] > 0, WALK_AWAY_ACTION, masks.argmax(axis=1))
+    fallback = np.where(masks.any(axis=1), fallback, WALK_AWAY_ACTION)
+    return np.where(ok, actions, fallback)
+
+
+def _check_batch(observations: np.ndarray, action_masks: np.ndarray) -> tuple[ObservationView, np.ndarray]:
+    masks = np.asarray(action_masks)
+    if masks.ndim != 2 or masks.shape[1] != WALK_AWAY_ACTION + 1:
+        raise ValueError(f"action masks must have shape (B, {WALK_AWAY_ACTION + 1}), got {masks.shape}")
+    view = ObservationView(observations)
+    if view.batch_size != masks.shape[0]:
+        raise ValueError(f"{view.batch_size} observations but {masks.shape[0]} action masks")
+    return view, masks
+
+
+def _check_reservation(reservation: float) -> float:
+    if not 0.0 <= reservation <= _MAX_UTILITY:
+        raise ValueError(f"reservation must be between 0 and {VALUE_TOTAL} points, got {reservation}")
+    return float(reservation)
+
+
+class ScriptedPartner(BatchPolicy):
+    """Base class of the target-driven partners: propose near a target, accept offers that reach it.
+
+    Subclasses implement :meth:`targets` (the own utility aimed at, per row) and may override
+    :meth:`tie_break` and :meth:`split_utilities`. ``insist`` selects whether proposals are sent as
+    ``insist`` instead of ``propose``.
+    """
+
+    name = "scripted"
+    insist = False
+
+    def __init__(self, reservation: float = 5.0, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.reservation = _check_reservation(reservation)
+
+    def targets(self, view: ObservationView) -> np.ndarray:
+        raise NotImplementedError
+
+    def tie_break(self, view: ObservationView) -> np.ndarray:
+        """(B, 125) secondary preference among splits of equal own utility, smaller first."""
+        return np.broadcast_to(_items_kept(), (view.batch_size, NUM_SPLITS))
+
+    def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """(B,) split indices to propose."""
+        utilities = view.own_split_utilities().astype(np.float64)
+        return _closest_above(utilities, feasible, target, self.tie_break(view))
+
+    def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+        view, masks = _check_batch(observations, action_masks)
+        target = np.asarray(self.targets(view), dtype=np.float64)
+        feasible = masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
+        splits = self.choose_splits(view, feasible, target)
+        offset = INSIST_OFFSET if self.insist else PROPOSE_OFFSET
+        accept = (masks[:, AGREE_ACTION] > 0) & view.has_offer & (view.offer_utility() >= target - _EPS)
+        actions = np.where(accept, AGREE_ACTION, offset + splits)
+        return _finalize(actions, masks)
+
+
+# --------------------------------------------------------------------------------------------------
+# The partners
+# --------------------------------------------------------------------------------------------------
+
+
+class RandomPartner(BatchPolicy):
+    """Uniform over the legal acts, seeded.
+
+    Parameters
+    ----------
+    seed:
+        Seed of its numpy generator; the same seed and the same observations give the same acts.
+    walk_away:
+        Whether ``walk_away`` is among the acts it picks from (default True: every legal act).
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int | None = None, walk_away: bool = True) -> None:
+        super().__init__(seed)
+        self.walk_away = bool(walk_away)
+
+    def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+        _, masks = _check_batch(observations, action_masks)
+        allowed = masks > 0
+        if not self.walk_away:
+            others = allowed.copy()
+            others[:, WALK_AWAY_ACTION] = False
+            allowed = np.where(others.any(axis=1, keepdims=True), others, allowed)
+        # Largest uniform key among the allowed acts = a uniform draw from them.
+        keys = np.where(allowed, self.rng.random(allowed.shape), -1.0)
+        return _finalize(keys.argmax(axis=1), masks)
+
+
+class HardlinerPartner(ScriptedPartner):
+    """Insists on every item it values, every turn; never concedes.
+
+    It keeps all items worth something to it (giving away only the worthless ones), sends that as
+    ``insist``, and accepts only offers worth at least ``accept_at`` points.
+
+    Parameters
+    ----------
+    accept_at:
+        Smallest offer it accepts, 0..10 (default 10: only offers as good as its own demand).
+    seed:
+        Unused (the hardliner is deterministic); accepted so every partner takes a seed.
+    """
+
+    name = "hardliner"
+    insist = True
+
+    def __init__(self, accept_at: float = 10.0, seed: int | None = None) -> None:
+        super().__init__(reservation=accept_at, seed=seed)
+        self.accept_at = self.reservation
+
+    def targets(self, view: ObservationView) -> np.ndarray:
+        return np.full(view.batch_size, self.accept_at)
+
+    def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return super().choose_splits(view, feasible, np.full(view.batch_size, _MAX_UTILITY))
+
+
+class FairSplitPartner(ScriptedPartner):
+    """Asks for a ``share`` of its total value with an even division of the items; accepts the same.
+
+    It proposes the split of smallest own utility at or above ``share * 10``, preferring among those the
+    one closest to splitting every item type in half, and accepts offers worth at least ``share * 10``.
+
+    Parameters
+    ----------
+    share:
+        Fraction of its total value it asks for, in [0, 1] (default 0.5).
+    seed:
+        Unused (deterministic).
+    """
+
+    name = "fair_split"
+
+    def __init__(self, share: float = 0.5, seed: int | None = None) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        super().__init__(reservation=share * _MAX_UTILITY, seed=seed)
+        self.share = float(share)
+
+    def targets(self, view: ObservationView) -> np.ndarray:
+        return np.full(view.batch_size, self.reservation)
+
+    def tie_break(self, view: ObservationView) -> np.ndarray:
+        unevenness = np.abs(2 * ALL_SPLITS[None] - view.counts[:, None, :]).sum(-1)  # (B, 125)
+        return unevenness * 10.0 + _items_kept()[None]
+
+
+class TimeDependentPartner(ScriptedPartner):
+    """The time-dependent tactic of GENIUS agents (Boulware, Linear, Conceder).
+
+    Target utility ``target(t) = r + (10 - r) * (1 - f(t))`` with ``f(t) = k + (1 - k) * t ** (1 / e)``:
+    it starts at ``10 - k (10 - r)`` and reaches the reservation value ``r`` at the last act. Small ``e``
+    (Boulware, 0.2) holds out until late; ``e = 1`` concedes linearly; large ``e`` (Conceder, 2) concedes
+    early.
+
+    Parameters
+    ----------
+    exponent:
+        ``e`` > 0 (``boulware`` 0.2, ``linear`` 1, ``conceder`` 2).
+    reservation:
+        ``r``, the lowest utility it ever asks for or accepts, 0..10 (default 5).
+    k:
+        ``f(0)``, the concession already made at the start, in [0, 1] (default 0).
+    seed:
+        Unused (deterministic).
+    """
+
+    name = "time_dependent"
+
+    def __init__(self, exponent: float = 1.0, reservation: float = 5.0, k: float = 0.0,
+                 seed: int | None = None) -> None:
+        if exponent <= 0:
+            raise ValueError(f"exponent must be positive, got {exponent}")
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"k must be in [0, 1], got {k}")
+        super().__init__(reservation=reservation, seed=seed)
+        self.exponent = float(exponent)
+        self.k = float(k)
+
+    def target_utility(self, t: np.ndarray | float) -> np.ndarray:
+        """The own utility aimed at when time ``t`` in [0, 1] has passed."""
+        t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)
+        f = self.k + (1.0 - self.k) * t ** (1.0 / self.exponent)
+        return self.reservation + (_MAX_UTILITY - self.reservation) * (1.0 - f)
+
+    def targets(self, view: ObservationView) -> np.ndarray:
+        return self.target_utility(view.time)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, exponent={self.exponent}, reservation={self.reservation})"
+
+
+class TitForTatPartner(ScriptedPartner):
+    """Nice tit-for-tat: mirrors the partner's concessions, measured in its own utility.
+
+    It opens by asking for everything it values. Afterwards its target is the utility of its own last
+    proposal minus what the partner's latest proposal conceded compared with the partner's previous one
+    (both valued with its own values; a partner that asks for more is not punished, its target just
+    holds). Being nice, it answers the partner's first proposal with a concession of ``opening_concession``
+    points, and ``kindness`` points are added to every reciprocated concession. The target never drops
+    below ``reservation``; it accepts offers worth at least the target, and at the last act of a game any
+    offer worth at least ``reservation``.
+
+    Parameters
+    ----------
+    reservation:
+        Lowest utility it asks for or accepts, 0..10 (default 5).
+    opening_concession:
+        Points conceded in answer to the partner's first proposal (default 1).
+    kindness:
+        Extra points conceded whenever it reciprocates (default 0).
+    seed:
+        Unused (deterministic).
+    """
+
+    name = "tit_for_tat"
+
+    def __init__(self, reservation: float = 5.0, opening_concession: float = 1.0, kindness: float = 0.0,
+                 seed: int | None = None) -> None:
+        if opening_concession < 0 or kindness < 0:
+            raise ValueError("opening_concession and kindness must be non-negative")
+        super().__init__(reservation=reservation, seed=seed)
+        self.opening_concession = float(opening_concession)
+        self.kindness = float(kindness)
+
+    def partner_concession(self, view: ObservationView) -> np.ndarray:
+        """(B,) own-utility gain from the partner's previous proposal to its latest (NaN if < 2 proposals)."""
+        kept, is_offer = view.partner_offers()
+        received_utility = ((view.counts[:, None, :] - kept) * view.values[:, None, :]).sum(-1)  # (B, H)
+        rank = np.cumsum(is_offer, axis=1)
+        n = rank[:, -1]
+        latest = np.where(is_offer & (rank == n[:, None]), received_utility, 0).sum(axis=1)
+        previous = np.where(is_offer & (rank == (n - 1)[:, None]), received_utility, 0).sum(axis=1)
+        return np.where(n >= 2, (latest - previous).astype(np.float64), np.nan)
+
+    def targets(self, view: ObservationView) -> np.ndarray:
+        concession = self.partner_concession(view)
+        _, is_offer = view.partner_offers()
+        n_partner = is_offer.sum(axis=1)
+        step = np.where(n_partner >= 2, np.maximum(np.nan_to_num(concession), 0.0) + self.kindness,
+                        np.where(n_partner == 1, self.opening_concession, 0.0))
+        target = np.where(view.has_own, view.own_last_utility() - step, _MAX_UTILITY)
+        target = np.maximum(target, self.reservation)
+        return np.where(view.last_act, self.reservation, target)
+
+
+class ParetoPartner(TimeDependentPartner):
+    """Pareto-aware: proposes splits on the Pareto frontier of a belief over the partner's values.
+
+    Belief: every valuation the partner could have (non-negative integers worth 10 over the counts that
+    make a valid context with its own values), uniform a priori, weighted by how well it explains the
+    partner's proposals so far -- each proposal ``s`` (what the partner keeps) has likelihood
+    ``exp(rationality * u(s)) / sum_s' exp(rationality * u(s'))`` under a valuation with utility ``u``.
+    The expected partner utility of each split under the belief gives a believed Pareto frontier (with
+    its own utilities); it proposes the frontier split of smallest own utility at or above its target,
+    and accepts offers worth at least its target. The target follows the time-dependent tactic of
+    :class:`TimeDependentPartner` with exponent ``exponent``.
+
+    Parameters
+    ----------
+    exponent:
+        Concession exponent ``e`` of its target curve (default 1, linear).
+    reservation:
+        Lowest utility it asks for or accepts, 0..10 (default 5).
+    rationality:
+        How strongly proposals are taken to favour the proposer's own values (default 1 per point).
+    k, seed:
+        As for :class:`TimeDependentPartner`.
+    """
+
+    name = "pareto"
+
+    def __init__(self, exponent: float = 1.0, reservation: float = 5.0, rationality: float = 1.0,
+                 k: float = 0.0, seed: int | None = None) -> None:
+        if rationality < 0:
+            raise ValueError(f"rationality must be non-negative, got {rationality}")
+        super().__init__(exponent=exponent, reservation=reservation, k=k, seed=seed)
+        self.rationality = float(rationality)
+        self._table = _belief_table(self.rationality)
+
+    def belief(self, view: ObservationView) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate partner valuations (B, K, 3) and their posterior weights (B, K) (0 on padding)."""
+        lookup, candidates, valid, log_norm = self._table
+        rows = lookup[_context_key(view.counts, view.values)]
+        if np.any(rows < 0):
+            bad = int(np.flatnonzero(rows < 0)[0])
+            raise ValueError(f"observation {bad} holds no valid context: counts {view.counts[bad].tolist()}, "
+                             f"values {view.values[bad].tolist()}")
+        cand, ok = candidates[rows], valid[rows]  # (B, K, 3), (B, K)
+        kept, is_offer = view.partner_offers()  # (B, H, 3), (B, H)
+        partner_utils = np.einsum("bhi,bki->bkh", kept, cand)  # (B, K, H)
+        total = np.where(is_offer[:, None, :], partner_utils, 0).sum(axis=2)
+        log_lik = self.rationality * total - is_offer.sum(axis=1)[:, None] * log_norm[rows]
+        log_lik = np.where(ok, log_lik, -np.inf)
+        weights = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+        return cand, weights / weights.sum(axis=1, keepdims=True)
+
+    def expected_partner_values(self, view: ObservationView) -> np.ndarray:
+        """(B, 3) the partner's values expected under the belief."""
+        cand, weights = self.belief(view)
+        return np.einsum("bk,bki->bi", weights, cand)
+
+    def believed_frontier(self, view: ObservationView, feasible: np.ndarray) -> np.ndarray:
+        """(B, 125) feasible splits that no feasible split beats for both sides under the belief."""
+        # Integers; 0..10 on feasible splits (infeasible ones are masked out, so clip them into range).
+        own = np.clip(view.own_split_utilities(), 0, VALUE_TOTAL)
+        partner = (view.counts[:, None, :] - ALL_SPLITS[None]) @ self.expected_partner_values(view)[:, :, None]
+        partner = np.where(feasible, partner[..., 0], -np.inf)
+        levels = own[:, :, None] == np.arange(VALUE_TOTAL + 1)  # (B, 125, 11)
+        best_at = np.where(levels & feasible[:, :, None], partner[:, :, None], -np.inf).max(axis=1)  # (B, 11)
+        # Best partner utility among splits worth strictly more to self than each level.
+        suffix = np.maximum.accumulate(best_at[:, ::-1], axis=1)[:, ::-1]
+        above = np.concatenate([suffix[:, 1:], np.full((own.shape[0], 1), -np.inf)], axis=1)
+        rows = np.arange(own.shape[0])[:, None]
+        return (feasible & (partner >= best_at[rows, own] - _EPS) & (partner > above[rows, own] + _EPS))
+
+    def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
+        frontier = self.believed_frontier(view, feasible)
+        return _closest_above(view.own_split_utilities().astype(np.float64), frontier, target,
+                              self.tie_break(view))
+
+
+# --------------------------------------------------------------------------------------------------
+# Belief tables for the Pareto partner
+# --------------------------------------------------------------------------------------------------
+
+_KEY_BASE_COUNT = 5
+_KEY_BASE_VALUE = VALUE_TOTAL + 1
+
+
+def _context_key(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    c = np.clip(counts, 0, _KEY_BASE_COUNT - 1)
+    v = np.clip(values, 0, _KEY_BASE_VALUE - 1)
+    count_key = (c[..., 0] * _KEY_BASE_COUNT + c[..., 1]) * _KEY_BASE_COUNT + c[..., 2]
+    value_key = (v[..., 0] * _KEY_BASE_VALUE + v[..., 1]) * _KEY_BASE_VALUE + v[..., 2]
+    return count_key * _KEY_BASE_VALUE**NUM_ITEM_TYPES + value_key
+
+
+@functools.lru_cache(maxsize=8)
+def _belief_table(rationality: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every (counts, own values): the partner's possible valuations and their log normalisers.
+
+    Returns ``lookup`` (dense key -> row, -1 for invalid), ``candidates`` (N, K, 3), ``valid`` (N, K)
+    and ``log_norm`` (N, K) = log sum over feasible splits of exp(rationality * partner utility).
+    """
+    groups: list[tuple[tuple[int, int, int], tuple[int, int, int], list[tuple[int, int, int]]]] = []
+    for counts in _valid_count_vectors():
+        pairs = valid_value_pairs(counts)
+        for own in _valuations(counts):
+            partners = [b for a, b in pairs if a == own]
+            if partners:
+                groups.append((counts, own, partners))
+    k_max = max(len(p) for _, _, p in groups)
+    n = len(groups)
+    candidates = np.zeros((n, k_max, NUM_ITEM_TYPES), dtype=np.int64)
+    valid = np.zeros((n, k_max), dtype=bool)
+    log_norm = np.zeros((n, k_max), dtype=np.float64)
+    lookup = np.full(_KEY_BASE_COUNT**NUM_ITEM_TYPES * _KEY_BASE_VALUE**NUM_ITEM_TYPES, -1, dtype=np.int64)
+    for row, (counts, own, partners) in enumerate(groups):
+        candidates[row, :len(partners)] = partners
+        valid[row, :len(partners)] = True
+        feasible = np.all(ALL_SPLITS <= np.array(counts), axis=1)
+        utils = ALL_SPLITS[feasible] @ np.array(partners).T  # (S, K)
+        scaled = rationality * utils
+        peak = scaled.max(axis=0)
+        log_norm[row, :len(partners)] = peak + np.log(np.exp(scaled - peak).sum(axis=0))
+        lookup[int(_context_key(np.array(counts), np.array(own)))] = row
+    return lookup, candidates, valid, log_norm
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+
+def _time_dependent(name: str, exponent: float) -> Callable[..., TimeDependentPartner]:
+    def build(reservation: float = 5.0, k: float = 0.0, seed: int | None = None) -> TimeDependentPartner:
+        partner = TimeDependentPartner(exponent=exponent, reservation=reservation, k=k, seed=seed)
+        partner.name = name
+        return partner
+
+    build.__doc__ = f"Time-dependent partner with e = {exponent}."
+    return build
+
+
+#: name -> (builder, one-line description)
+PARTNERS: dict[str, tuple[Callable[..., BatchPolicy], str]] = {
+    "random": (RandomPartner, "uniform over the legal acts (seeded)"),
+    "hardliner": (HardlinerPartner, "insists on every item it values; accepts only offers worth accept_at (10)"),
+    "fair_split": (FairSplitPartner, "asks for half its value with an even item split; accepts >= half"),
+    "boulware": (_time_dependent("boulware", 0.2), "time-dependent e=0.2: holds out, concedes late"),
+    "linear": (_time_dependent("linear", 1.0), "time-dependent e=1: concedes at a constant rate"),
+    "conceder": (_time_dependent("conceder", 2.0), "time-dependent e=2: concedes early"),
+    "tit_for_tat": (TitForTatPartner, "nice tit-for-tat: mirrors the partner's concessions in own utility"),
+    "pareto": (ParetoPartner, "believes the partner's values from its proposals; offers believed-Pareto splits"),
+}
+
+
+def list_partners() -> dict[str, str]:
+    """Partner name -> one-line description, for every name :func:`make_partner` accepts."""
+    return {name: description for name, (_, description) in PARTNERS.items()}
+
+
+def make_partner(name: str, **params) -> BatchPolicy:
+    """Build a scripted partner by name, e.g. ``make_partner("boulware", reservation=4)``.
+
+    Raises ValueError for an unknown name (listing the known ones) or a parameter the partner does not
+    take (listing the ones it does).
+    """
+    if name not in PARTNERS:
+        raise ValueError(f"unknown partner {name!r}; known partners: {', '.join(PARTNERS)}")
+    builder, _ = PARTNERS[name]
+    accepted = [p for p in inspect.signature(builder).parameters if p != "self"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"partner {name!r} takes no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters are: {', '.join(accepted)}")
+    return builder(**params)
