@@ -460,4 +460,105 @@ __all__ = [
     "observation_spec",
     "register_backbone",
     "sample_observations",
+    "TransformerBackbone",
+    "TransformerConfig",
 ]
+
+
+# --------------------------------------------------------------------------------------------------
+# transformer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransformerConfig:
+    """Hyperparameters of the ``transformer`` backbone (and of ``compacter``'s base transformer)."""
+
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    ff_mult: int = 4  # feed-forward width = ff_mult * d_model
+    dropout: float = 0.0
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention whose output already includes the output projection.
+
+    ``pad_mask`` (B, T) is True where a token is padding; such tokens are never attended to.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        attend = None if pad_mask is None else (~pad_mask)[:, None, None, :]
+        y = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: ``x + attn(ln1(x))`` then ``x + ff(ln2(x))``.
+
+    ``attn`` and ``ff`` return the sublayer output before the residual add, which is where Compacter
+    adapters go (:func:`parley.agents.compacter.add_adapters` wraps these two modules by name).
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = SelfAttention(d, config.n_heads, config.dropout)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff = FeedForward(d, config.ff_mult * d, config.dropout)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), pad_mask)
+        return x + self.ff(self.ln2(x))
+
+
+class TransformerBackbone(Backbone):
+    """Negotiation tokens -> pre-LN transformer blocks -> final LayerNorm -> masked mean pooling."""
+
+    def __init__(self, spec: ObservationSpec, config: TransformerConfig | None = None, bf16: bool = False,
+                 name: str = "transformer") -> None:
+        super().__init__(spec, bf16)
+        self.config = config = config or TransformerConfig()
+        if config.n_layers < 1 or config.d_model < 1 or config.n_heads < 1:
+            raise ValueError(f"d_model, n_heads and n_layers must be positive, got {config}")
+        layout = require_negotiation(spec, name)
+        self.tokenizer = NegotiationTokenizer(layout, config.d_model)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.out_dim = config.d_model
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        tokens, pad = self.tokenizer(obs)
+        for block in self.blocks:
+            tokens = block(tokens, pad)
+        return masked_mean(self.norm(tokens), pad)
+
+
+@register_backbone("transformer", TransformerConfig, "pre-LN transformer over context tokens and the act history")
+def _build_transformer(spec: ObservationSpec, config: TransformerConfig, bf16: bool) -> Backbone:
+    return TransformerBackbone(spec, config, bf16)

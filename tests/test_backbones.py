@@ -123,3 +123,44 @@ def test_bf16_autocast_returns_float32_close_to_fp32(observations):
     out = net(observations)
     assert out.dtype == torch.float32
     assert (out - ref).abs().max() < 0.05
+
+
+def test_transformer_ignores_padding_and_reads_history(observations):
+    torch.manual_seed(0)
+    net = make_backbone("transformer", negotiation_space(), device="cpu", d_model=32, n_heads=4, n_layers=2)
+    net.eval()
+    out = net(observations)
+    assert net.out_dim == 32 and out.shape == (64, 32) and torch.isfinite(out).all()
+    lay = ObservationLayout(MAX_TURNS)
+    played = (observations[:, lay.history_acts] > 0).sum(1)
+    # Speaker ids at padded slots are masked out with the act: changing them changes nothing.
+    row = int(played.argmin())
+    assert played[row] < MAX_TURNS
+    pad_slot = lay.history_speakers.start + int(played[row])
+    junk = observations.clone()
+    junk[row, pad_slot] = 2.0
+    assert torch.allclose(net(junk), out, atol=1e-6)
+    # A played act does matter.
+    row = int(played.argmax())
+    changed = observations.clone()
+    changed[row, lay.header_size] = (changed[row, lay.header_size] % NUM_ACTIONS) + 1
+    assert (net(changed)[row] - out[row]).abs().max() > 1e-4
+
+
+def test_transformer_rejects_flat_observations():
+    with pytest.raises(ValueError, match="reads negotiation observations"):
+        make_backbone("transformer", spaces.Box(-1, 1, shape=(4,)), device="cpu")
+
+
+def test_transformer_is_permutation_aware_through_positions(observations):
+    torch.manual_seed(1)
+    net = make_backbone("transformer", negotiation_space(), device="cpu", d_model=16, n_heads=2, n_layers=1)
+    lay = ObservationLayout(MAX_TURNS)
+    row = int((observations[:, lay.history_acts] > 0).sum(1).argmax())
+    obs = observations[row : row + 1].clone()
+    swapped = obs.clone()
+    a, s = lay.history_acts.start, lay.history_speakers.start
+    swapped[0, [a, a + 1]] = obs[0, [a + 1, a]]
+    swapped[0, [s, s + 1]] = obs[0, [s + 1, s]]
+    assert not torch.equal(swapped, obs)
+    assert (net(swapped) - net(obs)).abs().max() > 1e-5
