@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-#: ``batch_transform(inputs, labels, generator) -> (inputs, targets)``. ``labels`` are class indices
-#: (int64, shape ``(B,)``); the returned ``targets`` are either class indices or class probabilities
-#: (float, shape ``(B, C)``) -- ``torch.nn.functional.cross_entropy`` accepts both.
-BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+#: ``batch_transform(inputs, labels, num_classes, generator) -> (inputs, targets)``. ``labels`` are class
+#: indices (int64, shape ``(B,)``); the returned ``targets`` are either class indices or class
+#: probabilities (float, shape ``(B, num_classes)``) -- ``torch.nn.functional.cross_entropy`` accepts both.
+BatchTransform = Callable[[torch.Tensor, torch.Tensor, int, torch.Generator],
+                          tuple[torch.Tensor, torch.Tensor]]
 #: ``grad_hook(model, generator)``: called after ``loss.backward()``, before ``optimizer.step()``; it
 #: edits the ``.grad`` of the model's parameters in place.
 GradHook = Callable[[nn.Module, torch.Generator], None]
