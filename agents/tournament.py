@@ -1,0 +1,275 @@
+"""Round-robin tournaments between negotiating agents on the batched rules.
+
+Every ordered pair of agents (self-play included) plays the same seeded sample of contexts, all games
+of a pair at once on :class:`~parley.envs.negotiation.BatchedNegotiation` with the agents acting through
+``act_batch``. The first agent of a pair sits in seat 0, the second in seat 1; who moves first is drawn
+per context from the seed, so seats matter little and each unordered pair is played both ways.
+
+::
+
+    from parley.agents.tournament import run_tournament
+    result = run_tournament(["boulware", "conceder", "pareto"], contexts=200, seed=0)
+    for row in result.agents:
+        print(row.agent, row.score, row.agreement, row.pareto)
+    result.write_csv("results.csv")
+
+Agents are scripted partner names (see :func:`parley.agents.scripted.list_partners`), any object
+implementing :class:`~parley.agents.policy.Policy`, or a path to a saved policy (loaded with
+:func:`parley.agents.load_policy`).
+
+Measures, per pair (from the first agent's side) and per agent (over all its games, in both seats):
+``score`` mean points (no deal scores ``no_deal_reward``), ``agreement`` fraction of games ending in a
+deal, ``pareto`` fraction of *deals* that are Pareto-optimal (as Lewis et al. 2017 report it; NaN
+without deals), ``nash_product`` mean Nash product of the outcome, ``turns`` mean acts per game.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from parley.agents.policy import Policy
+from parley.agents.scripted import PARTNERS, make_partner
+from parley.envs.negotiation import (
+    DEFAULT_MAX_TURNS,
+    WALK_AWAY_ACTION,
+    BatchedNegotiation,
+    Context,
+    contexts_to_arrays,
+    sample_context_arrays,
+)
+
+__all__ = ["PairResult", "AgentResult", "TournamentResult", "play_games", "resolve_agent", "run_tournament"]
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """``agent`` (seat 0) against ``partner`` (seat 1) over ``games`` contexts; measures from ``agent``'s side."""
+
+    agent: str
+    partner: str
+    games: int
+    score: float
+    partner_score: float
+    joint: float
+    agreement: float
+    pareto: float
+    nash_product: float
+    turns: float
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """One agent over every game it played, in either seat (self-play games count once per seat)."""
+
+    agent: str
+    games: int
+    score: float
+    agreement: float
+    pareto: float
+    nash_product: float
+    turns: float
+
+
+@dataclass
+class TournamentResult:
+    """Per-pair and per-agent results of :func:`run_tournament`, plus the settings that produced them."""
+
+    pairs: list[PairResult]
+    agents: list[AgentResult]
+    contexts: int
+    seed: int
+    max_turns: int
+    names: list[str] = field(default_factory=list)
+
+    def pair(self, agent: str, partner: str) -> PairResult:
+        for row in self.pairs:
+            if row.agent == agent and row.partner == partner:
+                return row
+        raise KeyError(f"no pair {agent!r} vs {partner!r}; agents are {', '.join(self.names)}")
+
+    def agent(self, name: str) -> AgentResult:
+        for row in self.agents:
+            if row.agent == name:
+                return row
+        raise KeyError(f"no agent {name!r}; agents are {', '.join(self.names)}")
+
+    def rows(self) -> list[dict]:
+        """Flat rows for tables and CSV: ``scope`` is ``"agent"`` (partner ``"*"``) or ``"pair"``."""
+        rows = []
+        for a in self.agents:
+            rows.append({"scope": "agent", "agent": a.agent, "partner": "*", "games": a.games, "score": a.score,
+                         "partner_score": math.nan, "joint": math.nan, "agreement": a.agreement,
+                         "pareto": a.pareto, "nash_product": a.nash_product, "turns": a.turns})
+        for p in self.pairs:
+            rows.append({"scope": "pair", **asdict(p)})
+        return rows
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write :meth:`rows` (with the seed, contexts and max_turns on every row) to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        columns = ["scope", *(f.name for f in fields(PairResult)), "seed", "contexts", "max_turns"]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for row in self.rows():
+                writer.writerow({**row, "seed": self.seed, "contexts": self.contexts, "max_turns": self.max_turns})
+        return path
+
+
+def play_games(
+    agent0: Policy,
+    agent1: Policy,
+    counts: np.ndarray,
+    values: np.ndarray,
+    first_player: np.ndarray,
+    *,
+    max_turns: int = DEFAULT_MAX_TURNS,
+    no_deal_reward: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Play one game per context at once; ``agent0`` holds ``values[:, 0]``, ``agent1`` ``values[:, 1]``.
+
+    Returns the outcome metrics of :meth:`BatchedNegotiation.metrics` (``scores`` (N, 2), ``agreement``,
+    ``pareto_optimal``, ``nash_product``, ``turns``, ...). An illegal act raises ValueError naming the agent.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = counts.shape[0]
+    game = BatchedNegotiation(n, max_turns=max_turns, no_deal_reward=no_deal_reward)
+    game.reset_games(np.arange(n), counts, values, np.asarray(first_player, dtype=np.int64))
+    agents = (agent0, agent1)
+    while not game.done.all():
+        masks = game.legal_masks()
+        player = game.current_player.copy()
+        observations = game.observations(player)
+        actions = np.full(n, WALK_AWAY_ACTION, dtype=np.int64)
+        for seat, agent in enumerate(agents):
+            rows = np.flatnonzero(~game.done & (player == seat))
+            if rows.size:
+                actions[rows] = np.asarray(agent.act_batch(observations[rows], masks[rows])).reshape(-1)
+        illegal = game.apply_actions(actions)
+        if illegal.any():
+            row = int(np.flatnonzero(illegal)[0])
+            who = getattr(agents[player[row]], "name", type(agents[player[row]]).__name__)
+            raise ValueError(f"agent {who!r} sent illegal action {int(actions[row])} in game {row}")
+    return game.metrics()
+
+
+def resolve_agent(spec: str | Policy, *, seed: int | None = None, **params) -> Policy:
+    """An agent from a scripted partner name, a saved policy's path, or a Policy object (returned as is)."""
+    if not isinstance(spec, str):
+        if not hasattr(spec, "act_batch"):
+            raise TypeError(f"an agent must be a partner name, a policy path or a Policy, got {type(spec).__name__}")
+        return spec
+    if spec in PARTNERS:
+        return make_partner(spec, seed=seed, **params)
+    if Path(spec).exists():
+        from parley.agents import load_policy
+
+        return load_policy(spec, **params)
+    raise ValueError(f"unknown agent {spec!r}: not a partner name ({', '.join(PARTNERS)}) nor a saved policy path")
+
+
+def _seed_for(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def _agent_names(agents: Sequence[Policy]) -> list[str]:
+    names, seen = [], {}
+    for agent in agents:
+        base = str(getattr(agent, "name", type(agent).__name__))
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return names
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else math.nan
+
+
+def run_tournament(
+    agents: Sequence[str | Policy] | None = None,
+    *,
+    contexts: int | Sequence[Context] = 200,
+    seed: int = 0,
+    max_turns: int = DEFAULT_MAX_TURNS,
+    no_deal_reward: float = 0.0,
+    self_play: bool = True,
+    progress: Callable[[int, int, str, str], None] | None = None,
+) -> TournamentResult:
+    """Play every ordered pair of ``agents`` (default: every scripted partner) on the same contexts.
+
+    ``contexts`` is a number of contexts to sample (seeded by ``seed``) or a list of contexts. Scripted
+    partners named by string are built once per pair and seat with seeds derived from ``seed``; agent
+    objects with a ``seed(int)`` method (every :class:`~parley.agents.policy.BatchPolicy`) are reseeded
+    the same way, so a tournament is reproducible. ``progress(done, total, agent, partner)`` is called
+    after each pair.
+    """
+    specs = list(PARTNERS) if agents is None else list(agents)
+    if not specs:
+        raise ValueError("a tournament needs at least one agent")
+    if max_turns < 1:
+        raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+    rng = np.random.default_rng(seed)
+    if isinstance(contexts, int):
+        if contexts < 1:
+            raise ValueError(f"contexts must be at least 1, got {contexts}")
+        counts, values = sample_context_arrays(rng, contexts)
+    else:
+        if len(contexts) == 0:
+            raise ValueError("the context list is empty")
+        counts, values = contexts_to_arrays(list(contexts))
+    n = counts.shape[0]
+    first_player = rng.integers(2, size=n)
+
+    built = [resolve_agent(spec, seed=_seed_for(seed, i)) for i, spec in enumerate(specs)]
+    names = _agent_names(built)
+    order = [(i, j) for i in range(len(built)) for j in range(len(built)) if self_play or i != j]
+    if not order:
+        raise ValueError("without self-play a tournament needs at least two agents")
+
+    pairs: list[PairResult] = []
+    per_agent: dict[int, dict[str, list[np.ndarray]]] = {
+        i: {"score": [], "agreement": [], "pareto": [], "nash": [], "turns": []} for i in range(len(built))}
+    for done, (i, j) in enumerate(order, start=1):
+        seats = []
+        for seat, k in enumerate((i, j)):
+            if isinstance(specs[k], str) and specs[k] in PARTNERS:
+                seats.append(make_partner(specs[k], seed=_seed_for(seed, done, seat)))
+            else:
+                reseed = getattr(built[k], "seed", None)
+                if callable(reseed):
+                    reseed(_seed_for(seed, done, seat))
+                seats.append(built[k])
+        m = play_games(seats[0], seats[1], counts, values, first_player, max_turns=max_turns,
+                       no_deal_reward=no_deal_reward)
+        agreed = m["agreement"] > 0
+        pareto = m["pareto_optimal"][agreed].astype(np.float64)
+        pairs.append(PairResult(
+            agent=names[i], partner=names[j], games=n,
+            score=_mean(m["scores"][:, 0]), partner_score=_mean(m["scores"][:, 1]), joint=_mean(m["joint"]),
+            agreement=_mean(m["agreement"]), pareto=_mean(pareto), nash_product=_mean(m["nash_product"]),
+            turns=_mean(m["turns"]),
+        ))
+        for seat, k in enumerate((i, j)):
+            per_agent[k]["score"].append(m["scores"][:, seat])
+            per_agent[k]["agreement"].append(m["agreement"])
+            per_agent[k]["pareto"].append(pareto)
+            per_agent[k]["nash"].append(m["nash_product"])
+            per_agent[k]["turns"].append(m["turns"])
+        if progress is not None:
+            progress(done, len(order), names[i], names[j])
+
+    agent_rows = []
+    for k, name in enumerate(names):
+        acc = {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in per_agent[k].items()}
+        agent_rows.append(AgentResult(
+            agent=name, games=int(acc["score"].size), score=_mean(acc["score"]),
+            agreement=_mean(acc["agreement"]), pareto=_mean(acc["pareto"]),
+            nash_product=_mean(acc["nash"]), turns=_mean(acc["turns"]),
+        ))
+    return TournamentResult(pairs=pairs, agents=agent_rows, contexts=n, seed=seed, max_turns=max_turns, names=names)
