@@ -370,22 +370,74 @@ def verbalize_act(action: int, counts: Sequence[int]) -> str:
     return text + (" -- that's my final offer." if kind == "insist" else ".")
 
 
+def _split_fits_direct(counts: np.ndarray) -> np.ndarray:
+    """(..., 125) bool: which splits keep at most ``counts`` of each type."""
+    return np.all(ALL_SPLITS <= np.asarray(counts)[..., None, :], axis=-1)
+
+
+# Row ``25 a + 5 b + c`` answers "which splits fit within counts (a, b, c)"; built from the same rule as
+# the direct comparison so masks and single-action checks cannot drift apart.
+_SPLIT_FITS: np.ndarray = _split_fits_direct(ALL_SPLITS)
+_SPLIT_FITS.setflags(write=False)
+
+
+def _count_codes(counts: np.ndarray) -> np.ndarray | None:
+    """Row of :data:`_SPLIT_FITS` for each count vector, or None if some count lies outside 0..4."""
+    counts = np.asarray(counts)
+    if counts.size and (counts.min() < 0 or counts.max() > MAX_ITEM_COUNT):
+        return None
+    return (counts[..., 0] * _SPLIT_BASE + counts[..., 1]) * _SPLIT_BASE + counts[..., 2]
+
+
 def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
     """The one place legality is decided, for one state or a batch.
 
     ``counts`` (..., 3), ``partner_has_offer`` (...) -- the last proposal on the table is the partner's --
     and ``done`` (...). Returns an int8 mask (..., 252): propose/insist of a split within the counts,
     agree when the partner has a standing proposal, walk away; nothing once the game is over.
+    :func:`legal_actions_taken` answers the same question for one chosen action per game.
     """
     counts = np.asarray(counts)
     partner_has_offer = np.asarray(partner_has_offer, dtype=bool)
     live = ~np.asarray(done, dtype=bool)
-    split_ok = np.all(ALL_SPLITS <= counts[..., None, :], axis=-1) & live[..., None]
+    codes = _count_codes(counts)
+    fits = _split_fits_direct(counts) if codes is None else _SPLIT_FITS[codes]
+    split_ok = fits & live[..., None]
     mask = np.zeros(counts.shape[:-1] + (NUM_ACTIONS,), dtype=np.int8)
     mask[..., PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] = split_ok
     mask[..., INSIST_OFFSET:INSIST_OFFSET + NUM_SPLITS] = split_ok
     mask[..., AGREE_ACTION] = partner_has_offer & live
     mask[..., WALK_AWAY_ACTION] = live
+    return mask
+
+
+def legal_actions_taken(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray,
+                        actions: np.ndarray) -> np.ndarray:
+    """Whether each game's chosen action is legal: ``legal_action_mask(...)[..., action]`` without
+    building the full masks (the batched rules check one action per game at every step).
+
+    Out-of-range indices are illegal. Shapes as in :func:`legal_action_mask`, ``actions`` (...).
+    """
+    counts = np.asarray(counts)
+    actions = np.asarray(actions, dtype=np.int64)
+    live = ~np.asarray(done, dtype=bool)
+    in_range = (actions >= 0) & (actions < NUM_ACTIONS)
+    safe = np.where(in_range, actions, WALK_AWAY_ACTION)
+    is_split = safe < AGREE_ACTION
+    split = safe % NUM_SPLITS
+    codes = _count_codes(counts)
+    if codes is None:
+        fits = np.all(ALL_SPLITS[split] <= counts, axis=-1)
+    else:
+        fits = _SPLIT_FITS[codes, split]
+    ok = np.where(is_split, fits, np.where(safe == AGREE_ACTION, np.asarray(partner_has_offer, dtype=bool), True))
+    return in_range & live & ok
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_scalar_mask(counts: tuple[int, int, int], partner_has_offer: bool, done: bool) -> np.ndarray:
+    mask = legal_action_mask(np.array(counts), np.array(partner_has_offer), np.array(done))
+    mask.setflags(write=False)
     return mask
 
 
@@ -406,6 +458,111 @@ def describe_legal(mask: np.ndarray, counts: Sequence[int]) -> str:
 # --------------------------------------------------------------------------------------------------
 # Outcomes
 # --------------------------------------------------------------------------------------------------
+
+
+def _frontier_direct(all_s0: np.ndarray, all_s1: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+    """(B, 125) bool: feasible splits that no feasible split dominates."""
+    dom_pairs = ((all_s0[:, None, :] >= all_s0[:, :, None]) & (all_s1[:, None, :] >= all_s1[:, :, None])
+                 & ((all_s0[:, None, :] > all_s0[:, :, None]) | (all_s1[:, None, :] > all_s1[:, :, None]))
+                 & feasible[:, None, :])
+    return feasible & ~np.any(dom_pairs, axis=2)
+
+
+def _context_keys(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """One integer per (counts, values); counts 0..4 and values 0..10 give distinct keys."""
+    key = (counts[:, 0] * _SPLIT_BASE + counts[:, 1]) * _SPLIT_BASE + counts[:, 2]
+    for v in values.reshape(-1, 2 * NUM_ITEM_TYPES).T:
+        key = key * (VALUE_TOTAL + 1) + v
+    return key
+
+
+@functools.lru_cache(maxsize=1)
+def _sorted_context_keys() -> tuple[np.ndarray, np.ndarray]:
+    counts, values, _, _ = _context_table()
+    keys = _context_keys(counts, values)
+    order = np.argsort(keys)
+    return keys[order], order
+
+
+def context_ids(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Row of each context in the table of all valid contexts (the support of :func:`sample_context`),
+    or -1 where ``counts``/``values`` do not form a valid context. Shapes (B, 3) and (B, 2, 3)."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
+    values = np.asarray(values, dtype=np.int64).reshape(-1, 2, NUM_ITEM_TYPES)
+    in_range = (np.all((counts >= 0) & (counts <= MAX_ITEM_COUNT), axis=1)
+                & np.all((values >= 0) & (values <= VALUE_TOTAL), axis=(1, 2)))
+    keys = _context_keys(np.where(in_range[:, None], counts, 0), np.where(in_range[:, None, None], values, 0))
+    sorted_keys, order = _sorted_context_keys()
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    found = in_range & (sorted_keys[pos] == keys)
+    return np.where(found, order[pos], -1)
+
+
+def _split_scores(counts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores of every split for both sides, (B, 125) each, and which splits are feasible (B, 125)."""
+    codes = _count_codes(counts)
+    feasible = _split_fits_direct(counts) if codes is None else _SPLIT_FITS[codes]
+    # Small matrix products, exact in float64.
+    splits_t = ALL_SPLITS.T.astype(np.float64)
+    all_s0 = values[:, 0].astype(np.float64) @ splits_t
+    all_s1 = (counts * values[:, 1]).sum(-1, keepdims=True) - values[:, 1].astype(np.float64) @ splits_t
+    return all_s0, all_s1, feasible
+
+
+class _FrontierCache:
+    """Pareto frontiers of valid contexts, computed the first time each context is scored."""
+
+    def __init__(self) -> None:
+        self.frontier: np.ndarray | None = None
+        self.known: np.ndarray | None = None
+
+    def lookup(self, ids: np.ndarray, counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+        if self.frontier is None or self.known is None:
+            n = len(_context_table()[0])
+            self.frontier = np.zeros((n, NUM_SPLITS), dtype=bool)
+            self.known = np.zeros(n, dtype=bool)
+        missing = ~self.known[ids]
+        if missing.any():
+            new_ids, first = np.unique(ids[missing], return_index=True)
+            rows = np.flatnonzero(missing)[first]
+            self.frontier[new_ids] = _frontier_direct(*_split_scores(counts[rows], values[rows]))
+            self.known[new_ids] = True
+        return self.frontier[ids]
+
+
+_FRONTIERS = _FrontierCache()
+
+
+def pareto_frontier_masks(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(B, 125) bool: the splits (what agent 0 keeps) on each context's Pareto frontier.
+
+    Cached per context for valid contexts, so scoring many finished games stays cheap.
+    """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
+    values = np.asarray(values, dtype=np.int64).reshape(-1, 2, NUM_ITEM_TYPES)
+    ids = context_ids(counts, values)
+    valid = ids >= 0
+    if valid.all():
+        return _FRONTIERS.lookup(ids, counts, values)
+    out = np.zeros((len(ids), NUM_SPLITS), dtype=bool)
+    if valid.any():
+        out[valid] = _FRONTIERS.lookup(ids[valid], counts[valid], values[valid])
+    out[~valid] = _frontier_direct(*_split_scores(counts[~valid], values[~valid]))
+    return out
+
+
+def pareto_optimal_batch(counts: np.ndarray, values: np.ndarray, splits: np.ndarray, agreed: np.ndarray) -> np.ndarray:
+    """(B,) bool: agreed deals on the Pareto frontier.
+
+    The same answer as ``outcome_metrics_batch(...)["pareto_optimal"]`` (a split that nothing dominates
+    is itself a frontier split), at the cost of one lookup per game.
+    """
+    splits = np.asarray(splits, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
+    agreed = np.asarray(agreed, dtype=bool).reshape(-1)
+    clipped = np.clip(splits, 0, MAX_ITEM_COUNT)
+    idx = (clipped[:, 0] * _SPLIT_BASE + clipped[:, 1]) * _SPLIT_BASE + clipped[:, 2]
+    frontier = pareto_frontier_masks(counts, values)
+    return agreed & frontier[np.arange(len(idx)), idx]
 
 
 def outcome_metrics_batch(
@@ -434,9 +591,7 @@ def outcome_metrics_batch(
     if np.any(agreed & np.any((splits < 0) | (splits > counts), axis=1)):
         raise ValueError("an agreed split must keep between 0 and the item count of each type")
 
-    feasible = np.all(ALL_SPLITS[None] <= counts[:, None, :], axis=-1)  # (B, 125)
-    all_s0 = (ALL_SPLITS[None] * values[:, None, 0]).sum(-1)  # (B, 125)
-    all_s1 = ((counts[:, None, :] - ALL_SPLITS[None]) * values[:, None, 1]).sum(-1)
+    all_s0, all_s1, feasible = _split_scores(counts, values)  # (B, 125) each
     s0 = (splits * values[:, 0]).sum(-1)
     s1 = ((counts - splits) * values[:, 1]).sum(-1)
 
@@ -444,11 +599,7 @@ def outcome_metrics_batch(
     strictly = (all_s0 > s0[:, None]) | (all_s1 > s1[:, None])
     dominated = np.any(feasible & weakly_better & strictly, axis=1)
 
-    # A feasible split is on the frontier when nothing feasible dominates it.
-    dom_pairs = ((all_s0[:, None, :] >= all_s0[:, :, None]) & (all_s1[:, None, :] >= all_s1[:, :, None])
-                 & ((all_s0[:, None, :] > all_s0[:, :, None]) | (all_s1[:, None, :] > all_s1[:, :, None]))
-                 & feasible[:, None, :])
-    on_frontier = feasible & ~np.any(dom_pairs, axis=2)
+    on_frontier = pareto_frontier_masks(counts, values)
 
     d = float(no_deal_reward)
     score0 = np.where(agreed, s0, d).astype(np.float64)
@@ -477,24 +628,43 @@ def outcome_metrics(ctx: Context, split: Sequence[int] | None, *, turns: int | N
     """
     agreed = split is not None
     if agreed:
-        split_arr = np.array(split, dtype=np.int64)
-        if split_arr.shape != (NUM_ITEM_TYPES,) or np.any(split_arr < 0) or np.any(split_arr > ctx.counts):
+        if (len(split) != NUM_ITEM_TYPES or any(int(k) != k for k in split)
+                or any(not 0 <= k <= c for k, c in zip(split, ctx.counts, strict=True))):
             raise ValueError(f"split {tuple(split)} must keep 0..count items of each type; counts are {ctx.counts}")
+    # The score pairs of every split, the frontier and the best Nash product depend only on the context:
+    # computed once per context with the batched code, then reused.
+    feasible_scores, frontier_scores, pareto_splits = _context_outcomes(ctx)
+    d = float(no_deal_reward)
+    if agreed:
+        kept = tuple(int(k) for k in split)
+        s0 = float(ctx.score(0, kept))
+        s1 = float(ctx.score(1, tuple(c - k for c, k in zip(ctx.counts, kept, strict=True))))
     else:
-        split_arr = np.zeros(NUM_ITEM_TYPES, dtype=np.int64)
-    counts, values = contexts_to_arrays([ctx])
-    m = outcome_metrics_batch(counts, values, split_arr[None], np.array([agreed]), no_deal_reward)
-    s0, s1 = m["scores"][0]
+        kept, s0, s1 = None, d, d
     return {
-        "scores": (float(s0), float(s1)),
-        "joint": float(m["joint"][0]),
-        "pareto_optimal": bool(m["pareto_optimal"][0]),
-        "pareto_distance": float(m["pareto_distance"][0]),
-        "nash_product": float(m["nash_product"][0]),
-        "max_nash_product": float(m["max_nash_product"][0]),
+        "scores": (s0, s1),
+        "joint": s0 + s1,
+        "pareto_optimal": agreed and kept in pareto_splits,
+        "pareto_distance": min(float(np.sqrt((f0 - s0) ** 2 + (f1 - s1) ** 2)) for f0, f1 in frontier_scores),
+        "nash_product": (s0 - d) * (s1 - d),
+        "max_nash_product": max((f0 - d) * (f1 - d) for f0, f1 in feasible_scores),
         "agreement": agreed,
         "turns": turns,
     }
+
+
+@functools.lru_cache(maxsize=8192)
+def _context_outcomes(ctx: Context) -> tuple[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...],
+                                             frozenset[tuple[int, int, int]]]:
+    """Score pairs of all feasible splits, of the frontier splits, and the frontier splits themselves."""
+    counts, values = contexts_to_arrays([ctx])
+    all_s0, all_s1, feasible = _split_scores(counts, values)
+    frontier = pareto_frontier_masks(counts, values)[0]
+    pairs = list(zip(all_s0[0].tolist(), all_s1[0].tolist(), strict=True))
+    feasible_scores = tuple(sorted({pairs[i] for i in np.flatnonzero(feasible[0])}))
+    frontier_scores = tuple(sorted({pairs[i] for i in np.flatnonzero(frontier)}))
+    pareto_splits = frozenset(tuple(int(k) for k in ALL_SPLITS[i]) for i in np.flatnonzero(frontier))
+    return feasible_scores, frontier_scores, pareto_splits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,10 +750,15 @@ class NegotiationState:
         return self.terminal
 
     def legal_action_mask(self, player: int | None = None) -> np.ndarray:
+        """int8 mask (252,) of ``player``'s legal actions (all zero when it is not their turn)."""
+        return self._mask(player).copy()
+
+    def _mask(self, player: int | None = None) -> np.ndarray:
+        # A read-only cached array: states repeat a handful of (counts, offer, done) combinations.
         player = self.current_player if player is None else player
         partner_offer = self.standing_offer is not None and self.standing_offer[0] != player
         live = not self.terminal and player == self.current_player
-        return legal_action_mask(np.array(self.ctx.counts), np.array(partner_offer), np.array(not live))
+        return _cached_scalar_mask(self.ctx.counts, partner_offer, not live)
 
     def legal_actions(self) -> list[int]:
         return [int(a) for a in np.flatnonzero(self.legal_action_mask())]
@@ -591,7 +766,7 @@ class NegotiationState:
     def apply_action(self, action: int) -> None:
         """Send ``action`` for :attr:`current_player`; raises :class:`IllegalActionError` if not legal."""
         action = int(action)
-        mask = self.legal_action_mask()
+        mask = self._mask()
         if not 0 <= action < NUM_ACTIONS or not mask[action]:
             if 0 <= action < NUM_ACTIONS:
                 kind, split = decode_act(action)
@@ -743,11 +918,10 @@ class BatchedNegotiation:
         """
         actions = np.asarray(actions, dtype=np.int64).reshape(self.batch_size)
         live = ~self.done
-        in_range = (actions >= 0) & (actions < NUM_ACTIONS)
-        masks = self.legal_masks()
-        legal = in_range & masks[np.arange(self.batch_size), np.clip(actions, 0, NUM_ACTIONS - 1)].astype(bool)
+        partner_offer = (self.offer_proposer >= 0) & (self.offer_proposer != self.current_player)
+        legal = legal_actions_taken(self.counts, partner_offer, self.done, actions)
         illegal = live & ~legal
-        act = live & legal
+        act = legal
         rows = np.flatnonzero(act)
         if rows.size == 0:
             return illegal

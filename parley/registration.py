@@ -20,6 +20,7 @@ class EnvSpec:
     entry_point: str
     summary: str
     vector_entry_point: str | None = None
+    parallel_entry_point: str | None = None  # PettingZoo parallel API, where the env has one
 
 
 ENV_SPECS: tuple[EnvSpec, ...] = (
@@ -34,6 +35,7 @@ ENV_SPECS: tuple[EnvSpec, ...] = (
         env_id="parley/negotiation-v0",
         api="pettingzoo-aec",
         entry_point="parley.envs.negotiation_v0:env",
+        parallel_entry_point="parley.envs.negotiation_v0:parallel_env",
         summary="Deal or No Deal bargaining, two agents taking turns (PettingZoo AEC).",
     ),
     EnvSpec(
@@ -59,27 +61,25 @@ def register_envs() -> None:
 
 
 def _register_pettingzoo() -> None:
+    """Add the AEC (and parallel, where there is one) entry points to PettingZoo's registry.
+
+    PettingZoo 1.27 has ``pettingzoo.register(env_type, id, entry_point)`` with separate AEC and
+    parallel registries; older releases have no registry, and then there is nothing to do.
+    """
     try:
-        from pettingzoo.utils import registration as pz_registration  # type: ignore[attr-defined]
-    except ImportError:  # PettingZoo without a registry
+        import pettingzoo
+    except ImportError:
         return
-    register = getattr(pz_registration, "register", None)
-    registry = getattr(pz_registration, "registry", None)
-    if register is None:
+    register = getattr(pettingzoo, "register", None)
+    aec_registry = getattr(pettingzoo, "aec_registry", None)
+    parallel_registry = getattr(pettingzoo, "parallel_registry", None)
+    if register is None or aec_registry is None:
         return
     for spec in ENV_SPECS:
         if spec.api != "pettingzoo-aec":
             continue
-        if registry is not None and _pz_known(registry, spec.env_id):
-            continue
-        try:
-            register("aec", spec.env_id, spec.entry_point)
-        except (TypeError, ValueError):  # a registry with another signature, or the id already taken
-            return
-
-
-def _pz_known(registry, env_id: str) -> bool:
-    try:
-        return env_id in registry or ("aec", env_id) in registry
-    except TypeError:
-        return False
+        if spec.env_id not in aec_registry:
+            register("aec", spec.env_id, entry_point=spec.entry_point)
+        if (spec.parallel_entry_point is not None and parallel_registry is not None
+                and spec.env_id not in parallel_registry):
+            register("parallel", spec.env_id, entry_point=spec.parallel_entry_point)
