@@ -1,0 +1,370 @@
+"""Compacter adapters (Mahabadi, Henderson and Ruder, NeurIPS 2021), injected by module name.
+
+A Compacter adapter is a bottleneck ``adapter(x) = x + up(act(down(x)))`` whose two projections are
+parameterised hypercomplex multiplication (PHM) layers::
+
+    W = sum_{i=1..n} A_i (x) B_i          (x) = Kronecker product, W has shape (in, out)
+    A_i : (n, n)       "slow" weights, ONE set shared by every adapter layer of the model
+    B_i = s_i t_i^T    "fast" weights, rank ``rank``, s_i : (in/n, rank), t_i : (out/n, rank), per layer
+
+so a PHM layer holds ``rank * (in + out)`` weights plus ``out`` biases instead of ``in * out``.
+Initialisation follows the paper's code: A ~ N(0, std 1e-4), s and t Glorot-uniform (gain sqrt 2),
+biases zero -- the adapter starts out (almost exactly) as the identity.
+
+Placement: *Compacter* puts an adapter after the self-attention sublayer and after the feed-forward
+sublayer (on their outputs, before the residual add); *Compacter++* only after the feed-forward
+sublayer. Everything else is frozen except, by default, the layer norms.
+
+The API follows peft::
+
+    model = make_backbone("transformer", space)
+    add_adapters(model, CompacterConfig(n=4, rank=1, reduction=32, plus_plus=False))
+    print(trainable_fraction(model))
+    save_adapters(model, "adapters.pt")          # adapters (and trained layer norms) only
+    load_adapters(other_model, "adapters.pt")    # injects them first if needed
+    merge_adapters(model)                        # PHM layers -> plain dense Linear for inference
+
+``make_backbone("compacter", space, ...)`` builds the transformer backbone with adapters in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from parley.agents.backbones import (
+    ACTIVATIONS,
+    Backbone,
+    ObservationSpec,
+    TransformerBackbone,
+    TransformerConfig,
+    register_backbone,
+)
+from torch import nn
+
+ADAPTER_FORMAT = "parley-compacter-adapters-v1"
+
+
+@dataclass
+class CompacterConfig:
+    """Where and how big the adapters are.
+
+    ``target_modules``: module names (exact, a dotted suffix such as ``"ff"``, or a regular expression
+    matched against the full name) whose OUTPUT passes through an adapter. ``None`` uses the model's
+    own defaults (for parley's transformer: ``attn`` and ``ff`` of every block, or ``ff`` only with
+    ``plus_plus=True``); explicit targets are used as given.
+    ``reduction``: bottleneck width = model width / reduction, rounded up to a multiple of ``n``.
+    """
+
+    n: int = 4
+    rank: int = 1
+    reduction: int = 32
+    target_modules: list[str] | None = None
+    plus_plus: bool = False
+    train_layer_norms: bool = True
+    activation: str = "gelu"
+    slow_init_std: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.rank < 1 or self.reduction < 1:
+            raise ValueError(f"n, rank and reduction must be positive integers, got n={self.n}, "
+                             f"rank={self.rank}, reduction={self.reduction}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; use one of {', '.join(ACTIVATIONS)}")
+        if self.target_modules is not None:
+            self.target_modules = list(self.target_modules)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
+
+
+class PHMRule(nn.Module):
+    """The shared "slow" weights: ``n`` matrices A_i of shape (n, n)."""
+
+    def __init__(self, n: int, init_std: float = 1e-4) -> None:
+        super().__init__()
+        self.n = n
+        self.weight = nn.Parameter(torch.randn(n, n, n) * init_std)
+
+
+class PHMLinear(nn.Module):
+    """``y = x W + b`` with ``W = sum_i A_i (x) (s_i t_i^T)``; ``A`` comes from a (possibly shared) rule."""
+
+    def __init__(self, in_features: int, out_features: int, n: int, rank: int = 1,
+                 rule: PHMRule | None = None) -> None:
+        super().__init__()
+        if in_features % n or out_features % n:
+            raise ValueError(f"PHM layer sizes must be divisible by n={n}; got {in_features} -> {out_features}")
+        if rule is not None and rule.n != n:
+            raise ValueError(f"the shared rule has n={rule.n} but this layer was asked for n={n}")
+        self.in_features, self.out_features, self.n, self.rank = in_features, out_features, n, rank
+        self.rule = rule if rule is not None else PHMRule(n)
+        self.s = nn.Parameter(torch.empty(n, in_features // n, rank))
+        self.t = nn.Parameter(torch.empty(n, out_features // n, rank))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        for i in range(n):
+            nn.init.xavier_uniform_(self.s[i], gain=math.sqrt(2))
+            nn.init.xavier_uniform_(self.t[i], gain=math.sqrt(2))
+
+    def fast_weights(self) -> torch.Tensor:
+        """B_i = s_i t_i^T, shape (n, in/n, out/n)."""
+        return self.s @ self.t.transpose(1, 2)
+
+    def weight(self) -> torch.Tensor:
+        """The assembled (in, out) matrix sum_i kron(A_i, B_i)."""
+        a, b = self.rule.weight, self.fast_weights()
+        n, p, q = b.shape
+        # kron(A, B)[(r, p), (c, q)] = A[r, c] * B[p, q]
+        return torch.einsum("irc,ipq->rpcq", a, b).reshape(n * p, n * q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight() + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, n={self.n}, rank={self.rank}"
+
+
+class CompacterAdapter(nn.Module):
+    """``x + up(act(down(x)))`` with PHM projections."""
+
+    def __init__(self, d_model: int, bottleneck: int, n: int, rank: int, rule: PHMRule, activation: str = "gelu") -> None:
+        super().__init__()
+        self.down = PHMLinear(d_model, bottleneck, n, rank, rule)
+        self.act = ACTIVATIONS[activation]()
+        self.up = PHMLinear(bottleneck, d_model, n, rank, rule)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.act(self.down(x)))
+
+
+class AdaptedModule(nn.Module):
+    """Wraps a target module: its output goes through ``adapter`` (arguments pass through unchanged)."""
+
+    def __init__(self, base: nn.Module, adapter: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.adapter(self.base(*args, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------------
+# Injection, counting, saving
+# --------------------------------------------------------------------------------------------------
+
+
+def default_targets(model: nn.Module, plus_plus: bool) -> list[str]:
+    """The model's own adapter placement, or an error that says to pass ``target_modules``."""
+    targets = getattr(model, "compacter_targets", None)
+    if targets is None:
+        if isinstance(model, TransformerBackbone):
+            targets = {"attention": [r"blocks\.\d+\.attn"], "feed_forward": [r"blocks\.\d+\.ff"]}
+        else:
+            raise ValueError(f"{type(model).__name__} has no default adapter placement; pass "
+                             "CompacterConfig(target_modules=[...]) with the names of the modules to adapt")
+    return list(targets["feed_forward"]) if plus_plus else list(targets["attention"]) + list(targets["feed_forward"])
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name) is not None
+
+
+def _output_width(module: nn.Module, name: str) -> int:
+    width = getattr(module, "out_features", None)
+    if width is None:
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"cannot tell the output width of target module {name!r} ({type(module).__name__}); "
+                             "targets must be Linear layers or modules ending in one")
+        width = linears[-1].out_features
+    return int(width)
+
+
+def bottleneck_width(d_model: int, reduction: int, n: int) -> int:
+    """``d_model / reduction`` rounded up to a positive multiple of ``n`` (PHM sizes must divide by n)."""
+    return max(n, math.ceil(d_model / reduction / n) * n)
+
+
+def add_adapters(model: nn.Module, config: CompacterConfig | None = None) -> nn.Module:
+    """Inject Compacter adapters after the target modules, freeze everything else; returns ``model``.
+
+    One :class:`PHMRule` (the slow weights) is shared by all adapters. Layer norms stay trainable when
+    ``config.train_layer_norms``. Raises if no module matches or the model already has adapters.
+    """
+    config = config or CompacterConfig()
+    if getattr(model, "compacter_config", None) is not None:
+        raise ValueError("this model already has Compacter adapters")
+    patterns = config.target_modules if config.target_modules is not None else default_targets(model, config.plus_plus)
+    targets = [(name, module) for name, module in model.named_modules()
+               if name and any(_matches(name, p) for p in patterns)]
+    # Do not adapt a module inside another target (the outer adapter already covers it).
+    names = [name for name, _ in targets]
+    targets = [(name, m) for name, m in targets if not any(name.startswith(o + ".") for o in names if o != name)]
+    if not targets:
+        raise ValueError(f"no module of {type(model).__name__} matches target_modules={patterns}; "
+                         f"module names look like {[n for n, _ in model.named_modules() if n][:8]}")
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    reference = next(model.parameters(), None)
+    rule = PHMRule(config.n, config.slow_init_std)
+    for name, module in targets:
+        width = _output_width(module, name)
+        adapter = CompacterAdapter(width, bottleneck_width(width, config.reduction, config.n), config.n,
+                                   config.rank, rule, config.activation)
+        if reference is not None:
+            adapter.to(device=reference.device, dtype=reference.dtype)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, AdaptedModule(module, adapter))
+    if config.train_layer_norms:
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                for param in module.parameters():
+                    param.requires_grad_(True)
+    model.compacter_config = config
+    return model
+
+
+def adapter_modules(model: nn.Module) -> list[tuple[str, AdaptedModule]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, AdaptedModule)]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared parameters count once."""
+    params = list(model.parameters())  # parameters() already skips repeated (shared) tensors
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_fraction(model: nn.Module) -> float:
+    """Share of the model's parameters that will be trained."""
+    trainable, total = count_parameters(model)
+    return trainable / total if total else 0.0
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors (adapters, and layer norms if trained), keyed by parameter name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapters(model: nn.Module, path: str | Path) -> Path:
+    """Write the adapters alone (plus trained layer norms and the config) to ``path``."""
+    config = getattr(model, "compacter_config", None)
+    if config is None:
+        raise ValueError("this model has no Compacter adapters to save; call add_adapters first")
+    path = Path(path)
+    torch.save({"format": ADAPTER_FORMAT, "config": dataclasses.asdict(config),
+                "state": adapter_state_dict(model)}, path)
+    return path
+
+
+def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load adapters saved by :func:`save_adapters` into ``model`` (injecting them first if needed)."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{path} is not a parley Compacter adapter file")
+    config = CompacterConfig(**payload["config"])
+    if getattr(model, "compacter_config", None) is None:
+        add_adapters(model, config)
+    elif dataclasses.asdict(model.compacter_config) != payload["config"]:
+        raise ValueError(f"the model's adapters ({model.compacter_config}) differ from the saved ones ({config})")
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    missing, unexpected = sorted(expected - set(payload["state"])), sorted(set(payload["state"]) - expected)
+    if missing or unexpected:
+        raise ValueError(f"adapter file does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, value in payload["state"].items():
+            if params[name].shape != value.shape:
+                raise ValueError(f"shape mismatch for {name}: model {tuple(params[name].shape)}, file {tuple(value.shape)}")
+            params[name].copy_(value)
+    return model
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Replace every PHM layer by a dense ``nn.Linear`` holding its assembled weight (same outputs).
+
+    For inference: the Kronecker sums are no longer recomputed on each call. The merged layers are
+    frozen; merged models cannot be saved with :func:`save_adapters`.
+    """
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, PHMLinear)]
+    if not layers:
+        raise ValueError("this model has no Compacter adapters to merge")
+    for name, phm in layers:
+        dense = nn.Linear(phm.in_features, phm.out_features)
+        with torch.no_grad():
+            dense.weight.copy_(phm.weight().T)
+            dense.bias.copy_(phm.bias)
+        dense.to(device=phm.bias.device, dtype=phm.bias.dtype).requires_grad_(False)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, dense)
+    model.compacter_config = None
+    return model
+
+
+def remove_adapters(model: nn.Module) -> nn.Module:
+    """Take adapters out again, restoring the wrapped modules (they stay frozen)."""
+    for name, wrapped in adapter_modules(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, wrapped.base)
+    model.compacter_config = None
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# The ``compacter`` backbone
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompacterBackboneConfig(TransformerConfig):
+    """The transformer's hyperparameters plus the adapters'; ``pretrained`` loads transformer weights first."""
+
+    n: int = 4
+    rank: int = 1
+    reduction: int = 32
+    plus_plus: bool = False
+    train_layer_norms: bool = True
+    target_modules: list[str] | None = field(default=None)
+    pretrained: str | None = None  # path to a state_dict of a transformer backbone of the same shape
+
+
+@register_backbone("compacter", CompacterBackboneConfig, "transformer with Compacter adapters; only adapters train")
+def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf16: bool) -> Backbone:
+    base_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+    base = TransformerConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in base_fields})
+    model = TransformerBackbone(spec, base, bf16, name="compacter")
+    if config.pretrained:
+        model.load_state_dict(torch.load(config.pretrained, map_location="cpu", weights_only=True))
+    add_adapters(model, CompacterConfig(n=config.n, rank=config.rank, reduction=config.reduction,
+                                        target_modules=config.target_modules, plus_plus=config.plus_plus,
+                                        train_layer_norms=config.train_layer_norms))
+    return model
+
+
+__all__ = [
+    "AdaptedModule",
+    "CompacterAdapter",
+    "CompacterBackboneConfig",
+    "CompacterConfig",
+    "PHMLinear",
+    "PHMRule",
+    "adapter_state_dict",
+    "add_adapters",
+    "bottleneck_width",
+    "count_parameters",
+    "load_adapters",
+    "merge_adapters",
+    "remove_adapters",
+    "save_adapters",
+    "trainable_fraction",
+]

@@ -1,0 +1,181 @@
+"""Compacter: PHM algebra, parameter counts, freezing, adapter save/load/merge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from parley.agents.backbones import make_backbone, sample_observations
+from parley.agents.compacter import (
+    CompacterConfig,
+    PHMLinear,
+    PHMRule,
+    add_adapters,
+    bottleneck_width,
+    count_parameters,
+    load_adapters,
+    merge_adapters,
+    remove_adapters,
+    save_adapters,
+    trainable_fraction,
+)
+from parley.envs.negotiation import NUM_ACTIONS, ObservationLayout
+
+SPACE = spaces.Box(0.0, float(NUM_ACTIONS), shape=(ObservationLayout(10).size,), dtype=np.float32)
+SMALL = dict(d_model=32, n_heads=4, n_layers=2, ff_mult=2)
+
+
+@pytest.fixture(scope="module")
+def observations() -> torch.Tensor:
+    return torch.from_numpy(sample_observations(32, seed=5)[0])
+
+
+def test_phm_layer_equals_the_dense_kronecker_matrix():
+    torch.manual_seed(0)
+    n, d_in, d_out, rank = 4, 12, 8, 2
+    layer = PHMLinear(d_in, d_out, n, rank).double()
+    with torch.no_grad():
+        layer.rule.weight.normal_()  # make the slow weights non-negligible for the comparison
+        layer.bias.normal_()
+    a = layer.rule.weight.detach().numpy()
+    s, t = layer.s.detach().numpy(), layer.t.detach().numpy()
+    dense = sum(np.kron(a[i], s[i] @ t[i].T) for i in range(n))
+    assert dense.shape == (d_in, d_out)
+    np.testing.assert_allclose(layer.weight().detach().numpy(), dense, rtol=1e-12, atol=1e-12)
+    x = torch.randn(5, d_in, dtype=torch.float64)
+    np.testing.assert_allclose(layer(x).detach().numpy(), x.numpy() @ dense + layer.bias.detach().numpy(),
+                               rtol=1e-10, atol=1e-12)
+    assert np.linalg.matrix_rank(s[0] @ t[0].T) == rank
+
+
+def test_phm_init_follows_the_paper():
+    torch.manual_seed(0)
+    rule = PHMRule(4)
+    assert rule.weight.abs().max() < 1e-3 and rule.weight.std() > 1e-5
+    layer = PHMLinear(64, 32, 4, 1, rule)
+    assert torch.count_nonzero(layer.bias) == 0
+    bound = np.sqrt(2) * np.sqrt(6 / (16 + 1))  # Glorot-uniform, gain sqrt 2, fans (in/n, rank)
+    assert layer.s.abs().max() <= bound + 1e-6 and layer.s.abs().max() > 0.5 * bound
+    with pytest.raises(ValueError, match="divisible by n=4"):
+        PHMLinear(10, 8, 4)
+
+
+def _adapter_params(d: int, m: int, rank: int) -> int:
+    down = rank * (d + m) + m
+    up = rank * (m + d) + d
+    return down + up
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+def test_trainable_fraction_matches_an_analytic_count(plus_plus):
+    torch.manual_seed(0)
+    model = make_backbone("transformer", SPACE, device="cpu", **SMALL)
+    base_total = sum(p.numel() for p in model.parameters())
+    cfg = CompacterConfig(n=4, rank=1, reduction=4, plus_plus=plus_plus)
+    add_adapters(model, cfg)
+    d, layers = SMALL["d_model"], SMALL["n_layers"]
+    m = bottleneck_width(d, cfg.reduction, cfg.n)
+    assert m == 8
+    adapters = layers * (1 if plus_plus else 2)
+    adapter_params = adapters * _adapter_params(d, m, cfg.rank) + cfg.n**3  # one shared rule
+    layer_norms = (2 * layers + 1) * 2 * d
+    trainable, total = count_parameters(model)
+    assert total == base_total + adapter_params
+    assert trainable == adapter_params + layer_norms
+    assert trainable_fraction(model) == pytest.approx((adapter_params + layer_norms) / (base_total + adapter_params))
+    assert (adapters == 2 * layers) == (not plus_plus)
+
+
+def test_only_adapters_and_layer_norms_get_gradients(observations):
+    torch.manual_seed(0)
+    model = make_backbone("compacter", SPACE, device="cpu", reduction=4, **SMALL)
+    model(observations).pow(2).mean().backward()
+    for name, p in model.named_parameters():
+        is_adapter = ".adapter." in name
+        is_norm = "ln" in name.split(".")[-2] or name.startswith("norm.")
+        if is_adapter or is_norm:
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    frozen = make_backbone("compacter", SPACE, device="cpu", reduction=4, train_layer_norms=False, **SMALL)
+    assert all(".adapter." in n for n, p in frozen.named_parameters() if p.requires_grad)
+
+
+def test_slow_weights_are_shared_by_all_adapters():
+    model = make_backbone("compacter", SPACE, device="cpu", reduction=4, **SMALL)
+    rules = {id(m.rule.weight) for m in model.modules() if isinstance(m, PHMLinear)}
+    assert len(rules) == 1
+    assert sum(isinstance(m, PHMLinear) for m in model.modules()) == 2 * 2 * SMALL["n_layers"]
+
+
+def test_adapters_start_as_identity_and_then_learn(observations):
+    torch.manual_seed(0)
+    base = make_backbone("transformer", SPACE, device="cpu", **SMALL)
+    before = base(observations).detach()
+    add_adapters(base, CompacterConfig(reduction=4))
+    assert torch.allclose(base(observations), before, atol=1e-3)
+    target = torch.randn(len(observations), SMALL["d_model"])
+    opt = torch.optim.Adam([p for p in base.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = torch.nn.functional.mse_loss(base(observations), target)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.9 * first
+
+
+def test_save_and_load_adapters_round_trip(tmp_path, observations):
+    torch.manual_seed(0)
+    model = make_backbone("compacter", SPACE, device="cpu", reduction=4, **SMALL)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    path = save_adapters(model, tmp_path / "adapters.pt")
+    saved = torch.load(path, weights_only=True)["state"]
+    assert all(".adapter." in k or "ln" in k or k.startswith("norm.") for k in saved)
+    assert sum(v.numel() for v in saved.values()) == count_parameters(model)[0]
+
+    # Same frozen base weights, fresh adapters: outputs differ until the adapters are loaded.
+    fresh = make_backbone("transformer", SPACE, device="cpu", **SMALL)
+    base_state = {k.replace(".base.", "."): v for k, v in model.state_dict().items() if ".adapter." not in k}
+    fresh.load_state_dict(base_state, strict=False)
+    load_adapters(fresh, path)
+    assert torch.allclose(fresh(observations), model(observations), atol=1e-6)
+
+    other = make_backbone("transformer", SPACE, device="cpu", d_model=16, n_heads=2, n_layers=1)
+    with pytest.raises(ValueError):
+        load_adapters(other, path)
+
+
+def test_merge_keeps_outputs_and_remove_restores_the_base(observations):
+    torch.manual_seed(0)
+    base = make_backbone("transformer", SPACE, device="cpu", **SMALL)
+    before = base(observations).detach()
+    add_adapters(base, CompacterConfig(reduction=4))
+    with torch.no_grad():
+        next(m for m in base.modules() if isinstance(m, PHMRule)).weight.normal_()
+    adapted = base(observations).detach()
+    assert not torch.allclose(adapted, before, atol=1e-3)
+    merge_adapters(base)
+    assert not any(isinstance(m, PHMLinear) for m in base.modules())
+    assert torch.allclose(base(observations), adapted, atol=1e-5)
+    remove_adapters(base)
+    assert torch.allclose(base(observations), before, atol=1e-6)
+
+
+def test_bad_targets_are_clear_errors():
+    model = make_backbone("transformer", SPACE, device="cpu", **SMALL)
+    with pytest.raises(ValueError, match="no module"):
+        add_adapters(model, CompacterConfig(target_modules=["nonexistent"]))
+    add_adapters(model, CompacterConfig(target_modules=["ff"], reduction=4))
+    with pytest.raises(ValueError, match="already has"):
+        add_adapters(model, CompacterConfig())
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="target_modules"):
+        add_adapters(mlp)
+    add_adapters(mlp, CompacterConfig(target_modules=["0"], reduction=2))
+    assert mlp(torch.randn(3, 8)).shape == (3, 8)
