@@ -199,6 +199,7 @@ def run_tournament(
     max_turns: int = DEFAULT_MAX_TURNS,
     no_deal_reward: float = 0.0,
     self_play: bool = True,
+    first_player: int | None = None,
     progress: Callable[[int, int, str, str], None] | None = None,
 ) -> TournamentResult:
     """Play every ordered pair of ``agents`` (default: every scripted partner) on the same contexts.
@@ -206,8 +207,8 @@ def run_tournament(
     ``contexts`` is a number of contexts to sample (seeded by ``seed``) or a list of contexts. Scripted
     partners named by string are built once per pair and seat with seeds derived from ``seed``; agent
     objects with a ``seed(int)`` method (every :class:`~parley.agents.policy.BatchPolicy`) are reseeded
-    the same way, so a tournament is reproducible. ``progress(done, total, agent, partner)`` is called
-    after each pair.
+    the same way, so a tournament is reproducible. ``first_player`` fixes which seat moves first (None:
+    drawn per context). ``progress(done, total, agent, partner)`` is called after each pair.
     """
     specs = list(PARTNERS) if agents is None else list(agents)
     if not specs:
@@ -224,7 +225,12 @@ def run_tournament(
             raise ValueError("the context list is empty")
         counts, values = contexts_to_arrays(list(contexts))
     n = counts.shape[0]
-    first_player = rng.integers(2, size=n)
+    if first_player is None:
+        first_movers = rng.integers(2, size=n)
+    elif first_player in (0, 1):
+        first_movers = np.full(n, first_player, dtype=np.int64)
+    else:
+        raise ValueError(f"first_player must be 0, 1 or None (drawn per context), got {first_player}")
 
     built = [resolve_agent(spec, seed=_seed_for(seed, i)) for i, spec in enumerate(specs)]
     names = _agent_names(built)
@@ -245,7 +251,7 @@ def run_tournament(
                 if callable(reseed):
                     reseed(_seed_for(seed, done, seat))
                 seats.append(built[k])
-        m = play_games(seats[0], seats[1], counts, values, first_player, max_turns=max_turns,
+        m = play_games(seats[0], seats[1], counts, values, first_movers, max_turns=max_turns,
                        no_deal_reward=no_deal_reward)
         agreed = m["agreement"] > 0
         pareto = m["pareto_optimal"][agreed].astype(np.float64)
