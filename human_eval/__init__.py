@@ -1,1 +1,37 @@
-"""parley.human_eval: web app and terminal play for human-vs-agent negotiation studies."""
+"""parley.human_eval: web app and terminal play for human-vs-agent negotiation studies.
+
+``create_app`` builds the FastAPI app (``parley serve``), ``StudyConfig`` describes a study,
+``StudyService`` holds the game logic shared with terminal play (``parley play``), and
+``write_report`` turns a study database into plots and a markdown report (``parley report``).
+Names are imported lazily so ``import parley.human_eval`` does not pull in FastAPI or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "parley.human_eval.app",
+    "StudyConfig": "parley.human_eval.config",
+    "AgentSpec": "parley.human_eval.config",
+    "StudyConfigError": "parley.human_eval.config",
+    "DEFAULT_STUDY": "parley.human_eval.config",
+    "StudyService": "parley.human_eval.service",
+    "StudyError": "parley.human_eval.service",
+    "make_engine": "parley.human_eval.db",
+    "write_report": "parley.human_eval.report",
+    "load_tables": "parley.human_eval.report",
+    "OracleQuery": "parley.human_eval.oracle_page",
+    "InMemoryOracleQueue": "parley.human_eval.oracle_page",
+    "mount_oracle": "parley.human_eval.oracle_page",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'parley.human_eval' has no attribute {name!r}")

@@ -1,0 +1,334 @@
+"""The FastAPI web app of a study: participant pages and API, admin status, export and results.
+
+Build it with :func:`create_app` (``parley serve`` does this and runs it under uvicorn)::
+
+    from parley.human_eval import StudyConfig, create_app
+    app = create_app(StudyConfig.from_yaml("agents.yaml"), db="sqlite:///study.db", admin_token="...")
+
+Participant API (JSON; every request after ``/api/enter`` carries ``X-Session-Token``):
+
+========================================  ====================================================
+``POST /api/enter``                       ``{study, pid}`` -> ``{token, state}`` (resumes by pid)
+``GET  /api/state``                       where the participant is in the flow
+``POST /api/consent``, ``/api/instructions``  flow steps
+``POST /api/games``                       start the next negotiation (balanced assignment)
+``GET  /api/games/{id}``                  the negotiation as the participant may see it
+``POST /api/games/{id}/act``              ``{kind, split?, message?, turn?}`` -> the view after the agent's reply
+``POST /api/games/{id}/survey``           ``{fair, human_like, negotiate_again, comment}`` -> completion code
+========================================  ====================================================
+
+Admin API (``X-Admin-Token`` or ``Authorization: Bearer``): ``/api/admin/status``,
+``/api/admin/export/{games|events|surveys|participants}.{jsonl|csv}``, ``/api/admin/results``,
+``/api/admin/plots/{name}.png``. The pages are ``/`` (participants), ``/admin`` and, when an oracle
+queue is attached, ``/oracle`` (see :mod:`parley.human_eval.oracle_page`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from importlib import resources
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from parley.envs.negotiation import IllegalActionError
+from parley.human_eval import report
+from parley.human_eval.config import StudyConfig
+from parley.human_eval.db import Setting, make_engine
+from parley.human_eval.security import RateLimiter, TokenError, TokenSigner, new_secret
+from parley.human_eval.service import StudyError, StudyService
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("parley.human_eval")
+
+TOKEN_HEADER = "X-Session-Token"
+ADMIN_HEADER = "X-Admin-Token"
+MAX_BODY_BYTES = 64 * 1024
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnterRequest(_Body):
+    study: str = Field(min_length=1, max_length=64)
+    pid: str = Field(min_length=1, max_length=128)
+
+
+class EmptyRequest(_Body):
+    pass
+
+
+class ActRequest(_Body):
+    kind: Literal["propose", "insist", "agree", "walk_away"]
+    split: list[StrictInt] | None = Field(default=None, max_length=3)
+    message: str | None = Field(default=None, max_length=2000)
+    turn: StrictInt | None = None
+    client_ts: StrictFloat | StrictInt | None = None
+
+
+class SurveyRequest(_Body):
+    fair: StrictInt = Field(ge=1, le=5)
+    human_like: StrictInt = Field(ge=1, le=5)
+    negotiate_again: StrictInt = Field(ge=1, le=5)
+    comment: str = Field(default="", max_length=4000)
+
+
+def _static_dir():
+    return resources.files("parley.human_eval") / "static"
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def load_or_create_secret(engine: Engine) -> str:
+    """The token secret stored in the database, created on first use so tokens survive restarts."""
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as s:
+        row = s.get(Setting, "token_secret")
+        if row is not None:
+            return row.value
+        s.add(Setting(key="token_secret", value=new_secret()))
+        try:
+            s.commit()
+        except IntegrityError:  # another process created it first
+            s.rollback()
+        return s.get(Setting, "token_secret").value
+
+
+def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:///study.db",
+               admin_token: str | None = None, secret: str | None = None, policies: dict | None = None,
+               oracle_queue=None, oracle_token: str | None = None, enter_rate_per_s: float = 5.0,
+               enter_burst: int = 200, synchronous: str = "FULL", warm_up: bool = True) -> FastAPI:
+    """The study web app.
+
+    ``admin_token`` None disables the admin API. ``secret`` signs participant tokens; None keeps one in
+    the database. ``oracle_queue`` (see :mod:`parley.human_eval.oracle_page`) adds the expert-oracle
+    page, guarded by ``oracle_token`` (default: the admin token).
+    """
+    from parley.human_eval.config import DEFAULT_STUDY
+
+    config = config or DEFAULT_STUDY
+    engine = db if isinstance(db, Engine) else make_engine(db, synchronous=synchronous)
+    service = StudyService(config, engine, policies=policies)
+    if warm_up:
+        service.warm_up()
+    signer = TokenSigner(secret or load_or_create_secret(engine))
+    participant_limits = RateLimiter(config.rate_per_s, config.rate_burst)
+    enter_limits = RateLimiter(enter_rate_per_s, enter_burst)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(min(30.0, config.idle_timeout_s / 2))
+                try:
+                    await run_in_threadpool(service.expire_idle_games)
+                except Exception:  # keep sweeping; the next request reports real problems
+                    log.exception("idle-game sweep failed")
+
+        sweeper = asyncio.create_task(sweep())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(title=f"parley study {config.study}", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.service = service
+    app.state.signer = signer
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, f"request body too large (at most {MAX_BODY_BYTES} bytes)")
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(StudyError)
+    async def _study_error(_request: Request, err: StudyError):
+        return _error(err.status_code, err.message)
+
+    @app.exception_handler(IllegalActionError)
+    async def _illegal(_request: Request, err: IllegalActionError):
+        return _error(422, f"that act is not allowed now: {err}")
+
+    @app.exception_handler(TokenError)
+    async def _token_error(_request: Request, err: TokenError):
+        return _error(401, str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, err: RequestValidationError):
+        problems = []
+        for e in err.errors():
+            if e.get("type") == "json_invalid":
+                return _error(400, "the request body is not valid JSON")
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            problems.append(f"{where}: {e.get('msg')}")
+        return _error(422, "invalid request: " + "; ".join(problems), problems=problems)
+
+    # ------------------------------------------------------------------------------ authentication
+
+    async def participant(request: Request) -> int:
+        participant_id, study = signer.verify(request.headers.get(TOKEN_HEADER))
+        if study != config.study:
+            raise TokenError("this token belongs to another study")
+        if not participant_limits.allow(participant_id):
+            raise _RateLimited()
+        return participant_id
+
+    async def admin(request: Request) -> None:
+        _check_secret_header(request, admin_token, "admin")
+
+
+    class _RateLimited(StudyError):
+        status_code = 429
+
+        def __init__(self) -> None:
+            super().__init__("too many requests; slow down")
+
+    # ------------------------------------------------------------------------------------- pages
+
+    static = _static_dir()
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page() -> FileResponse:
+        return FileResponse(str(static / "admin.html"), media_type="text/html")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "study": config.study}
+
+    # ------------------------------------------------------------------------------- participant
+
+    @app.post("/api/enter")
+    def enter(body: EnterRequest, request: Request) -> dict:
+        client = request.client.host if request.client else "unknown"
+        if not enter_limits.allow(client):
+            raise _RateLimited()
+        participant_id = service.enter(body.study, body.pid)
+        return {"token": signer.issue(participant_id, config.study),
+                "state": service.participant_state(participant_id)}
+
+    @app.get("/api/state")
+    def state(pid: int = Depends(participant)) -> dict:
+        return service.participant_state(pid)
+
+    @app.post("/api/consent")
+    def consent(pid: int = Depends(participant), _body: EmptyRequest | None = None) -> dict:
+        service.record_step(pid, "consent")
+        return service.participant_state(pid)
+
+    @app.post("/api/instructions")
+    def instructions(pid: int = Depends(participant), _body: EmptyRequest | None = None) -> dict:
+        service.record_step(pid, "instructions")
+        return service.participant_state(pid)
+
+    @app.post("/api/games")
+    def start(pid: int = Depends(participant), _body: EmptyRequest | None = None) -> dict:
+        service.start_game(pid)
+        return service.participant_state(pid)
+
+    @app.get("/api/games/{game_id}")
+    def game(game_id: int, pid: int = Depends(participant)) -> dict:
+        return service.advance(pid, game_id)
+
+    @app.post("/api/games/{game_id}/act")
+    async def act(game_id: int, body: ActRequest, pid: int = Depends(participant)) -> dict:
+        await run_in_threadpool(service.act, pid, game_id, body.kind, body.split, message=body.message,
+                                client_ts=None if body.client_ts is None else float(body.client_ts),
+                                expected_turn=body.turn)
+        view = await run_in_threadpool(service.view, pid, game_id)
+        if view["status"] == "active" and not view["your_turn"]:
+            if config.think_time_s > 0:
+                await asyncio.sleep(config.think_time_s)
+            await run_in_threadpool(service.agent_turn, game_id)
+            view = await run_in_threadpool(service.view, pid, game_id)
+        return view
+
+    @app.post("/api/games/{game_id}/survey")
+    def survey(game_id: int, body: SurveyRequest, pid: int = Depends(participant)) -> dict:
+        code = service.submit_survey(pid, game_id, body.model_dump())
+        return {"completion_code": code, "state": service.participant_state(pid)}
+
+    # ------------------------------------------------------------------------------------- admin
+
+    @app.get("/api/admin/status", dependencies=[Depends(admin)])
+    def status() -> dict:
+        return service.status()
+
+    @app.get("/api/admin/export/{name}", dependencies=[Depends(admin)])
+    def export(name: str) -> Response:
+        table, _, fmt = name.partition(".")
+        if table not in report.TABLES or fmt not in ("jsonl", "csv"):
+            raise StudyError(f"unknown export {name!r}; use one of "
+                             f"{', '.join(f'{t}.jsonl/.csv' for t in report.TABLES)}")
+        service.expire_idle_games()
+        rows = report.load_tables(engine, config.study)[table]
+        body = report.to_jsonl(rows) if fmt == "jsonl" else report.to_csv(rows)
+        media = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+        return Response(body, media_type=media, headers={
+            "Content-Disposition": f'attachment; filename="{config.study}-{table}.{fmt}"'})
+
+    @app.get("/api/admin/results", dependencies=[Depends(admin)])
+    def results() -> dict:
+        service.expire_idle_games()
+        tables = report.load_tables(engine, config.study)
+        return {"summary": report.summarise(tables), "plots": list(report.PLOTS)}
+
+    @app.get("/api/admin/plots/{name}", dependencies=[Depends(admin)])
+    def plot(name: str) -> Response:
+        stem = name.removesuffix(".png")
+        if stem not in report.PLOTS:
+            raise StudyError(f"unknown plot {name!r}; plots: {', '.join(p + '.png' for p in report.PLOTS)}")
+        tables = report.load_tables(engine, config.study)
+        return Response(report.PLOTS[stem](tables), media_type="image/png")
+
+    if oracle_queue is not None:
+        from parley.human_eval.oracle_page import mount_oracle
+
+        mount_oracle(app, oracle_queue, token=oracle_token or admin_token)
+
+    return app
+
+
+def _check_secret_header(request: Request, expected: str | None, what: str) -> None:
+    if not expected:
+        raise _Forbidden(f"the {what} API is disabled: start the server with an {what} token")
+    given = request.headers.get(ADMIN_HEADER if what == "admin" else "X-Oracle-Token") or ""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        given = given or auth[len("Bearer "):]
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise _Forbidden(f"a valid {what} token is required")
+
+
+class _Forbidden(StudyError):
+    status_code = 403

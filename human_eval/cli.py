@@ -1,0 +1,91 @@
+"""``parley serve``, ``parley play`` and ``parley report``: run a study, play in the terminal, analyse."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        agents: Path = typer.Option(None, "--agents", help="Study config (agents.yaml); default: a study "
+                                    "against the boulware and conceder scripted partners."),
+        db: str = typer.Option("sqlite:///study.db", "--db", help="SQLAlchemy URL or SQLite file path."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep loopback behind a reverse proxy."),
+        port: int = typer.Option(8000, "--port"),
+        admin_token: str = typer.Option(None, "--admin-token", envvar="PARLEY_ADMIN_TOKEN",
+                                        help="Token for the admin pages; generated and printed if not given."),
+        secret: str = typer.Option(None, "--secret", envvar="PARLEY_SECRET",
+                                   help="Secret signing participant tokens; default: one kept in the database."),
+        think_time: float = typer.Option(None, "--think-time", help="Override the config's think_time_s."),
+        synchronous: str = typer.Option("FULL", "--sqlite-synchronous", help="FULL (durable on power loss) or NORMAL."),
+        proxy: bool = typer.Option(False, "--behind-proxy", help="Trust X-Forwarded-For/Proto from 127.0.0.1."),
+    ) -> None:
+        """Serve a human-vs-agent study (participant pages at /, admin at /admin)."""
+        import dataclasses
+        import secrets
+
+        import uvicorn
+        from parley.human_eval.app import create_app
+        from parley.human_eval.config import DEFAULT_STUDY, StudyConfig, StudyConfigError
+
+        try:
+            config = StudyConfig.from_yaml(agents) if agents is not None else DEFAULT_STUDY
+            if think_time is not None:
+                config = dataclasses.replace(config, think_time_s=think_time)
+        except StudyConfigError as err:
+            raise typer.BadParameter(str(err), param_hint="--agents") from None
+        if not admin_token:
+            admin_token = secrets.token_urlsafe(18)
+            typer.echo(f"admin token (set PARLEY_ADMIN_TOKEN to choose one): {admin_token}")
+        app = create_app(config, db=db, admin_token=admin_token, secret=secret, synchronous=synchronous)
+        typer.echo(f"study {config.study!r} with agents {', '.join(a.name for a in config.agents)} at "
+                   f"http://{host}:{port}/?study={config.study}&pid=PARTICIPANT_ID (admin: /admin)")
+        uvicorn.run(app, host=host, port=port, log_level=os.environ.get("PARLEY_LOG_LEVEL", "info"),
+                    proxy_headers=proxy, forwarded_allow_ips="127.0.0.1" if proxy else None,
+                    server_header=False)
+
+    @app.command("play")
+    def play_command(
+        agent: str = typer.Option("boulware", "--agent", help="A scripted partner name or a checkpoint path."),
+        db: str = typer.Option("sqlite:///study.db", "--db", help="Where the game is stored (same schema as serve)."),
+        pid: str = typer.Option(None, "--pid", help="Your participant id (default: your user name)."),
+        study: str = typer.Option("terminal", "--study", help="Study name the game is stored under."),
+        max_turns: int = typer.Option(10, "--max-turns"),
+        seed: int = typer.Option(0, "--seed", help="Seed of the contexts and assignment."),
+        survey: bool = typer.Option(True, "--survey/--no-survey", help="Ask the three survey questions afterwards."),
+    ) -> None:
+        """Negotiate against an agent in the terminal."""
+        import getpass
+
+        from parley.human_eval.config import StudyConfigError
+        from parley.human_eval.db import make_engine
+        from parley.human_eval.service import StudyService
+        from parley.human_eval.terminal import play, terminal_config
+
+        try:
+            config = terminal_config(agent, study=study, max_turns=max_turns, seed=seed)
+            service = StudyService(config, make_engine(db))
+            service.warm_up(include_checkpoints=True)
+        except (StudyConfigError, ValueError, FileNotFoundError) as err:
+            raise typer.BadParameter(str(err), param_hint="--agent") from None
+        play(service, pid or getpass.getuser(), agent=config.agents[0].name, ask=input, say=typer.echo,
+             survey=survey)
+
+    @app.command("report")
+    def report_command(
+        db: str = typer.Argument(..., help="Study database: a SQLite file or a SQLAlchemy URL."),
+        out: Path = typer.Option(Path("report"), "--out", help="Output folder for report.md, PNGs and exports."),
+        study: str = typer.Option(None, "--study", help="Only this study (default: every study in the database)."),
+    ) -> None:
+        """Write plots (PNG), a markdown report and JSONL/CSV exports of a study database."""
+        from parley.human_eval.report import write_report
+
+        try:
+            path = write_report(db, out, study=study)
+        except FileNotFoundError as err:
+            raise typer.BadParameter(str(err), param_hint="DB") from None
+        typer.echo(f"wrote {path}")

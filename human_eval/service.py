@@ -1,0 +1,576 @@
+"""The study logic shared by the web app and terminal play: assignment, turns, timeouts, surveys.
+
+:class:`StudyService` is the authority on every game. It rebuilds a game's
+:class:`~parley.envs.negotiation.NegotiationState` from the append-only event log, checks each act
+against the rules, writes the event before answering, and lets the agent answer through
+``Policy.act(observation, action_mask)``. The person is always player 0 of the state; who moves first
+is part of the balanced assignment.
+
+Nothing a participant receives from :meth:`StudyService.view` contains the agent's values or score.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from parley.envs.negotiation import (
+    ITEM_NAMES,
+    Context,
+    IllegalActionError,
+    NegotiationState,
+    decode_act,
+    encode_act,
+    verbalize_act,
+)
+from parley.human_eval.config import AgentSpec, StudyConfig
+from parley.human_eval.db import Event, Game, Participant, Survey
+from parley.human_eval.security import new_completion_code
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+HUMAN, AGENT = 0, 1
+LIKERT_QUESTIONS = ("fair", "human_like", "negotiate_again")
+LIKERT_RANGE = (1, 5)
+ACT_KINDS = ("propose", "insist", "agree", "walk_away")
+
+
+class StudyError(Exception):
+    """A request the study cannot carry out; ``status_code`` is the HTTP status the web app answers with."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(StudyError):
+    status_code = 422
+
+
+class NotAllowed(StudyError):
+    status_code = 403
+
+
+class NotFound(StudyError):
+    status_code = 404
+
+
+class Conflict(StudyError):
+    """The request does not fit the current state: not your turn, the game is over, limit reached."""
+
+    status_code = 409
+
+
+def build_policy(spec: AgentSpec):
+    """Instantiate the agent of a spec: a scripted partner by name, or a checkpoint via ``load_policy``."""
+    if spec.partner is not None:
+        from parley.agents.scripted import make_partner
+
+        return make_partner(spec.partner, **spec.params)
+    from parley.agents import load_policy
+
+    return load_policy(spec.checkpoint, **spec.params)
+
+
+@dataclass
+class _Replay:
+    state: NegotiationState
+    events: list[Event]
+
+    @property
+    def last_time(self) -> float:
+        return self.events[-1].created_at
+
+
+class StudyService:
+    """Runs one study on one database.
+
+    ``policies`` maps agent names to ready policy objects and takes precedence over building them from
+    the config (useful to share loaded checkpoints between services). Policies are otherwise built on
+    first use, so a checkpoint is only loaded when someone is assigned to it.
+    """
+
+    def __init__(self, config: StudyConfig, engine: Engine, *, policies: dict[str, Any] | None = None,
+                 clock=time.time, seed: int | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.clock = clock
+        self._policies: dict[str, Any] = dict(policies or {})
+        self._policy_locks: dict[str, threading.Lock] = {}
+        self._game_locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._assign_lock = threading.Lock()
+        # SQLite allows one writer at a time; queueing writers here keeps them off its busy-retry loop.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._rng = random.Random(config.seed if seed is None else seed)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def policy(self, name: str):
+        with self._guard:
+            if name not in self._policy_locks:
+                self._policy_locks[name] = threading.Lock()
+            lock = self._policy_locks[name]
+        with lock:
+            if name not in self._policies:
+                self._policies[name] = build_policy(self.config.agent(name))
+            return self._policies[name]
+
+    def warm_up(self, include_checkpoints: bool = False) -> None:
+        """Build the scripted partners now (and checkpoints too if asked) so a bad name fails at start."""
+        for spec in self.config.agents:
+            if spec.partner is not None or include_checkpoints:
+                self.policy(spec.name)
+
+    def _game_lock(self, game_id: int) -> threading.Lock:
+        with self._guard:
+            lock = self._game_locks.get(game_id)
+            if lock is None:
+                lock = self._game_locks[game_id] = threading.Lock()
+            return lock
+
+    def _writing(self):
+        return self._write_lock if self._write_lock is not None else nullcontext()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    def _participant(self, s: Session, participant_id: int) -> Participant:
+        p = s.get(Participant, participant_id)
+        if p is None or p.study != self.config.study:
+            raise NotAllowed("unknown participant for this study; open the study link again")
+        return p
+
+    def _owned_game(self, s: Session, participant_id: int, game_id: int) -> Game:
+        game = s.get(Game, game_id)
+        if game is None or game.study != self.config.study:
+            raise NotFound(f"no negotiation {game_id} in this study")
+        if game.participant_id != participant_id:
+            raise NotAllowed("this negotiation belongs to another participant")
+        return game
+
+    def _replay(self, s: Session, game: Game) -> _Replay:
+        ctx = Context(tuple(game.counts_list()), (tuple(game.human_values_list()), tuple(game.agent_values_list())))
+        state = NegotiationState(ctx, max_turns=game.max_turns, first_player=HUMAN if game.human_first else AGENT)
+        events = list(s.scalars(select(Event).where(Event.game_id == game.id).order_by(Event.seq)))
+        for ev in events:
+            if ev.kind == "act":
+                state.apply_action(ev.action)
+        return _Replay(state, events)
+
+    def _event(self, game: Game, seq: int, kind: str, actor: str, **fields) -> Event:
+        return Event(participant_id=game.participant_id, game_id=game.id, seq=seq, kind=kind, actor=actor,
+                     created_at=self.clock(), **fields)
+
+    def _finish(self, game: Game, state: NegotiationState, outcome: str, ended_by: str) -> None:
+        m = state.metrics()
+        game.ended_at = self.clock()
+        game.outcome = outcome
+        game.ended_by = ended_by
+        game.turns = state.turn
+        game.human_score, game.agent_score = (float(x) for x in m["scores"])
+        game.pareto_optimal = bool(m["pareto_optimal"])
+        game.human_gets = json.dumps(list(state.agreed_split)) if state.agreed_split is not None else None
+
+    def _finish_if_over(self, game: Game, state: NegotiationState, actor: str) -> None:
+        if not state.is_terminal():
+            return
+        if state.agreed_split is not None:
+            self._finish(game, state, "deal", actor)
+        elif state.walked_away_by is not None:
+            self._finish(game, state, "walk_away", actor)
+        else:
+            self._finish(game, state, "turn_limit", "system")
+
+    def _commit(self, s: Session) -> None:
+        try:
+            s.commit()
+        except IntegrityError:
+            s.rollback()
+            raise Conflict("another request changed this negotiation at the same time; reload and try again") from None
+
+    # ------------------------------------------------------------------------------------- participants
+
+    def enter(self, study: str, external_id: str, *, source: str = "web") -> int:
+        """The participant row for a study link (created on first visit); returns its id."""
+        if study != self.config.study:
+            raise NotFound(f"unknown study {study!r}")
+        external_id = external_id.strip()
+        if not external_id or len(external_id) > 128 or not external_id.isprintable():
+            raise InvalidRequest("pid must be 1-128 printable characters")
+        with self._session() as s:
+            existing = s.scalar(select(Participant).where(Participant.study == study,
+                                                          Participant.external_id == external_id))
+            if existing is not None:
+                return existing.id
+            with self._writing():
+                p = Participant(study=study, external_id=external_id, source=source, created_at=self.clock())
+                s.add(p)
+                try:
+                    s.flush()
+                    s.add(Event(participant_id=p.id, kind="enter", actor="human", created_at=self.clock()))
+                    s.commit()
+                except IntegrityError:  # the same link opened twice at once
+                    s.rollback()
+                    return s.scalar(select(Participant.id).where(Participant.study == study,
+                                                                 Participant.external_id == external_id))
+            return p.id
+
+    def record_step(self, participant_id: int, step: str) -> None:
+        """Mark ``consent`` or ``instructions`` as done (idempotent; instructions need consent first)."""
+        if step not in ("consent", "instructions"):
+            raise InvalidRequest(f"unknown step {step!r}; steps are consent, instructions")
+        with self._session() as s, self._writing():
+            p = self._participant(s, participant_id)
+            now = self.clock()
+            if step == "consent" and p.consented_at is None:
+                p.consented_at = now
+            elif step == "instructions":
+                if p.consented_at is None:
+                    raise Conflict("give consent before the instructions")
+                if p.instructed_at is None:
+                    p.instructed_at = now
+            else:
+                return
+            s.add(Event(participant_id=p.id, kind=step, actor="human", created_at=now))
+            s.commit()
+
+    def participant_state(self, participant_id: int) -> dict:
+        """Where the participant is in the flow, with the current game's view when there is one."""
+        with self._session() as s:
+            p = self._participant(s, participant_id)
+            games = list(s.scalars(select(Game).where(Game.participant_id == p.id).order_by(Game.id)))
+            surveyed = set(s.scalars(select(Survey.game_id).where(Survey.participant_id == p.id)))
+        codes = [g.completion_code for g in games if g.completion_code]
+        state = {"study": p.study, "pid": p.external_id, "sessions_used": len(games),
+                 "sessions_allowed": self.config.sessions_per_participant, "completion_codes": codes,
+                 "game": None}
+        if p.consented_at is None:
+            state["stage"] = "consent"
+        elif p.instructed_at is None:
+            state["stage"] = "instructions"
+        elif not games:
+            state["stage"] = "ready"
+        else:
+            last = games[-1]
+            if last.outcome is None:
+                state["game"] = self.advance(participant_id, last.id)
+                state["stage"] = "negotiation" if state["game"]["status"] == "active" else "survey"
+            elif last.id not in surveyed:
+                state["stage"] = "survey"
+                state["game"] = self.view(participant_id, last.id)
+            else:
+                state["stage"] = "done" if len(games) >= self.config.sessions_per_participant else "ready"
+                state["game"] = self.view(participant_id, last.id)
+        return state
+
+    # -------------------------------------------------------------------------------------------- games
+
+    def start_game(self, participant_id: int, *, agent: str | None = None, require_flow: bool = True) -> int:
+        """Assign an agent and context (balanced) and start a negotiation; returns the game id."""
+        with self._assign_lock, self._session() as s:
+            p = self._participant(s, participant_id)
+            if require_flow and (p.consented_at is None or p.instructed_at is None):
+                raise Conflict("consent and instructions come before the negotiation")
+            games = list(s.scalars(select(Game).where(Game.participant_id == p.id)))
+            if any(g.outcome is None for g in games):
+                raise Conflict("finish the current negotiation first")
+            surveyed = set(s.scalars(select(Survey.game_id).where(Survey.participant_id == p.id)))
+            if require_flow and any(g.id not in surveyed for g in games):
+                raise Conflict("answer the survey of your last negotiation first")
+            if len(games) >= self.config.sessions_per_participant:
+                raise Conflict(f"session limit reached: {self.config.sessions_per_participant} per participant")
+            agent_name, ctx_index, human_first = self._assign(s, games, agent)
+            ctx = self.config.contexts[ctx_index]
+            with self._writing():
+                game = Game(participant_id=p.id, study=p.study, agent=agent_name, context_index=ctx_index,
+                            counts=json.dumps(list(ctx.counts)), human_values=json.dumps(list(ctx.values[0])),
+                            agent_values=json.dumps(list(ctx.values[1])), human_first=human_first,
+                            max_turns=self.config.max_turns, started_at=self.clock())
+                s.add(game)
+                s.flush()
+                s.add(self._event(game, 0, "start", "system",
+                                  data=json.dumps({"agent": agent_name, "context_index": ctx_index,
+                                                   "human_first": bool(human_first)})))
+                s.commit()
+            game_id = game.id
+        if not human_first:
+            self.agent_turn(game_id)
+        return game_id
+
+    def _assign(self, s: Session, own_games: list[Game], agent: str | None) -> tuple[str, int, bool]:
+        """Least-used agent (preferring ones this person has not met), then least-used context and order."""
+        rows = s.execute(select(Game.agent, Game.context_index, Game.human_first, func.count())
+                         .where(Game.study == self.config.study)
+                         .group_by(Game.agent, Game.context_index, Game.human_first)).all()
+        cell_counts: Counter = Counter()
+        agent_counts: Counter = Counter()
+        for name, ctx, first, n in rows:
+            cell_counts[(name, ctx, bool(first))] += n
+            agent_counts[name] += n
+        met = {g.agent for g in own_games}
+        seen = {g.context_index for g in own_games}
+        if agent is None:
+            names = [a.name for a in self.config.agents]
+            agent = min(names, key=lambda n: (n in met, agent_counts[n], self._rng.random()))
+        else:
+            self.config.agent(agent)  # raises KeyError for an unknown name
+        cells = [(c, first) for c in range(len(self.config.contexts)) for first in (True, False)]
+        ctx_index, human_first = min(
+            cells, key=lambda cell: (cell[0] in seen, cell_counts[(agent, cell[0], cell[1])], self._rng.random()))
+        return agent, ctx_index, human_first
+
+    def act(self, participant_id: int, game_id: int, kind: str, split: list[int] | None = None, *,
+            message: str | None = None, client_ts: float | None = None, expected_turn: int | None = None) -> None:
+        """Record the person's act after checking it against the rules. The agent answers in :meth:`agent_turn`."""
+        if kind not in ACT_KINDS:
+            raise InvalidRequest(f"unknown act {kind!r}; acts are {', '.join(ACT_KINDS)}")
+        if message is not None:
+            message = message.replace("\x00", "").strip()
+            if len(message) > self.config.max_message_chars:
+                raise InvalidRequest(f"message too long: {len(message)} characters, at most "
+                                     f"{self.config.max_message_chars}")
+            message = message or None
+        with self._game_lock(game_id), self._session() as s:
+            game = self._owned_game(s, participant_id, game_id)
+            replay = self._replay(s, game)
+            state = replay.state
+            if game.outcome is None and self._timed_out(game, replay):
+                with self._writing():
+                    self._record_timeout(s, game, replay)
+                    self._commit(s)
+            if game.outcome is not None:
+                raise Conflict(f"the negotiation is over ({game.outcome})")
+            if state.current_player != HUMAN:
+                raise Conflict("it is not your turn; wait for your partner's reply")
+            if expected_turn is not None and expected_turn != state.turn:
+                raise Conflict(f"this act was meant for turn {expected_turn}, but the negotiation is at turn "
+                               f"{state.turn}; reload to see the latest state")
+            counts = game.counts_list()
+            if kind in ("propose", "insist"):
+                if split is None or len(split) != len(counts):
+                    raise InvalidRequest(f"{kind} needs 'split': how many of each item you keep "
+                                         f"({', '.join(ITEM_NAMES)}), e.g. [1, 0, 2]")
+                if not all(isinstance(k, int) and not isinstance(k, bool) for k in split):
+                    raise InvalidRequest(f"'split' must be whole numbers, got {split!r}")
+                bad = [f"{name}: {k} (0..{c})" for name, k, c in zip(ITEM_NAMES, split, counts, strict=True) if not 0 <= k <= c]
+                if bad:
+                    raise InvalidRequest(f"offer out of range: {', '.join(bad)}")
+            elif split is not None:
+                raise InvalidRequest(f"{kind} takes no split")
+            action = encode_act(kind, split)
+            try:
+                state.apply_action(action)
+            except IllegalActionError:
+                if kind == "agree":
+                    raise Conflict("there is no offer from your partner to agree to") from None
+                raise
+            now = self.clock()
+            with self._writing():
+                s.add(self._event(game, replay.events[-1].seq + 1, "act", "human", action=action,
+                                  text=verbalize_act(action, counts), message=message, client_ts=client_ts,
+                                  latency_ms=(now - replay.last_time) * 1000.0))
+                self._finish_if_over(game, state, "human")
+                self._commit(s)
+
+    def agent_turn(self, game_id: int) -> bool:
+        """Let the agent act if it is its turn; returns whether it acted. Safe to call at any time."""
+        with self._game_lock(game_id), self._session() as s:
+            game = s.get(Game, game_id)
+            if game is None or game.outcome is not None:
+                return False
+            replay = self._replay(s, game)
+            state = replay.state
+            if state.current_player != AGENT or state.is_terminal():
+                return False
+            seq = replay.events[-1].seq + 1
+            started = time.perf_counter()
+            error = None
+            try:
+                policy = self.policy(game.agent)
+                with self._policy_locks[game.agent]:
+                    action = int(policy.act(state.observation(AGENT), state.legal_action_mask()))
+                state.apply_action(action)
+            except Exception as err:  # a broken agent ends the game instead of hanging the participant
+                error = f"{type(err).__name__}: {err}"
+            compute_ms = (time.perf_counter() - started) * 1000.0
+            with self._writing():
+                if error is None:
+                    s.add(self._event(game, seq, "act", "agent", action=action,
+                                      text=verbalize_act(action, game.counts_list()), latency_ms=compute_ms))
+                    self._finish_if_over(game, state, "agent")
+                else:
+                    s.add(self._event(game, seq, "agent_error", "system", latency_ms=compute_ms,
+                                      data=json.dumps({"error": error[:2000]})))
+                    self._finish(game, state, "agent_error", "system")
+                self._commit(s)
+            return True
+
+    def _timed_out(self, game: Game, replay: _Replay) -> bool:
+        now = self.clock()
+        if now - game.started_at > self.config.session_time_s:
+            return True
+        return replay.state.current_player == HUMAN and now - replay.last_time > self.config.idle_timeout_s
+
+    def _record_timeout(self, s: Session, game: Game, replay: _Replay) -> None:
+        s.add(self._event(game, replay.events[-1].seq + 1, "timeout", "system",
+                          data=json.dumps({"idle_s": round(self.clock() - replay.last_time, 3)})))
+        self._finish(game, replay.state, "timeout", "system")
+
+    def advance(self, participant_id: int, game_id: int) -> dict:
+        """Apply pending timeouts and a pending agent reply (e.g. after a restart), then :meth:`view`."""
+        with self._game_lock(game_id), self._session() as s:
+            game = self._owned_game(s, participant_id, game_id)
+            if game.outcome is None:
+                replay = self._replay(s, game)
+                if self._timed_out(game, replay):
+                    with self._writing():
+                        self._record_timeout(s, game, replay)
+                        self._commit(s)
+        self.agent_turn(game_id)
+        return self.view(participant_id, game_id)
+
+    def expire_idle_games(self) -> int:
+        """End every game whose person has gone idle and finish replies owed by agents; returns games ended."""
+        with self._session() as s:
+            open_games = list(s.scalars(select(Game).where(Game.study == self.config.study,
+                                                           Game.outcome.is_(None))))
+        ended = 0
+        for game in open_games:
+            view = self.advance(game.participant_id, game.id)
+            ended += view["status"] == "finished"
+        return ended
+
+    # ------------------------------------------------------------------------------------------- views
+
+    def view(self, participant_id: int, game_id: int) -> dict:
+        """What the participant may see of a game: never the agent's values or score."""
+        with self._session() as s:
+            game = self._owned_game(s, participant_id, game_id)
+            replay = self._replay(s, game)
+            survey = s.scalar(select(Survey.id).where(Survey.game_id == game.id))
+        state = replay.state
+        counts, values = game.counts_list(), game.human_values_list()
+        transcript = []
+        for ev in replay.events:
+            if ev.kind != "act":
+                continue
+            kind, split = decode_act(ev.action)
+            entry = {"seq": ev.seq, "speaker": "you" if ev.actor == "human" else "partner", "kind": kind,
+                     "text": ev.text, "message": ev.message}
+            if split is not None:
+                # what the participant would get under this offer
+                entry["you_get"] = list(split) if ev.actor == "human" else [c - k for c, k in zip(counts, split, strict=True)]
+            transcript.append(entry)
+        partner_offer = None
+        if state.standing_offer is not None and state.standing_offer[0] == AGENT:
+            you_get = [c - k for c, k in zip(counts, state.standing_offer[1], strict=True)]
+            partner_offer = {"you_get": you_get, "your_points": sum(v * k for v, k in zip(values, you_get, strict=True))}
+        now = self.clock()
+        active = game.outcome is None
+        your_turn = active and state.current_player == HUMAN
+        session_left = self.config.session_time_s - (now - game.started_at)
+        seconds_left = session_left
+        if your_turn:
+            seconds_left = min(session_left, self.config.idle_timeout_s - (now - replay.last_time))
+        view = {
+            "game_id": game.id,
+            "status": "active" if active else "finished",
+            "items": [{"name": n, "count": c, "your_value": v} for n, c, v in zip(ITEM_NAMES, counts, values, strict=True)],
+            "turn": state.turn,
+            "max_turns": game.max_turns,
+            "your_turn": your_turn,
+            "you_move_first": bool(game.human_first),
+            "can_agree": your_turn and partner_offer is not None,
+            "partner_offer": partner_offer,
+            "transcript": transcript,
+            "seconds_left": max(0.0, round(seconds_left, 1)) if active else 0.0,
+            "idle_timeout_s": self.config.idle_timeout_s,
+            "think_time_s": self.config.think_time_s,
+            "outcome": None,
+            "survey_done": survey is not None,
+            "completion_code": game.completion_code,
+        }
+        if not active:
+            deal = game.outcome == "deal"
+            view["outcome"] = {
+                "result": game.outcome,
+                "ended_by": {"human": "you", "agent": "partner"}.get(game.ended_by or "", "system"),
+                "you_get": json.loads(game.human_gets) if deal else None,
+                "your_points": game.human_score,
+            }
+        return view
+
+    # ------------------------------------------------------------------------------------------ surveys
+
+    def submit_survey(self, participant_id: int, game_id: int, answers: dict) -> str:
+        """Store the post-game survey and return the game's completion code."""
+        clean = {}
+        for q in LIKERT_QUESTIONS:
+            v = answers.get(q)
+            if isinstance(v, bool) or not isinstance(v, int) or not LIKERT_RANGE[0] <= v <= LIKERT_RANGE[1]:
+                raise InvalidRequest(f"{q} must be an integer {LIKERT_RANGE[0]}-{LIKERT_RANGE[1]}, got {v!r}")
+            clean[q] = v
+        comment = (answers.get("comment") or "").replace("\x00", "").strip()
+        if len(comment) > 4000:
+            raise InvalidRequest(f"comment too long: {len(comment)} characters, at most 4000")
+        with self._game_lock(game_id):
+            for _ in range(3):
+                with self._session() as s:
+                    game = self._owned_game(s, participant_id, game_id)
+                    if game.outcome is None:
+                        raise Conflict("the survey comes after the negotiation ends")
+                    if s.scalar(select(Survey.id).where(Survey.game_id == game.id)) is not None:
+                        raise Conflict("the survey for this negotiation was already answered")
+                    last_seq = s.scalar(select(func.max(Event.seq)).where(Event.game_id == game.id))
+                    with self._writing():
+                        s.add(Survey(game_id=game.id, participant_id=participant_id, comment=comment,
+                                     created_at=self.clock(), **clean))
+                        s.add(self._event(game, last_seq + 1, "survey", "human",
+                                          data=json.dumps({**clean, "comment": comment})))
+                        game.completion_code = new_completion_code()
+                        try:
+                            s.commit()
+                            return game.completion_code
+                        except IntegrityError:  # a colliding code (1 in 32**12) or a concurrent request
+                            s.rollback()
+        raise Conflict("the survey could not be stored; reload and try again")
+
+    # ------------------------------------------------------------------------------------------- admin
+
+    def status(self) -> dict:
+        """Live study status for the admin page."""
+        self.expire_idle_games()
+        with self._session() as s:
+            games = list(s.scalars(select(Game).where(Game.study == self.config.study)))
+            n_participants = s.scalar(select(func.count()).select_from(Participant)
+                                      .where(Participant.study == self.config.study))
+            n_surveys = s.scalar(select(func.count()).select_from(Survey).join(Game, Survey.game_id == Game.id)
+                                 .where(Game.study == self.config.study))
+        per_agent = {}
+        for spec in self.config.agents:
+            mine = [g for g in games if g.agent == spec.name]
+            done = [g for g in mine if g.outcome is not None]
+            deals = [g for g in done if g.outcome == "deal"]
+            per_agent[spec.name] = {
+                "games": len(mine), "active": len(mine) - len(done), "finished": len(done), "deals": len(deals),
+                "agreement_rate": len(deals) / len(done) if done else None,
+                "mean_human_score": float(np.mean([g.human_score for g in done])) if done else None,
+                "mean_agent_score": float(np.mean([g.agent_score for g in done])) if done else None,
+            }
+        return {"study": self.config.study, "participants": n_participants, "games": len(games),
+                "active_games": sum(g.outcome is None for g in games), "surveys": n_surveys, "agents": per_agent}

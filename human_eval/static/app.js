@@ -1,0 +1,316 @@
+// Participant page of a parley study. Plain DOM code, no build step. All text from the server is
+// inserted with textContent, never as HTML.
+"use strict";
+
+const ITEM_LABELS = { book: "Books", hat: "Hats", ball: "Balls" };
+const STAGES = ["login", "consent", "instructions", "ready", "negotiation", "survey", "done"];
+const $ = (id) => document.getElementById(id);
+
+const app = { token: null, state: null, game: null, timer: null, deadline: 0, busy: false, walkArmed: false };
+
+function params() {
+  const q = new URLSearchParams(window.location.search);
+  return { study: q.get("study"), pid: q.get("pid") };
+}
+
+function showError(text) {
+  const box = $("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+async function api(method, path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (app.token) headers["X-Session-Token"] = app.token;
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try { data = await response.json(); } catch (_) { data = null; }
+  if (!response.ok) {
+    const message = (data && data.error) || `request failed (${response.status})`;
+    const err = new Error(message);
+    err.status = response.status;
+    throw err;
+  }
+  return data;
+}
+
+function showStage(name) {
+  for (const s of STAGES) $(`stage-${s}`).hidden = s !== name;
+}
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function describe(items, counts) {
+  const parts = [];
+  items.forEach((k, i) => {
+    if (k > 0) parts.push(`${k} ${counts[i].name}${k === 1 ? "" : "s"}`);
+  });
+  return parts.length ? parts.join(", ") : "nothing";
+}
+
+// ------------------------------------------------------------------------------------------ flow
+
+function render(state) {
+  app.state = state;
+  $("who").textContent = state.pid ? `Participant ${state.pid}` : "";
+  if (state.stage === "negotiation") {
+    renderGame(state.game);
+    showStage("negotiation");
+    return;
+  }
+  if (state.stage === "survey") {
+    const g = state.game;
+    $("survey-outcome").textContent = g ? outcomeText(g) : "";
+    showStage("survey");
+    return;
+  }
+  if (state.stage === "done" || (state.stage === "ready" && state.completion_codes.length)) {
+    $("completion-code").textContent = state.completion_codes[state.completion_codes.length - 1] || "";
+    $("btn-again").hidden = !(state.stage === "ready");
+    showStage("done");
+    return;
+  }
+  showStage(state.stage);
+}
+
+async function enter(study, pid) {
+  const key = `parley:${study}:${pid}`;
+  const data = await api("POST", "/api/enter", { study, pid });
+  app.token = data.token;
+  sessionStorage.setItem(key, data.token);
+  render(data.state);
+}
+
+// ----------------------------------------------------------------------------------- negotiation
+
+function keepSplit() {
+  return app.game.items.map((_, i) => Number($(`keep-${i}`).value));
+}
+
+function updateOfferPoints() {
+  if (!app.game) return;
+  const keep = keepSplit();
+  let points = 0;
+  app.game.items.forEach((item, i) => {
+    points += keep[i] * item.your_value;
+    $(`give-${i}`).textContent = String(item.count - keep[i]);
+  });
+  $("offer-points").textContent = String(points);
+}
+
+function buildItems(game) {
+  const body = $("items-body");
+  body.replaceChildren();
+  game.items.forEach((item, i) => {
+    const row = el("tr");
+    row.append(el("td", null, ITEM_LABELS[item.name] || item.name), el("td", null, item.count),
+               el("td", null, item.your_value));
+    const cell = el("td");
+    const select = el("select");
+    select.id = `keep-${i}`;
+    select.setAttribute("aria-label", `${item.name}s you keep`);
+    for (let k = 0; k <= item.count; k++) {
+      const option = el("option", null, k);
+      option.value = String(k);
+      select.append(option);
+    }
+    select.value = String(item.your_value > 0 ? item.count : 0);
+    select.addEventListener("change", updateOfferPoints);
+    cell.append(select);
+    const give = el("td", null, "0");
+    give.id = `give-${i}`;
+    row.append(cell, give);
+    body.append(row);
+  });
+}
+
+function outcomeText(game) {
+  const o = game.outcome;
+  if (!o) return "";
+  if (o.result === "deal") return `Deal! You get ${describe(o.you_get, game.items)}: ${o.your_points} points.`;
+  if (o.result === "walk_away") return `No deal: ${o.ended_by === "you" ? "you" : "your partner"} walked away. You get 0 points.`;
+  if (o.result === "turn_limit") return "No deal: the turns ran out. You get 0 points.";
+  if (o.result === "timeout") return "No deal: the time ran out. You get 0 points.";
+  return "The negotiation ended without a deal.";
+}
+
+function renderGame(game) {
+  const fresh = !app.game || app.game.game_id !== game.game_id;
+  app.game = game;
+  if (fresh) buildItems(game);
+  updateOfferPoints();
+  $("turn-counter").textContent = `Turn ${Math.min(game.turn + (game.status === "active" ? 1 : 0), game.max_turns)} of ${game.max_turns}`;
+
+  const list = $("transcript");
+  list.replaceChildren();
+  for (const entry of game.transcript) {
+    const li = el("li", entry.speaker);
+    li.append(el("span", "who", entry.speaker === "you" ? "You:" : "Partner:"), el("span", "said", entry.text));
+    if (entry.message) li.append(el("span", "note", `“${entry.message}”`));
+    list.append(li);
+  }
+  list.scrollTop = list.scrollHeight;
+
+  const offer = $("partner-offer");
+  if (game.partner_offer && game.status === "active") {
+    offer.textContent = `Your partner offers you ${describe(game.partner_offer.you_get, game.items)} ` +
+      `(${game.partner_offer.your_points} points for you).`;
+    offer.hidden = false;
+  } else {
+    offer.hidden = true;
+  }
+
+  const active = game.status === "active";
+  const mine = active && game.your_turn && !app.busy;
+  for (const id of ["btn-propose", "btn-insist", "btn-walk"]) $(id).disabled = !mine;
+  $("btn-agree").disabled = !(mine && game.can_agree);
+  for (let i = 0; i < game.items.length; i++) $(`keep-${i}`).disabled = !mine;
+  $("message").disabled = !mine;
+  $("status").textContent = active ? (game.your_turn ? "Your move." : "Your partner is thinking…") : "";
+
+  const outcome = $("outcome");
+  outcome.hidden = active;
+  outcome.textContent = outcomeText(game);
+  $("btn-to-survey").hidden = active || game.survey_done;
+  startTimer(game);
+}
+
+function startTimer(game) {
+  clearInterval(app.timer);
+  app.timer = null;
+  if (game.status !== "active") {
+    $("timer").textContent = "";
+    return;
+  }
+  app.deadline = Date.now() + game.seconds_left * 1000;
+  const tick = async () => {
+    const left = Math.max(0, Math.round((app.deadline - Date.now()) / 1000));
+    $("timer").textContent = `Time left: ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    $("timer").classList.toggle("low", left <= 30);
+    if (left <= 0 && !app.busy) {
+      clearInterval(app.timer);
+      app.timer = null;
+      try { renderGame(await api("GET", `/api/games/${app.game.game_id}`)); } catch (e) { showError(e.message); }
+    }
+  };
+  tick();
+  app.timer = setInterval(tick, 1000);
+}
+
+async function sendAct(kind) {
+  if (!app.game || app.busy) return;
+  const body = { kind, turn: app.game.turn, client_ts: Date.now() / 1000 };
+  if (kind === "propose" || kind === "insist") body.split = keepSplit();
+  const message = $("message").value.trim();
+  if (message) body.message = message;
+  app.busy = true;
+  renderGame({ ...app.game, your_turn: false });
+  showError("");
+  try {
+    const view = await api("POST", `/api/games/${app.game.game_id}/act`, body);
+    $("message").value = "";
+    app.busy = false;
+    renderGame(view);
+  } catch (e) {
+    app.busy = false;
+    showError(e.message);
+    try { renderGame(await api("GET", `/api/games/${app.game.game_id}`)); } catch (_) { /* keep the error shown */ }
+  }
+}
+
+// --------------------------------------------------------------------------------------- survey
+
+function buildSurvey() {
+  for (const fs of document.querySelectorAll("#survey-form fieldset")) {
+    const q = fs.dataset.q;
+    const labels = ["1 strongly disagree", "2", "3", "4", "5 strongly agree"];
+    labels.forEach((text, i) => {
+      const label = el("label");
+      const input = el("input");
+      input.type = "radio";
+      input.name = q;
+      input.value = String(i + 1);
+      input.id = `${q}-${i + 1}`;
+      label.append(input, document.createTextNode(` ${text}`));
+      fs.append(label);
+    });
+  }
+}
+
+async function submitSurvey(event) {
+  event.preventDefault();
+  const answers = {};
+  for (const q of ["fair", "human_like", "negotiate_again"]) {
+    const chosen = document.querySelector(`input[name="${q}"]:checked`);
+    if (!chosen) { showError("Please answer all three questions."); return; }
+    answers[q] = Number(chosen.value);
+  }
+  answers.comment = $("survey-comment").value;
+  try {
+    const data = await api("POST", `/api/games/${app.state.game.game_id}/survey`, answers);
+    showError("");
+    app.game = null;
+    render(data.state);
+  } catch (e) { showError(e.message); }
+}
+
+// ----------------------------------------------------------------------------------------- wiring
+
+async function step(path) {
+  try { showError(""); render(await api("POST", path, {})); } catch (e) { showError(e.message); }
+}
+
+function wire() {
+  $("consent-box").addEventListener("change", () => { $("btn-consent").disabled = !$("consent-box").checked; });
+  $("btn-consent").addEventListener("click", () => step("/api/consent"));
+  $("btn-instructions").addEventListener("click", async () => {
+    await step("/api/instructions");
+    if (app.state && app.state.stage === "ready") await step("/api/games");
+  });
+  $("btn-start").addEventListener("click", () => step("/api/games"));
+  $("btn-again").addEventListener("click", () => step("/api/games"));
+  $("btn-propose").addEventListener("click", () => sendAct("propose"));
+  $("btn-insist").addEventListener("click", () => sendAct("insist"));
+  $("btn-agree").addEventListener("click", () => sendAct("agree"));
+  $("btn-walk").addEventListener("click", () => {
+    if (!app.walkArmed) {
+      app.walkArmed = true;
+      $("btn-walk").textContent = "Click again to walk away";
+      setTimeout(() => { app.walkArmed = false; $("btn-walk").textContent = "Walk away"; }, 4000);
+      return;
+    }
+    app.walkArmed = false;
+    $("btn-walk").textContent = "Walk away";
+    sendAct("walk_away");
+  });
+  $("btn-to-survey").addEventListener("click", async () => {
+    try { app.game = null; render(await api("GET", "/api/state")); } catch (e) { showError(e.message); }
+  });
+  $("survey-form").addEventListener("submit", submitSurvey);
+  $("login-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const url = new URL(window.location.href);
+    url.searchParams.set("pid", $("login-pid").value.trim());
+    if (!url.searchParams.get("study")) url.searchParams.set("study", app.defaultStudy || "default");
+    window.location.assign(url.toString());
+  });
+}
+
+async function main() {
+  wire();
+  buildSurvey();
+  const { study, pid } = params();
+  if (!study || !pid) {
+    try { app.defaultStudy = (await api("GET", "/healthz")).study; } catch (_) { app.defaultStudy = "default"; }
+    showStage("login");
+    return;
+  }
+  try { await enter(study, pid); } catch (e) { showError(e.message); }
+}
+
+document.addEventListener("DOMContentLoaded", main);
