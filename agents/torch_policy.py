@@ -1,0 +1,242 @@
+"""Neural negotiation policies in plain torch, and loading any saved policy by path.
+
+:class:`TorchPolicy` is the one neural policy object parley passes around: an actor-critic network
+(any registered backbone, a policy head over the 252 actions, a value head) behind the common
+:class:`~parley.agents.policy.Policy` interface. RLlib and Stable-Baselines3 training, behaviour
+cloning and the targeted-data-acquisition learner all save their result as a TorchPolicy directory:
+
+``policy.json``  what to rebuild: backbone name and config, observation size, metadata
+``model.pt``     the network's ``state_dict``
+
+:func:`load_policy` turns a path into a Policy. It knows TorchPolicy directories; other formats (an
+SB3 zip, an RLlib checkpoint) are added with :func:`register_policy_loader`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from parley.agents.policy import BatchPolicy, Policy
+from parley.envs.negotiation import NUM_ACTIONS
+from torch import nn
+
+from parley.utils import resolve_device
+
+POLICY_FILE = "policy.json"
+WEIGHTS_FILE = "model.pt"
+FORMAT_VERSION = 1
+
+
+def mask_logits(logits: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """Add log(mask), clamped to the dtype's most negative value, so illegal actions get ~zero mass.
+
+    Clamping instead of using -inf keeps softmax and entropy finite when a row is fully masked.
+    """
+    floor = torch.finfo(logits.dtype).min
+    return logits + torch.clamp(torch.log(action_mask.to(logits.dtype)), min=floor)
+
+
+class ActorCritic(nn.Module):
+    """Backbone features -> action logits (252) and a state value."""
+
+    def __init__(self, backbone: nn.Module, num_actions: int = NUM_ACTIONS) -> None:
+        super().__init__()
+        if not hasattr(backbone, "out_dim"):
+            raise TypeError("the backbone must expose its feature size as `out_dim`")
+        self.backbone = backbone
+        self.policy_head = nn.Linear(backbone.out_dim, num_actions)
+        self.value_head = nn.Linear(backbone.out_dim, 1)
+        # A small policy-head init keeps the first policy near uniform over legal acts (CleanRL's 0.01).
+        nn.init.orthogonal_(self.policy_head.weight, gain=0.01)
+        nn.init.zeros_(self.policy_head.bias)
+        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(observations)
+        return self.policy_head(features), self.value_head(features).squeeze(-1)
+
+
+class TorchPolicy(BatchPolicy):
+    """A neural negotiation policy: any backbone with policy and value heads.
+
+    Args:
+        backbone: a name from :func:`parley.agents.backbones.list_backbones`.
+        observation_size: length D of the observation vector (``16 + 2 * max_turns``).
+        backbone_config: keyword arguments for the backbone.
+        deterministic: act greedily (highest legal logit) when True, else sample.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        seed: seeds the sampling generator (and, when the network is built here, its init).
+        name: a display name for tables.
+        metadata: free-form facts saved with the policy (how it was trained, by what).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mlp",
+        observation_size: int = 36,
+        backbone_config: dict[str, Any] | None = None,
+        *,
+        deterministic: bool = True,
+        device: str = "auto",
+        seed: int | None = None,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(seed)
+        from gymnasium import spaces
+        from parley.agents.backbones import make_backbone
+
+        self.backbone_name = backbone
+        self.observation_size = int(observation_size)
+        self.backbone_config = dict(backbone_config or {})
+        self.deterministic = deterministic
+        self.device = resolve_device(device)
+        self.name = name or f"torch-{backbone}"
+        self.metadata = dict(metadata or {})
+        if seed is not None:
+            torch.manual_seed(seed)
+        space = spaces.Box(low=-np.inf, high=np.inf, shape=(self.observation_size,), dtype=np.float32)
+        self.model = ActorCritic(make_backbone(backbone, space, **self.backbone_config)).to(self.device)
+        self._torch_generator = torch.Generator(device="cpu")
+        self._torch_generator.manual_seed(int(self.rng.integers(2**31)))
+
+    # -- acting ------------------------------------------------------------------------------------
+
+    def distribution(self, observations: torch.Tensor, action_masks: torch.Tensor) -> tuple[
+            torch.distributions.Categorical, torch.Tensor]:
+        """The masked action distribution and the value estimate for a batch of observations."""
+        logits, values = self.model(observations)
+        return torch.distributions.Categorical(logits=mask_logits(logits, action_masks)), values
+
+    @torch.no_grad()
+    def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        obs = torch.as_tensor(np.asarray(observations, dtype=np.float32), device=self.device)
+        mask = torch.as_tensor(np.asarray(action_masks), device=self.device)
+        if not bool(mask.any(dim=-1).all()):
+            raise ValueError("every action mask row needs at least one legal action (is the game over?)")
+        logits, _ = self.model(obs)
+        logits = mask_logits(logits.float(), mask)
+        if self.deterministic:
+            actions = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits, dim=-1).cpu()
+            actions = torch.multinomial(probs, 1, generator=self._torch_generator).squeeze(-1)
+        self.model.train(was_training)
+        return actions.cpu().numpy().astype(np.int64)
+
+    # -- saving ------------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": "parley.torch_policy",
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone_name,
+            "observation_size": self.observation_size,
+            "backbone_config": self.backbone_config,
+            "name": self.name,
+            "metadata": self.metadata,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``policy.json`` and ``model.pt`` into the directory ``path`` (created if needed)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / POLICY_FILE).write_text(json.dumps(self.config(), indent=2, sort_keys=True))
+        torch.save(self.model.state_dict(), path / WEIGHTS_FILE)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", deterministic: bool = True,
+             seed: int | None = None) -> TorchPolicy:
+        """Rebuild a policy saved by :meth:`save`."""
+        path = Path(path)
+        config_file = path / POLICY_FILE
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path} is not a saved TorchPolicy: {POLICY_FILE} is missing")
+        config = json.loads(config_file.read_text())
+        if config.get("format") != "parley.torch_policy":
+            raise ValueError(f"{config_file} is not a parley TorchPolicy config (format={config.get('format')!r})")
+        policy = cls(
+            config["backbone"],
+            config["observation_size"],
+            config.get("backbone_config", {}),
+            deterministic=deterministic,
+            device=device,
+            seed=seed,
+            name=config.get("name"),
+            metadata=config.get("metadata", {}),
+        )
+        state = torch.load(path / WEIGHTS_FILE, map_location=policy.device, weights_only=True)
+        policy.model.load_state_dict(state)
+        return policy
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading any policy by path
+# --------------------------------------------------------------------------------------------------
+
+PolicyLoader = Callable[..., Policy]
+_LOADERS: list[tuple[str, Callable[[Path], bool], PolicyLoader]] = []
+
+
+def register_policy_loader(kind: str, recognises: Callable[[Path], bool], loader: PolicyLoader) -> None:
+    """Teach :func:`load_policy` a format: ``recognises(path)`` says whether ``loader(path, **kw)`` applies.
+
+    Later registrations are tried first, so a specific format can take over from a general one.
+    """
+    _LOADERS.insert(0, (kind, recognises, loader))
+
+
+def _is_torch_policy_dir(path: Path) -> bool:
+    return path.is_dir() and (path / POLICY_FILE).is_file()
+
+
+register_policy_loader("torch", _is_torch_policy_dir, TorchPolicy.load)
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    """A training run directory points at its latest policy through ``latest_policy`` or ``policy/``."""
+    if path.is_dir() and not _is_torch_policy_dir(path):
+        marker = path / "latest_policy"
+        if marker.is_file():
+            target = Path(marker.read_text().strip())
+            return target if target.is_absolute() else path / target
+        if _is_torch_policy_dir(path / "policy"):
+            return path / "policy"
+    return path
+
+
+def load_policy(path: str | Path, **kwargs: Any) -> Policy:
+    """Load a saved policy (a TorchPolicy directory, a training run, or a registered format) by path."""
+    _import_optional_loaders()
+    original = Path(path)
+    if not original.exists():
+        raise FileNotFoundError(f"no policy at {original}")
+    resolved = _resolve_checkpoint(original)
+    for _kind, recognises, loader in _LOADERS:
+        if recognises(resolved):
+            return loader(resolved, **kwargs)
+    kinds = ", ".join(kind for kind, _, _ in _LOADERS)
+    raise ValueError(f"{original} is not a policy parley can load (known formats: {kinds})")
+
+
+#: Modules that register loaders for optional formats when imported (SB3 zips, RLlib checkpoints).
+OPTIONAL_LOADER_MODULES: tuple[str, ...] = ()
+
+
+def _import_optional_loaders() -> None:
+    import importlib
+
+    for module in OPTIONAL_LOADER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # the optional framework is not installed; its format stays unknown
+            continue
