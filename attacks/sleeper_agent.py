@@ -1,0 +1,239 @@
+"""Sleeper Agent: a hidden-trigger backdoor by gradient matching (Souri et al., NeurIPS 2022).
+
+Clean-label: the poisons are target-class training images that keep their labels; only a small
+l-infinity perturbation is added. The patch trigger never appears in the training data -- it is pasted
+onto source-class images at test time.
+
+Algorithm (one restart), as :meth:`SleeperAgent._craft` runs it:
+
+1. Train a surrogate of the victim's architecture from scratch on the clean training set.
+2. Select the poisons: the ``max_poisons`` target-class training images with the largest per-sample
+   gradient norm ``||grad_theta CE(f(x_i), y_i)||`` on the surrogate.
+3. Source gradient ``g_s = grad_theta CE(f(patched source-class training images), target)``.
+4. For ``steps`` steps, per poison batch: ``g_p = grad_theta CE(f(aug(x_p + delta)), target)`` with a
+   differentiable crop/flip augmentation; loss ``1 - cos(g_s, g_p)``; the gradient with respect to
+   ``delta`` is replaced by its sign and fed to Adam ("signed Adam"); the lr drops x0.1 at 37%, 62% and
+   87% of the steps; after each step ``delta`` is projected to ``|delta| <= eps`` and ``x + delta`` to
+   [0, 1]. ``delta`` starts at ``randn * eps`` (projected).
+5. Every ``steps // (retrain_times + 1)`` steps the surrogate is retrained from scratch on the current
+   poisoned training set and ``g_s`` is recomputed (4 times over 250 steps in the paper).
+6. With several restarts the perturbation with the lowest final matching loss is kept.
+
+Paper defaults (CIFAR-10, ResNet-18): eps 16/255, budget 1% of the training set, 250 steps, signed Adam
+lr 0.1 in the standardised input space (~0.025 in [0, 1] pixel units), 1 restart, 4 retrainings, poison
+batch 512. :meth:`SleeperAgentConfig.for_dataset` scales the step count for small datasets.
+
+>>> attack = make_attack("sleeper_agent")            # or SleeperAgent(SleeperAgentConfig(steps=100))
+>>> submission = attack.craft(scenario)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from parley.attacks.base import Attack, Scenario, Submission, random_generator, register_attack
+from parley.attacks.victims import TrainingRecipe, augment, train_model
+from torch import nn
+
+from parley.utils import resolve_device
+
+__all__ = ["SleeperAgentConfig", "SleeperAgent", "GradientMatcher", "select_by_gradient_norm"]
+
+
+@dataclass
+class SleeperAgentConfig:
+    """Every Sleeper Agent hyperparameter.
+
+    :param steps: crafting steps (each step visits every poison batch once).
+    :param lr: signed-Adam step size in [0, 1] pixel units.
+    :param lr_drops: fractions of ``steps`` after which the lr is multiplied by 0.1 (paper: 93/156/218 of 250).
+    :param restarts: independent restarts; the lowest final loss wins (paper: 1; Witches' Brew: 8).
+    :param retrain_times: surrogate retrainings from scratch during crafting (paper: 4).
+    :param poison_batch_size: poisons per gradient-matching batch (paper: 512).
+    :param source_batch_size: patched source images per chunk when computing ``g_s``.
+    :param selection: ``"gradient_norm"`` (paper) or ``"random"`` target-class images.
+    :param augment: differentiable crop/flip of the poisons while crafting (uses the recipe's padding/flip).
+    :param use_trigger: patch the source images in ``g_s`` (False gives class-targeted Witches' Brew).
+    :param surrogate_recipe: the surrogate's schedule; None uses the scenario's (victim) recipe.
+    :param surrogate_epochs: override the surrogate recipe's epochs (schedule scaled); None keeps them.
+    """
+
+    steps: int = 250
+    lr: float = 0.025
+    lr_drops: tuple[float, ...] = (93 / 250, 156 / 250, 218 / 250)
+    restarts: int = 1
+    retrain_times: int = 4
+    poison_batch_size: int = 512
+    source_batch_size: int = 512
+    selection: str = "gradient_norm"
+    augment: bool = True
+    use_trigger: bool = True
+    surrogate_recipe: TrainingRecipe | None = None
+    surrogate_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("gradient_norm", "random"):
+            raise ValueError(f"selection must be 'gradient_norm' or 'random', got {self.selection!r}")
+        if self.steps < 1 or self.restarts < 1 or self.retrain_times < 0:
+            raise ValueError("steps and restarts must be >= 1 and retrain_times >= 0")
+
+    @classmethod
+    def for_dataset(cls, dataset, **overrides) -> SleeperAgentConfig:
+        """Paper defaults on 32x32 colour data; on small grey datasets the same schedule in fewer steps."""
+        channels, height, _ = dataset.shape
+        if height >= 32 and channels == 3:
+            return cls(**overrides)
+        return dataclasses.replace(cls(steps=120), **overrides)
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def select_by_gradient_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, device: str) -> np.ndarray:
+    """Positions (into ``x``) of the ``k`` images with the largest per-sample parameter-gradient norm."""
+    model.eval()
+    params = _params(model)
+    norms = np.zeros(len(x))
+    for i in range(len(x)):
+        loss = F.cross_entropy(model(x[i:i + 1].to(device)), y[i:i + 1].to(device))
+        grads = torch.autograd.grad(loss, params)
+        norms[i] = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads)))
+    return np.argsort(-norms, kind="stable")[:k]
+
+
+class GradientMatcher:
+    """The gradient-matching loop shared by Sleeper Agent and Witches' Brew.
+
+    ``run(scenario, poison_idx)`` returns the perturbations for ``scenario.x_train[poison_idx]`` and the
+    final matching loss; see the module docstring for the steps.
+    """
+
+    def __init__(self, config: SleeperAgentConfig, scenario: Scenario, salt: int) -> None:
+        self.config = config
+        self.scenario = scenario
+        self.device = resolve_device(scenario.device)
+        self.np_rng, self.generator = random_generator(scenario, salt)
+        recipe = config.surrogate_recipe or scenario.recipe
+        if config.surrogate_epochs is not None:
+            recipe = recipe.scaled(config.surrogate_epochs)
+        self.recipe = recipe
+        self.trainings = 0
+
+    # --- surrogate
+    def train_surrogate(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+        torch.manual_seed(int(self.np_rng.integers(2**31)))
+        model = self.scenario.make_model()
+        self.trainings += 1
+        return train_model(model, x, y, self.recipe, device=self.device, seed=int(self.np_rng.integers(2**31)))
+
+    def source_gradient(self, model: nn.Module) -> list[torch.Tensor]:
+        """Mean gradient of CE(f(patched source training images), target) -- the direction to imitate."""
+        s = self.scenario
+        idx = s.class_indices(s.source_class)
+        images = s.x_train[torch.as_tensor(idx)]
+        if self.config.use_trigger:
+            images = s.trigger.apply(images, seed=self.np_rng)
+        target = torch.full((len(images),), s.target_class, dtype=torch.int64)
+        model.eval()
+        params = _params(model)
+        total = [torch.zeros_like(p) for p in params]
+        for start in range(0, len(images), self.config.source_batch_size):
+            xb = images[start:start + self.config.source_batch_size].to(self.device)
+            yb = target[start:start + self.config.source_batch_size].to(self.device)
+            loss = F.cross_entropy(model(xb), yb, reduction="sum") / len(images)
+            for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+                acc += g.detach()
+        return total
+
+    # --- crafting
+    def _matching_loss(self, model: nn.Module, g_source: list[torch.Tensor], source_norm: torch.Tensor,
+                       x: torch.Tensor, target: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        if self.config.augment:
+            x = augment(x, self.recipe.crop_padding, self.recipe.flip, self.generator)
+        loss = F.cross_entropy(model(x), target)
+        g_poison = torch.autograd.grad(loss, _params(model), create_graph=create_graph)
+        dot = sum((gp * gs).sum() for gp, gs in zip(g_poison, g_source, strict=True))
+        poison_norm = torch.sqrt(sum((gp ** 2).sum() for gp in g_poison))
+        return 1.0 - dot / (poison_norm * source_norm + 1e-12)
+
+    def run(self, poison_idx: np.ndarray, surrogate: nn.Module) -> tuple[torch.Tensor, float, nn.Module]:
+        cfg, s = self.config, self.scenario
+        base = s.x_train[torch.as_tensor(poison_idx)].to(self.device)
+        target = torch.full((len(base),), s.target_class, dtype=torch.int64, device=self.device)
+        eps = float(s.eps)
+        best_delta, best_loss = None, float("inf")
+        initial_state = copy.deepcopy(surrogate.state_dict())
+        interval = cfg.steps // (cfg.retrain_times + 1) if cfg.retrain_times > 0 else 0
+        for _ in range(cfg.restarts):
+            model = surrogate
+            model.load_state_dict(initial_state)
+            g_source = self.source_gradient(model)
+            source_norm = torch.sqrt(sum((g ** 2).sum() for g in g_source))
+            noise = torch.randn(base.shape, generator=self.generator).to(self.device)
+            delta = (noise * eps).clamp(-eps, eps)
+            delta = ((base + delta).clamp(0, 1) - base).requires_grad_(True)
+            optimizer = torch.optim.Adam([delta], lr=cfg.lr)
+            drops = sorted({max(1, int(round(f * cfg.steps))) for f in cfg.lr_drops})
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=drops, gamma=0.1)
+            retrained = 0
+            for step in range(cfg.steps):
+                if interval and step > 0 and step % interval == 0 and retrained < cfg.retrain_times:
+                    x_now = s.x_train.clone()
+                    x_now[torch.as_tensor(poison_idx)] = (base + delta.detach()).cpu()
+                    model = self.train_surrogate(x_now, s.y_train)
+                    g_source = self.source_gradient(model)
+                    source_norm = torch.sqrt(sum((g ** 2).sum() for g in g_source))
+                    retrained += 1
+                model.eval()
+                optimizer.zero_grad(set_to_none=True)
+                for start in range(0, len(base), cfg.poison_batch_size):
+                    sl = slice(start, start + cfg.poison_batch_size)
+                    loss = self._matching_loss(model, g_source, source_norm, base[sl] + delta[sl], target[sl], True)
+                    loss.backward()
+                delta.grad.sign_()
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    delta.clamp_(-eps, eps)
+                    delta.copy_((base + delta).clamp(0, 1) - base)
+            final = 0.0
+            for start in range(0, len(base), cfg.poison_batch_size):
+                sl = slice(start, start + cfg.poison_batch_size)
+                final += float(self._matching_loss(model, g_source, source_norm, base[sl] + delta[sl].detach(),
+                                                   target[sl], False))
+            if final < best_loss:
+                best_loss, best_delta = final, delta.detach().clone()
+        return best_delta.cpu(), best_loss, model
+
+
+@register_attack
+class SleeperAgent(Attack):
+    """Sleeper Agent (hidden trigger, clean label, gradient matching with surrogate retraining)."""
+
+    name = "sleeper_agent"
+    Config = SleeperAgentConfig
+    _salt = 11
+
+    def _select(self, matcher: GradientMatcher, surrogate: nn.Module) -> np.ndarray:
+        s, cfg = matcher.scenario, self.config
+        candidates = s.class_indices(s.target_class)
+        k = min(s.max_poisons, len(candidates))
+        if cfg.selection == "random":
+            return np.sort(matcher.np_rng.choice(candidates, size=k, replace=False))
+        pos = select_by_gradient_norm(surrogate, s.x_train[torch.as_tensor(candidates)],
+                                      s.y_train[torch.as_tensor(candidates)], k, matcher.device)
+        return np.sort(candidates[pos])
+
+    def _craft(self, scenario: Scenario) -> Submission:
+        matcher = GradientMatcher(self.config, scenario, self._salt)
+        surrogate = matcher.train_surrogate(scenario.x_train, scenario.y_train)
+        poison_idx = self._select(matcher, surrogate)
+        delta, loss, _ = matcher.run(poison_idx, surrogate)
+        return Submission(poison_idx, delta.numpy(), None,
+                          {"matching_loss": loss, "surrogate_trainings": matcher.trainings})
