@@ -1,0 +1,258 @@
+"""Masked PPO for one negotiating learner against a fixed partner policy, on the batched rules.
+
+A compact, single-file PPO in the manner of CleanRL, written for the targeted-data-acquisition loop
+(:mod:`parley.oracles.tda`), which retrains its learner every round and so needs something that runs
+thousands of game steps per second on a CPU. It trains a :class:`~parley.agents.torch_policy.TorchPolicy`
+directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
+
+* every iteration plays ``games_per_iteration`` complete games at once; in each game the learner's seat
+  and the first mover are drawn at random, the other seat is played by ``partner`` (any batched
+  :class:`~parley.agents.policy.Policy`: a scripted partner, a supervised partner model, ...);
+* the learner's decisions form short episodes (at most ``ceil(max_turns / 2)`` steps) whose only
+  reward comes at the end of the game; advantages use GAE over the learner's own steps;
+* illegal actions never happen: the policy's logits are masked with the rules' legal-action mask;
+* the reward is chosen by name (:data:`REWARDS`) -- the learner's own points, or a *tailored* reward
+  (Pareto bonus, prosocial mix, fairness penalty) for the baselines of Kwon et al. (2021);
+* ``sl_coef > 0`` adds a behaviour-cloning loss on a supervised dataset to every update ("SL+RL").
+
+Rewards are divided by 10 (the most points an agent can score) so values stay near [0, 1].
+
+Usage::
+
+    from parley.agents.ppo import PPOConfig, train_ppo
+    result = train_ppo(learner, partner, PPOConfig(total_games=20_000, reward="utility"))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from parley.agents.corpus import ActDataset
+from parley.agents.policy import Policy
+from parley.agents.supervised import behaviour_cloning_loss
+from parley.agents.torch_policy import TorchPolicy, mask_logits
+from parley.envs.negotiation import DEFAULT_MAX_TURNS, BatchedNegotiation, sample_context_arrays
+
+#: Reward names and what they pay the learner at the end of a game (own/partner are points, 0..10).
+REWARDS: dict[str, str] = {
+    "utility": "own points",
+    "pareto_bonus": "own points + pareto_bonus if the deal is Pareto-optimal",
+    "prosocial": "prosocial_weight * own + (1 - prosocial_weight) * partner points",
+    "fairness": "own points - fairness_weight * |own - partner| when there is a deal",
+}
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of :func:`train_ppo` (and the reward it optimises)."""
+
+    total_games: int = 20_000
+    games_per_iteration: int = 512
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    learning_rate: float = 1e-3
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    ent_coef: float = 0.003
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = 0.05
+    reward: str = "utility"
+    pareto_bonus: float = 3.0
+    prosocial_weight: float = 0.5
+    fairness_weight: float = 0.5
+    no_deal_reward: float = 0.0
+    sl_coef: float = 0.0
+    sl_batch_size: int = 256
+    max_turns: int = DEFAULT_MAX_TURNS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+        if self.games_per_iteration < 1 or self.total_games < 1:
+            raise ValueError("total_games and games_per_iteration must be positive")
+
+
+def shaped_reward(metrics: dict[str, np.ndarray], learner_seat: np.ndarray, config: PPOConfig) -> np.ndarray:
+    """The end-of-game reward (in points) for the learner in each game, by ``config.reward``."""
+    rows = np.arange(len(learner_seat))
+    own = metrics["scores"][rows, learner_seat]
+    partner = metrics["scores"][rows, 1 - learner_seat]
+    agreed = metrics["agreement"] > 0
+    if config.reward == "utility":
+        return own
+    if config.reward == "pareto_bonus":
+        return own + config.pareto_bonus * metrics["pareto_optimal"].astype(np.float64)
+    if config.reward == "prosocial":
+        w = config.prosocial_weight
+        return w * own + (1 - w) * partner
+    return own - config.fairness_weight * np.where(agreed, np.abs(own - partner), 0.0)
+
+
+@dataclass
+class PPOResult:
+    """The trained learner (the same object passed in) and one log row per iteration."""
+
+    policy: TorchPolicy
+    history: list[dict[str, float]]
+
+
+def train_ppo(learner: TorchPolicy, partner: Policy, config: PPOConfig | None = None, *,
+              sl_data: ActDataset | None = None, log_every: int = 0) -> PPOResult:
+    """Train ``learner`` in place against the fixed ``partner`` with masked PPO; return it and the logs."""
+    config = config or PPOConfig()
+    if config.sl_coef > 0 and (sl_data is None or len(sl_data) == 0):
+        raise ValueError("sl_coef > 0 needs sl_data: the supervised examples to keep imitating")
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    device = learner.device
+    model = learner.model
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    n = config.games_per_iteration
+    max_steps = (config.max_turns + 1) // 2  # the most acts one side sends in a game
+    obs_size = learner.observation_size
+    env = BatchedNegotiation(n, max_turns=config.max_turns, no_deal_reward=config.no_deal_reward)
+    iterations = max(1, config.total_games // n)
+    history: list[dict[str, float]] = []
+    start_time = time.perf_counter()
+    env_steps = 0
+
+    for iteration in range(1, iterations + 1):
+        # ---- roll out: n complete games, learner seat and first mover drawn per game ----------------
+        counts, values = sample_context_arrays(rng, n)
+        learner_seat = rng.integers(0, 2, size=n)
+        env.reset_games(np.arange(n), counts, values, rng.integers(0, 2, size=n))
+        obs_buf = np.zeros((max_steps, n, obs_size), dtype=np.float32)
+        mask_buf = np.zeros((max_steps, n, env.legal_masks().shape[1]), dtype=np.int8)
+        action_buf = np.zeros((max_steps, n), dtype=np.int64)
+        logp_buf = np.zeros((max_steps, n), dtype=np.float32)
+        value_buf = np.zeros((max_steps, n), dtype=np.float32)
+        valid = np.zeros((max_steps, n), dtype=bool)
+        step_of = np.zeros(n, dtype=np.int64)  # how many acts the learner has sent in each game
+        model.eval()
+        while not env.done.all():
+            masks = env.legal_masks()
+            actions = np.zeros(n, dtype=np.int64)
+            learner_rows = np.flatnonzero(~env.done & (env.current_player == learner_seat))
+            partner_rows = np.flatnonzero(~env.done & (env.current_player != learner_seat))
+            if learner_rows.size:
+                obs = env.observations(learner_seat)[learner_rows]
+                with torch.no_grad():
+                    dist, value = learner.distribution(torch.as_tensor(obs, device=device),
+                                                       torch.as_tensor(masks[learner_rows], device=device))
+                    act = dist.sample()
+                k = step_of[learner_rows]
+                obs_buf[k, learner_rows] = obs
+                mask_buf[k, learner_rows] = masks[learner_rows]
+                action_buf[k, learner_rows] = act.cpu().numpy()
+                logp_buf[k, learner_rows] = dist.log_prob(act).cpu().numpy()
+                value_buf[k, learner_rows] = value.cpu().numpy()
+                valid[k, learner_rows] = True
+                step_of[learner_rows] += 1
+                actions[learner_rows] = act.cpu().numpy()
+            if partner_rows.size:
+                partner_obs = env.observations(1 - learner_seat)[partner_rows]
+                actions[partner_rows] = np.asarray(partner.act_batch(partner_obs, masks[partner_rows])).reshape(-1)
+            env_steps += int(learner_rows.size + partner_rows.size)
+            illegal = env.apply_actions(actions)
+            if illegal.any():
+                raise ValueError(f"the partner {getattr(partner, 'name', partner)!r} sent an illegal action")
+
+        # ---- returns and advantages over each game's learner steps --------------------------------
+        metrics = env.metrics()
+        final_reward = shaped_reward(metrics, learner_seat, config) / 10.0
+        last = step_of - 1  # index of the learner's last step (-1: the learner never moved)
+        rewards = np.zeros((max_steps, n), dtype=np.float32)
+        has_steps = last >= 0
+        rewards[last[has_steps], np.flatnonzero(has_steps)] = final_reward[has_steps]
+        advantages = np.zeros((max_steps, n), dtype=np.float32)
+        next_value = np.zeros(n, dtype=np.float32)
+        next_adv = np.zeros(n, dtype=np.float32)
+        for k in reversed(range(max_steps)):
+            alive_next = (k + 1 < step_of).astype(np.float32)  # a later learner step exists in this game
+            delta = rewards[k] + config.gamma * next_value * alive_next - value_buf[k]
+            adv = delta + config.gamma * config.gae_lambda * alive_next * next_adv
+            advantages[k] = np.where(valid[k], adv, 0.0)
+            next_value, next_adv = value_buf[k], advantages[k]
+        returns = advantages + value_buf
+
+        # ---- PPO update ----------------------------------------------------------------------------
+        b_obs = torch.as_tensor(obs_buf[valid], device=device)
+        b_mask = torch.as_tensor(mask_buf[valid], device=device)
+        b_act = torch.as_tensor(action_buf[valid], device=device)
+        b_logp = torch.as_tensor(logp_buf[valid], device=device)
+        b_adv = torch.as_tensor(advantages[valid], device=device)
+        b_ret = torch.as_tensor(returns[valid], device=device)
+        batch = len(b_act)
+        minibatch = max(1, batch // config.num_minibatches)
+        model.train()
+        approx_kl = torch.zeros(())
+        for _epoch in range(config.update_epochs):
+            order = torch.randperm(batch, device=device)
+            for start in range(0, batch, minibatch):
+                mb = order[start:start + minibatch]
+                logits, value = model(b_obs[mb])
+                dist = torch.distributions.Categorical(logits=mask_logits(logits.float(), b_mask[mb]))
+                logp = dist.log_prob(b_act[mb])
+                log_ratio = logp - b_logp[mb]
+                ratio = log_ratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                adv = b_adv[mb]
+                adv = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
+                pg_loss = torch.max(-adv * ratio,
+                                    -adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean()
+                v_loss = 0.5 * ((value.float() - b_ret[mb]) ** 2).mean()
+                entropy = dist.entropy().mean()
+                loss = pg_loss + config.vf_coef * v_loss - config.ent_coef * entropy
+                if config.sl_coef > 0:
+                    idx = rng.integers(0, len(sl_data), size=config.sl_batch_size)
+                    sl_loss = behaviour_cloning_loss(
+                        learner, torch.as_tensor(sl_data.observations[idx], device=device),
+                        torch.as_tensor(sl_data.masks[idx], device=device),
+                        torch.as_tensor(sl_data.actions[idx], device=device),
+                        torch.as_tensor(sl_data.weights[idx], device=device))
+                    loss = loss + config.sl_coef * sl_loss
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+            if config.target_kl is not None and float(approx_kl) > config.target_kl:
+                break
+        model.eval()
+
+        rows = np.arange(n)
+        own = metrics["scores"][rows, learner_seat]
+        agreed = metrics["agreement"] > 0
+        row = {
+            "iteration": iteration,
+            "games": iteration * n,
+            "reward": float(final_reward.mean() * 10.0),
+            "own_score": float(own.mean()),
+            "partner_score": float(metrics["scores"][rows, 1 - learner_seat].mean()),
+            "agreement": float(agreed.mean()),
+            "pareto": float(metrics["pareto_optimal"][agreed].mean()) if agreed.any() else float("nan"),
+            "approx_kl": float(approx_kl),
+            "entropy": float(entropy.detach()),
+            "env_steps_per_s": env_steps / (time.perf_counter() - start_time),
+        }
+        history.append(row)
+        if log_every and iteration % log_every == 0:
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    learner.metadata.update({"ppo": {**asdict(config), "partner": getattr(partner, "name", str(partner))}})
+    return PPOResult(learner, history)
+
+
+def config_from_dict(values: dict[str, Any]) -> PPOConfig:
+    """A PPOConfig from a mapping, rejecting unknown keys with the allowed ones listed."""
+    allowed = set(PPOConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"unknown PPO option(s) {unknown}; allowed: {sorted(allowed)}")
+    return PPOConfig(**values)
