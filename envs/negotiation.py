@@ -375,34 +375,16 @@ def _split_fits_direct(counts: np.ndarray) -> np.ndarray:
     return np.all(ALL_SPLITS <= np.asarray(counts)[..., None, :], axis=-1)
 
 
-# Row ``25 a + 5 b + c`` answers "which splits fit within counts (a, b, c)"; built from the same rule as
-# the direct comparison so masks and single-action checks cannot drift apart.
-_SPLIT_FITS: np.ndarray = _split_fits_direct(ALL_SPLITS)
-_SPLIT_FITS.setflags(write=False)
-
-
-def _count_codes(counts: np.ndarray) -> np.ndarray | None:
-    """Row of :data:`_SPLIT_FITS` for each count vector, or None if some count lies outside 0..4."""
+def _legal_action_mask_rule(counts: np.ndarray, partner_has_offer: np.ndarray,
+                            done: np.ndarray) -> np.ndarray:
+    """The rule itself: propose/insist of a split within the counts, agree when the partner has a
+    standing proposal, walk away; nothing once the game is over."""
     counts = np.asarray(counts)
-    if counts.size and (counts.min() < 0 or counts.max() > MAX_ITEM_COUNT):
-        return None
-    return (counts[..., 0] * _SPLIT_BASE + counts[..., 1]) * _SPLIT_BASE + counts[..., 2]
-
-
-def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
-    """The one place legality is decided, for one state or a batch.
-
-    ``counts`` (..., 3), ``partner_has_offer`` (...) -- the last proposal on the table is the partner's --
-    and ``done`` (...). Returns an int8 mask (..., 252): propose/insist of a split within the counts,
-    agree when the partner has a standing proposal, walk away; nothing once the game is over.
-    :func:`legal_actions_taken` answers the same question for one chosen action per game.
-    """
-    counts = np.asarray(counts)
-    partner_has_offer = np.asarray(partner_has_offer, dtype=bool)
-    live = ~np.asarray(done, dtype=bool)
-    codes = _count_codes(counts)
-    fits = _split_fits_direct(counts) if codes is None else _SPLIT_FITS[codes]
-    split_ok = fits & live[..., None]
+    shape = np.broadcast_shapes(counts.shape[:-1], np.shape(partner_has_offer), np.shape(done))
+    counts = np.broadcast_to(counts, shape + counts.shape[-1:])
+    partner_has_offer = np.broadcast_to(np.asarray(partner_has_offer, dtype=bool), shape)
+    live = ~np.broadcast_to(np.asarray(done, dtype=bool), shape)
+    split_ok = _split_fits_direct(counts) & live[..., None]
     mask = np.zeros(counts.shape[:-1] + (NUM_ACTIONS,), dtype=np.int8)
     mask[..., PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] = split_ok
     mask[..., INSIST_OFFSET:INSIST_OFFSET + NUM_SPLITS] = split_ok
@@ -411,32 +393,72 @@ def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: n
     return mask
 
 
+# The rule evaluated once for every count vector (a, b, c) with entries 0..4 (row 25 a + 5 b + c), with and
+# without a partner proposal, live and over: masks for whole batches are then a single lookup.
+_MASK_TABLE: np.ndarray = _legal_action_mask_rule(
+    ALL_SPLITS[:, None, None, :], np.array([False, True])[None, :, None],
+    np.array([False, True])[None, None, :])
+_MASK_TABLE.setflags(write=False)  # (125, 2, 2, 252): [count code, partner has offer, done, action]
+
+
+# Row ``25 a + 5 b + c``: which splits fit within counts (a, b, c).
+_SPLIT_FITS: np.ndarray = _split_fits_direct(ALL_SPLITS)
+_SPLIT_FITS.setflags(write=False)
+
+
+def count_codes(counts: np.ndarray) -> np.ndarray | None:
+    """``25 a + 5 b + c`` for each count vector (a, b, c), or None if some count lies outside 0..4."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size and (counts.min() < 0 or counts.max() > MAX_ITEM_COUNT):
+        return None
+    return (counts[..., 0] * _SPLIT_BASE + counts[..., 1]) * _SPLIT_BASE + counts[..., 2]
+
+
+
+def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """The one place legality is decided, for one state or a batch.
+
+    ``counts`` (..., 3), ``partner_has_offer`` (...) -- the last proposal on the table is the partner's --
+    and ``done`` (...). Returns an int8 mask (..., 252): propose/insist of a split within the counts,
+    agree when the partner has a standing proposal, walk away; nothing once the game is over.
+    :func:`legal_actions_taken` answers the same question for one chosen action per game; both read
+    the same precomputed table of this rule.
+    """
+    codes = count_codes(counts)
+    if codes is None:
+        return _legal_action_mask_rule(counts, partner_has_offer, done)
+    return _MASK_TABLE[codes, np.asarray(partner_has_offer, dtype=np.int64), np.asarray(done, dtype=np.int64)]
+
+
+def legal_masks_from_codes(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """:func:`legal_action_mask` for count codes (see :func:`count_codes`) computed beforehand."""
+    return _MASK_TABLE[codes, partner_has_offer.astype(np.int64), done.astype(np.int64)]
+
+
 def legal_actions_taken(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray,
-                        actions: np.ndarray) -> np.ndarray:
+                        actions: np.ndarray, *, codes: np.ndarray | None = None) -> np.ndarray:
     """Whether each game's chosen action is legal: ``legal_action_mask(...)[..., action]`` without
     building the full masks (the batched rules check one action per game at every step).
 
-    Out-of-range indices are illegal. Shapes as in :func:`legal_action_mask`, ``actions`` (...).
+    Out-of-range indices are illegal. Shapes as in :func:`legal_action_mask`, ``actions`` (...);
+    ``codes`` may pass precomputed :func:`count_codes`.
     """
-    counts = np.asarray(counts)
     actions = np.asarray(actions, dtype=np.int64)
-    live = ~np.asarray(done, dtype=bool)
     in_range = (actions >= 0) & (actions < NUM_ACTIONS)
-    safe = np.where(in_range, actions, WALK_AWAY_ACTION)
-    is_split = safe < AGREE_ACTION
-    split = safe % NUM_SPLITS
-    codes = _count_codes(counts)
     if codes is None:
-        fits = np.all(ALL_SPLITS[split] <= counts, axis=-1)
-    else:
-        fits = _SPLIT_FITS[codes, split]
-    ok = np.where(is_split, fits, np.where(safe == AGREE_ACTION, np.asarray(partner_has_offer, dtype=bool), True))
-    return in_range & live & ok
+        codes = count_codes(counts)
+    if codes is None:
+        mask = _legal_action_mask_rule(counts, partner_has_offer, done)
+        picked = np.take_along_axis(mask, np.where(in_range, actions, 0)[..., None], -1)[..., 0]
+        return in_range & picked.astype(bool)
+    offer = np.asarray(partner_has_offer, dtype=np.int64)
+    over = np.asarray(done, dtype=np.int64)
+    return in_range & _MASK_TABLE[codes, offer, over, np.where(in_range, actions, 0)].astype(bool)
 
 
 @functools.lru_cache(maxsize=4096)
 def _cached_scalar_mask(counts: tuple[int, int, int], partner_has_offer: bool, done: bool) -> np.ndarray:
-    mask = legal_action_mask(np.array(counts), np.array(partner_has_offer), np.array(done))
+    mask = legal_action_mask(np.array(counts), np.array(partner_has_offer), np.array(done)).copy()
     mask.setflags(write=False)
     return mask
 
@@ -500,7 +522,7 @@ def context_ids(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def _split_scores(counts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores of every split for both sides, (B, 125) each, and which splits are feasible (B, 125)."""
-    codes = _count_codes(counts)
+    codes = count_codes(counts)
     feasible = _split_fits_direct(counts) if codes is None else _SPLIT_FITS[codes]
     # Small matrix products, exact in float64.
     splits_t = ALL_SPLITS.T.astype(np.float64)
@@ -551,7 +573,8 @@ def pareto_frontier_masks(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def pareto_optimal_batch(counts: np.ndarray, values: np.ndarray, splits: np.ndarray, agreed: np.ndarray) -> np.ndarray:
+def pareto_optimal_batch(counts: np.ndarray, values: np.ndarray, splits: np.ndarray,
+                         agreed: np.ndarray) -> np.ndarray:
     """(B,) bool: agreed deals on the Pareto frontier.
 
     The same answer as ``outcome_metrics_batch(...)["pareto_optimal"]`` (a split that nothing dominates
@@ -630,7 +653,8 @@ def outcome_metrics(ctx: Context, split: Sequence[int] | None, *, turns: int | N
     if agreed:
         if (len(split) != NUM_ITEM_TYPES or any(int(k) != k for k in split)
                 or any(not 0 <= k <= c for k, c in zip(split, ctx.counts, strict=True))):
-            raise ValueError(f"split {tuple(split)} must keep 0..count items of each type; counts are {ctx.counts}")
+            raise ValueError(f"split {tuple(split)} must keep 0..count items of each type; "
+                             f"counts are {ctx.counts}")
     # The score pairs of every split, the frontier and the best Nash product depend only on the context:
     # computed once per context with the batched code, then reused.
     feasible_scores, frontier_scores, pareto_splits = _context_outcomes(ctx)
@@ -871,6 +895,7 @@ class BatchedNegotiation:
         self.layout = ObservationLayout(max_turns)
         b = batch_size
         self.counts = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)
+        self.count_codes = np.zeros(b, dtype=np.int64)  # see count_codes(); indexes the legality table
         self.values = np.zeros((b, 2, NUM_ITEM_TYPES), dtype=np.int64)
         self.first_player = np.zeros(b, dtype=np.int64)
         self.current_player = np.zeros(b, dtype=np.int64)
@@ -889,7 +914,11 @@ class BatchedNegotiation:
     def reset_games(self, idx: np.ndarray, counts: np.ndarray, values: np.ndarray, first_player: np.ndarray) -> None:
         """Start new games at indices ``idx`` with the given contexts and first movers."""
         idx = np.asarray(idx, dtype=np.int64)
+        codes = count_codes(counts)
+        if codes is None:
+            raise ValueError(f"item counts must be 0..{MAX_ITEM_COUNT} for the batched rules")
         self.counts[idx] = counts
+        self.count_codes[idx] = codes
         self.values[idx] = values
         self.first_player[idx] = first_player
         self.current_player[idx] = first_player
@@ -905,23 +934,39 @@ class BatchedNegotiation:
         self.agreed_split[idx] = 0
         self.walked_away_by[idx] = -1
 
-    def legal_masks(self) -> np.ndarray:
-        """(B, 252) masks for each game's current player (all zero where the game is over)."""
-        partner_offer = (self.offer_proposer >= 0) & (self.offer_proposer != self.current_player)
-        return legal_action_mask(self.counts, partner_offer, self.done)
+    def partner_has_offer(self) -> np.ndarray:
+        """(B,) whether the last proposal on the table is the current player's partner's."""
+        return (self.offer_proposer >= 0) & (self.offer_proposer != self.current_player)
 
-    def apply_actions(self, actions: np.ndarray) -> np.ndarray:
+    def legal_masks(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(B, 252) masks for each game's current player (all zero where the game is over); with
+        ``rows``, only those games."""
+        if rows is None:
+            return legal_masks_from_codes(self.count_codes, self.partner_has_offer(), self.done)
+        proposer = self.offer_proposer[rows]
+        offer = (proposer >= 0) & (proposer != self.current_player[rows])
+        return legal_masks_from_codes(self.count_codes[rows], offer, self.done[rows])
+
+    def legal_taken(self, actions: np.ndarray) -> np.ndarray:
+        """(B,) whether each game's current player may play ``actions[i]`` (False where the game is over)."""
+        return legal_actions_taken(self.counts, self.partner_has_offer(), self.done, actions,
+                                   codes=self.count_codes)
+
+    def apply_actions(self, actions: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         """Apply one act per live game for its current player.
 
-        Returns a bool array (B,) marking games whose action was illegal; those games are left unchanged
-        so the caller can decide (raise, or end them with a penalty via :meth:`end_games`).
+        ``active`` (B,) bool, optional, limits the call to those games (the others keep their turn), e.g.
+        to let only the games where a given side is to move act. Returns a bool array (B,) marking games
+        whose action was illegal; those games are left unchanged so the caller can decide (raise, or end
+        them with a penalty via :meth:`end_games`).
         """
         actions = np.asarray(actions, dtype=np.int64).reshape(self.batch_size)
         live = ~self.done
-        partner_offer = (self.offer_proposer >= 0) & (self.offer_proposer != self.current_player)
-        legal = legal_actions_taken(self.counts, partner_offer, self.done, actions)
+        if active is not None:
+            live = live & np.asarray(active, dtype=bool).reshape(self.batch_size)
+        legal = self.legal_taken(actions)
         illegal = live & ~legal
-        act = legal
+        act = live & legal
         rows = np.flatnonzero(act)
         if rows.size == 0:
             return illegal
@@ -969,26 +1014,34 @@ class BatchedNegotiation:
         m["turns"] = self.turn.astype(np.float64)
         return m
 
-    def observations(self, players: np.ndarray) -> np.ndarray:
-        """(B, D) float32 observations, game ``i`` seen by ``players[i]``."""
-        players = np.asarray(players, dtype=np.int64).reshape(self.batch_size)
-        rows = np.arange(self.batch_size)
+    def observations(self, players: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """(B, D) float32 observations, game ``i`` seen by ``players[i]``.
+
+        With ``rows`` (indices), only those games: ``players`` then has one entry per row and the result
+        has ``len(rows)`` rows.
+        """
+        sel = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
+        counts = self.counts[sel]
+        n = len(counts)
+        players = np.asarray(players, dtype=np.int64).reshape(n)
         lay = self.layout
-        obs = np.zeros((self.batch_size, lay.size), dtype=np.float32)
-        obs[:, lay.counts] = self.counts
-        obs[:, lay.values] = self.values[rows, players]
-        partner_offer = (self.offer_proposer >= 0) & (self.offer_proposer != players)
+        obs = np.empty((n, lay.size), dtype=np.float32)
+        obs[:, lay.counts] = counts
+        index = np.arange(n)
+        obs[:, lay.values] = self.values[sel][index, players]
+        proposer = self.offer_proposer[sel]
+        partner_offer = (proposer >= 0) & (proposer != players)
         obs[:, lay.partner_offer_flag] = partner_offer
-        obs[:, lay.partner_offer] = np.where(partner_offer[:, None], self.counts - self.offer_split, 0)
-        own = self.has_proposed[rows, players]
-        obs[:, lay.own_offer_flag] = own
-        obs[:, lay.own_offer] = np.where(own[:, None], self.last_proposals[rows, players], 0)
-        obs[:, lay.turn_fraction] = self.turn / self.max_turns
-        obs[:, lay.moved_first] = self.first_player == players
-        filled = self.history_actions >= 0
-        obs[:, lay.history_acts] = np.where(filled, self.history_actions + 1, 0)
-        obs[:, lay.history_speakers] = np.where(
-            filled, np.where(self.history_speakers == players[:, None], 1, 2), 0)
+        obs[:, lay.partner_offer] = (counts - self.offer_split[sel]) * partner_offer[:, None]
+        obs[:, lay.own_offer_flag] = self.has_proposed[sel][index, players]
+        # last_proposals stays zero until a side proposes, so no flag check is needed here.
+        obs[:, lay.own_offer] = self.last_proposals[sel][index, players]
+        obs[:, lay.turn_fraction] = self.turn[sel] / self.max_turns
+        obs[:, lay.moved_first] = self.first_player[sel] == players
+        obs[:, lay.history_acts] = self.history_actions[sel] + 1  # padding -1 becomes 0
+        # Speaker tokens: 1 = the observer, 2 = the partner, 0 = padding. For a speaker s in {0, 1},
+        # s ^ p is 0 when the observer sent the act; padding (-1) gives -1 ^ p <= -1, clipped to 0.
+        obs[:, lay.history_speakers] = np.maximum((self.history_speakers[sel] ^ players[:, None]) + 1, 0)
         return obs
 
 
