@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from parley.agents.policy import BatchPolicy
@@ -53,6 +55,7 @@ from parley.envs.negotiation import (
     AGREE_ACTION,
     ALL_SPLITS,
     INSIST_OFFSET,
+    MAX_ITEM_COUNT,
     NUM_ITEM_TYPES,
     NUM_SPLITS,
     PROPOSE_OFFSET,
@@ -78,8 +81,11 @@ __all__ = [
     "PARTNERS",
 ]
 
-_EPS = 1e-9
+_EPS = 1e-4  # utilities are integers held in float32; anything below 1 point apart is a tie
 _MAX_UTILITY = float(VALUE_TOTAL)
+_SPLITS_F32 = ALL_SPLITS.astype(np.float32)
+_ITEMS_KEPT = ALL_SPLITS.sum(axis=1).astype(np.float32)
+_SPLIT_RADIX = MAX_ITEM_COUNT + 1  # split (a, b, c) sits at index (a * 5 + b) * 5 + c
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,36 +103,75 @@ class ObservationView:
     """
 
     def __init__(self, observations: np.ndarray) -> None:
-        obs = np.asarray(observations, dtype=np.float64)
+        obs = np.asarray(observations, dtype=np.float32)
         if obs.ndim != 2:
             raise ValueError(f"observations must have shape (B, D), got {obs.shape}")
-        layout = ObservationLayout.from_size(obs.shape[1])
-        self.layout = layout
-        self.max_turns = layout.max_turns
-        as_int = np.rint(obs).astype(np.int64)
-        self.counts = as_int[:, layout.counts]
-        self.values = as_int[:, layout.values]
-        self.has_offer = as_int[:, layout.partner_offer_flag] > 0
-        self.offer_items = as_int[:, layout.partner_offer]
-        self.has_own = as_int[:, layout.own_offer_flag] > 0
-        self.own_kept = as_int[:, layout.own_offer]
-        self.turn = np.rint(obs[:, layout.turn_fraction] * layout.max_turns).astype(np.int64)
-        self.time = np.clip(self.turn / max(layout.max_turns - 1, 1), 0.0, 1.0)
-        self.history = as_int[:, layout.history_acts] - 1
-        self.from_partner = as_int[:, layout.history_speakers] == 2
+        self.layout = ObservationLayout.from_size(obs.shape[1])
+        self.max_turns = self.layout.max_turns
+        self.observations = obs
+
+    # Fields are decoded on first use: a partner pays only for what it reads.
+    def _ints(self, where: slice | int) -> np.ndarray:
+        return np.rint(self.observations[:, where]).astype(np.int64)
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        return self._ints(self.layout.counts)
+
+    @functools.cached_property
+    def values(self) -> np.ndarray:
+        return self._ints(self.layout.values)
+
+    @functools.cached_property
+    def has_offer(self) -> np.ndarray:
+        return self.observations[:, self.layout.partner_offer_flag] > 0.5
+
+    @functools.cached_property
+    def offer_items(self) -> np.ndarray:
+        return self._ints(self.layout.partner_offer)
+
+    @functools.cached_property
+    def has_own(self) -> np.ndarray:
+        return self.observations[:, self.layout.own_offer_flag] > 0.5
+
+    @functools.cached_property
+    def own_kept(self) -> np.ndarray:
+        return self._ints(self.layout.own_offer)
+
+    @functools.cached_property
+    def turn(self) -> np.ndarray:
+        return np.rint(self.observations[:, self.layout.turn_fraction] * self.max_turns).astype(np.int64)
+
+    @functools.cached_property
+    def time(self) -> np.ndarray:
+        return np.clip(self.turn / max(self.max_turns - 1, 1), 0.0, 1.0)
+
+    @functools.cached_property
+    def history(self) -> np.ndarray:
+        return self._ints(self.layout.history_acts) - 1
+
+    @functools.cached_property
+    def from_partner(self) -> np.ndarray:
+        return self._ints(self.layout.history_speakers) == 2
 
     @property
     def batch_size(self) -> int:
-        return self.counts.shape[0]
+        return self.observations.shape[0]
 
     @property
     def last_act(self) -> np.ndarray:
         """Whether the act about to be sent is the last one the game allows."""
         return self.turn >= self.max_turns - 1
 
+    @functools.cached_property
+    def value_key(self) -> np.ndarray:
+        v = np.clip(self.values, 0, VALUE_TOTAL)
+        return (v[:, 0] * (VALUE_TOTAL + 1) + v[:, 1]) * (VALUE_TOTAL + 1) + v[:, 2]
+
+    @functools.cached_property
     def own_split_utilities(self) -> np.ndarray:
-        """(B, 125) own utility of keeping each split (whether or not it fits the counts)."""
-        return self.values @ ALL_SPLITS.T
+        """(B, 125) float32 own utility of keeping each split (whether or not it fits the counts)."""
+        return _utility_table()[self.value_key]
 
     def offer_utility(self) -> np.ndarray:
         """(B,) own utility of the partner's standing proposal (0 where there is none)."""
@@ -136,11 +181,11 @@ class ObservationView:
         """(B,) own utility of this agent's last proposal (10 where it has made none)."""
         return np.where(self.has_own, (self.own_kept * self.values).sum(-1), VALUE_TOTAL)
 
+    @functools.cached_property
     def partner_offers(self) -> tuple[np.ndarray, np.ndarray]:
-        """The partner's proposals in the history: kept splits (B, H, 3) and a validity mask (B, H)."""
+        """The partner's proposals in the history: split indices it kept (B, H) and a validity mask (B, H)."""
         is_offer = self.from_partner & (self.history >= 0) & (self.history < AGREE_ACTION)
-        kept = ALL_SPLITS[np.where(is_offer, self.history % NUM_SPLITS, 0)]
-        return kept, is_offer
+        return np.where(is_offer, self.history % NUM_SPLITS, 0), is_offer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,16 +200,14 @@ def _closest_above(utilities: np.ndarray, feasible: np.ndarray, target: np.ndarr
     ``utilities`` and ``tie_break`` are (B, 125) with tie-break values in [0, 1000). Rows where no split
     reaches the target take their best feasible split.
     """
-    reaches = feasible & (utilities >= target[:, None] - _EPS)
-    best = np.where(feasible, utilities, -np.inf).max(axis=1)
+    reaches = feasible & (utilities >= (target.astype(np.float32) - _EPS)[:, None])
     none = ~reaches.any(axis=1)
-    reaches[none] = feasible[none] & (utilities[none] >= best[none, None] - _EPS)
-    score = np.where(reaches, utilities * 1000.0 + tie_break, np.inf)
+    if none.any():
+        sub_feasible, sub_utils = feasible[none], utilities[none]
+        best = np.where(sub_feasible, sub_utils, -np.inf).max(axis=1)
+        reaches[none] = sub_feasible & (sub_utils >= best[:, None] - _EPS)
+    score = np.where(reaches, utilities * np.float32(1000.0) + tie_break, np.float32(np.inf))
     return score.argmin(axis=1)
-
-
-def _items_kept() -> np.ndarray:
-    return ALL_SPLITS.sum(axis=1).astype(np.float64)
 
 
 def _finalize(actions: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -214,12 +257,11 @@ class ScriptedPartner(BatchPolicy):
 
     def tie_break(self, view: ObservationView) -> np.ndarray:
         """(B, 125) secondary preference among splits of equal own utility, smaller first."""
-        return np.broadcast_to(_items_kept(), (view.batch_size, NUM_SPLITS))
+        return _ITEMS_KEPT[None]
 
     def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
         """(B,) split indices to propose."""
-        utilities = view.own_split_utilities().astype(np.float64)
-        return _closest_above(utilities, feasible, target, self.tie_break(view))
+        return _closest_above(view.own_split_utilities, feasible, target, self.tie_break(view))
 
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         view, masks = _check_batch(observations, action_masks)
@@ -255,15 +297,35 @@ class RandomPartner(BatchPolicy):
         self.walk_away = bool(walk_away)
 
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
-        _, masks = _check_batch(observations, action_masks)
-        allowed = masks > 0
-        if not self.walk_away:
-            others = allowed.copy()
-            others[:, WALK_AWAY_ACTION] = False
-            allowed = np.where(others.any(axis=1, keepdims=True), others, allowed)
-        # Largest uniform key among the allowed acts = a uniform draw from them.
-        keys = np.where(allowed, self.rng.random(allowed.shape), -1.0)
-        return _finalize(keys.argmax(axis=1), masks)
+        view, masks = _check_batch(observations, action_masks)
+        b = view.batch_size
+        # Fast path for masks as the rules make them: every split within the counts (as propose and as
+        # insist), agree when offered, walk away. Number the legal acts and draw one number per row.
+        radix = view.counts + 1
+        n_splits = radix.prod(axis=1)
+        can_agree = masks[:, AGREE_ACTION] > 0
+        can_walk = (masks[:, WALK_AWAY_ACTION] > 0) & self.walk_away
+        n_legal = 2 * n_splits + can_agree + can_walk
+        draw = (self.rng.random(b) * n_legal).astype(np.int64)
+        j = draw % n_splits
+        split = ((j // (radix[:, 1] * radix[:, 2])) * _SPLIT_RADIX + (j // radix[:, 2]) % radix[:, 1]) * _SPLIT_RADIX \
+            + j % radix[:, 2]
+        actions = np.where(draw < n_splits, PROPOSE_OFFSET + split, INSIST_OFFSET + split)
+        extra = draw - 2 * n_splits  # 0 -> agree when it is legal, else walk away
+        actions = np.where(extra >= 0, np.where(can_agree & (extra == 0), AGREE_ACTION, WALK_AWAY_ACTION), actions)
+
+        expected = np.count_nonzero(masks, axis=1) - (~can_walk & (masks[:, WALK_AWAY_ACTION] > 0))
+        odd = (expected != n_legal) | (masks[np.arange(b), actions] == 0)
+        if odd.any():  # any other mask: count its allowed acts and take the k-th
+            allowed = masks[odd] > 0
+            if not self.walk_away:
+                others = allowed.copy()
+                others[:, WALK_AWAY_ACTION] = False
+                allowed = np.where(others.any(axis=1, keepdims=True), others, allowed)
+            running = np.cumsum(allowed, axis=1, dtype=np.int16)
+            rank = (self.rng.random(allowed.shape[0]) * running[:, -1]).astype(np.int16)
+            actions[odd] = (running > rank[:, None]).argmax(axis=1)
+        return _finalize(actions, masks)
 
 
 class HardlinerPartner(ScriptedPartner):
@@ -320,8 +382,7 @@ class FairSplitPartner(ScriptedPartner):
         return np.full(view.batch_size, self.reservation)
 
     def tie_break(self, view: ObservationView) -> np.ndarray:
-        unevenness = np.abs(2 * ALL_SPLITS[None] - view.counts[:, None, :]).sum(-1)  # (B, 125)
-        return unevenness * 10.0 + _items_kept()[None]
+        return _fair_tie_break_table()[_count_key(view.counts)]
 
 
 class TimeDependentPartner(ScriptedPartner):
@@ -404,8 +465,9 @@ class TitForTatPartner(ScriptedPartner):
 
     def partner_concession(self, view: ObservationView) -> np.ndarray:
         """(B,) own-utility gain from the partner's previous proposal to its latest (NaN if < 2 proposals)."""
-        kept, is_offer = view.partner_offers()
-        received_utility = ((view.counts[:, None, :] - kept) * view.values[:, None, :]).sum(-1)  # (B, H)
+        kept, is_offer = view.partner_offers
+        total = (view.counts * view.values).sum(-1)[:, None]
+        received_utility = total - np.take_along_axis(view.own_split_utilities, kept, axis=1)  # (B, H)
         rank = np.cumsum(is_offer, axis=1)
         n = rank[:, -1]
         latest = np.where(is_offer & (rank == n[:, None]), received_utility, 0).sum(axis=1)
@@ -414,7 +476,7 @@ class TitForTatPartner(ScriptedPartner):
 
     def targets(self, view: ObservationView) -> np.ndarray:
         concession = self.partner_concession(view)
-        _, is_offer = view.partner_offers()
+        _, is_offer = view.partner_offers
         n_partner = is_offer.sum(axis=1)
         step = np.where(n_partner >= 2, np.maximum(np.nan_to_num(concession), 0.0) + self.kindness,
                         np.where(n_partner == 1, self.opening_concession, 0.0))
@@ -457,19 +519,24 @@ class ParetoPartner(TimeDependentPartner):
         self.rationality = float(rationality)
         self._table = _belief_table(self.rationality)
 
-    def belief(self, view: ObservationView) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate partner valuations (B, K, 3) and their posterior weights (B, K) (0 on padding)."""
-        lookup, candidates, valid, log_norm = self._table
-        rows = lookup[_context_key(view.counts, view.values)]
+    def _table_rows(self, view: ObservationView) -> np.ndarray:
+        rows = self._table.lookup[_context_key(view.counts, view.values)]
         if np.any(rows < 0):
             bad = int(np.flatnonzero(rows < 0)[0])
             raise ValueError(f"observation {bad} holds no valid context: counts {view.counts[bad].tolist()}, "
                              f"values {view.values[bad].tolist()}")
-        cand, ok = candidates[rows], valid[rows]  # (B, K, 3), (B, K)
-        kept, is_offer = view.partner_offers()  # (B, H, 3), (B, H)
-        partner_utils = np.einsum("bhi,bki->bkh", kept, cand)  # (B, K, H)
-        total = np.where(is_offer[:, None, :], partner_utils, 0).sum(axis=2)
-        log_lik = self.rationality * total - is_offer.sum(axis=1)[:, None] * log_norm[rows]
+        return rows
+
+    def belief(self, view: ObservationView) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate partner valuations (B, K, 3) and their posterior weights (B, K) (0 on padding)."""
+        table = self._table
+        rows = self._table_rows(view)
+        cand, ok = table.candidates[rows], table.valid[rows]  # (B, K, 3), (B, K)
+        kept, is_offer = view.partner_offers
+        # Utilities are linear in the items, so the proposals' total utility is that of their summed items.
+        kept_total = (ALL_SPLITS[kept] * is_offer[:, :, None]).sum(axis=1).astype(np.float64)  # (B, 3)
+        total_utility = (cand * kept_total[:, None, :]).sum(axis=-1)  # (B, K)
+        log_lik = self.rationality * total_utility - is_offer.sum(axis=1)[:, None] * table.log_norm[rows]
         log_lik = np.where(ok, log_lik, -np.inf)
         weights = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
         return cand, weights / weights.sum(axis=1, keepdims=True)
@@ -477,51 +544,95 @@ class ParetoPartner(TimeDependentPartner):
     def expected_partner_values(self, view: ObservationView) -> np.ndarray:
         """(B, 3) the partner's values expected under the belief."""
         cand, weights = self.belief(view)
-        return np.einsum("bk,bki->bi", weights, cand)
+        return (weights[:, :, None] * cand).sum(axis=1)
 
     def believed_frontier(self, view: ObservationView, feasible: np.ndarray) -> np.ndarray:
         """(B, 125) feasible splits that no feasible split beats for both sides under the belief."""
-        # Integers; 0..10 on feasible splits (infeasible ones are masked out, so clip them into range).
-        own = np.clip(view.own_split_utilities(), 0, VALUE_TOTAL)
-        partner = (view.counts[:, None, :] - ALL_SPLITS[None]) @ self.expected_partner_values(view)[:, :, None]
-        partner = np.where(feasible, partner[..., 0], -np.inf)
-        levels = own[:, :, None] == np.arange(VALUE_TOTAL + 1)  # (B, 125, 11)
-        best_at = np.where(levels & feasible[:, :, None], partner[:, :, None], -np.inf).max(axis=1)  # (B, 11)
-        # Best partner utility among splits worth strictly more to self than each level.
-        suffix = np.maximum.accumulate(best_at[:, ::-1], axis=1)[:, ::-1]
-        above = np.concatenate([suffix[:, 1:], np.full((own.shape[0], 1), -np.inf)], axis=1)
-        rows = np.arange(own.shape[0])[:, None]
-        return (feasible & (partner >= best_at[rows, own] - _EPS) & (partner > above[rows, own] + _EPS))
+        table = self._table
+        rows = self._table_rows(view)
+        expected = self.expected_partner_values(view)
+        partner = (view.counts * expected).sum(axis=1)[:, None] - expected @ ALL_SPLITS.T  # (B, 125)
+        # Walk the splits from the highest own utility down (a fixed order per context): a split is on the
+        # frontier when it beats, for the partner, every split worth strictly more to self and no split
+        # worth the same to self is better for the partner.
+        order = table.order[rows]
+        ranked = np.take_along_axis(partner, order, axis=1)
+        usable = table.sorted_feasible[rows] & np.take_along_axis(feasible, order, axis=1)
+        ranked = np.where(usable, ranked, -np.inf)
+        best_so_far = np.maximum.accumulate(ranked, axis=1)
+        start, end = table.level_start[rows], table.level_end[rows]
+        above = np.where(start > 0, np.take_along_axis(best_so_far, np.maximum(start - 1, 0), axis=1), -np.inf)
+        level_best = np.take_along_axis(best_so_far, end, axis=1)
+        on_front = usable & (ranked > above + _PARTNER_TIE) & (ranked >= level_best - _PARTNER_TIE)
+        frontier = np.zeros_like(on_front)
+        np.put_along_axis(frontier, order, on_front, axis=1)
+        return frontier
 
     def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
         frontier = self.believed_frontier(view, feasible)
-        return _closest_above(view.own_split_utilities().astype(np.float64), frontier, target,
-                              self.tie_break(view))
+        return _closest_above(view.own_split_utilities, frontier, target, self.tie_break(view))
 
 
 # --------------------------------------------------------------------------------------------------
-# Belief tables for the Pareto partner
+# Lookup tables keyed by context
 # --------------------------------------------------------------------------------------------------
 
 _KEY_BASE_COUNT = 5
 _KEY_BASE_VALUE = VALUE_TOTAL + 1
+_PARTNER_TIE = 1e-6
+
+
+def _count_key(counts: np.ndarray) -> np.ndarray:
+    c = np.clip(counts, 0, _KEY_BASE_COUNT - 1)
+    return (c[..., 0] * _KEY_BASE_COUNT + c[..., 1]) * _KEY_BASE_COUNT + c[..., 2]
 
 
 def _context_key(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    c = np.clip(counts, 0, _KEY_BASE_COUNT - 1)
     v = np.clip(values, 0, _KEY_BASE_VALUE - 1)
-    count_key = (c[..., 0] * _KEY_BASE_COUNT + c[..., 1]) * _KEY_BASE_COUNT + c[..., 2]
     value_key = (v[..., 0] * _KEY_BASE_VALUE + v[..., 1]) * _KEY_BASE_VALUE + v[..., 2]
-    return count_key * _KEY_BASE_VALUE**NUM_ITEM_TYPES + value_key
+    return _count_key(counts) * _KEY_BASE_VALUE**NUM_ITEM_TYPES + value_key
+
+
+@functools.lru_cache(maxsize=1)
+def _utility_table() -> np.ndarray:
+    """(11**3 value keys, 125 splits) float32: what keeping each split is worth under each valuation."""
+    values = np.array(list(itertools.product(range(VALUE_TOTAL + 1), repeat=NUM_ITEM_TYPES)), dtype=np.float32)
+    return values @ _SPLITS_F32.T
+
+
+@functools.lru_cache(maxsize=1)
+def _fair_tie_break_table() -> np.ndarray:
+    """(125 count keys, 125 splits): 10 x distance from halving every type, plus items kept."""
+    table = np.zeros((_KEY_BASE_COUNT**NUM_ITEM_TYPES, NUM_SPLITS), dtype=np.float32)
+    for counts in itertools.product(range(_KEY_BASE_COUNT), repeat=NUM_ITEM_TYPES):
+        unevenness = np.abs(2 * ALL_SPLITS - np.array(counts)).sum(axis=1)
+        table[int(_count_key(np.array(counts)))] = unevenness * 10.0 + _ITEMS_KEPT
+    return table
+
+
+@dataclass(frozen=True)
+class _BeliefTable:
+    """Per (counts, own values) row: the partner's possible valuations and the splits ranked by own utility.
+
+    ``lookup`` maps a context key to a row (-1: not a valid context). ``candidates`` (N, K, 3) with
+    ``valid`` (N, K); ``log_norm`` (N, K) = log sum over feasible splits of exp(rationality * utility).
+    ``order`` (N, 125) lists split indices by decreasing own utility (infeasible last);
+    ``sorted_feasible`` follows that order; ``level_start`` / ``level_end`` give, per ranked position,
+    the first and last position holding the same own utility.
+    """
+
+    lookup: np.ndarray
+    candidates: np.ndarray
+    valid: np.ndarray
+    log_norm: np.ndarray
+    order: np.ndarray
+    sorted_feasible: np.ndarray
+    level_start: np.ndarray
+    level_end: np.ndarray
 
 
 @functools.lru_cache(maxsize=8)
-def _belief_table(rationality: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For every (counts, own values): the partner's possible valuations and their log normalisers.
-
-    Returns ``lookup`` (dense key -> row, -1 for invalid), ``candidates`` (N, K, 3), ``valid`` (N, K)
-    and ``log_norm`` (N, K) = log sum over feasible splits of exp(rationality * partner utility).
-    """
+def _belief_table(rationality: float) -> _BeliefTable:
     groups: list[tuple[tuple[int, int, int], tuple[int, int, int], list[tuple[int, int, int]]]] = []
     for counts in _valid_count_vectors():
         pairs = valid_value_pairs(counts)
@@ -531,20 +642,33 @@ def _belief_table(rationality: float) -> tuple[np.ndarray, np.ndarray, np.ndarra
                 groups.append((counts, own, partners))
     k_max = max(len(p) for _, _, p in groups)
     n = len(groups)
-    candidates = np.zeros((n, k_max, NUM_ITEM_TYPES), dtype=np.int64)
+    candidates = np.zeros((n, k_max, NUM_ITEM_TYPES), dtype=np.float64)
     valid = np.zeros((n, k_max), dtype=bool)
     log_norm = np.zeros((n, k_max), dtype=np.float64)
+    order = np.zeros((n, NUM_SPLITS), dtype=np.int64)
+    sorted_feasible = np.zeros((n, NUM_SPLITS), dtype=bool)
+    level_start = np.zeros((n, NUM_SPLITS), dtype=np.int64)
+    level_end = np.zeros((n, NUM_SPLITS), dtype=np.int64)
     lookup = np.full(_KEY_BASE_COUNT**NUM_ITEM_TYPES * _KEY_BASE_VALUE**NUM_ITEM_TYPES, -1, dtype=np.int64)
     for row, (counts, own, partners) in enumerate(groups):
         candidates[row, :len(partners)] = partners
         valid[row, :len(partners)] = True
         feasible = np.all(ALL_SPLITS <= np.array(counts), axis=1)
-        utils = ALL_SPLITS[feasible] @ np.array(partners).T  # (S, K)
-        scaled = rationality * utils
+        scaled = rationality * (ALL_SPLITS[feasible] @ np.array(partners).T)  # (S, K)
         peak = scaled.max(axis=0)
         log_norm[row, :len(partners)] = peak + np.log(np.exp(scaled - peak).sum(axis=0))
+
+        own_utility = ALL_SPLITS @ np.array(own)
+        level = np.where(feasible, own_utility, -1)  # infeasible splits share one level, ranked last
+        order[row] = np.lexsort((np.arange(NUM_SPLITS), -level))
+        ranked_level = level[order[row]]
+        sorted_feasible[row] = ranked_level >= 0
+        first = np.r_[True, ranked_level[1:] != ranked_level[:-1]]
+        level_start[row] = np.maximum.accumulate(np.where(first, np.arange(NUM_SPLITS), 0))
+        last = np.r_[ranked_level[1:] != ranked_level[:-1], True]
+        level_end[row] = np.minimum.accumulate(np.where(last, np.arange(NUM_SPLITS), NUM_SPLITS)[::-1])[::-1]
         lookup[int(_context_key(np.array(counts), np.array(own)))] = row
-    return lookup, candidates, valid, log_norm
+    return _BeliefTable(lookup, candidates, valid, log_norm, order, sorted_feasible, level_start, level_end)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -121,6 +121,12 @@ def test_random_partner_is_seeded_uniform_and_legal():
     assert set(np.flatnonzero(freq)) == set(legal)
     expected = reps / legal.size
     assert np.all(np.abs(freq[legal] - expected) < 5 * np.sqrt(expected))
+    # A mask the rules would not make (a few acts allowed) is still followed, uniformly.
+    narrow = np.zeros_like(masks[:1])
+    narrow[0, [3, 130, WALK_AWAY_ACTION]] = 1
+    picks = partner.act_batch(np.repeat(obs[:1], 3000, 0), np.repeat(narrow, 3000, 0))
+    assert set(picks) == {3, 130, WALK_AWAY_ACTION}
+    assert np.all(np.abs(np.bincount(picks)[[3, 130, WALK_AWAY_ACTION]] - 1000) < 5 * np.sqrt(1000))
     quiet = make_partner("random", seed=0, walk_away=False).act_batch(
         np.repeat(obs[:1], 2000, 0), np.repeat(masks[:1], 2000, 0))
     assert not np.any(quiet == WALK_AWAY_ACTION)
