@@ -40,7 +40,7 @@ def test_sample_observations_cover_short_and_long_histories(observations):
 
 
 def test_registry_lists_the_contract_names():
-    assert {"mlp"} <= set(list_backbones())
+    assert {"mlp", "transformer", "compacter", "invertible_attention"} <= set(list_backbones())
 
 
 def test_unknown_backbone_and_option_are_clear_errors():
