@@ -263,7 +263,17 @@ class ScriptedPartner(BatchPolicy):
         """(B,) split indices to propose."""
         return _closest_above(view.own_split_utilities, feasible, target, self.tie_break(view))
 
+    #: Rows decided per pass: keeps the (rows, 125) working arrays in cache at large batches.
+    chunk_size = 1024
+
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+        observations, masks = np.asarray(observations), np.asarray(action_masks)
+        if observations.ndim == 2 and observations.shape[0] > self.chunk_size:
+            return np.concatenate([self._act_chunk(observations[i:i + self.chunk_size], masks[i:i + self.chunk_size])
+                                   for i in range(0, observations.shape[0], self.chunk_size)])
+        return self._act_chunk(observations, masks)
+
+    def _act_chunk(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         view, masks = _check_batch(observations, action_masks)
         target = np.asarray(self.targets(view), dtype=np.float64)
         feasible = masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
@@ -510,6 +520,7 @@ class ParetoPartner(TimeDependentPartner):
     """
 
     name = "pareto"
+    chunk_size = 256
 
     def __init__(self, exponent: float = 1.0, reservation: float = 5.0, rationality: float = 1.0,
                  k: float = 0.0, seed: int | None = None) -> None:
