@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 from fastapi.testclient import TestClient
 from parley.envs.negotiation import Context
 from parley.human_eval.app import create_app
@@ -92,3 +99,35 @@ def walk_json(value, visit) -> None:
 
 def loads(text: str):
     return json.loads(text)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(config: Path, db: str, log: Path, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """``parley serve`` as a subprocess on a free loopback port; returns once /healthz answers."""
+    port = port or free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PARLEY_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parley.cli", "serve", "--agents", str(config), "--db", db, "--host", "127.0.0.1",
+         "--port", str(port), "--admin-token", ADMIN],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)

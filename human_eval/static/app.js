@@ -144,7 +144,8 @@ function renderGame(game) {
   app.game = game;
   if (fresh) buildItems(game);
   updateOfferPoints();
-  $("turn-counter").textContent = `Turn ${Math.min(game.turn + (game.status === "active" ? 1 : 0), game.max_turns)} of ${game.max_turns}`;
+  $("turn-counter").textContent = game.status === "active"
+    ? `Turn ${game.turn + 1} of ${game.max_turns}` : `${game.turn} of ${game.max_turns} turns used`;
 
   const list = $("transcript");
   list.replaceChildren();
