@@ -1,0 +1,230 @@
+"""Sleeper Agent: parley's implementation side by side with IBM ART 1.20's ``SleeperAgentAttack``.
+
+Both attacks get the same dataset, victim architecture and training recipe, poison budget, eps,
+trigger patch, source/target pairs, number of crafting steps, learning-rate drops and surrogate
+retrainings. Each poisoned training set is then judged the same way: a fresh victim trained from scratch
+on it, ASR on patched source-class test images, clean accuracy on the whole test set. A row for the
+unpoisoned training set shows what the patch alone does.
+
+Crafting time counts everything an attack needs from the clean data onwards. Ours trains its own
+surrogate inside ``craft``; ART's ``poison()`` expects a trained classifier, so its time is the same
+surrogate training (our ``train_model``, same recipe) plus ``poison()`` -- both parts are also reported.
+
+Needs the ``bench`` extra (``pip install 'parley[bench]'``). Prints the table and appends it to
+benchmarks/RESULTS.md::
+
+    python benchmarks/sleeper_vs_art.py --dataset digits --pairs 5 --budget 0.05 --steps 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+# ART's retraining shows tqdm bars even with verbose=0; keep the benchmark's output to its own lines.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from parley.attacks.base import Scenario, Submission, backdoor_metrics, check_submission, make_attack
+from parley.attacks.bench import draw_pairs
+from parley.attacks.datasets import load_dataset
+from parley.attacks.victims import TrainingRecipe, train_model, train_victim
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+@dataclass
+class Settings:
+    dataset: str = "digits"
+    pairs: int = 5
+    seed: int = 0
+    budget: float = 0.05
+    eps: float = 16 / 255
+    steps: int = 120
+    retrain_times: int = 4
+    victim: str = "small_cnn"
+    width: int = 32
+    epochs: int | None = None
+    poison_batch: int = 512
+    threads: int = 2
+    write: bool = True
+
+
+def _import_art():
+    try:
+        import art
+        from art.attacks.poisoning import SleeperAgentAttack
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        sys.exit("This benchmark needs IBM's adversarial-robustness-toolbox (ART) >= 1.17: "
+                 "pip install 'parley[bench]'")
+    return art.__version__, SleeperAgentAttack, PyTorchClassifier
+
+
+def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def craft_ours(scenario: Scenario, s: Settings) -> tuple[Submission, dict[str, float]]:
+    attack = make_attack("sleeper_agent", steps=s.steps, retrain_times=s.retrain_times, restarts=1,
+                         poison_batch_size=s.poison_batch)
+    submission = attack.craft(scenario)
+    return submission, {"craft_time_s": submission.info["craft_time_s"]}
+
+
+def craft_art(scenario: Scenario, dataset, s: Settings) -> tuple[Submission, dict[str, float]]:
+    """ART's SleeperAgentAttack with the same settings; returns a checked Submission."""
+    _, SleeperAgentAttack, PyTorchClassifier = _import_art()
+    recipe = scenario.recipe
+    random.seed(scenario.seed)  # ART draws trigger locations and poison indices from the global generators
+    np.random.seed(scenario.seed)
+    torch.manual_seed(scenario.seed)
+    start = time.perf_counter()
+    surrogate = train_model(scenario.make_model(), scenario.x_train, scenario.y_train, recipe, device="cpu",
+                            seed=scenario.seed)
+    pretrain = time.perf_counter() - start
+    optimizer = torch.optim.SGD(surrogate.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    classifier = PyTorchClassifier(surrogate, loss=nn.CrossEntropyLoss(), optimizer=optimizer,
+                                   input_shape=scenario.shape, nb_classes=scenario.num_classes,
+                                   clip_values=(0.0, 1.0), preprocessing=(0.0, 1.0), device_type="cpu")
+    x_train = scenario.x_train.numpy().astype(np.float32)
+    y_train = scenario.y_train.numpy()
+    target_idx = scenario.class_indices(scenario.target_class)
+    source_idx = scenario.class_indices(scenario.source_class)
+    # ART counts poisons as a share of the target class; +0.5 keeps int() from rounding one away.
+    percent = (scenario.max_poisons + 0.5) / len(target_idx)
+    # ART's default drops are at epochs 100/150/200/220 of 250; scaled to the same step count as ours.
+    milestones = [max(1, round(f * s.steps)) for f in (100 / 250, 150 / 250, 200 / 250, 220 / 250)]
+    attack = SleeperAgentAttack(
+        classifier, percent_poison=percent, patch=scenario.trigger.patch, indices_target=target_idx,
+        epsilon=scenario.eps, max_trials=1, max_epochs=s.steps,
+        learning_rate_schedule=([1e-1, 1e-2, 1e-3, 1e-4], milestones), batch_size=s.poison_batch,
+        clip_values=(0.0, 1.0), verbose=0, patching_strategy="random", selection_strategy="max-norm",
+        retraining_factor=s.retrain_times + 1, model_retrain=s.retrain_times > 0,
+        model_retraining_epoch=recipe.epochs, class_source=scenario.source_class,
+        class_target=scenario.target_class, device_name="cpu", retrain_batch_size=recipe.batch_size)
+    x_trigger = x_train[source_idx].copy()
+    y_trigger = _onehot(np.full(len(source_idx), scenario.target_class), scenario.num_classes)
+    # ART only logs the retrained surrogate's accuracy on (x_test, y_test); give it training data so the
+    # attacker never touches the test split.
+    x_poisoned, _ = attack.poison(x_trigger, y_trigger, x_train, _onehot(y_train, scenario.num_classes),
+                                  x_train[:256], _onehot(y_train[:256], scenario.num_classes))
+    elapsed = time.perf_counter() - start
+    idx = np.sort(target_idx[np.asarray(attack.get_poison_indices())])
+    delta = np.clip(x_poisoned[idx] - x_train[idx], -scenario.eps, scenario.eps)
+    submission = Submission(idx, delta, None, {"attack": "art_sleeper_agent"})
+    check_submission(submission, scenario.x_train, scenario.y_train, max_poisons=scenario.max_poisons,
+                     eps=scenario.eps, num_classes=scenario.num_classes, allow_relabel=False)
+    return submission, {"craft_time_s": elapsed, "pretrain_s": pretrain, "poison_s": elapsed - pretrain}
+
+
+def judge(dataset, scenario: Scenario, submission: Submission | None, seed: int) -> dict[str, float]:
+    """Train a fresh victim on the (poisoned) training set and measure it."""
+    x, y = (submission.apply(dataset.x_train, dataset.y_train) if submission is not None
+            else (dataset.x_train, dataset.y_train))
+    torch.manual_seed(10_000 + seed)
+    victim = train_victim(dataset.with_train(x, y), scenario.make_model(), scenario.recipe, device="cpu",
+                          seed=10_000 + seed)
+    return backdoor_metrics(victim, dataset.x_test, dataset.y_test, scenario.source_class, scenario.target_class,
+                            scenario.trigger, seed=seed, device="cpu")
+
+
+def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    arr = np.asarray(values, dtype=float) * scale
+    return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in vars(Settings()).items():
+        if isinstance(default, bool):
+            parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                                default=default)
+        else:
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else int,
+                                default=default)
+    s = Settings(**vars(parser.parse_args(argv)))
+    art_version, _, _ = _import_art()
+    torch.set_num_threads(s.threads)
+
+    dataset = load_dataset(s.dataset)
+    recipe = TrainingRecipe.for_dataset(dataset)
+    if s.epochs is not None:
+        recipe = recipe.scaled(s.epochs)
+    pairs = draw_pairs(dataset.num_classes, s.pairs, s.seed)
+    results: dict[str, dict[str, list[float]]] = {m: {} for m in ("none", "parley", "art")}
+    per_pair: list[str] = []
+    for p, (source, target) in enumerate(pairs):
+        seed = s.seed + p
+        scenario = Scenario.from_dataset(dataset, source, target, budget=s.budget, eps=s.eps, recipe=recipe,
+                                         victim=s.victim, victim_kwargs={"width": s.width}, allow_relabel=False,
+                                         seed=seed, device="cpu")
+        ours, ours_t = craft_ours(scenario, s)
+        theirs, art_t = craft_art(scenario, dataset, s)
+        row = [f"{source}->{target}"]
+        for method, submission, timing in (("none", None, {"craft_time_s": 0.0}), ("parley", ours, ours_t),
+                                           ("art", theirs, art_t)):
+            metrics = judge(dataset, scenario, submission, seed) | timing
+            for key, value in metrics.items():
+                results[method].setdefault(key, []).append(value)
+            if method != "none":
+                row.append(f"{100 * metrics['attack_success_rate']:.0f}% / {metrics['craft_time_s']:.0f}s")
+            print(f"pair {source}->{target} {method:6s} " + " ".join(f"{k}={v:.3g}" for k, v in metrics.items()),
+                  flush=True)
+        per_pair.append("| " + " | ".join(row) + " |")
+
+    n_poison = scenario.max_poisons
+    ratio = np.mean(results["parley"]["craft_time_s"]) / np.mean(results["art"]["craft_time_s"])
+    lines = [
+        f"## Sleeper Agent: parley vs ART {art_version} SleeperAgentAttack ({s.dataset})",
+        "",
+        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Command: `python benchmarks/sleeper_vs_art.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch threads {s.threads}, "
+        f"CPU only, Python {platform.python_version()}, torch {torch.__version__}",
+        f"- Setting: {s.dataset} ({dataset.num_train} train / {dataset.num_test} test), victim {s.victim} "
+        f"width {s.width}, recipe {recipe.epochs} epochs; budget {s.budget:.0%} of the training set "
+        f"({n_poison} poisons), eps {s.eps * 255:.0f}/255, trigger {scenario.trigger.size}x"
+        f"{scenario.trigger.size} random-placement patch; {s.steps} crafting steps, {s.retrain_times} surrogate "
+        f"retrainings, 1 restart, max-gradient-norm poison selection for both; {s.pairs} source/target pairs "
+        "(one seed each).",
+        "",
+        "| method | ASR % | clean acc % | crafting s | of which surrogate pretraining s |",
+        "|---|---|---|---|---|",
+        f"| no poisons (patch only) | {_pm(results['none']['attack_success_rate'])} | "
+        f"{_pm(results['none']['clean_accuracy'])} | – | – |",
+        f"| parley sleeper_agent | {_pm(results['parley']['attack_success_rate'])} | "
+        f"{_pm(results['parley']['clean_accuracy'])} | {_pm(results['parley']['craft_time_s'], 1.0)} | "
+        "(inside) |",
+        f"| ART SleeperAgentAttack | {_pm(results['art']['attack_success_rate'])} | "
+        f"{_pm(results['art']['clean_accuracy'])} | {_pm(results['art']['craft_time_s'], 1.0)} | "
+        f"{_pm(results['art']['pretrain_s'], 1.0)} |",
+        "",
+        f"Crafting-time ratio parley / ART: {ratio:.2f}x. Per pair (ASR / crafting time):",
+        "",
+        "| pair | parley | ART |",
+        "|---|---|---|",
+        *per_pair,
+        "",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if s.write:
+        with RESULTS.open("a") as handle:
+            handle.write("\n" + table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
