@@ -89,7 +89,6 @@ class TorchPolicy(BatchPolicy):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(seed)
-        from gymnasium import spaces
         from parley.agents.backbones import make_backbone
 
         self.backbone_name = backbone
@@ -101,8 +100,10 @@ class TorchPolicy(BatchPolicy):
         self.metadata = dict(metadata or {})
         if seed is not None:
             torch.manual_seed(seed)
-        space = spaces.Box(low=-np.inf, high=np.inf, shape=(self.observation_size,), dtype=np.float32)
-        self.model = ActorCritic(make_backbone(backbone, space, **self.backbone_config)).to(self.device)
+        # An int size lets the backbone read a negotiation-sized vector with the negotiation layout (scaled
+        # header, embedded act tokens) -- the layout the envs' bounded spaces give during training.
+        self.model = ActorCritic(make_backbone(backbone, self.observation_size, device="cpu",
+                                               **self.backbone_config)).to(self.device)
         self._torch_generator = torch.Generator(device="cpu")
         self._torch_generator.manual_seed(int(self.rng.integers(2**31)))
 
