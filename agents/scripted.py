@@ -37,6 +37,9 @@ Shared conventions
   the lowest action index, so they are deterministic and ``act`` equals ``act_batch`` row by row.
 * They accept the partner's standing proposal when it is worth at least their current target -- the
   utility of the proposal they would send next (the "AC_next" acceptance condition of GENIUS agents).
+  The time-dependent, tit-for-tat and Pareto-aware partners read an ``insist`` as a final offer and
+  accept it when it is worth at least their reservation value (``accept_final_offers=False`` turns
+  that off); the hardliner sends its demands as ``insist``.
 * Every act is checked against the action mask; a row whose mask is empty (the game is over) gets
   ``walk_away``, which the rules ignore for finished games.
 """
@@ -173,6 +176,14 @@ class ObservationView:
         """(B, 125) float32 own utility of keeping each split (whether or not it fits the counts)."""
         return _utility_table()[self.value_key]
 
+    @functools.cached_property
+    def partner_insisted(self) -> np.ndarray:
+        """(B,) whether the partner's standing proposal was sent as ``insist``."""
+        _, is_offer = self.partner_offers
+        rank = np.cumsum(is_offer, axis=1)
+        latest = is_offer & (rank == rank[:, -1:])
+        return self.has_offer & np.any(latest & (self.history >= INSIST_OFFSET), axis=1)
+
     def offer_utility(self) -> np.ndarray:
         """(B,) own utility of the partner's standing proposal (0 where there is none)."""
         return np.where(self.has_offer, (self.offer_items * self.values).sum(-1), 0)
@@ -241,16 +252,19 @@ class ScriptedPartner(BatchPolicy):
     """Base class of the target-driven partners: propose near a target, accept offers that reach it.
 
     Subclasses implement :meth:`targets` (the own utility aimed at, per row) and may override
-    :meth:`tie_break` and :meth:`split_utilities`. ``insist`` selects whether proposals are sent as
-    ``insist`` instead of ``propose``.
+    :meth:`tie_break` and :meth:`choose_splits`. ``insist`` selects whether proposals are sent as
+    ``insist`` instead of ``propose``. With ``accept_final_offers`` an offer the partner sent as
+    ``insist`` is taken as final -- no further concessions will come -- and accepted when it is worth
+    at least the reservation value.
     """
 
     name = "scripted"
     insist = False
 
-    def __init__(self, reservation: float = 5.0, seed: int | None = None) -> None:
+    def __init__(self, reservation: float = 5.0, seed: int | None = None, accept_final_offers: bool = False) -> None:
         super().__init__(seed)
         self.reservation = _check_reservation(reservation)
+        self.accept_final_offers = bool(accept_final_offers)
 
     def targets(self, view: ObservationView) -> np.ndarray:
         raise NotImplementedError
@@ -279,7 +293,10 @@ class ScriptedPartner(BatchPolicy):
         feasible = masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
         splits = self.choose_splits(view, feasible, target)
         offset = INSIST_OFFSET if self.insist else PROPOSE_OFFSET
-        accept = (masks[:, AGREE_ACTION] > 0) & view.has_offer & (view.offer_utility() >= target - _EPS)
+        accept_at = target
+        if self.accept_final_offers:
+            accept_at = np.where(view.partner_insisted, np.minimum(target, self.reservation), target)
+        accept = (masks[:, AGREE_ACTION] > 0) & view.has_offer & (view.offer_utility() >= accept_at - _EPS)
         actions = np.where(accept, AGREE_ACTION, offset + splits)
         return _finalize(actions, masks)
 
@@ -411,6 +428,9 @@ class TimeDependentPartner(ScriptedPartner):
         ``r``, the lowest utility it ever asks for or accepts, 0..10 (default 5).
     k:
         ``f(0)``, the concession already made at the start, in [0, 1] (default 0).
+    accept_final_offers:
+        Take an offer sent as ``insist`` as final and accept it when worth at least ``reservation``
+        (default True).
     seed:
         Unused (deterministic).
     """
@@ -418,12 +438,12 @@ class TimeDependentPartner(ScriptedPartner):
     name = "time_dependent"
 
     def __init__(self, exponent: float = 1.0, reservation: float = 5.0, k: float = 0.0,
-                 seed: int | None = None) -> None:
+                 accept_final_offers: bool = True, seed: int | None = None) -> None:
         if exponent <= 0:
             raise ValueError(f"exponent must be positive, got {exponent}")
         if not 0.0 <= k <= 1.0:
             raise ValueError(f"k must be in [0, 1], got {k}")
-        super().__init__(reservation=reservation, seed=seed)
+        super().__init__(reservation=reservation, seed=seed, accept_final_offers=accept_final_offers)
         self.exponent = float(exponent)
         self.k = float(k)
 
@@ -459,6 +479,9 @@ class TitForTatPartner(ScriptedPartner):
         Points conceded in answer to the partner's first proposal (default 1).
     kindness:
         Extra points conceded whenever it reciprocates (default 0).
+    accept_final_offers:
+        Take an offer sent as ``insist`` as final and accept it when worth at least ``reservation``
+        (default True).
     seed:
         Unused (deterministic).
     """
@@ -466,10 +489,10 @@ class TitForTatPartner(ScriptedPartner):
     name = "tit_for_tat"
 
     def __init__(self, reservation: float = 5.0, opening_concession: float = 1.0, kindness: float = 0.0,
-                 seed: int | None = None) -> None:
+                 accept_final_offers: bool = True, seed: int | None = None) -> None:
         if opening_concession < 0 or kindness < 0:
             raise ValueError("opening_concession and kindness must be non-negative")
-        super().__init__(reservation=reservation, seed=seed)
+        super().__init__(reservation=reservation, seed=seed, accept_final_offers=accept_final_offers)
         self.opening_concession = float(opening_concession)
         self.kindness = float(kindness)
 
@@ -515,7 +538,7 @@ class ParetoPartner(TimeDependentPartner):
         Lowest utility it asks for or accepts, 0..10 (default 5).
     rationality:
         How strongly proposals are taken to favour the proposer's own values (default 1 per point).
-    k, seed:
+    k, accept_final_offers, seed:
         As for :class:`TimeDependentPartner`.
     """
 
@@ -523,10 +546,11 @@ class ParetoPartner(TimeDependentPartner):
     chunk_size = 256
 
     def __init__(self, exponent: float = 1.0, reservation: float = 5.0, rationality: float = 1.0,
-                 k: float = 0.0, seed: int | None = None) -> None:
+                 k: float = 0.0, accept_final_offers: bool = True, seed: int | None = None) -> None:
         if rationality < 0:
             raise ValueError(f"rationality must be non-negative, got {rationality}")
-        super().__init__(exponent=exponent, reservation=reservation, k=k, seed=seed)
+        super().__init__(exponent=exponent, reservation=reservation, k=k, accept_final_offers=accept_final_offers,
+                         seed=seed)
         self.rationality = float(rationality)
         self._table = _belief_table(self.rationality)
 
@@ -688,8 +712,10 @@ def _belief_table(rationality: float) -> _BeliefTable:
 
 
 def _time_dependent(name: str, exponent: float) -> Callable[..., TimeDependentPartner]:
-    def build(reservation: float = 5.0, k: float = 0.0, seed: int | None = None) -> TimeDependentPartner:
-        partner = TimeDependentPartner(exponent=exponent, reservation=reservation, k=k, seed=seed)
+    def build(reservation: float = 5.0, k: float = 0.0, accept_final_offers: bool = True,
+              seed: int | None = None) -> TimeDependentPartner:
+        partner = TimeDependentPartner(exponent=exponent, reservation=reservation, k=k,
+                                       accept_final_offers=accept_final_offers, seed=seed)
         partner.name = name
         return partner
 

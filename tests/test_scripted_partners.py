@@ -61,6 +61,15 @@ def own_utility(obs: np.ndarray, split) -> int:
     return int(np.dot(obs[3:6], split))
 
 
+def partner_insisted(obs: np.ndarray, max_turns: int = 10) -> bool:
+    """Whether the partner's standing proposal was an insist, read from the history in plain Python."""
+    last = None
+    for token, speaker in zip(obs[16:16 + max_turns], obs[16 + max_turns:16 + 2 * max_turns], strict=True):
+        if speaker == 2 and 1 <= token <= AGREE_ACTION:
+            last = int(token) - 1
+    return bool(obs[6]) and last is not None and last >= INSIST_OFFSET
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), max_turns=st.integers(1, 12))
 def test_every_partner_always_acts_legally(seed, max_turns):
@@ -174,8 +183,9 @@ def test_time_dependent_proposal_is_the_cheapest_split_reaching_the_target():
         for o, m, a, tgt in zip(obs, masks, actions, target, strict=True):
             feasible = [s for s in ALL_SPLITS if np.all(s <= o[:3])]
             reachable = sorted(own_utility(o, s) for s in feasible if own_utility(o, s) >= tgt - 1e-9)
+            accept_at = min(tgt, 4) if partner_insisted(o) else tgt
             if a == AGREE_ACTION:
-                assert own_utility(o, o[7:10]) >= tgt - 1e-9
+                assert own_utility(o, o[7:10]) >= accept_at - 1e-9
                 continue
             kind, split = decode_act(a)
             assert kind == "propose" and own_utility(o, split) == reachable[0]
@@ -183,7 +193,21 @@ def test_time_dependent_proposal_is_the_cheapest_split_reaching_the_target():
             same = [s for s in feasible if own_utility(o, s) == reachable[0]]
             assert sum(split) == min(int(s.sum()) for s in same)
             if m[AGREE_ACTION]:
-                assert own_utility(o, o[7:10]) < tgt - 1e-9
+                assert own_utility(o, o[7:10]) < accept_at - 1e-9
+
+
+@pytest.mark.parametrize("name", ["boulware", "tit_for_tat", "pareto"])
+def test_an_insisted_offer_is_final_and_accepted_above_the_reservation_value(name):
+    ctx = Context((3, 1, 2), ((1, 3, 2), (2, 0, 2)))
+    for kind, final, accepted in [("propose", True, False), ("insist", True, True), ("insist", False, False)]:
+        partner = make_partner(name, reservation=5, accept_final_offers=final)
+        state = NegotiationState(ctx, first_player=1)
+        state.apply_action(encode_act(kind, (3, 0, 1)))  # leaves it the hat and a ball: 5 points
+        assert (partner.act(state.observation(0), state.legal_action_mask()) == AGREE_ACTION) == accepted
+    # Below the reservation value an insisted offer is still refused.
+    state = NegotiationState(ctx, first_player=1)
+    state.apply_action(encode_act("insist", (3, 0, 2)))  # 3 points
+    assert make_partner(name, reservation=5).act(state.observation(0), state.legal_action_mask()) != AGREE_ACTION
 
 
 def test_hardliner_insists_on_everything_it_values_and_never_accepts_a_low_offer():
