@@ -23,6 +23,7 @@ A defense acts at one of three points of the victim's life, named by :attr:`Defe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -403,6 +404,40 @@ class Strip(Defense):
         (which also serve as the overlay pool)."""
         threshold = self.calibrate(model, clean_inputs)
         return self.entropies(model, inputs, clean_inputs) < threshold
+
+
+# ---------------------------------------------------------------------------------------------------
+# Playing the defender in poisoning_v0
+
+
+def defense_action(indices: np.ndarray | list[int], num_train: int) -> dict[str, np.ndarray]:
+    """The ``poisoning_v0`` defender action removing ``indices``: ``{"remove": int8 mask (num_train,)}``."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_train):
+        raise ValueError(f"removal indices must lie in [0, {num_train - 1}]")
+    mask = np.zeros(num_train, dtype=np.int8)
+    mask[indices] = 1
+    return {"remove": mask}
+
+
+def defender_action(defense: Defense, observation: dict[str, Any], *, make_model: Callable[[], nn.Module],
+                    recipe, seed: int = 0, device: str = "auto") -> dict[str, np.ndarray]:
+    """The defender's move in ``poisoning_v0`` for ``defense``.
+
+    A filter defense trains ``make_model()`` from scratch on the training set it observes (the same
+    recipe the victim will get), reads its penultimate features and removes what
+    :meth:`Defense.select_removals` flags, assuming ``observation["max_poisons"]`` poisons. Other
+    defenses remove nothing here (training-time defenses act through the env's ``training_defense``).
+    """
+    from parley.attacks.victims import train_model
+
+    x = torch.as_tensor(observation["x_train"])
+    y = torch.as_tensor(observation["y_train"])
+    if defense.stage != "filter":
+        return defense_action([], len(x))
+    model = train_model(make_model(), x, y, recipe, device=device, seed=seed)
+    removals = defense.select_removals(x, y, model, expected_poisons=int(observation["max_poisons"]))
+    return defense_action(removals, len(x))
 
 
 DEFENSES: dict[str, type[Defense]] = {
