@@ -337,3 +337,14 @@ def test_pareto_belief_only_holds_valuations_valid_for_the_context():
         assert any(tuple(v) == ctx.values[1] for v in support)
         for v in support:
             Context(ctx.counts, (ctx.values[0], tuple(int(x) for x in v)))  # raises if invalid
+
+
+def test_partners_answer_an_empty_batch_and_reject_bad_shapes():
+    for name in NAMES:
+        partner = make_partner(name)
+        empty = partner.act_batch(np.zeros((0, 36), np.float32), np.zeros((0, 252), np.int8))
+        assert empty.shape == (0,)
+        with pytest.raises(ValueError, match="action masks must have shape"):
+            partner.act_batch(np.zeros((2, 36), np.float32), np.zeros((2, 10), np.int8))
+        with pytest.raises(ValueError, match="not a negotiation observation size"):
+            partner.act_batch(np.zeros((2, 35), np.float32), np.zeros((2, 252), np.int8))
