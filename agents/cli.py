@@ -114,5 +114,7 @@ COMMANDS = [("tournament", tournament)]
 
 def register(app: typer.Typer) -> None:
     """Add the agents domain's commands to the ``parley`` app."""
-    for name, command in COMMANDS:
+    from parley.agents.training_cli import COMMANDS as TRAINING_COMMANDS
+
+    for name, command in COMMANDS + TRAINING_COMMANDS:
         app.command(name)(command)

@@ -230,7 +230,7 @@ def load_policy(path: str | Path, **kwargs: Any) -> Policy:
 
 
 #: Modules that register loaders for optional formats when imported (SB3 zips, RLlib checkpoints).
-OPTIONAL_LOADER_MODULES: tuple[str, ...] = ()
+OPTIONAL_LOADER_MODULES: tuple[str, ...] = ("parley.agents.sb3_training",)
 
 
 def _import_optional_loaders() -> None:

@@ -1,0 +1,128 @@
+"""The RLlib module for negotiation: any parley backbone, masked logits, a value head (new API stack).
+
+:class:`NegotiationRLModule` wraps exactly the network a :class:`~parley.agents.torch_policy.TorchPolicy`
+holds (:class:`~parley.agents.torch_policy.ActorCritic`: backbone -> policy head and value head), so a
+trained module exports to a TorchPolicy directory with :func:`export_policy` and then plays everywhere
+in parley without Ray.
+
+Observations are the environments' Dict ``{"observation": (D,) float32, "action_mask": (252,)}``.
+Illegal actions get ``log(0)`` clamped to the float minimum added to their logits, so sampling,
+greedy play and the PPO loss all ignore them.
+
+The module's ``model_config`` (a plain dict) says what to build:
+
+``backbone``          a name from :func:`parley.agents.backbones.list_backbones` (default ``"mlp"``)
+``backbone_config``   keyword arguments for that backbone
+``trainable``         ``"all"`` (default) or ``"adapters"``: train only Compacter adapter parameters
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from parley.agents.torch_policy import ActorCritic, TorchPolicy, mask_logits
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+OBSERVATION_KEY = "observation"
+MASK_KEY = "action_mask"
+
+
+def observation_size_of(observation_space: gym.Space) -> int:
+    """Length D of the observation vector inside a negotiation Dict observation space."""
+    if not isinstance(observation_space, gym.spaces.Dict) or OBSERVATION_KEY not in observation_space.spaces \
+            or MASK_KEY not in observation_space.spaces:
+        raise ValueError(
+            "the negotiation RLModule needs a Dict observation space with keys "
+            f"{OBSERVATION_KEY!r} and {MASK_KEY!r}; got {observation_space}"
+        )
+    return int(np.prod(observation_space[OBSERVATION_KEY].shape))
+
+
+def build_network(backbone: str, observation_size: int, backbone_config: dict[str, Any] | None = None) -> ActorCritic:
+    """The actor-critic network a TorchPolicy with these settings would hold."""
+    from parley.agents.backbones import make_backbone
+
+    config = {k: v for k, v in dict(backbone_config or {}).items() if k != "device"}
+    return ActorCritic(make_backbone(backbone, int(observation_size), device="cpu", **config))
+
+
+def freeze_all_but_adapters(model: torch.nn.Module) -> int:
+    """Leave only adapter parameters trainable; return how many parameters stay trainable.
+
+    Adapter parameters are those whose name contains ``adapter`` (the Compacter layers), plus the
+    policy and value heads' biases are kept frozen too: fine-tuning changes nothing but the adapters.
+    """
+    trainable = 0
+    for name, param in model.named_parameters():
+        keep = "adapter" in name.lower()
+        param.requires_grad_(keep)
+        trainable += param.numel() if keep else 0
+    if trainable == 0:
+        raise ValueError("the network has no adapter parameters to train; use the 'compacter' backbone")
+    return trainable
+
+
+class NegotiationRLModule(TorchRLModule, ValueFunctionAPI):
+    """Actor-critic RLModule over any parley backbone, with action masking."""
+
+    def setup(self) -> None:
+        config = dict(self.model_config or {})
+        self.backbone_name: str = config.get("backbone", "mlp")
+        self.backbone_config: dict[str, Any] = dict(config.get("backbone_config") or {})
+        self.observation_size = observation_size_of(self.observation_space)
+        self.model = build_network(self.backbone_name, self.observation_size, self.backbone_config)
+        if config.get("trainable", "all") == "adapters":
+            freeze_all_but_adapters(self.model)
+
+    def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = batch[Columns.OBS]
+        return self.model.backbone(obs[OBSERVATION_KEY].float()), obs[MASK_KEY]
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        features, mask = self._features(batch)
+        logits = mask_logits(self.model.policy_head(features), mask)
+        return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: features}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        if embeddings is None:
+            embeddings, _ = self._features(batch)
+        return self.model.value_head(embeddings).squeeze(-1)
+
+
+def module_spec(backbone: str = "mlp", backbone_config: dict[str, Any] | None = None, *,
+                trainable: str = "all", observation_space: gym.Space | None = None,
+                action_space: gym.Space | None = None) -> RLModuleSpec:
+    """An :class:`RLModuleSpec` for :class:`NegotiationRLModule` (spaces are filled from the env if None)."""
+    if trainable not in ("all", "adapters"):
+        raise ValueError(f"trainable must be 'all' or 'adapters', got {trainable!r}")
+    return RLModuleSpec(
+        module_class=NegotiationRLModule,
+        observation_space=observation_space,
+        action_space=action_space,
+        model_config={"backbone": backbone, "backbone_config": dict(backbone_config or {}), "trainable": trainable},
+    )
+
+
+def export_policy(module: NegotiationRLModule, path: str | Path, *, name: str | None = None,
+                  metadata: dict[str, Any] | None = None) -> TorchPolicy:
+    """Save a module's network as a TorchPolicy directory (loadable with ``load_policy`` without Ray)."""
+    policy = TorchPolicy(module.backbone_name, module.observation_size, module.backbone_config, device="cpu",
+                         name=name, metadata=metadata)
+    state = {key: value.detach().cpu() for key, value in module.model.state_dict().items()}
+    policy.model.load_state_dict(state)
+    policy.save(path)
+    return policy
+
+
+def load_network_weights(module: NegotiationRLModule, policy: TorchPolicy, *, strict: bool = True) -> None:
+    """Start a module from a saved policy's weights (``strict=False`` lets new adapter layers stay fresh)."""
+    result = module.model.load_state_dict(policy.model.state_dict(), strict=strict)
+    if not strict and result.unexpected_keys:
+        raise ValueError(f"the policy has weights the module does not: {result.unexpected_keys[:5]}")

@@ -1,0 +1,208 @@
+"""The RLlib side of ``parley train``: build the setup's PPO config, iterate, checkpoint, export.
+
+Reads top to bottom: start (or join) Ray, build the algorithm for the chosen setup, load
+``--init-from`` weights or restore ``--resume`` state, then train iteration by iteration, logging a row
+and checkpointing every ``checkpoint_every`` iterations. Each checkpoint holds the RLlib algorithm
+state (``algorithm/``), the trained module exported as a TorchPolicy (``policy/``) and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from parley.agents.training import (
+    CHECKPOINTS,
+    POLICY_DIR,
+    LiveView,
+    RunLogger,
+    TrainConfig,
+    TrainResult,
+    init_policy_for,
+    latest_checkpoint,
+    make_row,
+    network_plan,
+    observation_size_for,
+    publish_policy,
+    read_meta,
+    stop_reached,
+    transfer_weights,
+    write_meta,
+)
+
+DEFAULT_MODULE = "default_policy"
+
+
+def start_ray(address: str | None) -> bool:
+    """Join the cluster at ``address`` or start a local Ray; returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def build_algorithm_config(config: TrainConfig, backbone: str, backbone_config: dict[str, Any], trainable: str):
+    """The PPOConfig of the configured setup."""
+    from parley.agents import rllib_setups as setups
+
+    from parley.utils import resolve_device
+
+    settings = setups.PPOSettings(
+        lr=config.lr, entropy_coeff=config.entropy_coeff, train_batch_size=config.train_batch_size,
+        minibatch_size=config.minibatch_size, num_epochs=config.num_epochs,
+        num_env_runners=config.num_env_runners, num_envs_per_env_runner=config.num_envs_per_env_runner,
+        max_turns=config.max_turns)
+    device = resolve_device(config.device)
+    common = dict(backbone=backbone, backbone_config=backbone_config, settings=settings, seed=config.seed,
+                  device=device, trainable=trainable)
+    if config.setup == "self-play":
+        return setups.self_play_config(**common, league_size=config.league_size,
+                                       league_threshold=config.league_threshold)
+    if config.setup == "independent":
+        return setups.independent_learners_config(**common)
+    return setups.partner_pool_config(config.partners, **common)
+
+
+def trained_modules(config: TrainConfig) -> list[str]:
+    return {"partners": [DEFAULT_MODULE], "self-play": ["learner"],
+            "independent": ["learner_0", "learner_1"]}[config.setup]
+
+
+def module_state(algo, module_id: str) -> dict[str, torch.Tensor]:
+    """The module's network weights (keys of :class:`ActorCritic`) from the learner."""
+    weights = algo.learner_group.get_weights([module_id])[module_id]
+    return {k[len("model."):]: torch.as_tensor(np.asarray(v)) for k, v in weights.items() if k.startswith("model.")}
+
+
+def set_module_state(algo, module_ids: list[str], state: dict[str, torch.Tensor]) -> None:
+    """Load network weights into the learner's modules and push them to the env runners."""
+    current = algo.learner_group.get_weights(module_ids)
+    update = {}
+    for mid in module_ids:
+        full = dict(current[mid])
+        for key, value in state.items():
+            full["model." + key] = value.detach().cpu().numpy()
+        update[mid] = full
+    algo.learner_group.set_weights(update)
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, policies=list(module_ids),
+                                       inference_only=True)
+
+
+def export_module(algo, module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int,
+                  path: Path, metadata: dict[str, Any]) -> Path:
+    from parley.agents.torch_policy import TorchPolicy
+
+    saved_config = {k: v for k, v in backbone_config.items() if k != "pretrained"}
+    policy = TorchPolicy(backbone, obs_size, saved_config, device="cpu", name=metadata.get("name"),
+                         metadata=metadata)
+    policy.model.load_state_dict(module_state(algo, module_id))
+    policy.save(path)
+    return path
+
+
+def _league_callback(algo):
+    from parley.agents.rllib_setups import LeagueCallback
+
+    callbacks = getattr(algo, "callbacks", None)
+    for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if isinstance(cb, LeagueCallback):
+            return cb
+    return None
+
+
+def train_rllib(config: TrainConfig, run: Path, *, console=None, on_iteration=None) -> TrainResult:
+    import ray
+
+    started = start_ray(config.address)
+    init_policy = init_policy_for(config)
+    backbone, backbone_config, trainable = network_plan(config, init_policy)
+    obs_size = observation_size_for(config)
+    algo = build_algorithm_config(config, backbone, backbone_config, trainable).build_algo()
+    view = None
+    logger = None
+    try:
+        modules = trained_modules(config)
+        iteration, env_steps, elapsed_before = 0, 0, 0.0
+        if config.resume:
+            checkpoint = latest_checkpoint(run)
+            algo.restore_from_path(str((checkpoint / "algorithm").resolve()))
+            meta = read_meta(checkpoint)
+            iteration, env_steps, elapsed_before = meta["iteration"], meta["env_steps"], meta.get("elapsed_s", 0.0)
+            league = _league_callback(algo)
+            if league is not None:
+                league.snapshots = int(meta.get("league_snapshots", 0))
+        elif init_policy is not None:
+            from parley.agents.rllib_module import build_network
+
+            network = build_network(backbone, obs_size, backbone_config)
+            state = transfer_weights(init_policy.model.state_dict(), network)
+            set_module_state(algo, modules, state)
+            league = _league_callback(algo)
+            if league is not None:
+                league.copy_learner_to(algo, [f"league_{i}" for i in range(config.league_size)])
+
+        logger = RunLogger(run, resume_from=iteration)
+        title = f"parley train: {config.setup}, {backbone} backbone, RLlib PPO -> {run}"
+        view = LiveView(console, title, enabled=config.live)
+        history: list[dict[str, Any]] = []
+        checkpoint = latest_checkpoint(run) if config.resume else None
+        start = time.perf_counter()
+        while not stop_reached(config, iteration, env_steps):
+            tick = time.perf_counter()
+            result = algo.train()
+            seconds = time.perf_counter() - tick
+            iteration += 1
+            runners = result.get("env_runners", {})
+            steps = int(runners.get("num_env_steps_sampled", 0) or 0)
+            env_steps += steps
+            metrics = {k: runners.get(k) for k in ("score", "partner_score", "agreement", "pareto")}
+            metrics["episodes"] = runners.get("num_episodes", 0)
+            row = make_row(iteration, env_steps, steps, seconds, elapsed_before + time.perf_counter() - start,
+                           metrics, result.get("league_snapshots", ""))
+            history.append(row)
+            logger.log(row)
+            view.update(row)
+            stop = bool(on_iteration(row)) if on_iteration is not None else False
+            if iteration % config.checkpoint_every == 0 or stop or stop_reached(config, iteration, env_steps):
+                checkpoint = save_checkpoint(algo, config, run, iteration, env_steps, row["elapsed_s"],
+                                             modules[0], backbone, backbone_config, obs_size,
+                                             result.get("league_snapshots", 0))
+            if stop:
+                break
+        if checkpoint is None:  # nothing trained (a resume past its target): export the restored state
+            checkpoint = save_checkpoint(algo, config, run, iteration, env_steps, elapsed_before, modules[0],
+                                         backbone, backbone_config, obs_size, 0)
+        return TrainResult(run_dir=run, policy_dir=run / POLICY_DIR, checkpoint=checkpoint, iterations=iteration,
+                           env_steps=env_steps, elapsed_s=elapsed_before + time.perf_counter() - start,
+                           history=history)
+    finally:
+        if view is not None:
+            view.close()
+        if logger is not None:
+            logger.close()
+        algo.stop()
+        if started:
+            ray.shutdown()
+
+
+def save_checkpoint(algo, config: TrainConfig, run: Path, iteration: int, env_steps: int, elapsed: float,
+                    module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int,
+                    league_snapshots: Any) -> Path:
+    directory = run / CHECKPOINTS / f"iter_{iteration:06d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    algo.save_to_path(str((directory / "algorithm").resolve()))
+    metadata = {"framework": "rllib", "setup": config.setup, "iteration": iteration, "env_steps": env_steps,
+                "module": module_id, "name": f"rllib-{config.setup}-{backbone}"}
+    export_module(algo, module_id, backbone, backbone_config, obs_size, directory / POLICY_DIR, metadata)
+    write_meta(directory, iteration=iteration, env_steps=env_steps, elapsed_s=elapsed, framework="rllib",
+               league_snapshots=int(league_snapshots or 0))
+    publish_policy(run, directory)
+    return directory

@@ -1,0 +1,496 @@
+"""``parley train``: PPO for negotiation agents with RLlib (new API stack) or Stable-Baselines3.
+
+Everything a run needs is one :class:`TrainConfig`; the command line, a YAML file (``--config``) and
+``--resume`` all fill it, and :meth:`TrainConfig.validate` rejects bad input before any work starts.
+
+A run directory (``--out runs/NAME``) holds::
+
+    config.yaml                      the resolved configuration (what --resume reads back)
+    progress.csv                     one row per iteration: steps, steps/s, score, agreement, Pareto, ...
+    tb/                              the same numbers for TensorBoard
+    checkpoints/iter_000010/         algorithm state (RLlib checkpoint or SB3 zip) + policy/ + meta.json
+    policy/                          the latest policy as a TorchPolicy directory
+    eval.csv                         the final evaluation against the partner suite
+
+``parley.agents.load_policy(run_dir)`` (or a checkpoint directory) loads the trained policy without Ray.
+
+Setups (RLlib): ``partners`` -- one learner against scripted partners drawn per episode (default);
+``self-play`` -- against a league of frozen snapshots; ``independent`` -- two learners, one per seat.
+Stable-Baselines3 trains ``MaskablePPO`` against the partner pool only.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from parley.envs.negotiation import DEFAULT_MAX_TURNS, observation_size
+
+FRAMEWORKS = ("rllib", "sb3")
+ADAPTERS = ("compacter",)
+DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto")
+DEFAULT_ITERATIONS = 15
+CHECKPOINTS = "checkpoints"
+POLICY_DIR = "policy"
+CONFIG_FILE = "config.yaml"
+PROGRESS_FILE = "progress.csv"
+META_FILE = "meta.json"
+
+
+class TrainConfigError(ValueError):
+    """A training configuration that cannot run; the message says what is wrong and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (each is a ``parley train`` flag and a key of ``--config`` YAML)."""
+
+    framework: str = "rllib"
+    backbone: str = "mlp"
+    backbone_config: dict[str, Any] = field(default_factory=dict)
+    partners: list[str] = field(default_factory=lambda: list(DEFAULT_PARTNERS))
+    self_play: bool = False
+    independent: bool = False
+    iterations: int | None = None
+    timesteps: int | None = None
+    num_env_runners: int = 0
+    num_envs_per_env_runner: int = 128
+    address: str | None = None
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    seed: int = 0
+    init_from: str | None = None
+    adapters: str | None = None
+    checkpoint_every: int = 5
+    eval_episodes: int = 200
+    eval_partners: str = "suite"
+    league_size: int = 4
+    league_threshold: float = 5.0
+    max_turns: int = DEFAULT_MAX_TURNS
+    lr: float = 3e-4
+    entropy_coeff: float = 0.01
+    train_batch_size: int = 8192
+    minibatch_size: int = 2048
+    num_epochs: int = 4
+    live: bool = True
+
+    @property
+    def setup(self) -> str:
+        return "self-play" if self.self_play else "independent" if self.independent else "partners"
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "the configuration") -> TrainConfig:
+        """Build from a dict (YAML keys may use dashes); unknown keys are an error naming the allowed ones."""
+        clean = {str(k).replace("-", "_"): v for k, v in (values or {}).items()}
+        unknown = sorted(set(clean) - set(cls.field_names()))
+        if unknown:
+            raise TrainConfigError(f"unknown setting(s) {unknown} in {source}; allowed: {', '.join(cls.field_names())}")
+        if isinstance(clean.get("partners"), str):
+            clean["partners"] = [p.strip() for p in clean["partners"].split(",") if p.strip()]
+        return cls(**clean)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise TrainConfigError(f"no config file at {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise TrainConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise TrainConfigError(f"{path} must hold a mapping of settings, got {type(values).__name__}")
+        return cls.from_dict(values, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---------------------------------------------------------------------------------------------
+
+    def validate(self) -> TrainConfig:
+        """Check every setting; return a copy with defaults filled in (partners expanded, out chosen)."""
+        from parley.agents.backbones import backbone_config, list_backbones
+        from parley.agents.partner_pool import resolve_partner_names
+
+        from parley.utils import resolve_device
+
+        if self.framework not in FRAMEWORKS:
+            raise TrainConfigError(f"unknown framework {self.framework!r}; use one of {', '.join(FRAMEWORKS)}")
+        backbones = list_backbones()
+        if self.backbone not in backbones:
+            raise TrainConfigError(f"unknown backbone {self.backbone!r}; available: {', '.join(backbones)}")
+        if not isinstance(self.backbone_config, dict):
+            raise TrainConfigError(f"backbone_config must be a mapping, got {type(self.backbone_config).__name__}")
+        if self.adapters is None:
+            try:
+                backbone_config(self.backbone, **{k: v for k, v in self.backbone_config.items()
+                                                  if k not in ("device", "bf16", "layout")})
+            except (TypeError, ValueError) as err:
+                raise TrainConfigError(str(err)) from None
+        try:
+            partners = resolve_partner_names(self.partners)
+            if self.eval_partners != "suite":
+                resolve_partner_names(self.eval_partners)
+        except ValueError as err:
+            raise TrainConfigError(str(err)) from None
+        if self.self_play and self.independent:
+            raise TrainConfigError("choose one setup: --self-play or --independent, not both")
+        if self.framework == "sb3":
+            if self.self_play or self.independent:
+                raise TrainConfigError("Stable-Baselines3 has no multi-agent training; --self-play and "
+                                       "--independent need --framework rllib")
+            if self.address is not None or self.num_env_runners:
+                raise TrainConfigError("--address and --num-env-runners are Ray settings; they need --framework rllib")
+        for name in ("iterations", "timesteps"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise TrainConfigError(f"--{name} must be at least 1, got {value}")
+        positive = ("num_envs_per_env_runner", "checkpoint_every", "eval_episodes", "league_size", "max_turns",
+                    "train_batch_size", "minibatch_size", "num_epochs")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise TrainConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.num_env_runners < 0:
+            raise TrainConfigError(f"--num-env-runners must be 0 or more, got {self.num_env_runners}")
+        if self.minibatch_size > self.train_batch_size:
+            raise TrainConfigError(f"minibatch-size ({self.minibatch_size}) cannot exceed train-batch-size "
+                                   f"({self.train_batch_size})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TrainConfigError(f"lr must be a positive number, got {self.lr}")
+        try:
+            resolve_device(self.device)
+        except ValueError as err:
+            raise TrainConfigError(str(err)) from None
+        if self.adapters is not None:
+            if self.adapters not in ADAPTERS:
+                raise TrainConfigError(f"unknown adapters {self.adapters!r}; use one of {', '.join(ADAPTERS)}")
+            if self.init_from is None:
+                raise TrainConfigError("--adapters fine-tunes a trained policy: give it with --init-from CHECKPOINT")
+        if self.init_from is not None:
+            if not Path(self.init_from).exists():
+                raise TrainConfigError(f"--init-from: nothing at {self.init_from}")
+            if self.resume:
+                raise TrainConfigError("--resume continues a run; --init-from starts a new one: use only one")
+        out = self.out or default_run_name(self)
+        if self.resume:
+            if self.out is None:
+                raise TrainConfigError("--resume needs --out pointing at the run to continue")
+            if latest_checkpoint(Path(self.out)) is None:
+                raise TrainConfigError(f"--resume: no checkpoint under {Path(self.out) / CHECKPOINTS}")
+        iterations = self.iterations
+        if iterations is None and self.timesteps is None:
+            iterations = DEFAULT_ITERATIONS
+        return self.replace(partners=partners, out=str(out), iterations=iterations)
+
+
+def default_run_name(config: TrainConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{config.framework}-{config.setup}-{config.backbone}-{stamp}")
+
+
+def resolve_train_config(cli: dict[str, Any], config_file: str | Path | None = None) -> TrainConfig:
+    """Defaults, then the YAML file (or, with ``resume``, the run's saved config), then explicit flags.
+
+    ``cli`` holds only the flags given on the command line (None values are ignored).
+    """
+    given = {k: v for k, v in cli.items() if v is not None}
+    base: dict[str, Any] = {}
+    if config_file is not None:
+        base.update(TrainConfig.from_yaml(config_file).to_dict())
+    if given.get("resume"):
+        out = given.get("out") or base.get("out")
+        if out is None:
+            raise TrainConfigError("--resume needs --out pointing at the run to continue")
+        saved = Path(out) / CONFIG_FILE
+        if not saved.is_file():
+            raise TrainConfigError(f"--resume: {out} has no {CONFIG_FILE}; is it a parley training run?")
+        base.update(TrainConfig.from_yaml(saved).to_dict())
+        base["init_from"] = None
+    base.update(given)
+    return TrainConfig.from_dict(base).validate()
+
+
+# --------------------------------------------------------------------------------------------------
+# Run directory, logs, checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    root = Path(run) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"iter_\d+", p.name) and (p / META_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = checkpoint_dirs(run)
+    return found[-1] if found else None
+
+
+class RunLogger:
+    """Appends a row per iteration to ``progress.csv`` and to TensorBoard."""
+
+    COLUMNS = ("iteration", "env_steps", "steps_per_s", "score", "partner_score", "agreement", "pareto",
+               "episodes", "league_snapshots", "elapsed_s")
+
+    def __init__(self, run: Path, *, resume_from: int = 0) -> None:
+        self.path = Path(run) / PROGRESS_FILE
+        if self.path.is_file() and resume_from:
+            rows = [r for r in read_progress(run) if int(r["iteration"]) <= resume_from]
+            self._write_all(rows)
+        elif not resume_from or not self.path.is_file():
+            self._write_all([])
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(run) / "tb"))
+        except ImportError:  # TensorBoard is optional; the CSV carries the same numbers
+            self.writer = None
+
+    def _write_all(self, rows: list[dict]) -> None:
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in self.COLUMNS})
+
+    def log(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self.COLUMNS).writerow({k: row.get(k, "") for k in self.COLUMNS})
+        if self.writer is not None:
+            for key in ("score", "partner_score", "agreement", "pareto", "steps_per_s", "league_snapshots"):
+                value = row.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"train/{key}", value, global_step=int(row["env_steps"]))
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_progress(run: Path) -> list[dict[str, Any]]:
+    path = Path(run) / PROGRESS_FILE
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_meta(directory: Path, **facts: Any) -> None:
+    (Path(directory) / META_FILE).write_text(json.dumps(facts, indent=2, sort_keys=True))
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / META_FILE).read_text())
+
+
+def publish_policy(run: Path, checkpoint: Path) -> Path:
+    """Copy a checkpoint's policy to ``run/policy`` (what ``load_policy(run)`` loads)."""
+    target = Path(run) / POLICY_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(Path(checkpoint) / POLICY_DIR, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# Live view
+# --------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return f"{100 * value:.1f}" if pct else f"{value:.2f}"
+
+
+class LiveView:
+    """A rich live table of the latest iterations (plain lines when output is not a terminal)."""
+
+    def __init__(self, console, title: str, enabled: bool = True, rows: int = 12) -> None:
+        self.console = console
+        self.title = title
+        self.rows: list[dict[str, Any]] = []
+        self.max_rows = rows
+        self.live = None
+        self.plain = console is None or not console.is_terminal or not enabled
+        if not self.plain:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=console, refresh_per_second=4)
+            self.live.start()
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(title=self.title)
+        for column in ("iter", "env steps", "steps/s", "score", "partner", "agree %", "Pareto %", "league", "time s"):
+            table.add_column(column, justify="right")
+        for row in self.rows[-self.max_rows:]:
+            table.add_row(str(row["iteration"]), str(row["env_steps"]), f"{row['steps_per_s']:.0f}",
+                          _fmt(row.get("score")), _fmt(row.get("partner_score")), _fmt(row.get("agreement"), True),
+                          _fmt(row.get("pareto"), True), str(row.get("league_snapshots", "")),
+                          f"{row['elapsed_s']:.0f}")
+        return table
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.live is not None:
+            self.live.update(self._table())
+        elif self.console is not None:
+            self.console.print(
+                f"iter {row['iteration']:>4}  steps {row['env_steps']:>9}  {row['steps_per_s']:>7.0f}/s  "
+                f"score {_fmt(row.get('score'))}  partner {_fmt(row.get('partner_score'))}  "
+                f"agree {_fmt(row.get('agreement'), True)}%  Pareto {_fmt(row.get('pareto'), True)}%")
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    policy_dir: Path
+    checkpoint: Path
+    iterations: int
+    env_steps: int
+    elapsed_s: float
+    history: list[dict[str, Any]]
+    eval_rows: list | None = None
+
+
+def train(config: TrainConfig, *, console=None, evaluate: bool = True,
+          on_iteration: Callable[[dict[str, Any]], bool | None] | None = None) -> TrainResult:
+    """Run training as configured; returns where the policy and checkpoints are.
+
+    ``on_iteration(row)`` is called after every iteration; returning True stops the run early (the
+    learning benchmark uses it to stop once the policy beats the best scripted partner).
+    """
+    config = config.validate()
+    run = Path(config.out)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / CONFIG_FILE).write_text(yaml.safe_dump({**config.to_dict(), "resume": False}, sort_keys=False))
+    if config.framework == "rllib":
+        from parley.agents.rllib_training import train_rllib
+
+        result = train_rllib(config, run, console=console, on_iteration=on_iteration)
+    else:
+        from parley.agents.sb3_training import train_sb3
+
+        result = train_sb3(config, run, console=console, on_iteration=on_iteration)
+    if evaluate:
+        from parley.agents.evaluation import evaluate_policy, write_eval_csv
+        from parley.agents.torch_policy import TorchPolicy
+
+        policy = TorchPolicy.load(result.policy_dir, device="cpu")
+        result.eval_rows = evaluate_policy(policy, config.eval_partners, episodes=config.eval_episodes,
+                                           seed=config.seed + 12345, max_turns=config.max_turns)
+        write_eval_csv(result.eval_rows, run / "eval.csv", policy=str(result.policy_dir))
+    return result
+
+
+def observation_size_for(config: TrainConfig) -> int:
+    return observation_size(config.max_turns)
+
+
+def stop_reached(config: TrainConfig, iteration: int, env_steps: int) -> bool:
+    if config.iterations is not None and iteration >= config.iterations:
+        return True
+    return config.timesteps is not None and env_steps >= config.timesteps
+
+
+def make_row(iteration: int, env_steps: int, steps_this_iter: int, iter_seconds: float, elapsed: float,
+             metrics: dict[str, Any], league_snapshots: int | str = "") -> dict[str, Any]:
+    def num(key: str) -> float:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    return {
+        "iteration": iteration,
+        "env_steps": int(env_steps),
+        "steps_per_s": steps_this_iter / max(iter_seconds, 1e-9),
+        "score": num("score"),
+        "partner_score": num("partner_score"),
+        "agreement": num("agreement"),
+        "pareto": num("pareto"),
+        "episodes": int(metrics.get("episodes", 0) or 0),
+        "league_snapshots": league_snapshots,
+        "elapsed_s": elapsed,
+    }
+
+
+def init_policy_for(config: TrainConfig):
+    """The policy ``--init-from`` names, as a TorchPolicy (CPU), or None."""
+    if config.init_from is None:
+        return None
+    from parley.agents.torch_policy import TorchPolicy, load_policy
+
+    policy = load_policy(config.init_from, device="cpu")
+    if not isinstance(policy, TorchPolicy):
+        raise TrainConfigError(f"--init-from {config.init_from} is a {type(policy).__name__}, not a trained "
+                               "neural policy")
+    return policy
+
+
+def network_plan(config: TrainConfig, init_policy) -> tuple[str, dict[str, Any], str]:
+    """(backbone, backbone_config, trainable) of the network to train, given ``--init-from``/``--adapters``."""
+    if init_policy is None:
+        return config.backbone, dict(config.backbone_config), "all"
+    if config.adapters is None:
+        return init_policy.backbone_name, dict(init_policy.backbone_config), "all"
+    if init_policy.backbone_name != "transformer":
+        raise TrainConfigError(f"--adapters compacter fine-tunes a transformer policy; {config.init_from} has "
+                               f"backbone {init_policy.backbone_name!r}")
+    adapter_options = {k: v for k, v in config.backbone_config.items()
+                       if k in ("n", "rank", "reduction", "plus_plus", "target_modules")}
+    backbone_config = {**init_policy.backbone_config, "train_layer_norms": False, **adapter_options}
+    return "compacter", backbone_config, "adapters"
+
+
+def transfer_weights(source_state: dict[str, Any], target_model) -> dict[str, Any]:
+    """Map a plain network's weights onto ``target_model``, which may hold Compacter adapters.
+
+    Adapted modules keep their original weights under ``<name>.base``; adapter weights have no source
+    and keep their (near-identity) initialisation. Returns the full state dict to load.
+    """
+    target = target_model.state_dict()
+    merged = {}
+    for key, value in target.items():
+        if ".adapter." in key:
+            merged[key] = value
+            continue
+        source_key = key.replace(".base.", ".")
+        if source_key not in source_state:
+            raise TrainConfigError(f"the --init-from policy has no weight for {source_key!r}; its network "
+                                   "differs from the one being trained")
+        merged[key] = source_state[source_key]
+    return merged
