@@ -82,6 +82,7 @@ class BenchConfig:
         victim_kwargs: Keyword arguments of the victim factory (e.g. ``{"width": 16}``).
         recipe: Victim schedule: ``tiny`` (2 epochs, smoke runs), ``dataset`` (scaled default) or
             ``paper`` (Sleeper Agent's 40-epoch CIFAR-10 schedule); ``recipe_overrides`` edits fields.
+        epochs: Stretch or squeeze the recipe to this many epochs (lr drops moved proportionally).
         attack_kwargs: Per-attack config overrides, ``{"sleeper_agent": {"steps": 60}}``.
         defense_kwargs: Per-defense constructor arguments.
         pair_seed: Seed of the pair draw.
@@ -106,6 +107,7 @@ class BenchConfig:
     victim_kwargs: dict[str, Any] = field(default_factory=dict)
     recipe: str = "dataset"
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
     attack_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     defense_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     pair_seed: int = 0
@@ -125,7 +127,7 @@ class BenchConfig:
     def config_id(self) -> str:
         """Hash of everything that changes a cell's result (not the grid size, workers or output)."""
         relevant = {k: getattr(self, k) for k in (
-            "dataset", "budget", "eps", "victim", "victim_kwargs", "recipe", "recipe_overrides",
+            "dataset", "budget", "eps", "victim", "victim_kwargs", "recipe", "recipe_overrides", "epochs",
             "attack_kwargs", "defense_kwargs", "dataset_kwargs", "train_subset")}
         blob = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -162,21 +164,37 @@ def validate(config: BenchConfig) -> None:
     elif config.dataset in ("cifar10", "mnist") and "path" not in config.dataset_kwargs:
         problems.append(f"dataset {config.dataset!r} is read from local files: give its folder as a path")
     known_attacks = list_attacks()
-    bad = [a for a in config.attacks if ATTACK_ALIASES.get(a, a) not in known_attacks]
-    if bad:
-        problems.append(f"unknown attack(s) {', '.join(map(repr, bad))}; choose from {', '.join(known_attacks)} "
+    bad_attacks = [a for a in config.attacks if ATTACK_ALIASES.get(a, a) not in known_attacks]
+    if bad_attacks:
+        problems.append(f"unknown attack(s) {', '.join(map(repr, bad_attacks))}; choose from {', '.join(known_attacks)} "
                         f"(aliases: {', '.join(f'{k}={v}' for k, v in ATTACK_ALIASES.items())})")
-    bad = [d for d in config.defenses if d not in list_defenses()]
-    if bad:
-        problems.append(f"unknown defense(s) {', '.join(map(repr, bad))}; choose from {', '.join(list_defenses())}")
+    bad_defenses = [d for d in config.defenses if d not in list_defenses()]
+    if bad_defenses:
+        problems.append(f"unknown defense(s) {', '.join(map(repr, bad_defenses))}; choose from {', '.join(list_defenses())}")
     if not config.attacks or not config.defenses:
         problems.append("give at least one attack and one defense")
     if len(set(config.attacks)) != len(config.attacks) or len(set(config.defenses)) != len(config.defenses):
         problems.append("attack and defense names must not repeat")
+    if not bad_attacks and not bad_defenses:
+        from parley.attacks.base import make_attack
+        from parley.attacks.defenses import make_defense
+
+        for kind, names, options, factory in (("attack", config.attacks, config.attack_kwargs, make_attack),
+                                              ("defense", config.defenses, config.defense_kwargs, make_defense)):
+            unused = set(options) - set(names)
+            if unused:
+                problems.append(f"options given for {kind}(s) not in the grid: {', '.join(sorted(unused))}")
+            for name in names:
+                try:
+                    factory(name, **options.get(name, {}))
+                except (TypeError, ValueError) as error:
+                    problems.append(f"{kind} {name!r}: {error}")
     if config.victim not in available_victims():
         problems.append(f"unknown victim {config.victim!r}; choose from {', '.join(available_victims())}")
     if config.recipe not in RECIPES:
         problems.append(f"unknown recipe {config.recipe!r}; choose from {', '.join(RECIPES)}")
+    if config.epochs is not None and config.epochs < 1:
+        problems.append(f"epochs must be >= 1, got {config.epochs}")
     if config.pairs < 1 or config.seeds < 1 or config.workers < 1:
         problems.append("pairs, seeds and workers must be >= 1")
     if config.executor not in ("auto", "ray", "process", "serial"):
@@ -224,6 +242,8 @@ def _recipe(config: BenchConfig, dataset):
 
     base = {"tiny": lambda: TrainingRecipe.tiny(dataset), "dataset": lambda: TrainingRecipe.for_dataset(dataset),
             "paper": TrainingRecipe.paper_cifar10}[config.recipe]()
+    if config.epochs is not None:
+        base = base.scaled(config.epochs)
     return base.replace(**config.recipe_overrides) if config.recipe_overrides else base
 
 

@@ -23,7 +23,8 @@ app = typer.Typer(
 console = Console()
 
 #: Modules whose ``register(app)`` adds commands.
-DOMAIN_CLIS: tuple[str, ...] = ("parley.agents.cli", "parley.human_eval.cli", "parley.oracles.cli")
+DOMAIN_CLIS: tuple[str, ...] = ("parley.agents.cli", "parley.human_eval.cli", "parley.oracles.cli",
+                                 "parley.attacks.cli")
 
 
 def _version_callback(value: bool) -> None:
