@@ -200,7 +200,7 @@ class HiddenTriggerBackdoor(Attack):
             loss = ((model.features(base + delta) - goal) ** 2).sum()
             (grad,) = torch.autograd.grad(loss, delta)
             delta = _project(base, delta.detach() - cfg.step_size * scenario.eps * grad.sign(), scenario.eps)
-        return Submission(idx, delta.cpu().numpy(), None, {"feature_distance": float(loss)})
+        return Submission(idx, delta.cpu().numpy(), None, {"feature_distance": float(loss.detach())})
 
 
 @dataclass

@@ -259,7 +259,7 @@ def augment(x: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Gen
     theta = torch.zeros(n, 2, 3, device=device, dtype=x.dtype)
     theta[:, 0, 0] = sign
     theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = 2.0 * shifts[:, 1] / w
+    theta[:, 0, 2] = sign * 2.0 * shifts[:, 1] / w  # flip first, then shift
     theta[:, 1, 2] = 2.0 * shifts[:, 0] / h
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

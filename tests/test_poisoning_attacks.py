@@ -1,0 +1,210 @@
+"""Attack interface: budget and eps enforcement, every attack's submission, metrics on hand-built
+predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from parley.attacks import base
+from parley.attacks.base import (
+    BudgetError,
+    Scenario,
+    Submission,
+    attack_success_rate,
+    check_submission,
+    clean_accuracy,
+    list_attacks,
+    make_attack,
+    max_poisons_for,
+    poison_precision_recall,
+    robust_accuracy,
+)
+from parley.attacks.datasets import make_synthetic
+from parley.attacks.victims import TrainingRecipe
+
+EPS = 16 / 255
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_synthetic(num_classes=4, image_size=8, channels=1, train_per_class=25, test_per_class=5, seed=2)
+
+
+@pytest.fixture(scope="module")
+def scenario(tiny):
+    return Scenario.from_dataset(tiny, source_class=1, target_class=3, budget=0.05, eps=EPS,
+                                 recipe=TrainingRecipe.tiny(tiny), victim_kwargs={"width": 8}, seed=0)
+
+
+def _valid(scenario, k=3):
+    idx = scenario.class_indices(scenario.target_class)[:k]
+    return Submission(idx, np.zeros((k, *scenario.shape), np.float32))
+
+
+def _check(scenario, sub, allow_relabel=True):
+    check_submission(sub, scenario.x_train, scenario.y_train, max_poisons=scenario.max_poisons, eps=scenario.eps,
+                     num_classes=scenario.num_classes, allow_relabel=allow_relabel)
+
+
+def test_budget_counts_images(scenario):
+    assert max_poisons_for(100, 0.05) == 5 and max_poisons_for(1437, 0.01) == 14 and max_poisons_for(10, 0.01) == 1
+    assert scenario.max_poisons == 5
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        max_poisons_for(100, 0)
+    idx = np.arange(6)
+    with pytest.raises(BudgetError, match="budget: 6 poisons submitted but the budget allows at most 5") as err:
+        _check(scenario, Submission(idx, np.zeros((6, 1, 8, 8), np.float32)))
+    assert err.value.limit == "budget" and isinstance(err.value, ValueError)
+
+
+def test_eps_pixel_range_indices_labels_and_shape(scenario):
+    sub = _valid(scenario)
+    _check(scenario, sub)
+    too_big = Submission(sub.indices, np.full_like(sub.delta, EPS * 1.5))
+    with pytest.raises(BudgetError, match=r"eps: max \|delta\| = 0.09412 exceeds eps = 0.06275") as err:
+        _check(scenario, too_big)
+    assert err.value.limit == "eps"
+    # within eps but pushing a bright pixel above 1
+    bright = int(np.argmax(scenario.x_train.flatten(1).max(1).values.numpy()))
+    push = Submission([bright], np.full((1, 1, 8, 8), EPS, np.float32))
+    if float(scenario.x_train[bright].max()) > 1 - EPS:
+        with pytest.raises(BudgetError, match=r"pixel_range: x \+ delta must stay in \[0, 1\]"):
+            _check(scenario, push)
+    dark = Submission(sub.indices, np.full_like(sub.delta, -EPS))
+    with pytest.raises(BudgetError, match="pixel_range"):
+        _check(scenario, Submission(np.flatnonzero(scenario.x_train.flatten(1).min(1).values.numpy() == 0)[:3],
+                                    dark.delta))
+    with pytest.raises(BudgetError, match=r"indices: indices must lie in \[0, 99\]; got \[100\]"):
+        _check(scenario, Submission([0, 100], np.zeros((2, 1, 8, 8), np.float32)))
+    with pytest.raises(BudgetError, match=r"indices: indices must be unique; repeated: \[4\]"):
+        _check(scenario, Submission([4, 4], np.zeros((2, 1, 8, 8), np.float32)))
+    with pytest.raises(BudgetError, match=r"shape: delta must have shape \(2, 1, 8, 8\)"):
+        _check(scenario, Submission([1, 2], np.zeros((2, 1, 4, 4), np.float32)))
+    relabel = Submission(sub.indices, sub.delta, labels=[0, 0, 0])
+    _check(scenario, relabel)
+    with pytest.raises(BudgetError, match="labels: 3 labels changed but this clean-label threat model forbids"):
+        _check(scenario, relabel, allow_relabel=False)
+    _check(scenario, Submission(sub.indices, sub.delta, labels=[-1, -1, -1]), allow_relabel=False)
+    with pytest.raises(BudgetError, match=r"labels must be -1 \(keep\) or lie in \[0, 3\]"):
+        _check(scenario, Submission(sub.indices, sub.delta, labels=[7, 0, 0]))
+
+
+def test_submission_round_trips_through_the_env_action(scenario):
+    sub = Submission([5, 9], np.full((2, 1, 8, 8), 0.01, np.float32), labels=[3, 3])
+    action = sub.to_action(scenario.max_poisons)
+    assert action["indices"].tolist() == [5, 9, -1, -1, -1] and action["delta"].shape == (5, 1, 8, 8)
+    back = Submission.from_action(action)
+    assert back.indices.tolist() == [5, 9] and back.labels.tolist() == [3, 3]
+    assert np.array_equal(back.delta, sub.delta)
+    x, y = sub.apply(scenario.x_train, scenario.y_train)
+    assert torch.allclose(x[5], (scenario.x_train[5] + 0.01).clamp(0, 1)) and y[9] == 3
+    assert torch.equal(x[6], scenario.x_train[6])
+
+
+def test_make_attack_registry_and_options():
+    assert {"sleeper_agent", "witches_brew", "badnets", "clean_label", "htba", "random_noise"} <= set(list_attacks())
+    assert make_attack("random").name == "random_noise"
+    assert make_attack("sleeper_agent", steps=7).config.steps == 7
+    with pytest.raises(ValueError, match="sleeper_agent has no option.*'stepz'.*steps"):
+        make_attack("sleeper_agent", stepz=3)
+    with pytest.raises(ValueError, match="unknown attack 'nope'"):
+        make_attack("nope")
+
+
+FAST = {
+    "sleeper_agent": dict(steps=6, retrain_times=1, surrogate_epochs=1),
+    "witches_brew": dict(steps=3, restarts=2, surrogate_epochs=1),
+    "htba": dict(steps=5, surrogate_epochs=1),
+    "clean_label": dict(pgd_steps=3, surrogate_epochs=1),
+    "badnets": {},
+    "random_noise": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_every_attack_returns_a_valid_submission(name, scenario):
+    sub = make_attack(name, **FAST[name]).craft(scenario)
+    assert 1 <= len(sub) <= scenario.max_poisons
+    _check(scenario, sub)  # craft validates too; checked again here against the scenario's limits
+    assert sub.info["attack"] == name and sub.info["craft_time_s"] >= 0
+    changed = np.abs(sub.delta).reshape(len(sub), -1).max(1)
+    y = scenario.y_train.numpy()[sub.indices]
+    if name == "badnets":
+        assert (y == scenario.source_class).all() and (sub.labels == scenario.target_class).all()
+    else:
+        assert sub.labels is None and (y == scenario.target_class).all()
+    if name != "badnets":
+        assert changed.max() > 0
+    if name in ("sleeper_agent", "witches_brew"):
+        assert 0.0 <= sub.info["matching_loss"] <= 2.0 * (2 if name == "witches_brew" else 1)
+    again = make_attack(name, **FAST[name]).craft(scenario)
+    assert np.array_equal(again.indices, sub.indices)  # seeded by the scenario
+
+
+def test_dirty_label_attack_refuses_clean_label_scenario(scenario):
+    import dataclasses
+
+    clean_only = dataclasses.replace(scenario, allow_relabel=False)
+    with pytest.raises(ValueError, match="badnets is a dirty-label attack"):
+        make_attack("badnets").craft(clean_only)
+
+
+def test_sleeper_agent_selects_largest_gradient_norms_and_reduces_the_matching_loss(scenario):
+    from parley.attacks.sleeper_agent import GradientMatcher, SleeperAgentConfig, select_by_gradient_norm
+
+    cfg = SleeperAgentConfig(steps=15, retrain_times=0, surrogate_epochs=2, augment=False, lr=0.01)
+    matcher = GradientMatcher(cfg, scenario, salt=1)
+    model = matcher.train_surrogate(scenario.x_train, scenario.y_train)
+    cand = scenario.class_indices(scenario.target_class)
+    x, y = scenario.x_train[cand], scenario.y_train[cand]
+    pos = select_by_gradient_norm(model, x, y, 3, "cpu")
+    norms = []
+    for i in range(len(cand)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        norms.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))))
+    assert sorted(pos.tolist()) == sorted(np.argsort(norms)[-3:].tolist())
+    poison_idx = cand[pos]
+    g_s = matcher.source_gradient(model)
+    s_norm = torch.sqrt(sum((g ** 2).sum() for g in g_s))
+    base_x = scenario.x_train[torch.as_tensor(poison_idx)]
+    target = torch.full((3,), scenario.target_class)
+    before = float(matcher._matching_loss(model, g_s, s_norm, base_x, target, False))
+    delta, after, _ = matcher.run(poison_idx, model)
+    assert float(delta.abs().max()) <= scenario.eps + 1e-6
+    assert after < before
+
+
+def test_metrics_on_hand_built_predictions():
+    labels = np.array([0, 1, 2, 3, 3])
+    assert clean_accuracy(np.array([0, 1, 0, 3, 2]), labels) == pytest.approx(0.6)
+    # triggered images: true classes 1, 1, 2, 3(target: excluded); predicted 3, 1, 3, 3
+    true = np.array([1, 1, 2, 3])
+    pred = np.array([3, 1, 3, 3])
+    assert attack_success_rate(pred, true, target_class=3) == pytest.approx(2 / 3)
+    assert robust_accuracy(pred, true, target_class=3) == pytest.approx(1 / 3)
+    assert np.isnan(attack_success_rate(np.array([3]), np.array([3]), 3))
+    p, r = poison_precision_recall(np.array([1, 2, 3, 4]), np.array([2, 4, 9]))
+    assert (p, r) == (0.5, pytest.approx(2 / 3))
+    p, r = poison_precision_recall(np.array([], dtype=int), np.array([2]))
+    assert np.isnan(p) and r == 0.0
+
+
+def test_backdoor_metrics_use_patched_source_test_images():
+    from parley.attacks.triggers import make_trigger
+
+    class PatchDetector(torch.nn.Module):
+        """Predicts class 2 when any pixel is exactly 1 (the patch), else the image's mean-coded label."""
+
+        def forward(self, x):
+            has_patch = (x == 1.0).flatten(1).any(1)
+            label = (x.flatten(1).mean(1) * 10).round().long()
+            logits = torch.nn.functional.one_hot(torch.where(has_patch, torch.tensor(2), label), 3).float()
+            return logits
+
+    x = torch.stack([torch.full((1, 6, 6), v) for v in (0.0, 0.1, 0.1, 0.0)])
+    y = torch.tensor([0, 1, 1, 0])
+    trig = make_trigger(1, 2, seed=0)
+    out = base.backdoor_metrics(PatchDetector(), x, y, source_class=1, target_class=2, trigger=trig, device="cpu")
+    assert out == {"clean_accuracy": 1.0, "attack_success_rate": 1.0, "robust_accuracy": 0.0}
