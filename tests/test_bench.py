@@ -1,0 +1,123 @@
+"""The attack x defense grid: validation before work, episodes per cell, CSV resume, summary, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from parley.attacks.bench import (
+    BenchConfig,
+    draw_pairs,
+    grid_cells,
+    read_rows,
+    run_grid,
+    summarize,
+    summary_markdown,
+    validate,
+)
+from typer.testing import CliRunner
+
+from parley.cli import app
+
+
+def _tiny(tmp_path, **changes) -> BenchConfig:
+    base = dict(dataset="digits", attacks=("badnets",), defenses=("none", "spectral", "strip"), pairs=1, seeds=1,
+                budget=0.05, recipe="tiny", train_subset=30, victim_kwargs={"width": 8}, out=str(tmp_path / "out"),
+                device="cpu", defense_kwargs={"strip": {"n_overlays": 8}})
+    base.update(changes)
+    return BenchConfig(**base)
+
+
+def test_validation_names_every_problem_before_any_work(tmp_path):
+    config = _tiny(tmp_path, dataset="imagenet", attacks=("badnets", "nope"), defenses=("spectrall",))
+    with pytest.raises(ValueError) as info:
+        run_grid(config, progress=False)
+    message = str(info.value)
+    assert "unknown dataset 'imagenet'" in message and "digits" in message
+    assert "unknown attack(s) 'nope'" in message and "sleeper_agent" in message
+    assert "unknown defense(s) 'spectrall'" in message and "spectral" in message
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="badnets"):
+        validate(_tiny(tmp_path, attack_kwargs={"badnets": {"no_such_option": 1}}))
+    with pytest.raises(ValueError, match="not in the grid: htba"):
+        validate(_tiny(tmp_path, attack_kwargs={"htba": {}}))
+    with pytest.raises(ValueError, match="cifar10.*path"):
+        validate(_tiny(tmp_path, dataset="cifar10"))
+
+
+def test_pairs_are_distinct_shared_and_seeded():
+    pairs = draw_pairs(10, 5, seed=3)
+    assert len(set(pairs)) == 5 and all(s != t for s, t in pairs)
+    assert pairs == draw_pairs(10, 5, seed=3) and pairs != draw_pairs(10, 5, seed=4)
+    with pytest.raises(ValueError, match="only 6"):
+        draw_pairs(3, 7)
+    cells = grid_cells(BenchConfig(attacks=("a", "b"), defenses=("none", "spectral"), pairs=2, seeds=3), 10)
+    assert len(cells) == 2 * 2 * 2 * 3
+    assert {(c.source_class, c.target_class) for c in cells} == set(draw_pairs(10, 2, 0))
+
+
+def test_grid_runs_episodes_writes_outputs_and_skips_done_cells_on_rerun(tmp_path):
+    config = _tiny(tmp_path)
+    rows = run_grid(config, progress=False)
+    assert len(rows) == 3 and not any(r["error"] for r in rows)
+    by_defense = {r["defense"]: r for r in rows}
+    for row in rows:
+        assert 0.0 <= float(row["attack_success_rate"]) <= 1.0
+        assert 0.0 <= float(row["clean_accuracy"]) <= 1.0
+        assert int(row["poisons"]) == 15  # 5% of 300 training images
+    assert int(by_defense["none"]["removed"]) == 0
+    assert int(by_defense["spectral"]["removed"]) > 0 and by_defense["spectral"]["poison_recall"] != ""
+    assert 0.0 <= float(by_defense["strip"]["strip_detection_rate"]) <= 1.0
+    out = tmp_path / "out"
+    assert "| badnets | spectral | 1 |" in (out / "summary.md").read_text()
+    assert (out / "asr.png").stat().st_size > 1000
+
+    ran = []
+    again = run_grid(config, progress=False, on_row=ran.append)
+    assert ran == [] and len(again) == 3  # every cell was already in the CSV
+    more = run_grid(_tiny(tmp_path, defenses=("none", "spectral", "strip", "dp_sgd")), progress=False,
+                    on_row=ran.append)
+    assert [r["defense"] for r in ran] == ["dp_sgd"] and len(more) == 4
+    assert len(read_rows(out / "results.csv")) == 4
+
+
+def test_summary_statistics_skip_failed_cells():
+    rows = [{"attack": "a", "defense": "none", "attack_success_rate": v, "clean_accuracy": "0.9", "error": ""}
+            for v in ("0.2", "0.4")]
+    rows.append({"attack": "a", "defense": "none", "attack_success_rate": "", "error": "RuntimeError: boom"})
+    (entry,) = summarize(rows)
+    assert entry["cells"] == 2 and entry["failed"] == 1
+    assert entry["attack_success_rate"] == pytest.approx((0.3, 0.1))
+    assert math.isnan(entry["craft_time_s"][0])
+    assert "| a | none | 2 (1 failed) | 30.0 ± 10.0 | 90.0 ± 0.0 |" in summary_markdown([entry])
+
+
+def test_cli_rejects_unknown_names_and_runs_a_cell(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["bench", "attacks", "--attacks", "badnets,teleport", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "teleport" in bad.output
+    assert not (tmp_path / "x").exists()
+    good = runner.invoke(app, ["bench", "attacks", "--attacks", "random", "--defenses", "none", "--pairs", "1",
+                               "--seeds", "1", "--recipe", "tiny", "--train-subset", "20", "--width", "8",
+                               "--budget", "0.05", "--device", "cpu", "--quiet", "--out", str(tmp_path / "cli")])
+    assert good.exit_code == 0, good.output
+    assert "| random | none | 1 |" in good.output
+    assert len(read_rows(tmp_path / "cli" / "results.csv")) == 1
+
+
+def test_local_processes_run_cells(tmp_path):
+    config = _tiny(tmp_path, attacks=("random",), defenses=("none", "mixup"), workers=2, executor="process",
+                   defense_kwargs={})
+    rows = run_grid(config, progress=False)
+    assert sorted(r["defense"] for r in rows) == ["mixup", "none"]
+    assert not any(r["error"] for r in rows)
+
+
+@pytest.mark.slow
+def test_ray_tasks_run_cells(tmp_path):
+    pytest.importorskip("ray")
+    config = _tiny(tmp_path, attacks=("random",), defenses=("none", "cutout"), workers=2, executor="ray",
+                   defense_kwargs={})
+    rows = run_grid(config, progress=False)
+    assert sorted(r["defense"] for r in rows) == ["cutout", "none"]
+    assert not any(r["error"] for r in rows)
