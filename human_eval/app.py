@@ -262,10 +262,10 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
 
     @app.post("/api/games/{game_id}/act")
     async def act(game_id: int, body: ActRequest, pid: int = Depends(participant)) -> dict:
-        await run_in_threadpool(service.act, pid, game_id, body.kind, body.split, message=body.message,
-                                client_ts=None if body.client_ts is None else float(body.client_ts),
-                                expected_turn=body.turn)
-        view = await run_in_threadpool(service.view, pid, game_id)
+        # Without think time the agent's reply is stored with the person's act in one transaction.
+        view = await run_in_threadpool(service.act, pid, game_id, body.kind, body.split, message=body.message,
+                                       client_ts=None if body.client_ts is None else float(body.client_ts),
+                                       expected_turn=body.turn, reply=config.think_time_s == 0)
         if view["status"] == "active" and not view["your_turn"]:
             if config.think_time_s > 0:
                 await asyncio.sleep(config.think_time_s)

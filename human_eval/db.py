@@ -150,8 +150,11 @@ def make_engine(db: str, *, synchronous: str = "FULL") -> Engine:
     if synchronous.upper() not in ("FULL", "NORMAL"):
         raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    if url.startswith("sqlite") and ":memory:" not in url and url != "sqlite://":
+        # More connections than server threads, so no request ever waits for one while others hold them.
+        kwargs.update(connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=120)
+    elif url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         mode = synchronous.upper()

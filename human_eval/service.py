@@ -234,8 +234,8 @@ class StudyService:
         """Mark ``consent`` or ``instructions`` as done (idempotent; instructions need consent first)."""
         if step not in ("consent", "instructions"):
             raise InvalidRequest(f"unknown step {step!r}; steps are consent, instructions")
-        with self._session() as s, self._writing():
-            p = self._participant(s, participant_id)
+        with self._session() as s:
+            p = self._participant(s, participant_id)  # read first: never wait for a connection under the lock
             now = self.clock()
             if step == "consent" and p.consented_at is None:
                 p.consented_at = now
@@ -246,8 +246,9 @@ class StudyService:
                     p.instructed_at = now
             else:
                 return
-            s.add(Event(participant_id=p.id, kind=step, actor="human", created_at=now))
-            s.commit()
+            with self._writing():
+                s.add(Event(participant_id=p.id, kind=step, actor="human", created_at=now))
+                s.commit()
 
     def participant_state(self, participant_id: int) -> dict:
         """Where the participant is in the flow, with the current game's view when there is one."""
@@ -335,8 +336,14 @@ class StudyService:
         return agent, ctx_index, human_first
 
     def act(self, participant_id: int, game_id: int, kind: str, split: list[int] | None = None, *,
-            message: str | None = None, client_ts: float | None = None, expected_turn: int | None = None) -> None:
-        """Record the person's act after checking it against the rules. The agent answers in :meth:`agent_turn`."""
+            message: str | None = None, client_ts: float | None = None, expected_turn: int | None = None,
+            reply: bool = False) -> None:
+        """Record the person's act after checking it against the rules.
+
+        The agent answers in :meth:`agent_turn`, or with ``reply=True`` at once, stored in the same
+        transaction (one durable write instead of two when there is no think time to wait out).
+        Returns the participant's view after the write, as :meth:`view` would.
+        """
         if kind not in ACT_KINDS:
             raise InvalidRequest(f"unknown act {kind!r}; acts are {', '.join(ACT_KINDS)}")
         if message is not None:
@@ -381,11 +388,18 @@ class StudyService:
                 raise
             now = self.clock()
             with self._writing():
-                s.add(self._event(game, replay.events[-1].seq + 1, "act", "human", action=action,
-                                  text=verbalize_act(action, counts), message=message, client_ts=client_ts,
-                                  latency_ms=(now - replay.last_time) * 1000.0))
+                seq = replay.events[-1].seq + 1
+                event = self._event(game, seq, "act", "human", action=action, text=verbalize_act(action, counts),
+                                    message=message, client_ts=client_ts,
+                                    latency_ms=(now - replay.last_time) * 1000.0)
+                s.add(event)
+                replay.events.append(event)
                 self._finish_if_over(game, state, "human")
+                if reply and not state.is_terminal():
+                    replay.events.append(self._agent_move(s, game, state, seq + 1))
                 self._commit(s)
+            # A game still running has no survey yet, so the view needs no further query.
+            return self._build_view(game, replay, survey_done=False)
 
     def agent_turn(self, game_id: int) -> bool:
         """Let the agent act if it is its turn; returns whether it acted. Safe to call at any time."""
@@ -397,28 +411,34 @@ class StudyService:
             state = replay.state
             if state.current_player != AGENT or state.is_terminal():
                 return False
-            seq = replay.events[-1].seq + 1
-            started = time.perf_counter()
-            error = None
-            try:
-                policy = self.policy(game.agent)
-                with self._policy_locks[game.agent]:
-                    action = int(policy.act(state.observation(AGENT), state.legal_action_mask()))
-                state.apply_action(action)
-            except Exception as err:  # a broken agent ends the game instead of hanging the participant
-                error = f"{type(err).__name__}: {err}"
-            compute_ms = (time.perf_counter() - started) * 1000.0
             with self._writing():
-                if error is None:
-                    s.add(self._event(game, seq, "act", "agent", action=action,
-                                      text=verbalize_act(action, game.counts_list()), latency_ms=compute_ms))
-                    self._finish_if_over(game, state, "agent")
-                else:
-                    s.add(self._event(game, seq, "agent_error", "system", latency_ms=compute_ms,
-                                      data=json.dumps({"error": error[:2000]})))
-                    self._finish(game, state, "agent_error", "system")
+                self._agent_move(s, game, state, replay.events[-1].seq + 1)
                 self._commit(s)
             return True
+
+    def _agent_move(self, s: Session, game: Game, state: NegotiationState, seq: int) -> Event:
+        """Ask the agent for its act, apply it to ``state`` and add the event (the caller commits)."""
+        started = time.perf_counter()
+        error = None
+        try:
+            policy = self.policy(game.agent)
+            with self._policy_locks[game.agent]:
+                action = int(policy.act(state.observation(AGENT), state.legal_action_mask()))
+            state.apply_action(action)
+        except Exception as err:  # a broken agent ends the game instead of hanging the participant
+            error = f"{type(err).__name__}: {err}"
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        if error is None:
+            event = self._event(game, seq, "act", "agent", action=action,
+                                text=verbalize_act(action, game.counts_list()), latency_ms=compute_ms)
+            s.add(event)
+            self._finish_if_over(game, state, "agent")
+        else:
+            event = self._event(game, seq, "agent_error", "system", latency_ms=compute_ms,
+                                data=json.dumps({"error": error[:2000]}))
+            s.add(event)
+            self._finish(game, state, "agent_error", "system")
+        return event
 
     def _timed_out(self, game: Game, replay: _Replay) -> bool:
         now = self.clock()
@@ -463,6 +483,9 @@ class StudyService:
             game = self._owned_game(s, participant_id, game_id)
             replay = self._replay(s, game)
             survey = s.scalar(select(Survey.id).where(Survey.game_id == game.id))
+        return self._build_view(game, replay, survey_done=survey is not None)
+
+    def _build_view(self, game: Game, replay: _Replay, *, survey_done: bool) -> dict:
         state = replay.state
         counts, values = game.counts_list(), game.human_values_list()
         transcript = []
@@ -502,7 +525,7 @@ class StudyService:
             "idle_timeout_s": self.config.idle_timeout_s,
             "think_time_s": self.config.think_time_s,
             "outcome": None,
-            "survey_done": survey is not None,
+            "survey_done": survey_done,
             "completion_code": game.completion_code,
         }
         if not active:

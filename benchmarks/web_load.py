@@ -1,0 +1,192 @@
+"""Load test of the study web app: N simulated participants at once against ``parley serve`` on loopback.
+
+Starts the server as a subprocess on a free 127.0.0.1 port (a fresh SQLite study database in a
+temporary folder, a scripted agent, no think time), then runs N participants concurrently from one
+asyncio client. Each participant goes through the whole flow (enter, consent, instructions, start),
+plays ``--games`` negotiations (asking for everything until the agent makes an offer, then agreeing),
+answers the survey after each, and pauses ``--pause`` seconds (+-50% jitter) before each act as a
+person would. Reported: act latency p50/p99/max as seen by the client (the person's act, the agent's
+reply and both event writes), acts per second, and errors (any non-2xx answer or failed request).
+
+Example::
+
+    python benchmarks/web_load.py --sessions 10 50 --games 2 --pause 0.2
+
+Prints a table and appends it to benchmarks/RESULTS.md with the date, the command and the machine.
+Only loopback traffic: the server binds 127.0.0.1 and the client talks to nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ADMIN = "web-load-admin-token-0123456789"
+MAX_SESSIONS = 500
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(folder: Path, agent: str, games: int, synchronous: str) -> tuple[subprocess.Popen, str]:
+    config = folder / "agents.yaml"
+    config.write_text(f"study: load\nagents: [{{name: {agent}, partner: {agent}}}]\ncontexts: {{count: 50, seed: 0}}\n"
+                      f"think_time_s: 0\nsessions_per_participant: {games}\nrate_per_s: 50\nrate_burst: 200\n")
+    port = free_port()
+    log = (folder / "server.log").open("ab")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PARLEY_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "parley.cli", "serve", "--agents", str(config), "--db",
+                             f"sqlite:///{folder / 'study.db'}", "--host", "127.0.0.1", "--port", str(port),
+                             "--admin-token", ADMIN, "--sqlite-synchronous", synchronous],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {(folder / 'server.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server did not start within 60 s")
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.act_ms: list[float] = []
+        self.errors: list[str] = []
+        self.games = 0
+        self.deals = 0
+
+
+async def participant(http: httpx.AsyncClient, index: int, games: int, pause: float, stats: Stats,
+                      rng: random.Random) -> None:
+    async def call(method: str, path: str, body=None, headers=None, timed: bool = False):
+        started = time.perf_counter()
+        try:
+            r = await http.request(method, path, json=body, headers=headers)
+        except httpx.HTTPError as err:
+            stats.errors.append(f"{path}: {type(err).__name__}")
+            return None
+        if timed:
+            stats.act_ms.append((time.perf_counter() - started) * 1000)
+        if r.status_code >= 300:
+            stats.errors.append(f"{path}: {r.status_code} {r.text[:120]}")
+            return None
+        return r.json()
+
+    await asyncio.sleep(rng.random() * max(pause, 0.05))  # participants arrive spread out, not in lock-step
+    entered = await call("POST", "/api/enter", {"study": "load", "pid": f"sim-{index}"})
+    if entered is None:
+        return
+    h = {"X-Session-Token": entered["token"]}
+    await call("POST", "/api/consent", {}, h)
+    await call("POST", "/api/instructions", {}, h)
+    for _ in range(games):
+        state = await call("POST", "/api/games", {}, h)
+        if state is None:
+            return
+        view = state["game"]
+        counts = [i["count"] for i in view["items"]]
+        while view["status"] == "active":
+            await asyncio.sleep(pause * (0.5 + rng.random()))
+            body = {"kind": "agree"} if view["can_agree"] and rng.random() < 0.5 else {
+                "kind": "propose", "split": [rng.randint(c // 2, c) for c in counts], "message": "load test"}
+            body["turn"] = view["turn"]
+            new = await call("POST", f"/api/games/{view['game_id']}/act", body, h, timed=True)
+            if new is None:
+                return
+            view = new
+        stats.games += 1
+        stats.deals += view["outcome"]["result"] == "deal"
+        if await call("POST", f"/api/games/{view['game_id']}/survey",
+                      {"fair": 3, "human_like": 3, "negotiate_again": 3}, h) is None:
+            return
+
+
+async def run_load(base: str, sessions: int, games: int, pause: float, seed: int) -> tuple[Stats, float]:
+    stats = Stats()
+    limits = httpx.Limits(max_connections=sessions + 10, max_keepalive_connections=sessions + 10)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(participant(http, i, games, pause, stats, random.Random(seed * 100_003 + i))
+                               for i in range(sessions)))
+        elapsed = time.perf_counter() - started
+    return stats, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[10, 50], help="concurrent participants per run")
+    parser.add_argument("--games", type=int, default=2, help="negotiations per participant")
+    parser.add_argument("--pause", type=float, default=0.2, help="mean seconds a participant waits before each act")
+    parser.add_argument("--agent", default="boulware", help="scripted partner the participants meet")
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL", help="SQLite synchronous mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    if any(not 1 <= n <= MAX_SESSIONS for n in args.sessions):
+        parser.error(f"--sessions must be 1..{MAX_SESSIONS}")
+    if not 1 <= args.games <= 20 or not 0 <= args.pause <= 10:
+        parser.error("--games must be 1..20 and --pause 0..10")
+
+    rows = []
+    for n in args.sessions:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, base = start_server(Path(tmp), args.agent, args.games, args.synchronous)
+            try:
+                stats, elapsed = asyncio.run(run_load(base, n, args.games, args.pause, args.seed))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        lat = np.array(stats.act_ms) if stats.act_ms else np.array([np.nan])
+        rows.append((n, len(stats.act_ms), stats.games, stats.deals, float(np.percentile(lat, 50)),
+                     float(np.percentile(lat, 99)), float(lat.max()), len(stats.act_ms) / elapsed,
+                     len(stats.errors), elapsed))
+        for e in stats.errors[:5]:
+            print("error:", e, file=sys.stderr)
+
+    header = ("| sessions | acts | games | deals | act p50 ms | act p99 ms | act max ms | acts/s | errors | wall s |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {n} | {acts} | {g} | {d} | {p50:.1f} | {p99:.1f} | {mx:.1f} | {rate:.1f} | {err} | {wall:.1f} |"
+             for n, acts, g, d, p50, p99, mx, rate, err, wall in rows]
+    table = header + "\n" + "\n".join(lines)
+    print(table)
+    if args.no_append:
+        return
+    command = "python benchmarks/web_load.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores visible (server and client share them), "
+               f"Python {platform.python_version()}; SQLite WAL, synchronous={args.synchronous}")
+    section = (f"\n## Study web app under load ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
+               f"Command: `{command}`  \nMachine: {machine}  \n"
+               f"`parley serve` subprocess on 127.0.0.1 against the scripted `{args.agent}` partner, no think time; "
+               f"each participant runs the whole flow and {args.games} negotiation(s) with a survey, pausing "
+               f"{args.pause:g} s (+-50%) before each act. Latency is one act request as the client sees it: the "
+               f"person's act, the agent's reply and both durable event writes. Target: p99 <= 50 ms at 50 "
+               f"sessions, 0 errors.\n\n{table}\n")
+    with RESULTS.open("a") as handle:
+        handle.write(section)
+
+
+if __name__ == "__main__":
+    main()
