@@ -38,6 +38,7 @@ def bench_attacks(
     defenses: str = typer.Option("none,spectral", help="Comma-separated defense names."),
     pairs: int = typer.Option(5, min=1, help="Source/target class pairs (shared by every cell)."),
     seeds: int = typer.Option(3, min=1, help="Seeds per pair."),
+    pair_seed: int = typer.Option(0, help="Seed of the source/target pair draw."),
     workers: int = typer.Option(1, min=1, help="Cells run in parallel."),
     ray_address: str = typer.Option(None, help="Run cells as tasks on this Ray cluster ('auto' finds a local one)."),
     executor: str = typer.Option("auto", help="auto, ray, process or serial (auto: ray with --ray-address, "
@@ -64,7 +65,8 @@ def bench_attacks(
 
     config = BenchConfig(
         dataset=dataset, attacks=_split(attacks), defenses=_split(defenses), pairs=pairs, seeds=seeds,
-        budget=budget, eps=eps, victim=victim, victim_kwargs={"width": width} if width else {}, recipe=recipe,
+        pair_seed=pair_seed, budget=budget, eps=eps, victim=victim,
+        victim_kwargs={"width": width} if width else {}, recipe=recipe,
         epochs=epochs, attack_kwargs=_options(attack_option, "ATTACK"),
         defense_kwargs=_options(defense_option, "DEFENSE"),
         dataset_kwargs={"path": data_path} if data_path else {}, train_subset=train_subset, workers=workers,
