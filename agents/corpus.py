@@ -28,6 +28,7 @@ The parser (:func:`parse_utterance`), rule by rule
 3. Each mention goes to a side. A speaker cue (``i``, ``me``, ``my``, ``i'll``, ``gimme``...) or a
    partner cue (``you``, ``your``...) sets the side for the items that follow it; post-position cues
    (``for me``, ``for you``, ``to you``...) claim the items just before them that no cue covered.
+   An utterance without any cue ("2 hats and the ball?") names what the speaker wants.
    Mentions no cue covers are dropped.
 4. The sides' claims become one split (what the speaker keeps). A type named for both sides must add
    up to its count. Items nobody was said to get go to the partner when the speaker named what they
@@ -212,7 +213,7 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
                     who, length = post
                     for claim in pending:
                         _add_claim(claims, who, claim)
-                    pending, side, any_cue = [], who, True
+                    pending, side, any_cue = [], None, True  # the cue closes its phrase
                     i += length
                     continue
                 if tokens[i:i + 3] in (["one", "of", "each"], ["1", "of", "each"], ["a", "of", "each"]):

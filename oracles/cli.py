@@ -53,7 +53,7 @@ def queue_show(query_id: str = typer.Argument(..., help="A query id from `parley
     except KeyError as err:
         raise typer.BadParameter(str(err)) from None
     console.print(f"[bold]{item.id}[/bold] ({item.status})")
-    console.print(item.query.describe())
+    console.print(item.query.describe(), soft_wrap=True, markup=False)
     answers = queue.answers([item.id])
     if item.id in answers:
         console.print(f"answer: {json.dumps(answers[item.id].to_dict())}")
@@ -88,7 +88,7 @@ def queue_answer(
     except KeyError as err:
         raise typer.BadParameter(str(err)) from None
     except (IllegalOracleAnswerError, ValueError) as err:
-        console.print(f"[red]rejected:[/red] {err}")
+        console.print(f"rejected: {err}", soft_wrap=True, markup=False)
         raise typer.Exit(code=2) from None
     console.print(f"stored: {json.dumps(answer.to_dict())}")
 
