@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,13 +156,13 @@ def _valid_count_vectors() -> tuple[tuple[int, int, int], ...]:
     return tuple(c for c in itertools.product(*ranges) if MIN_TOTAL_ITEMS <= sum(c) <= MAX_TOTAL_ITEMS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _valuations(counts: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
     ranges = [range(VALUE_TOTAL // c + 1) for c in counts]
     return tuple(v for v in itertools.product(*ranges) if sum(c * x for c, x in zip(counts, v)) == VALUE_TOTAL)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def valid_value_pairs(counts: tuple[int, int, int]) -> tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...]:
     """Every ordered pair of valuations that makes a valid context with these counts."""
     vals = _valuations(tuple(counts))
@@ -180,6 +181,12 @@ def sample_context(rng: np.random.Generator) -> Context:
     counts = count_vectors[int(rng.integers(len(count_vectors)))]
     pairs = valid_value_pairs(counts)
     values = pairs[int(rng.integers(len(pairs)))]
+    return _known_context(counts, values)
+
+
+@functools.cache
+def _known_context(counts: tuple[int, int, int], values: tuple[tuple[int, int, int], tuple[int, int, int]]) -> Context:
+    # One validated object per valid context: sampling reuses it instead of validating again.
     return Context(counts, values)
 
 
@@ -657,7 +664,7 @@ def outcome_metrics(ctx: Context, split: Sequence[int] | None, *, turns: int | N
                              f"counts are {ctx.counts}")
     # The score pairs of every split, the frontier and the best Nash product depend only on the context:
     # computed once per context with the batched code, then reused.
-    feasible_scores, frontier_scores, pareto_splits = _context_outcomes(ctx)
+    _, frontier_scores, pareto_splits = _context_outcomes(ctx)
     d = float(no_deal_reward)
     if agreed:
         kept = tuple(int(k) for k in split)
@@ -669,26 +676,50 @@ def outcome_metrics(ctx: Context, split: Sequence[int] | None, *, turns: int | N
         "scores": (s0, s1),
         "joint": s0 + s1,
         "pareto_optimal": agreed and kept in pareto_splits,
-        "pareto_distance": min(float(np.sqrt((f0 - s0) ** 2 + (f1 - s1) ** 2)) for f0, f1 in frontier_scores),
+        "pareto_distance": min(math.hypot(f0 - s0, f1 - s1) for f0, f1 in frontier_scores),
         "nash_product": (s0 - d) * (s1 - d),
-        "max_nash_product": max((f0 - d) * (f1 - d) for f0, f1 in feasible_scores),
+        "max_nash_product": _max_nash_product(ctx, d),
         "agreement": agreed,
         "turns": turns,
     }
 
 
+@functools.lru_cache(maxsize=16384)
+def _max_nash_product(ctx: Context, no_deal_reward: float) -> float:
+    return max((f0 - no_deal_reward) * (f1 - no_deal_reward) for f0, f1 in _context_outcomes(ctx)[0])
+
+
 @functools.lru_cache(maxsize=8192)
 def _context_outcomes(ctx: Context) -> tuple[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...],
                                              frozenset[tuple[int, int, int]]]:
-    """Score pairs of all feasible splits, of the frontier splits, and the frontier splits themselves."""
-    counts, values = contexts_to_arrays([ctx])
-    all_s0, all_s1, feasible = _split_scores(counts, values)
-    frontier = pareto_frontier_masks(counts, values)[0]
-    pairs = list(zip(all_s0[0].tolist(), all_s1[0].tolist(), strict=True))
-    feasible_scores = tuple(sorted({pairs[i] for i in np.flatnonzero(feasible[0])}))
-    frontier_scores = tuple(sorted({pairs[i] for i in np.flatnonzero(frontier)}))
-    pareto_splits = frozenset(tuple(int(k) for k in ALL_SPLITS[i]) for i in np.flatnonzero(frontier))
-    return feasible_scores, frontier_scores, pareto_splits
+    """Score pairs of all feasible splits, of the frontier splits, and the frontier splits themselves.
+
+    Plain Python: for one context this is quicker than the batched numpy path (which the tests check it
+    against, together with a brute-force enumeration).
+    """
+    (c0, c1, c2), (v0, v1) = ctx.counts, ctx.values
+    total1 = c0 * v1[0] + c1 * v1[1] + c2 * v1[2]
+    splits_at: dict[tuple[float, float], list[tuple[int, int, int]]] = {}
+    for a in range(c0 + 1):
+        for b in range(c1 + 1):
+            for c in range(c2 + 1):
+                s0 = a * v0[0] + b * v0[1] + c * v0[2]
+                s1 = total1 - (a * v1[0] + b * v1[1] + c * v1[2])
+                splits_at.setdefault((float(s0), float(s1)), []).append((a, b, c))
+    # A score pair is on the frontier when its s1 is the best among pairs with the same s0 and beats every
+    # pair with a larger s0. Sorting by s0 then s1, both descending, puts each group's best first.
+    frontier = []
+    best_s1_above = -math.inf
+    previous_s0 = None
+    for s0, s1 in sorted(splits_at, reverse=True):
+        if s0 == previous_s0:
+            continue
+        previous_s0 = s0
+        if s1 > best_s1_above:
+            frontier.append((s0, s1))
+            best_s1_above = s1
+    pareto_splits = frozenset(split for point in frontier for split in splits_at[point])
+    return tuple(sorted(splits_at)), tuple(sorted(frontier)), pareto_splits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -733,6 +764,11 @@ class ObservationLayout:
         return cls(max_turns=turns)
 
 
+@functools.lru_cache(maxsize=64)
+def _layout(max_turns: int) -> ObservationLayout:
+    return ObservationLayout(max_turns)
+
+
 def observation_size(max_turns: int = DEFAULT_MAX_TURNS) -> int:
     return ObservationLayout(max_turns).size
 
@@ -765,6 +801,15 @@ class NegotiationState:
         self.terminal = False
         self.agreed_split: tuple[int, int, int] | None = None  # what agent 0 keeps
         self.walked_away_by: int | None = None
+        # Both players' observation vectors, kept up to date act by act (cheaper than rebuilding them).
+        # Plain lists: a game this small spends more time in numpy's per-call overhead than in arithmetic.
+        lay = _layout(max_turns)
+        self._layout = lay
+        self._obs = [[0.0] * lay.size, [0.0] * lay.size]
+        for player in (0, 1):
+            self._obs[player][0:3] = ctx.counts
+            self._obs[player][3:6] = ctx.values[player]
+        self._obs[first_player][lay.moved_first] = 1.0
 
     @property
     def turn(self) -> int:
@@ -802,11 +847,21 @@ class NegotiationState:
                 f"{describe_legal(mask, self.ctx.counts)}"
             )
         player = self.current_player
+        other = 1 - player
         kind, split = decode_act(action)
+        turn = len(self.history)
         self.history.append((player, action))
+        mine, theirs, lay = self._obs[player], self._obs[other], self._layout
+        mine[lay.header_size + turn] = theirs[lay.header_size + turn] = action + 1
+        mine[lay.header_size + self.max_turns + turn] = 1
+        theirs[lay.header_size + self.max_turns + turn] = 2
+        mine[lay.turn_fraction] = theirs[lay.turn_fraction] = (turn + 1) / self.max_turns
         if kind in ("propose", "insist"):
             self.standing_offer = (player, split)
             self.last_proposals[player] = split
+            counts = self.ctx.counts
+            mine[6:14] = (0, 0, 0, 0, 1, split[0], split[1], split[2])
+            theirs[6:10] = (1, counts[0] - split[0], counts[1] - split[1], counts[2] - split[2])
         elif kind == "agree":
             proposer, kept = self.standing_offer
             self.agreed_split = kept if proposer == 0 else tuple(c - k for c, k in zip(self.ctx.counts, kept))
@@ -830,22 +885,8 @@ class NegotiationState:
         return outcome_metrics(self.ctx, self.agreed_split, turns=self.turn, no_deal_reward=self.no_deal_reward)
 
     def observation(self, player: int) -> np.ndarray:
-        layout = ObservationLayout(self.max_turns)
-        obs = np.zeros(layout.size, dtype=np.float32)
-        obs[layout.counts] = self.ctx.counts
-        obs[layout.values] = self.ctx.values[player]
-        if self.standing_offer is not None and self.standing_offer[0] != player:
-            obs[layout.partner_offer_flag] = 1
-            obs[layout.partner_offer] = np.subtract(self.ctx.counts, self.standing_offer[1])
-        if self.last_proposals[player] is not None:
-            obs[layout.own_offer_flag] = 1
-            obs[layout.own_offer] = self.last_proposals[player]
-        obs[layout.turn_fraction] = self.turn / self.max_turns
-        obs[layout.moved_first] = float(self.first_player == player)
-        for i, (speaker, action) in enumerate(self.history):
-            obs[layout.header_size + i] = action + 1
-            obs[layout.header_size + self.max_turns + i] = 1 if speaker == player else 2
-        return obs
+        """``player``'s observation vector (float32; layout in :class:`ObservationLayout`)."""
+        return np.array(self._obs[player], dtype=np.float32)
 
     def transcript(self, names: Sequence[str] = ("agent_0", "agent_1")) -> str:
         """A readable transcript with acts verbalised."""
@@ -869,6 +910,7 @@ class NegotiationState:
         other.__dict__.update(self.__dict__)
         other.history = list(self.history)
         other.last_proposals = list(self.last_proposals)
+        other._obs = [list(self._obs[0]), list(self._obs[1])]
         return other
 
 

@@ -120,6 +120,8 @@ from parley.envs.negotiation import (
 )
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import wrappers
+from pettingzoo.utils.env_logger import EnvLogger
+from pettingzoo.utils.wrappers.order_enforcing import AECOrderEnforcingIterable, AECOrderEnforcingIterator
 
 __all__ = ["env", "raw_env", "parallel_env", "NegotiationParallelEnv", "observation_space",
            "resolve_contexts", "IllegalActionError"]
@@ -352,9 +354,54 @@ class raw_env(_NegotiationBase, AECEnv):  # noqa: N801 -- PettingZoo naming conv
             self.render()
 
 
+class _OrderEnforcingWrapper(wrappers.OrderEnforcingWrapper):
+    """PettingZoo's order-enforcing wrapper with direct ``last``, ``step`` and ``agent_iter``.
+
+    The generic versions read each attribute through the wrapper's ``__getattr__`` checks, which costs
+    more than a whole step of this small game; these make the same checks once and call the env directly.
+    """
+
+    def last(self, observe: bool = True):
+        if not self._has_reset:
+            raise AttributeError("last() cannot be called before reset()")
+        return self.env.last(observe)
+
+    def step(self, action) -> None:
+        if not self._has_reset:
+            EnvLogger.error_step_before_reset()
+        elif not self.env.agents:
+            self._has_updated = True
+            EnvLogger.warn_step_after_terminated_truncated()
+        else:
+            self._has_updated = True
+            self.env.step(action)
+
+    def agent_iter(self, max_iter: int = 2**63) -> _AgentIterable:
+        if not self._has_reset:
+            EnvLogger.error_agent_iter_before_reset()
+        return _AgentIterable(self, max_iter)
+
+
+class _AgentIterable(AECOrderEnforcingIterable):
+    def __iter__(self) -> _AgentIterator:
+        return _AgentIterator(self.env, self.max_iter)
+
+
+class _AgentIterator(AECOrderEnforcingIterator):
+    def __next__(self) -> str:
+        wrapper = self.env
+        inner = wrapper.env
+        if not inner.agents or self.iters_til_term <= 0:
+            raise StopIteration
+        self.iters_til_term -= 1
+        assert wrapper._has_updated, "need to call step() or reset() in a loop over `agent_iter`"
+        wrapper._has_updated = False
+        return inner.agent_selection
+
+
 def env(**kwargs) -> AECEnv:
     """The AEC environment wrapped in PettingZoo's order-enforcing wrapper (see the module docstring)."""
-    return wrappers.OrderEnforcingWrapper(raw_env(**kwargs))
+    return _OrderEnforcingWrapper(raw_env(**kwargs))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -460,3 +460,14 @@ def test_observation_layout_sizes():
     assert lay.size == 36 and ObservationLayout.from_size(36) == lay
     with pytest.raises(ValueError, match="not a negotiation observation size"):
         ObservationLayout.from_size(17)
+
+
+def test_scalar_and_batched_pareto_frontiers_agree_on_every_valid_context():
+    from parley.envs import negotiation as rules
+
+    counts, values, _, _ = rules._context_table()
+    frontier = rules.pareto_frontier_masks(counts, values)
+    for i in range(len(counts)):
+        ctx = Context(tuple(counts[i]), (tuple(values[i, 0]), tuple(values[i, 1])))
+        batched = {tuple(int(k) for k in rules.ALL_SPLITS[j]) for j in np.flatnonzero(frontier[i])}
+        assert rules._context_outcomes(ctx)[2] == batched
