@@ -21,8 +21,6 @@ _EXPORTS = {
     "make_engine": "parley.human_eval.db",
     "write_report": "parley.human_eval.report",
     "load_tables": "parley.human_eval.report",
-    "OracleQuery": "parley.human_eval.oracle_page",
-    "InMemoryOracleQueue": "parley.human_eval.oracle_page",
     "mount_oracle": "parley.human_eval.oracle_page",
 }
 

@@ -23,6 +23,9 @@ def register(app: typer.Typer) -> None:
         think_time: float = typer.Option(None, "--think-time", help="Override the config's think_time_s."),
         synchronous: str = typer.Option("FULL", "--sqlite-synchronous", help="FULL (durable on power loss) or NORMAL."),
         proxy: bool = typer.Option(False, "--behind-proxy", help="Trust X-Forwarded-For/Proto from 127.0.0.1."),
+        oracle_queue: Path = typer.Option(None, "--oracle-queue", help="SQLite oracle query queue to answer at /oracle."),
+        oracle_token: str = typer.Option(None, "--oracle-token", envvar="PARLEY_ORACLE_TOKEN",
+                                         help="Token for the oracle page (default: the admin token)."),
     ) -> None:
         """Serve a human-vs-agent study (participant pages at /, admin at /admin)."""
         import dataclasses
@@ -41,7 +44,13 @@ def register(app: typer.Typer) -> None:
         if not admin_token:
             admin_token = secrets.token_urlsafe(18)
             typer.echo(f"admin token (set PARLEY_ADMIN_TOKEN to choose one): {admin_token}")
-        app = create_app(config, db=db, admin_token=admin_token, secret=secret, synchronous=synchronous)
+        queue = None
+        if oracle_queue is not None:
+            from parley.oracles.queue import QueryQueue
+
+            queue = QueryQueue(oracle_queue)
+        app = create_app(config, db=db, admin_token=admin_token, secret=secret, synchronous=synchronous,
+                         oracle_queue=queue, oracle_token=oracle_token)
         typer.echo(f"study {config.study!r} with agents {', '.join(a.name for a in config.agents)} at "
                    f"http://{host}:{port}/?study={config.study}&pid=PARTICIPANT_ID (admin: /admin)")
         uvicorn.run(app, host=host, port=port, log_level=os.environ.get("PARLEY_LOG_LEVEL", "info"),
