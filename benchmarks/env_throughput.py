@@ -8,7 +8,7 @@ Measured in one run, side by side, so the ratios hold even on a busy machine:
   observation dict) / ``step``, picking uniformly among the mask's legal actions;
 * the Gymnasium env: the learner picks as above, a random-legal partner answers through ``act``;
 * the vector env at several batch sizes: learner and partner pick uniformly among the legal actions of
-  every game at once (batched rejection sampling from the masks).
+  every game at once (:class:`RandomLegalPolicy`, checked for legality and uniformity first).
 
 An agent-step is one act by either side (pyspiel: one ``apply_action`` at a decision node). Chance
 nodes, resets and action picking count in the time. Results are appended to ``benchmarks/RESULTS.md``.
@@ -31,36 +31,59 @@ from pathlib import Path
 import numpy as np
 from parley.agents.policy import BatchPolicy
 from parley.envs import negotiation_v0
+from parley.envs.negotiation import (
+    AGREE_ACTION,
+    NUM_ACTIONS,
+    WALK_AWAY_ACTION,
+    ObservationLayout,
+    legal_action_mask,
+    sample_context_arrays,
+)
 from parley.envs.negotiation_gym import NegotiationGymEnv
 from parley.envs.negotiation_vector import NegotiationVectorEnv
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+COUNTS = ObservationLayout.counts
 TARGET_AEC = 0.3
 TARGET_VECTOR = 10.0
 
 
 class RandomLegalPolicy(BatchPolicy):
-    """Uniform over each row's legal actions: draw candidates, keep the legal ones, redraw the rest.
+    """Uniform over each game's legal actions, drawn without scanning the 252-wide masks.
 
-    A few rounds settle almost every row at O(B) cost; the rows left then draw from random keys.
+    With item counts (a, b, c) the legal acts are the (a+1)(b+1)(c+1) splits as propose and as insist,
+    walk away, and agree when the mask allows it (see the env card). One uniform number per game picks
+    among them; :func:`check_sampler` confirms legality and uniformity before the timings.
     """
 
     name = "random_legal"
 
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
-        masks = np.asarray(action_masks)
-        out = np.empty(len(masks), dtype=np.int64)
-        pending = np.arange(len(masks))
-        for _ in range(8):
-            candidates = self.rng.integers(masks.shape[1], size=pending.size)
-            ok = masks[pending, candidates] > 0
-            out[pending[ok]] = candidates[ok]
-            pending = pending[~ok]
-            if pending.size == 0:
-                return out
-        keys = np.where(masks[pending] > 0, self.rng.random((pending.size, masks.shape[1])), -1.0)
-        out[pending] = keys.argmax(axis=1)
-        return out
+        sizes = np.asarray(observations)[:, COUNTS].astype(np.int64) + 1
+        n_splits = sizes[:, 0] * sizes[:, 1] * sizes[:, 2]
+        can_agree = np.asarray(action_masks)[:, AGREE_ACTION] > 0
+        pick = (self.rng.random(len(sizes)) * (2 * n_splits + 1 + can_agree)).astype(np.int64)
+        j = pick % n_splits
+        per_book = sizes[:, 1] * sizes[:, 2]
+        split = 25 * (j // per_book) + 5 * ((j // sizes[:, 2]) % sizes[:, 1]) + j % sizes[:, 2]
+        split_action = np.where(pick >= n_splits, 125, 0) + split
+        other = np.where(can_agree & (pick == 2 * n_splits), AGREE_ACTION, WALK_AWAY_ACTION)
+        return np.where(pick < 2 * n_splits, split_action, other)
+
+
+def check_sampler(samples: int = 200_000) -> None:
+    """The benchmark's sampler only draws legal acts, and each legal act about equally often."""
+    rng = np.random.default_rng(0)
+    counts, values = sample_context_arrays(rng, samples)
+    offer = rng.random(samples) < 0.5
+    masks = legal_action_mask(counts, offer, np.zeros(samples, dtype=bool))
+    obs = np.zeros((samples, 16), dtype=np.float32)
+    obs[:, COUNTS] = counts
+    actions = RandomLegalPolicy(seed=0).act_batch(obs, masks)
+    assert masks[np.arange(samples), actions].all(), "the sampler drew an illegal act"
+    one = (counts == counts[0]).all(axis=1) & (offer == offer[0])
+    freq = np.bincount(actions[one], minlength=NUM_ACTIONS)[masks[0] > 0]
+    assert freq.min() > 0.5 * freq.mean(), "the sampler is far from uniform"
 
 
 def bench_pyspiel(seconds: float) -> float | None:
@@ -161,6 +184,7 @@ def main() -> None:
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     where = machine()
+    check_sampler()
 
     rows: list[tuple[str, float, str]] = []
     spiel = bench_pyspiel(args.seconds)

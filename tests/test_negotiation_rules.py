@@ -78,6 +78,33 @@ def brute_force_outcome(ctx: Context, split):
     return pareto, distance, max_nash
 
 
+def reference_observation(state: NegotiationState, player: int) -> np.ndarray:
+    """The observation vector rebuilt from the act history, following the documented layout."""
+    ctx, turns = state.ctx, state.max_turns
+    obs = np.zeros(16 + 2 * turns, dtype=np.float32)
+    obs[0:3] = ctx.counts
+    obs[3:6] = ctx.values[player]
+    standing, own = None, None
+    for i, (speaker, action) in enumerate(state.history):
+        obs[16 + i] = action + 1
+        obs[16 + turns + i] = 1 if speaker == player else 2
+        if action < AGREE_ACTION:
+            k = action % 125
+            split = (k // 25, (k // 5) % 5, k % 5)
+            standing = (speaker, split)
+            if speaker == player:
+                own = split
+    if standing is not None and standing[0] != player:
+        obs[6] = 1
+        obs[7:10] = [c - k for c, k in zip(ctx.counts, standing[1])]
+    if own is not None:
+        obs[10] = 1
+        obs[11:14] = own
+    obs[14] = len(state.history) / turns
+    obs[15] = float(state.first_player == player)
+    return obs
+
+
 def legal_by_hand(ctx: Context, partner_offer: bool, done: bool, action: int) -> bool:
     if done:
         return False
@@ -285,6 +312,7 @@ def test_batched_equals_scalar_on_random_games(seed, batch, max_turns):
             for i, state in enumerate(states):
                 assert np.array_equal(masks[i], state.legal_action_mask())
                 assert np.array_equal(obs[i], state.observation(player))
+                assert np.array_equal(obs[i], reference_observation(state, player))
         # Occasionally an illegal act: the batch must flag it and leave that game unchanged.
         actions = np.array([rng.choice(np.flatnonzero(m)) if m.any() else 0 for m in masks])
         bad = rng.random(batch) < 0.1
