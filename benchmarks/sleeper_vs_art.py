@@ -19,7 +19,9 @@ benchmarks/RESULTS.md::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import io
 import os
 import platform
 import random
@@ -30,15 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-# ART's retraining shows tqdm bars even with verbose=0; keep the benchmark's output to its own lines.
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 from parley.attacks.base import Scenario, Submission, backdoor_metrics, check_submission, make_attack
 from parley.attacks.bench import draw_pairs
 from parley.attacks.datasets import load_dataset
 from parley.attacks.victims import TrainingRecipe, train_model, train_victim
+from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -118,8 +116,9 @@ def craft_art(scenario: Scenario, dataset, s: Settings) -> tuple[Submission, dic
     y_trigger = _onehot(np.full(len(source_idx), scenario.target_class), scenario.num_classes)
     # ART only logs the retrained surrogate's accuracy on (x_test, y_test); give it training data so the
     # attacker never touches the test split.
-    x_poisoned, _ = attack.poison(x_trigger, y_trigger, x_train, _onehot(y_train, scenario.num_classes),
-                                  x_train[:256], _onehot(y_train[:256], scenario.num_classes))
+    with contextlib.redirect_stderr(io.StringIO()):  # ART's surrogate retraining draws tqdm bars at verbose=0
+        x_poisoned, _ = attack.poison(x_trigger, y_trigger, x_train, _onehot(y_train, scenario.num_classes),
+                                      x_train[:256], _onehot(y_train[:256], scenario.num_classes))
     elapsed = time.perf_counter() - start
     idx = np.sort(target_idx[np.asarray(attack.get_poison_indices())])
     delta = np.clip(x_poisoned[idx] - x_train[idx], -scenario.eps, scenario.eps)
