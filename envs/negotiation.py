@@ -406,6 +406,7 @@ _MASK_TABLE: np.ndarray = _legal_action_mask_rule(
     ALL_SPLITS[:, None, None, :], np.array([False, True])[None, :, None],
     np.array([False, True])[None, None, :])
 _MASK_TABLE.setflags(write=False)  # (125, 2, 2, 252): [count code, partner has offer, done, action]
+_MASK_ROWS = _MASK_TABLE.reshape(-1, NUM_ACTIONS)
 
 
 # Row ``25 a + 5 b + c``: which splits fit within counts (a, b, c).
@@ -439,7 +440,9 @@ def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: n
 
 def legal_masks_from_codes(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
     """:func:`legal_action_mask` for count codes (see :func:`count_codes`) computed beforehand."""
-    return _MASK_TABLE[codes, partner_has_offer.astype(np.int64), done.astype(np.int64)]
+    # One row index into the flattened table: a single take is much cheaper than a three-array gather.
+    row = codes * 4 + partner_has_offer.astype(np.int64) * 2 + done.astype(np.int64)
+    return np.take(_MASK_ROWS, row, axis=0)
 
 
 def legal_actions_taken(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray,
@@ -1044,26 +1047,38 @@ class BatchedNegotiation:
         walk = a == WALK_AWAY_ACTION
         self.walked_away_by[rows[walk]] = player[walk]
 
-        lay = self.layout
-        obs = self._obs
         other = 1 - player
-        obs[rows, :, lay.header_size + turn] = (a + 1)[:, None]
-        obs[rows, player, lay.header_size + self.max_turns + turn] = 1
-        obs[rows, other, lay.header_size + self.max_turns + turn] = 2
-        obs[rows, :, lay.turn_fraction] = ((turn + 1) / self.max_turns)[:, None]
-        if offer_rows.size:
-            n = offer_rows.size
-            # The proposer: no partner proposal stands, its own is the split; the partner sees what it
-            # would receive.
-            obs[offer_rows, player[is_offer], lay.partner_offer_flag:lay.own_offer.stop] = np.concatenate(
-                [np.zeros((n, 4)), np.ones((n, 1)), split], axis=1)
-            obs[offer_rows, other[is_offer], lay.partner_offer_flag:lay.partner_offer.stop] = np.concatenate(
-                [np.ones((n, 1)), self.counts[offer_rows] - split], axis=1)
+        self._update_observations(rows, a, player, other, turn, is_offer, split)
 
         self.turn[rows] += 1
         self.done[rows] = (a >= AGREE_ACTION) | (self.turn[rows] >= self.max_turns)
         self.current_player[rows] = other
         return illegal
+
+    def _update_observations(self, rows: np.ndarray, a: np.ndarray, player: np.ndarray, other: np.ndarray,
+                             turn: np.ndarray, is_offer: np.ndarray, split: np.ndarray) -> None:
+        """Write one act into both players' observation buffers with a single scatter."""
+        lay, size = self.layout, self.layout.size
+        mine = (2 * rows + player) * size  # flat offset of the speaker's vector in each game
+        theirs = (2 * rows + other) * size
+        history = lay.header_size + turn
+        speakers = lay.header_size + self.max_turns + turn
+        token = (a + 1).astype(np.float32)
+        fraction = ((turn + 1) / self.max_turns).astype(np.float32)
+        n = rows.size
+        index = [mine + history, theirs + history, mine + speakers, theirs + speakers,
+                 mine + lay.turn_fraction, theirs + lay.turn_fraction]
+        value = [token, token, np.ones(n, np.float32), np.full(n, 2, np.float32), fraction, fraction]
+        if split.size:
+            m = len(split)
+            # The proposer: no partner proposal stands and its own is the split (8 entries from the partner
+            # offer flag on); the partner sees a standing proposal and what it would receive (4 entries).
+            index.append((mine[is_offer][:, None] + np.arange(lay.partner_offer_flag, lay.own_offer.stop)).ravel())
+            value.append(np.concatenate([np.zeros((m, 4)), np.ones((m, 1)), split], axis=1).ravel())
+            index.append((theirs[is_offer][:, None]
+                          + np.arange(lay.partner_offer_flag, lay.partner_offer.stop)).ravel())
+            value.append(np.concatenate([np.ones((m, 1)), self.counts[rows[is_offer]] - split], axis=1).ravel())
+        self._obs.reshape(-1)[np.concatenate(index)] = np.concatenate(value)
 
     def end_games(self, idx: np.ndarray) -> None:
         """End games at ``idx`` with no deal (used for illegal-action penalties)."""
