@@ -21,7 +21,7 @@ Algorithm (one restart), as :meth:`SleeperAgent._craft` runs it:
 
 Paper defaults (CIFAR-10, ResNet-18): eps 16/255, budget 1% of the training set, 250 steps, signed Adam
 lr 0.1 in the standardised input space (~0.025 in [0, 1] pixel units), 1 restart, 4 retrainings, poison
-batch 512. :meth:`SleeperAgentConfig.for_dataset` scales the step count for small datasets.
+batch 512. The surrogate follows the victim's recipe, which :meth:`TrainingRecipe.for_dataset` scales.
 
 >>> attack = make_attack("sleeper_agent")            # or SleeperAgent(SleeperAgentConfig(steps=100))
 >>> submission = attack.craft(scenario)
@@ -84,11 +84,14 @@ class SleeperAgentConfig:
 
     @classmethod
     def for_dataset(cls, dataset, **overrides) -> SleeperAgentConfig:
-        """Paper defaults on 32x32 colour data; on small grey datasets the same schedule in fewer steps."""
-        channels, height, _ = dataset.shape
-        if height >= 32 and channels == 3:
-            return cls(**overrides)
-        return dataclasses.replace(cls(steps=120), **overrides)
+        """The paper's crafting schedule for ``dataset``.
+
+        The step count, lr drops and retrainings carry over unchanged: on digits 250 steps take under a
+        minute on one CPU core, so nothing is cut. What scales with the dataset is the surrogate's training, which follows the victim recipe
+        (:meth:`TrainingRecipe.for_dataset`), and the poison count (a share of the training set).
+        """
+        del dataset  # kept for a stable signature: later scalings may depend on it
+        return dataclasses.replace(cls(), **overrides)
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:

@@ -213,3 +213,17 @@ def test_recipe_scaling_and_validation():
         TrainingRecipe(epochs=0)
     with pytest.raises(TypeError):
         recipe.replace(epoch=3)
+
+
+def test_invertible_victim_is_registered_and_trains():
+    ds = make_synthetic(num_classes=3, image_size=8, channels=1, train_per_class=10, test_per_class=3)
+    assert "invertible" in available_victims()
+    from parley.agents.invertible import InvertibleImageClassifier
+
+    model = make_victim("invertible", ds, patch_size=4, depth=1)
+    assert isinstance(model, InvertibleImageClassifier) and model(ds.x_test).shape == (9, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    trained = train_victim(ds, model, TrainingRecipe.tiny(ds).replace(lr=0.01), seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trained.parameters(), strict=True))
+    with pytest.raises(TypeError, match="InvertibleImageClassifier rejected"):
+        make_victim("invertible", ds, no_such_option=1)
