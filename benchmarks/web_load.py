@@ -71,6 +71,15 @@ def start_server(folder: Path, agent: str, games: int, synchronous: str) -> tupl
     raise RuntimeError("the server did not start within 60 s")
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Stats:
     def __init__(self) -> None:
         self.act_ms: list[float] = []
@@ -154,22 +163,28 @@ def main() -> None:
     for n in args.sessions:
         with tempfile.TemporaryDirectory() as tmp:
             proc, base = start_server(Path(tmp), args.agent, args.games, args.synchronous)
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            cpu0 = process_cpu_s(proc.pid)
             try:
                 stats, elapsed = asyncio.run(run_load(base, n, args.games, args.pause, args.seed))
+                cpu1 = process_cpu_s(proc.pid)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
         lat = np.array(stats.act_ms) if stats.act_ms else np.array([np.nan])
+        cpu_per_act = (cpu1 - cpu0) * 1000 / max(1, len(stats.act_ms)) if cpu0 is not None and cpu1 is not None \
+            else float("nan")
         rows.append((n, len(stats.act_ms), stats.games, stats.deals, float(np.percentile(lat, 50)),
                      float(np.percentile(lat, 99)), float(lat.max()), len(stats.act_ms) / elapsed,
-                     len(stats.errors), elapsed))
+                     len(stats.errors), elapsed, cpu_per_act, load))
         for e in stats.errors[:5]:
             print("error:", e, file=sys.stderr)
 
-    header = ("| sessions | acts | games | deals | act p50 ms | act p99 ms | act max ms | acts/s | errors | wall s |\n"
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [f"| {n} | {acts} | {g} | {d} | {p50:.1f} | {p99:.1f} | {mx:.1f} | {rate:.1f} | {err} | {wall:.1f} |"
-             for n, acts, g, d, p50, p99, mx, rate, err, wall in rows]
+    header = ("| sessions | acts | games | deals | act p50 ms | act p99 ms | act max ms | acts/s | errors | wall s "
+              "| server CPU ms/act | load avg before |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [f"| {n} | {acts} | {g} | {d} | {p50:.1f} | {p99:.1f} | {mx:.1f} | {rate:.1f} | {err} | {wall:.1f} "
+             f"| {cpu:.1f} | {load:.1f} |"
+             for n, acts, g, d, p50, p99, mx, rate, err, wall, cpu, load in rows]
     table = header + "\n" + "\n".join(lines)
     print(table)
     if args.no_append:
@@ -182,8 +197,10 @@ def main() -> None:
                f"`parley serve` subprocess on 127.0.0.1 against the scripted `{args.agent}` partner, no think time; "
                f"each participant runs the whole flow and {args.games} negotiation(s) with a survey, pausing "
                f"{args.pause:g} s (+-50%) before each act. Latency is one act request as the client sees it: the "
-               f"person's act, the agent's reply and both durable event writes. Target: p99 <= 50 ms at 50 "
-               f"sessions, 0 errors.\n\n{table}\n")
+               f"person's act, the agent's reply and both durable event writes. Server CPU ms/act is the server "
+               f"process's CPU time over the run divided by the acts (it includes the flow and survey requests). "
+               f"The load average before each run shows how busy the shared machine was. Target: p99 <= 50 ms at "
+               f"50 sessions, 0 errors.\n\n{table}\n")
     with RESULTS.open("a") as handle:
         handle.write(section)
 

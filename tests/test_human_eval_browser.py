@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _human_eval_support import kill, start_server
+from _human_eval_support import ADMIN, kill, start_server
 from parley.human_eval.db import make_engine
 from parley.human_eval.report import load_tables
 
@@ -100,6 +100,22 @@ def test_a_whole_session_in_headless_chromium(tmp_path):
             assert len(code) == 14
             _save(page, tmp_path, "done.png")
             assert dialogs == []  # no script from the message ever ran
+
+            # The admin page: status, results and plots, fetched with the admin token.
+            admin = browser.new_page(viewport={"width": 1100, "height": 900})
+            admin.goto(f"http://127.0.0.1:{port}/admin")
+            admin.fill("#admin-token", "wrong-token")
+            admin.click("#token-form button")
+            admin.wait_for_selector("#error:not([hidden])")
+            assert "admin token" in admin.inner_text("#error")
+            admin.fill("#admin-token", ADMIN)
+            admin.click("#token-form button")
+            admin.wait_for_selector("#status-section:not([hidden])")
+            assert "1 negotiations" in admin.inner_text("#totals")
+            assert "boulware" in admin.inner_text("#results-table")
+            admin.wait_for_function("() => [...document.querySelectorAll('#plots img')].every(i => i.complete "
+                                    "&& i.naturalWidth > 0) && document.querySelectorAll('#plots img').length === 3")
+            _save(admin, tmp_path, "admin.png")
             browser.close()
     finally:
         kill(proc)
