@@ -1,6 +1,6 @@
 """Agent-steps per second of the negotiation environments under random legal play, next to OpenSpiel.
 
-Measured in one run, side by side, so the ratios hold even on a busy machine:
+Measured in one run, in interleaved time slices, so the ratios hold even on a busy machine:
 
 * OpenSpiel ``bargaining`` through pyspiel (from the ``bench`` extra): a Python loop that reads the
   mover's observation tensor and its legal actions and applies a uniformly drawn one;
@@ -13,7 +13,7 @@ Measured in one run, side by side, so the ratios hold even on a busy machine:
 An agent-step is one act by either side (pyspiel: one ``apply_action`` at a decision node). Chance
 nodes, resets and action picking count in the time. Results are appended to ``benchmarks/RESULTS.md``.
 
-    python benchmarks/env_throughput.py [--seconds 3] [--batches 1 64 1024 4096] [--no-append]
+    python benchmarks/env_throughput.py [--seconds 4] [--rounds 8] [--batches 1 64 1024 4096] [--no-append]
 """
 
 from __future__ import annotations
@@ -88,19 +88,46 @@ def check_sampler(samples: int = 200_000) -> None:
     assert freq.min() > 0.5 * freq.mean(), "the sampler is far from uniform"
 
 
-def bench_pyspiel(seconds: float) -> float | None:
-    try:
+class Runner:
+    """One environment under random legal play, advanced in time slices; counts agent-steps and time."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.seconds = 0.0
+        self.calls = 0
+
+    def run(self, seconds: float) -> None:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.steps += self.advance()
+            self.calls += 1
+        self.seconds += time.perf_counter() - start
+
+    def advance(self) -> int:
+        """Play a little; return the number of agent-steps taken."""
+        raise NotImplementedError
+
+    @property
+    def rate(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+
+class PySpielRunner(Runner):
+    """OpenSpiel bargaining: read the mover's observation tensor and legal actions, apply a random one."""
+
+    name = "OpenSpiel bargaining (pyspiel, Python loop)"
+
+    def __init__(self) -> None:
+        super().__init__()
         import pyspiel
-    except ImportError:
-        print("pyspiel is not installed (open-spiel comes with the bench extra: pip install 'parley[bench]'); "
-              "the OpenSpiel row and the ratios are left out.", file=sys.stderr)
-        return None
-    game = pyspiel.load_game("bargaining")
-    rng = random.Random(0)
-    steps = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        state = game.new_initial_state()
+
+        self.game = pyspiel.load_game("bargaining")
+        self.rng = random.Random(0)
+
+    def advance(self) -> int:
+        state, rng, steps = self.game.new_initial_state(), self.rng, 0
         while not state.is_terminal():
             if state.is_chance_node():
                 outcomes = state.chance_outcomes()
@@ -110,16 +137,22 @@ def bench_pyspiel(seconds: float) -> float | None:
             legal = state.legal_actions()
             state.apply_action(legal[rng.randrange(len(legal))])
             steps += 1
-    return steps / (time.perf_counter() - start)
+        return steps
 
 
-def bench_aec(seconds: float) -> float:
-    env = negotiation_v0.env()
-    env.reset(seed=0)
-    rng = random.Random(0)
-    steps = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
+class AECRunner(Runner):
+    """``agent_iter`` / ``last()`` (which builds the observation dict) / ``step`` over one game."""
+
+    name = "PettingZoo AEC negotiation_v0.env()"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env = negotiation_v0.env()
+        self.env.reset(seed=0)
+        self.rng = random.Random(0)
+
+    def advance(self) -> int:
+        env, rng, steps = self.env, self.rng, 0
         for _ in env.agent_iter():
             obs, _, terminated, truncated, _ = env.last()
             if terminated or truncated:
@@ -129,43 +162,49 @@ def bench_aec(seconds: float) -> float:
             env.step(int(legal[rng.randrange(len(legal))]))
             steps += 1
         env.reset()
-    return steps / (time.perf_counter() - start)
+        return steps
 
 
-def bench_gym(seconds: float) -> float:
-    env = NegotiationGymEnv(RandomLegalPolicy(seed=1))
-    obs, _ = env.reset(seed=0)
-    rng = random.Random(0)
-    steps = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        legal = np.flatnonzero(obs["action_mask"])
+class GymRunner(Runner):
+    """One learner step (the learner's act and the partner's reply); resets count the partner's opening."""
+
+    name = "Gymnasium NegotiationGymEnv (learner + partner)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env = NegotiationGymEnv(RandomLegalPolicy(seed=1))
+        self.obs, _ = self.env.reset(seed=0)
+        self.rng = random.Random(0)
+
+    def advance(self) -> int:
+        env = self.env
+        legal = np.flatnonzero(self.obs["action_mask"])
         turn = env.state.turn
-        obs, _, terminated, _, _ = env.step(int(legal[rng.randrange(len(legal))]))
-        steps += env.state.turn - turn
+        self.obs, _, terminated, _, _ = env.step(int(legal[self.rng.randrange(len(legal))]))
+        steps = env.state.turn - turn
         if terminated:
-            obs, _ = env.reset()
+            self.obs, _ = env.reset()
             steps += env.state.turn  # the partner's opening act, if it opened
-    return steps / (time.perf_counter() - start)
+        return steps
 
 
-def bench_vector(batch: int, seconds: float) -> tuple[float, float]:
-    env = NegotiationVectorEnv(batch, partner=RandomLegalPolicy(seed=1))
-    learner = RandomLegalPolicy(seed=2)
-    obs, _ = env.reset(seed=0)
-    # Pareto frontiers (reported at each game's end) are computed once per context on first use; fill
-    # that cache for every context up front so the timing shows the steady state.
-    pareto_frontier_masks(*_context_table()[:2])
-    for _ in range(20):
-        obs, *_ = env.step(learner.act_batch(obs["observation"], obs["action_mask"]))
-    acts = env.acts_applied
-    calls = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        obs, *_ = env.step(learner.act_batch(obs["observation"], obs["action_mask"]))
-        calls += 1
-    elapsed = time.perf_counter() - start
-    return (env.acts_applied - acts) / elapsed, 1000 * elapsed / calls
+class VectorRunner(Runner):
+    """One vector step: the learner's acts for every game, then the partner's batched replies."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.name = f"NegotiationVectorEnv, batch {batch}"
+        self.batch = batch
+        self.env = NegotiationVectorEnv(batch, partner=RandomLegalPolicy(seed=1))
+        self.learner = RandomLegalPolicy(seed=2)
+        self.obs, _ = self.env.reset(seed=0)
+        for _ in range(20):
+            self.advance()
+
+    def advance(self) -> int:
+        before = self.env.acts_applied
+        self.obs, *_ = self.env.step(self.learner.act_batch(self.obs["observation"], self.obs["action_mask"]))
+        return self.env.acts_applied - before
 
 
 def machine() -> str:
@@ -184,23 +223,40 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--seconds", type=float, default=4.0, help="time per environment, in total")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved slices per environment")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 4096])
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     where = machine()
     check_sampler()
 
+    # Pareto frontiers (reported at each game's end) are computed once per context on first use; fill that
+    # cache for every context up front so the timings show the steady state.
+    pareto_frontier_masks(*_context_table()[:2])
+    runners: list[Runner] = []
+    try:
+        runners.append(PySpielRunner())
+    except ImportError:
+        print("pyspiel is not installed (open-spiel comes with the bench extra: pip install 'parley[bench]'); "
+              "the OpenSpiel row and the ratios are left out.", file=sys.stderr)
+    runners += [AECRunner(), GymRunner()] + [VectorRunner(batch) for batch in args.batches]
+    # Interleaved slices: every runner sees the same share of a busy machine's ups and downs.
+    for _ in range(args.rounds):
+        for runner in runners:
+            runner.run(args.seconds / args.rounds)
+
+    spiel = runners[0].rate if isinstance(runners[0], PySpielRunner) else None
     rows: list[tuple[str, float, str]] = []
-    spiel = bench_pyspiel(args.seconds)
-    if spiel is not None:
-        rows.append(("OpenSpiel bargaining (pyspiel, Python loop)", spiel, ""))
-    rows.append(("PettingZoo AEC negotiation_v0.env()", bench_aec(args.seconds), f"target >= {TARGET_AEC}x"))
-    rows.append(("Gymnasium NegotiationGymEnv (learner + partner)", bench_gym(args.seconds), ""))
-    for batch in args.batches:
-        rate, ms = bench_vector(batch, args.seconds)
-        note = f"{ms:.2f} ms per step" + (f"; target >= {TARGET_VECTOR:g}x" if batch >= 1024 else "")
-        rows.append((f"NegotiationVectorEnv, batch {batch}", rate, note))
+    for runner in runners:
+        note = ""
+        if isinstance(runner, AECRunner):
+            note = f"target >= {TARGET_AEC}x"
+        elif isinstance(runner, VectorRunner):
+            note = f"{1000 * runner.seconds / runner.calls:.2f} ms per step"
+            if runner.batch >= 1024:
+                note += f"; target >= {TARGET_VECTOR:g}x"
+        rows.append((runner.name, runner.rate, note))
 
     header = "| environment | agent-steps/s | vs pyspiel | notes |\n|---|---:|---:|---|"
     lines = [header]
@@ -214,8 +270,8 @@ def main() -> None:
         command = "python benchmarks/env_throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         section = (f"\n## Negotiation env throughput ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
                    f"Command: `{command.strip()}`  \nMachine: {where}  \n"
-                   f"Random legal play, {args.seconds:g} s per row, all rows in one run. An agent-step is one act "
-                   f"by either side.\n\n{table}\n")
+                   f"Random legal play, {args.seconds:g} s per row in {args.rounds} interleaved slices, all rows "
+                   f"in one run. An agent-step is one act by either side.\n\n{table}\n")
         with RESULTS.open("a") as fh:
             fh.write(section)
         print(f"\nappended to {RESULTS}")

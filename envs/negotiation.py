@@ -1006,19 +1006,22 @@ class BatchedNegotiation:
         return legal_actions_taken(self.counts, self.partner_has_offer(), self.done, actions,
                                    codes=self.count_codes)
 
-    def apply_actions(self, actions: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+    def apply_actions(self, actions: np.ndarray, active: np.ndarray | None = None,
+                      legal: np.ndarray | None = None) -> np.ndarray:
         """Apply one act per live game for its current player.
 
         ``active`` (B,) bool, optional, limits the call to those games (the others keep their turn), e.g.
-        to let only the games where a given side is to move act. Returns a bool array (B,) marking games
-        whose action was illegal; those games are left unchanged so the caller can decide (raise, or end
-        them with a penalty via :meth:`end_games`).
+        to let only the games where a given side is to move act. ``legal``, optional, is
+        :meth:`legal_taken` of these same actions when the caller has just computed it. Returns a bool
+        array (B,) marking games whose action was illegal; those games are left unchanged so the caller
+        can decide (raise, or end them with a penalty via :meth:`end_games`).
         """
         actions = np.asarray(actions, dtype=np.int64).reshape(self.batch_size)
         live = ~self.done
         if active is not None:
             live = live & np.asarray(active, dtype=bool).reshape(self.batch_size)
-        legal = self.legal_taken(actions)
+        if legal is None:
+            legal = self.legal_taken(actions)
         illegal = live & ~legal
         act = live & legal
         rows = np.flatnonzero(act)

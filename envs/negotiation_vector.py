@@ -66,7 +66,6 @@ from parley.envs.negotiation import (
     contexts_to_arrays,
     decode_act,
     describe_legal,
-    legal_actions_taken,
     pareto_optimal_batch,
     sample_context_arrays,
 )
@@ -159,14 +158,13 @@ class NegotiationVectorEnv(VectorEnv):
 
         # The learner's acts, checked before any game changes so that "raise" leaves the batch intact.
         live = ~game.done
-        partner_offer = (game.offer_proposer >= 0) & (game.offer_proposer != game.current_player)
-        legal = legal_actions_taken(game.counts, partner_offer, game.done, actions)
+        legal = game.legal_taken(actions)
         illegal = live & ~legal
         if illegal.any():
             if self.illegal_action == "raise":
                 raise IllegalActionError(self._illegal_message(int(np.flatnonzero(illegal)[0]), actions))
             self.penalized[illegal] = True
-        game.apply_actions(actions, active=live & legal)
+        game.apply_actions(actions, legal=legal)
         if illegal.any():
             game.end_games(np.flatnonzero(illegal))
         self.acts_applied += int(np.count_nonzero(live & legal))
