@@ -96,6 +96,16 @@ def set_module_state(algo, module_ids: list[str], state: dict[str, torch.Tensor]
                                        inference_only=True)
 
 
+def current_policy(algo, module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int):
+    """The module's current weights as a TorchPolicy (CPU, greedy)."""
+    from parley.agents.torch_policy import TorchPolicy
+
+    saved_config = {k: v for k, v in backbone_config.items() if k != "pretrained"}
+    policy = TorchPolicy(backbone, obs_size, saved_config, device="cpu")
+    policy.model.load_state_dict(module_state(algo, module_id))
+    return policy
+
+
 def export_module(algo, module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int,
                   path: Path, metadata: dict[str, Any]) -> Path:
     from parley.agents.torch_policy import TorchPolicy
@@ -170,7 +180,10 @@ def train_rllib(config: TrainConfig, run: Path, *, console=None, on_iteration=No
             history.append(row)
             logger.log(row)
             view.update(row)
-            stop = bool(on_iteration(row)) if on_iteration is not None else False
+            stop = False
+            if on_iteration is not None:
+                stop = bool(on_iteration(row, lambda: current_policy(algo, modules[0], backbone, backbone_config,
+                                                                     obs_size)))
             if iteration % config.checkpoint_every == 0 or stop or stop_reached(config, iteration, env_steps):
                 checkpoint = save_checkpoint(algo, config, run, iteration, env_steps, row["elapsed_s"],
                                              modules[0], backbone, backbone_config, obs_size,

@@ -196,7 +196,9 @@ class _SB3Run:
         self.history.append(row)
         self.logger.log(row)
         self.view.update(row)
-        stop = bool(self.on_iteration(row)) if self.on_iteration is not None else False
+        stop = False
+        if self.on_iteration is not None:
+            stop = bool(self.on_iteration(row, lambda: export_sb3_policy(self.model)))
         done = stop or stop_reached(self.config, self.iteration, self.env_steps)
         if self.iteration % self.config.checkpoint_every == 0 or done:
             self.save_checkpoint(row["elapsed_s"])

@@ -389,10 +389,11 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, console=None, evaluate: bool = True,
-          on_iteration: Callable[[dict[str, Any]], bool | None] | None = None) -> TrainResult:
+          on_iteration: Callable[[dict[str, Any], Callable[[], Any]], bool | None] | None = None) -> TrainResult:
     """Run training as configured; returns where the policy and checkpoints are.
 
-    ``on_iteration(row)`` is called after every iteration; returning True stops the run early (the
+    ``on_iteration(row, current_policy)`` is called after every iteration with the logged row and a
+    function returning the current weights as a TorchPolicy; returning True stops the run early (the
     learning benchmark uses it to stop once the policy beats the best scripted partner).
     """
     config = config.validate()

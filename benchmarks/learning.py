@@ -1,0 +1,243 @@
+"""Learning benchmark: how fast PPO learns to negotiate, RLlib vs SB3, Compacter vs full fine-tuning.
+
+    python benchmarks/learning.py                       # everything (about 30 minutes on 2 CPU cores)
+    python benchmarks/learning.py --parts beat speed    # only some parts
+    python benchmarks/learning.py --no-append           # print only
+
+Parts, all in one run so the ratios are measured side by side:
+
+``beat``      RLlib PPO, mlp backbone, against the whole scripted suite (partner drawn per episode).
+              After every iteration the greedy policy plays ``--eval-episodes`` games against each
+              scripted partner; the clock stops when its mean score beats the best scripted partner's
+              mean score against the same suite on the same contexts (target <= 15 minutes). Evaluation
+              time is left out of the clock. Also reports env steps/s during training (target >= 5k/s).
+              Writes the learning curve to ``benchmarks/learning_curve.png``.
+``speed``     RLlib vs Stable-Baselines3 MaskablePPO on the same env-step budget: wall time, env steps/s,
+              greedy score against the suite.
+``adapters``  a transformer policy trained against one pool (boulware, linear, tit_for_tat) is fine-tuned
+              against another (conceder, fair_split, pareto) for the same budget twice: every weight, and
+              Compacter adapters only. Reports the return ratio (adapters / full, score against the new
+              pool) and the trainable fraction (target >= 95% at <= 0.1%).
+
+The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from parley.agents.evaluation import evaluate_policy
+from parley.agents.scripted import list_partners, make_partner
+from parley.agents.training import TrainConfig, train
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+CURVE = HERE / "learning_curve.png"
+EVAL_SEED = 777  # contexts for every comparison against the suite (never the corpus test split)
+OLD_POOL = ["boulware", "linear", "tit_for_tat"]
+NEW_POOL = ["conceder", "fair_split", "pareto"]
+
+
+def machine() -> str:
+    mem = ""
+    try:
+        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores{mem}, no GPU used{load}"
+
+
+def suite_score(policy, episodes: int, partners="suite") -> float:
+    return evaluate_policy(policy, partners, episodes=episodes, seed=EVAL_SEED)[-1].score
+
+
+def best_scripted(episodes: int) -> tuple[str, float]:
+    scores = {name: suite_score(make_partner(name, seed=1), episodes) for name in list_partners()}
+    best = max(scores, key=scores.get)
+    return best, scores[best]
+
+
+def time_to_beat(workdir: Path, target: float, episodes: int, max_minutes: float, lr: float) -> dict:
+    curve: list[tuple[float, int, float]] = []
+    eval_seconds = 0.0
+    beaten: dict = {}
+
+    def on_iteration(row, current_policy) -> bool:
+        nonlocal eval_seconds
+        train_clock = row["elapsed_s"] - eval_seconds  # the evaluations so far sit inside elapsed_s
+        tick = time.perf_counter()
+        score = suite_score(current_policy(), episodes)
+        eval_seconds += time.perf_counter() - tick
+        curve.append((train_clock, row["env_steps"], score))
+        print(f"  iter {row['iteration']:3d}  {train_clock:6.0f} s  {row['env_steps']:8d} steps  "
+              f"{row['steps_per_s']:6.0f} steps/s  greedy score vs suite {score:.2f} (target {target:.2f})", flush=True)
+        if score > target and not beaten:
+            beaten.update(seconds=train_clock, steps=row["env_steps"], iteration=row["iteration"])
+            return True
+        return train_clock > 60 * max_minutes
+
+    result = train(TrainConfig(partners=["suite"], iterations=10_000, out=str(workdir / "beat"), lr=lr,
+                               checkpoint_every=10_000, live=False), evaluate=False, on_iteration=on_iteration)
+    steps_per_s = result.env_steps / max(result.elapsed_s - eval_seconds, 1e-9)
+    return {"curve": curve, "beaten": beaten, "steps_per_s": steps_per_s, "env_steps": result.env_steps,
+            "iter_rates": [r["steps_per_s"] for r in result.history]}
+
+
+def plot_curve(curve: list[tuple[float, int, float]], target: float, best_name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds = [c[0] / 60 for c in curve]
+    scores = [c[2] for c in curve]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(seconds, scores, marker="o", markersize=3, label="PPO (RLlib, mlp), greedy")
+    ax.axhline(target, color="grey", linestyle="--", label=f"best scripted partner ({best_name})")
+    ax.set_xlabel("training wall-clock (minutes, 2 CPU cores)")
+    ax.set_ylabel("mean score vs scripted suite")
+    ax.set_title("Learning to negotiate against the scripted suite")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(CURVE, dpi=120)
+    plt.close(fig)
+
+
+def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> dict:
+    start = time.perf_counter()
+    result = train(TrainConfig(framework=framework, partners=["suite"], timesteps=steps, out=str(workdir / framework),
+                               checkpoint_every=10_000, live=False), evaluate=False)
+    wall = time.perf_counter() - start
+    from parley.agents.torch_policy import TorchPolicy
+
+    score = suite_score(TorchPolicy.load(result.policy_dir, device="cpu"), episodes)
+    return {"wall": wall, "steps": result.env_steps, "rate": result.env_steps / max(result.elapsed_s, 1e-9),
+            "score": score}
+
+
+def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
+                 backbone_config: dict) -> dict:
+    from parley.agents.compacter import count_parameters
+    from parley.agents.rllib_module import build_network, freeze_all_but_adapters
+    from parley.agents.torch_policy import TorchPolicy
+
+    base = train(TrainConfig(backbone="transformer", backbone_config=backbone_config, partners=OLD_POOL,
+                             timesteps=pretrain_steps, out=str(workdir / "pretrain"), checkpoint_every=10_000,
+                             live=False), evaluate=False)
+    base_policy = TorchPolicy.load(base.policy_dir, device="cpu")
+    rows = {"before": suite_score(base_policy, episodes, NEW_POOL)}
+    adapter_options = {"n": 4, "rank": 1, "reduction": 32, "plus_plus": True}
+    for mode in ("full", "adapters"):
+        extra = {"adapters": "compacter", "backbone_config": adapter_options} if mode == "adapters" else {}
+        start = time.perf_counter()
+        tuned = train(TrainConfig(partners=NEW_POOL, init_from=str(base.policy_dir), timesteps=finetune_steps,
+                                  out=str(workdir / f"ft-{mode}"), checkpoint_every=10_000, live=False, **extra),
+                      evaluate=False)
+        rows[mode] = suite_score(TorchPolicy.load(tuned.policy_dir, device="cpu"), episodes, NEW_POOL)
+        rows[f"{mode}_wall"] = time.perf_counter() - start
+    network = build_network("compacter", 36, {**backbone_config, "train_layer_norms": False, **adapter_options})
+    freeze_all_but_adapters(network)
+    trainable, total = count_parameters(network)
+    rows.update(trainable=trainable, total=total)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", default=["beat", "speed", "adapters"],
+                        choices=["beat", "speed", "adapters"])
+    parser.add_argument("--eval-episodes", type=int, default=100, help="games per scripted partner per evaluation")
+    parser.add_argument("--max-minutes", type=float, default=15.0, help="cap on the time-to-beat run")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--speed-steps", type=int, default=100_000, help="env-step budget of RLlib vs SB3")
+    parser.add_argument("--pretrain-steps", type=int, default=120_000)
+    parser.add_argument("--finetune-steps", type=int, default=60_000)
+    parser.add_argument("--d-model", type=int, default=128, help="transformer width for the adapter comparison")
+    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    where = machine()
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    workdir = Path(tempfile.mkdtemp(prefix="parley-learning-"))
+    lines = ["| measure | value | target / note |", "|---|---:|---|"]
+    try:
+        best_name, target = best_scripted(args.eval_episodes)
+        lines.append(f"| best scripted partner vs suite (mean score) | {target:.2f} | {best_name} |")
+        if "beat" in args.parts:
+            print(f"time to beat {best_name} ({target:.2f}) ...", flush=True)
+            beat = time_to_beat(workdir, target, args.eval_episodes, args.max_minutes, args.lr)
+            if beat["beaten"]:
+                b = beat["beaten"]
+                lines.append(f"| RLlib PPO (mlp) time to beat it | {b['seconds'] / 60:.1f} min | target <= 15 min; "
+                             f"{b['steps']:,} env steps, iteration {b['iteration']} |")
+            else:
+                last = beat["curve"][-1] if beat["curve"] else (0.0, 0, float("nan"))
+                lines.append(f"| RLlib PPO (mlp) time to beat it | not within {args.max_minutes:g} min | target "
+                             f"<= 15 min; reached {last[2]:.2f} after {last[1]:,} env steps |")
+            best_score = max(c[2] for c in beat["curve"])
+            lines.append(f"| RLlib PPO best greedy score vs suite | {best_score:.2f} | over {len(beat['curve'])} "
+                         "evaluations |")
+            lines.append(f"| RLlib env steps/s during training (incl. PPO updates) | {beat['steps_per_s']:,.0f} | "
+                         f"target >= 5,000; best iteration {max(beat['iter_rates']):,.0f}/s |")
+            plot_curve(beat["curve"], target, best_name)
+            lines.append(f"| learning curve | `benchmarks/{CURVE.name}` | |")
+        if "speed" in args.parts:
+            print("RLlib vs SB3 on the same budget ...", flush=True)
+            rl = framework_run("rllib", workdir, args.speed_steps, args.eval_episodes)
+            sb = framework_run("sb3", workdir, args.speed_steps, args.eval_episodes)
+            lines.append(f"| RLlib, {rl['steps']:,} env steps: wall / steps/s / score | {rl['wall']:.0f} s / "
+                         f"{rl['rate']:,.0f} / {rl['score']:.2f} | batched vector env, 128 games |")
+            lines.append(f"| SB3 MaskablePPO, {sb['steps']:,} env steps: wall / steps/s / score | {sb['wall']:.0f} s / "
+                         f"{sb['rate']:,.0f} / {sb['score']:.2f} | 16 single envs (DummyVecEnv) |")
+            lines.append(f"| RLlib / SB3 steps/s | {rl['rate'] / sb['rate']:.2f}x | same budget, same backbone |")
+        if "adapters" in args.parts:
+            print("Compacter vs full fine-tuning ...", flush=True)
+            cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
+            ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.eval_episodes, cfg)
+            ratio = ad["adapters"] / ad["full"] if ad["full"] else float("nan")
+            lines.append(f"| transformer {cfg}: score vs new pool before fine-tuning | {ad['before']:.2f} | "
+                         f"pretrained {args.pretrain_steps:,} steps vs {','.join(OLD_POOL)} |")
+            lines.append(f"| full fine-tuning, {args.finetune_steps:,} steps: score vs new pool | {ad['full']:.2f} | "
+                         f"{ad['full_wall']:.0f} s |")
+            lines.append(f"| Compacter++ adapters only: score vs new pool | {ad['adapters']:.2f} | "
+                         f"{ad['adapters_wall']:.0f} s |")
+            lines.append(f"| Compacter / full return ratio | {100 * ratio:.1f}% | target >= 95% |")
+            lines.append(f"| trainable fraction (adapters) | {100 * ad['trainable'] / ad['total']:.3f}% | "
+                         f"{ad['trainable']:,} of {ad['total']:,} parameters; target <= 0.1% |")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        ray.shutdown()
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_append:
+        command = "python benchmarks/learning.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        section = (f"\n## Learning: PPO vs scripted partners, RLlib vs SB3, Compacter fine-tuning "
+                   f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
+                   f"Command: `{command.strip()}`  \nMachine: {where}  \n"
+                   f"Scores are points out of 10, greedy policy, {args.eval_episodes} seeded games per scripted "
+                   f"partner (contexts sampled from the rules, seed {EVAL_SEED}); steps/s counts the learner's "
+                   "env steps including the PPO updates. The machine is shared, so throughput varies with load.\n\n"
+                   f"{table}\n")
+        with RESULTS.open("a") as handle:
+            handle.write(section)
+        print(f"appended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
