@@ -32,7 +32,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from parley.utils import resolve_device, seed_everything
@@ -242,7 +241,13 @@ def check_tda_learners(ctx: CheckContext) -> str:
     from parley.agents.corpus import corpus_dataset, synthetic_corpus
     from parley.agents.ppo import PPOConfig, train_ppo
     from parley.agents.scripted import make_partner
-    from parley.agents.supervised import SupervisedConfig, action_accuracy, clone_policy, train_supervised
+    from parley.agents.supervised import (
+        SupervisedConfig,
+        action_accuracy,
+        clone_policy,
+        random_policy_accuracy,
+        train_supervised,
+    )
 
     seed_everything(0)
     data = corpus_dataset(synthetic_corpus(400, seed=0))
@@ -251,7 +256,8 @@ def check_tda_learners(ctx: CheckContext) -> str:
     ctx.sync()
     sl_seconds = time.perf_counter() - start
     accuracy = action_accuracy(sl, data)
-    assert accuracy > 0.1, f"behaviour cloning on the device reached only {accuracy:.2f} training accuracy"
+    chance = random_policy_accuracy(data)
+    assert accuracy > 3 * chance, f"behaviour cloning on the device: accuracy {accuracy:.2f}, chance {chance:.2f}"
     learner = clone_policy(sl, deterministic=False, seed=1)
     result = train_ppo(learner, make_partner("conceder"), PPOConfig(total_games=4096, games_per_iteration=1024))
     last = result.history[-1]
@@ -265,44 +271,6 @@ def check_tda_learners(ctx: CheckContext) -> str:
 # --------------------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------------------
-
-
-@gpu_check("training: RLlib PPO learner on the device (partner pool, mlp), export to TorchPolicy")
-def check_rllib_learner(ctx: CheckContext) -> str:
-    import ray
-    from parley.agents import rllib_setups as setups
-    from parley.agents.rllib_training import current_policy
-    from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    settings = setups.PPOSettings(train_batch_size=4096, minibatch_size=1024, num_epochs=2, num_envs_per_env_runner=64)
-    algo = setups.partner_pool_config(["boulware", "conceder", "pareto"], settings=settings, device=ctx.device,
-                                      seed=0).build_algo()
-    try:
-        results = algo.learner_group.foreach_learner(
-            lambda learner: str(next(learner.module["default_policy"].parameters()).device))
-        devices = [result.get() for result in results]
-        assert all(str(d).startswith(ctx.device.split(":")[0]) for d in devices), f"learner on {devices}"
-        start = time.perf_counter()
-        steps = 0
-        for _ in range(3):
-            steps += int(algo.train()["env_runners"]["num_env_steps_sampled"])
-        ctx.sync()
-        seconds = time.perf_counter() - start
-        policy = current_policy(algo, "default_policy", "mlp", {}, 36)
-    finally:
-        algo.stop()
-        if started:
-            ray.shutdown()
-    rng = np.random.default_rng(0)
-    game = BatchedNegotiation(32)
-    counts, values = sample_context_arrays(rng, 32)
-    game.reset_games(np.arange(32), counts, values, np.zeros(32, dtype=np.int64))
-    actions = policy.act_batch(game.observations(np.zeros(32, dtype=np.int64)), game.legal_masks())
-    assert game.legal_masks()[np.arange(32), actions].all(), "exported policy chose an illegal act"
-    return f"learner on {devices[0]}; {steps:,} env steps in {seconds:.1f} s ({steps / seconds:,.0f} steps/s incl. updates)"
 
 
 def run(checks: list[Check], ctx: CheckContext) -> list[tuple[str, str, str, float]]:
