@@ -4,7 +4,7 @@ magnitude pruning and distillation.
 Quantization
 ------------
 :func:`quantize_int8` converts every ``nn.Linear`` to int8 weights with dynamically quantized
-activations, for CPU inference. Two backends:
+activations (and embedding tables to 8-bit rows), for CPU inference. Two backends:
 
 * ``"dynamic"`` (the default, also what ``"auto"`` picks): ``torch.ao.quantization.quantize_dynamic``
   (fbgemm/qnnpack kernels). It is deprecated upstream in favour of torchao but still ships with our
@@ -14,7 +14,7 @@ activations, for CPU inference. Two backends:
   (``pip install torchao``). Its int8 kernels pay off on GPU or under ``torch.compile``; in eager mode
   on CPU it measured slower than float32, so it is opt-in.
 
-Layers that are not ``nn.Linear`` (embeddings, spectrally normalised or PHM layers) stay in float32;
+Other layers (layer norms, spectrally normalised or PHM layers) stay in float32;
 call :func:`parley.agents.compacter.merge_adapters` first to turn PHM layers into ``nn.Linear``.
 
 Pruning
@@ -64,8 +64,12 @@ def model_size_bytes(model: nn.Module) -> int:
     return buffer.tell()
 
 
-def quantize_int8(model: nn.Module, backend: str = "auto", inplace: bool = False) -> nn.Module:
-    """An int8 copy of ``model`` for CPU inference (every ``nn.Linear`` quantized); see the module doc."""
+def quantize_int8(model: nn.Module, backend: str = "auto", inplace: bool = False, embeddings: bool = True) -> nn.Module:
+    """An int8 copy of ``model`` for CPU inference; see the module doc.
+
+    Every ``nn.Linear`` gets int8 weights and dynamically quantized int8 activations; with
+    ``embeddings=True`` (``"dynamic"`` backend) ``nn.Embedding`` tables are stored as 8-bit rows too.
+    """
     if backend not in QUANT_BACKENDS:
         raise ValueError(f"unknown quantization backend {backend!r}; use one of {', '.join(QUANT_BACKENDS)}")
     if not any(isinstance(m, nn.Linear) for m in model.modules()):
@@ -86,7 +90,12 @@ def quantize_int8(model: nn.Module, backend: str = "auto", inplace: bool = False
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\..*")
-        return torch.ao.quantization.quantize_dynamic(target, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+
+        spec: dict[type, Any] = {nn.Linear: default_dynamic_qconfig}
+        if embeddings:
+            spec[nn.Embedding] = float_qparams_weight_only_qconfig  # 8-bit rows with per-row scales
+        return torch.ao.quantization.quantize_dynamic(target, spec, dtype=torch.qint8, inplace=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -99,7 +99,9 @@ class SpectralLinear(nn.Module):
 
     def sigma(self) -> torch.Tensor:
         """The spectral-norm estimate ``u^T W v`` (differentiable in W, as in Miyato et al. 2018)."""
-        return torch.dot(self.u, self.weight @ self.v)
+        # Always in full precision: under bf16 autocast the estimate would be off by ~1e-2.
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            return torch.dot(self.u, self.weight @ self.v)
 
     def normalized_weight(self) -> torch.Tensor:
         return self.weight / torch.clamp(self.sigma() / self.coeff, min=1.0)

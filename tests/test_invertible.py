@@ -254,3 +254,19 @@ def test_image_classifier_learns_a_simple_task_and_validates_input():
         model(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match="divisible by patch_size"):
         InvertibleImageClassifier(3, 10, 30)
+
+
+def test_bf16_autocast_runs_through_memory_saving_backprop():
+    obs = torch.from_numpy(sample_observations(16, seed=2)[0])
+    torch.manual_seed(0)
+    net = make_backbone("invertible_attention", 36, device="cpu", d_model=32, depth=1).eval()
+    net(obs).square().mean().backward()
+    reference = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    net.bf16 = True
+    out = net(obs)
+    assert out.dtype == torch.float32
+    out.square().mean().backward()
+    for name, p in net.named_parameters():
+        err = float(torch.linalg.vector_norm(p.grad - reference[name]) / torch.linalg.vector_norm(reference[name]))
+        assert err < 0.1, (name, err)
