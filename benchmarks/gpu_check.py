@@ -32,6 +32,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from parley.utils import resolve_device, seed_everything
@@ -234,6 +235,33 @@ def check_sleeper_agent_cifar_shaped(ctx: CheckContext) -> str:
     return f"10 poisons, 40 steps, 2 surrogate trainings in {seconds:.1f} s; final 1 - cos = {loss:.3f}"
 
 
+@gpu_check("poisoning defenses: spectral signatures and STRIP on the device agree with CPU")
+def check_poisoning_defenses(ctx: CheckContext) -> str:
+    from parley.attacks.defenses import make_defense, penultimate_features
+    from parley.attacks.victims import ResNet18
+
+    seed_everything(0)
+    model = ResNet18(3, 10, image_size=32, width=16).eval()
+    images = torch.rand(512, 3, 32, 32)
+    labels = torch.arange(512) % 10
+    reference = penultimate_features(model, images)
+    on_device = copy.deepcopy(model).to(ctx.device)
+    start = time.perf_counter()
+    features = penultimate_features(on_device, images)
+    ctx.sync()
+    seconds = time.perf_counter() - start
+    err = float(np.abs(features - reference).max() / (np.abs(reference).max() + 1e-12))
+    assert err < 1e-3, f"features differ from CPU by {err:.2e} (relative)"
+    spectral = make_defense("spectral")
+    same = (spectral.select_removals(images, labels, features=features, expected_poisons=5)
+            == spectral.select_removals(images, labels, features=reference, expected_poisons=5)).mean()
+    assert same > 0.95, f"spectral removals agree on only {same:.0%} of picks"
+    flags = make_defense("strip", n_overlays=16).detect(on_device, images[:64].to(ctx.device),
+                                                        images[64:].to(ctx.device))
+    assert flags.shape == (64,)
+    return f"features of 512 images in {seconds * 1e3:.0f} ms (rel. error {err:.1e}); STRIP ran on the device"
+
+
 @gpu_check("tda: behaviour cloning and masked PPO on the device")
 def check_tda_learners(ctx: CheckContext) -> str:
     import numpy as np
@@ -271,6 +299,44 @@ def check_tda_learners(ctx: CheckContext) -> str:
 # --------------------------------------------------------------------------------------------------
 # Runner
 # --------------------------------------------------------------------------------------------------
+
+
+@gpu_check("training: RLlib PPO learner on the device (partner pool, mlp), export to TorchPolicy")
+def check_rllib_learner(ctx: CheckContext) -> str:
+    import ray
+    from parley.agents import rllib_setups as setups
+    from parley.agents.rllib_training import current_policy
+    from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    settings = setups.PPOSettings(train_batch_size=4096, minibatch_size=1024, num_epochs=2, num_envs_per_env_runner=64)
+    algo = setups.partner_pool_config(["boulware", "conceder", "pareto"], settings=settings, device=ctx.device,
+                                      seed=0).build_algo()
+    try:
+        results = algo.learner_group.foreach_learner(
+            lambda learner: str(next(learner.module["default_policy"].parameters()).device))
+        devices = [result.get() for result in results]
+        assert all(str(d).startswith(ctx.device.split(":")[0]) for d in devices), f"learner on {devices}"
+        start = time.perf_counter()
+        steps = 0
+        for _ in range(3):
+            steps += int(algo.train()["env_runners"]["num_env_steps_sampled"])
+        ctx.sync()
+        seconds = time.perf_counter() - start
+        policy = current_policy(algo, "default_policy", "mlp", {}, 36)
+    finally:
+        algo.stop()
+        if started:
+            ray.shutdown()
+    rng = np.random.default_rng(0)
+    game = BatchedNegotiation(32)
+    counts, values = sample_context_arrays(rng, 32)
+    game.reset_games(np.arange(32), counts, values, np.zeros(32, dtype=np.int64))
+    actions = policy.act_batch(game.observations(np.zeros(32, dtype=np.int64)), game.legal_masks())
+    assert game.legal_masks()[np.arange(32), actions].all(), "exported policy chose an illegal act"
+    return f"learner on {devices[0]}; {steps:,} env steps in {seconds:.1f} s ({steps / seconds:,.0f} steps/s incl. updates)"
 
 
 def run(checks: list[Check], ctx: CheckContext) -> list[tuple[str, str, str, float]]:
