@@ -23,6 +23,7 @@ import json
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -67,7 +68,7 @@ class Game(Base):
     counts: Mapped[str] = mapped_column(String(32))
     human_values: Mapped[str] = mapped_column(String(32))
     agent_values: Mapped[str] = mapped_column(String(32))
-    human_first: Mapped[bool] = mapped_column(Integer)
+    human_first: Mapped[bool] = mapped_column(Boolean)
     max_turns: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[float] = mapped_column(Float)
     # Outcome summary, set once when the game ends.
@@ -77,7 +78,7 @@ class Game(Base):
     human_gets: Mapped[str | None] = mapped_column(String(32), nullable=True)  # JSON list, deals only
     human_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     agent_score: Mapped[float | None] = mapped_column(Float, nullable=True)
-    pareto_optimal: Mapped[bool | None] = mapped_column(Integer, nullable=True)
+    pareto_optimal: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     turns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_code: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
 
