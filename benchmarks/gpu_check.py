@@ -257,7 +257,7 @@ def check_poisoning_defenses(ctx: CheckContext) -> str:
             == spectral.select_removals(images, labels, features=reference, expected_poisons=5)).mean()
     assert same > 0.95, f"spectral removals agree on only {same:.0%} of picks"
     flags = make_defense("strip", n_overlays=16).detect(on_device, images[:64].to(ctx.device),
-                                                        images[64:].to(ctx.device))
+                                                        images[64:192].to(ctx.device))
     assert flags.shape == (64,)
     return f"features of 512 images in {seconds * 1e3:.0f} ms (rel. error {err:.1e}); STRIP ran on the device"
 
