@@ -134,13 +134,14 @@ def load_training_corpus(corpus: Path | None, synthetic_dialogues: int, seed: in
 def tda_command(
     oracle: str = typer.Option("scripted", help="'scripted', 'model:PATH' (a saved policy) or "
                                                 "'human[:QUEUE.sqlite]' (default queue: OUT/oracle_queue.sqlite)."),
-    rounds: int = typer.Option(3, min=1, help="Acquisition rounds."),
-    queries_per_round: int = typer.Option(200, min=0, help="Oracle queries per round (the budget)."),
+    rounds: int = typer.Option(5, min=1, help="Acquisition rounds."),
+    queries_per_round: int = typer.Option(300, min=0, help="Oracle queries per round (the budget)."),
     out: Path = typer.Option(..., help="Run directory: logs, checkpoints, final metrics (resumes if it exists)."),
     corpus: Path | None = typer.Option(None, help="Deal-or-No-Deal data.txt / val.txt or its directory; "
                                                   "without it a synthetic corpus of scripted dialogues is used."),
     selection: str = typer.Option("likelihood", help="likelihood | novelty | ensemble | random."),
-    games_per_round: int = typer.Option(10_000, min=1, help="PPO training games per round."),
+    games_per_round: int = typer.Option(6_000, min=1, help="PPO training games per round."),
+    oracle_weight: float = typer.Option(30.0, min=0, help="Weight of an oracle answer vs a corpus act in the partner's loss."),
     sl_epochs: int = typer.Option(8, min=1, help="Behaviour-cloning epochs for the initial SL policy."),
     synthetic_dialogues: int = typer.Option(3000, min=10, help="Size of the synthetic corpus (no --corpus)."),
     eval_games: int = typer.Option(500, min=1, help="Games per evaluation partner for the final metrics."),
@@ -168,7 +169,7 @@ def tda_command(
     data = corpus_dataset(dialogues)
     if len(data) == 0:
         raise typer.BadParameter("the corpus gave no usable acts", param_hint="--corpus")
-    config = TDAConfig(rounds=rounds, queries_per_round=queries_per_round, selection=selection,
+    config = TDAConfig(rounds=rounds, queries_per_round=queries_per_round, selection=selection, oracle_weight=oracle_weight,
                        eval_games=eval_games, seed=seed, ppo=PPOConfig(total_games=games_per_round),
                        supervised=SupervisedConfig(epochs=sl_epochs, seed=seed, device=device))
     try:

@@ -75,15 +75,15 @@ METHODS: dict[str, str] = {
 class TDAConfig:
     """Hyperparameters of the acquisition loop and its baselines."""
 
-    rounds: int = 3
-    queries_per_round: int = 200
+    rounds: int = 5
+    queries_per_round: int = 300
     selection: str = "likelihood"
     candidate_games: int = 600
-    oracle_weight: float = 5.0
-    partner_epochs: int = 3
+    oracle_weight: float = 30.0
+    partner_epochs: int = 5
     ensemble_size: int = 3
     eval_games: int = 600
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(total_games=10_000))
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(total_games=6_000))
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     sl_rl_coef: float = 0.5
     prosocial_weight: float = 0.6
