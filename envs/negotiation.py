@@ -584,17 +584,23 @@ def pareto_frontier_masks(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def pareto_optimal_batch(counts: np.ndarray, values: np.ndarray, splits: np.ndarray,
-                         agreed: np.ndarray) -> np.ndarray:
+                         agreed: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
     """(B,) bool: agreed deals on the Pareto frontier.
 
     The same answer as ``outcome_metrics_batch(...)["pareto_optimal"]`` (a split that nothing dominates
-    is itself a frontier split), at the cost of one lookup per game.
+    is itself a frontier split), at the cost of one lookup per game. ``ids``, optional, are the
+    contexts' :func:`context_ids` when the caller keeps them.
     """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
+    values = np.asarray(values, dtype=np.int64).reshape(-1, 2, NUM_ITEM_TYPES)
     splits = np.asarray(splits, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
     agreed = np.asarray(agreed, dtype=bool).reshape(-1)
     clipped = np.clip(splits, 0, MAX_ITEM_COUNT)
     idx = (clipped[:, 0] * _SPLIT_BASE + clipped[:, 1]) * _SPLIT_BASE + clipped[:, 2]
-    frontier = pareto_frontier_masks(counts, values)
+    if ids is None:
+        frontier = pareto_frontier_masks(counts, values)
+    else:
+        frontier = _FRONTIERS.lookup(np.asarray(ids, dtype=np.int64), counts, values)
     return agreed & frontier[np.arange(len(idx)), idx]
 
 
@@ -955,9 +961,6 @@ class BatchedNegotiation:
         self.agreed = np.zeros(b, dtype=bool)
         self.agreed_split = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)  # what agent 0 keeps
         self.walked_away_by = np.full(b, -1, dtype=np.int64)
-        # Both players' observation vectors per game, updated act by act: reading observations is then
-        # a single gather instead of two dozen array operations.
-        self._obs = np.zeros((b, 2, self.layout.size), dtype=np.float32)
 
     def reset_games(self, idx: np.ndarray, counts: np.ndarray, values: np.ndarray, first_player: np.ndarray) -> None:
         """Start new games at indices ``idx`` with the given contexts and first movers."""
@@ -981,12 +984,6 @@ class BatchedNegotiation:
         self.agreed[idx] = False
         self.agreed_split[idx] = 0
         self.walked_away_by[idx] = -1
-        lay = self.layout
-        obs = np.zeros((len(idx), 2, lay.size), dtype=np.float32)
-        obs[:, :, lay.counts] = np.asarray(counts)[:, None, :]
-        obs[:, :, lay.values] = values
-        obs[np.arange(len(idx)), np.asarray(first_player, dtype=np.int64), lay.moved_first] = 1
-        self._obs[idx] = obs
 
     def partner_has_offer(self) -> np.ndarray:
         """(B,) whether the last proposal on the table is the current player's partner's."""
@@ -1050,38 +1047,11 @@ class BatchedNegotiation:
         walk = a == WALK_AWAY_ACTION
         self.walked_away_by[rows[walk]] = player[walk]
 
-        other = 1 - player
-        self._update_observations(rows, a, player, other, turn, is_offer, split)
 
         self.turn[rows] += 1
         self.done[rows] = (a >= AGREE_ACTION) | (self.turn[rows] >= self.max_turns)
-        self.current_player[rows] = other
+        self.current_player[rows] = 1 - player
         return illegal
-
-    def _update_observations(self, rows: np.ndarray, a: np.ndarray, player: np.ndarray, other: np.ndarray,
-                             turn: np.ndarray, is_offer: np.ndarray, split: np.ndarray) -> None:
-        """Write one act into both players' observation buffers with a single scatter."""
-        lay, size = self.layout, self.layout.size
-        mine = (2 * rows + player) * size  # flat offset of the speaker's vector in each game
-        theirs = (2 * rows + other) * size
-        history = lay.header_size + turn
-        speakers = lay.header_size + self.max_turns + turn
-        token = (a + 1).astype(np.float32)
-        fraction = ((turn + 1) / self.max_turns).astype(np.float32)
-        n = rows.size
-        index = [mine + history, theirs + history, mine + speakers, theirs + speakers,
-                 mine + lay.turn_fraction, theirs + lay.turn_fraction]
-        value = [token, token, np.ones(n, np.float32), np.full(n, 2, np.float32), fraction, fraction]
-        if split.size:
-            m = len(split)
-            # The proposer: no partner proposal stands and its own is the split (8 entries from the partner
-            # offer flag on); the partner sees a standing proposal and what it would receive (4 entries).
-            index.append((mine[is_offer][:, None] + np.arange(lay.partner_offer_flag, lay.own_offer.stop)).ravel())
-            value.append(np.concatenate([np.zeros((m, 4)), np.ones((m, 1)), split], axis=1).ravel())
-            index.append((theirs[is_offer][:, None]
-                          + np.arange(lay.partner_offer_flag, lay.partner_offer.stop)).ravel())
-            value.append(np.concatenate([np.ones((m, 1)), self.counts[rows[is_offer]] - split], axis=1).ravel())
-        self._obs.reshape(-1)[np.concatenate(index)] = np.concatenate(value)
 
     def end_games(self, idx: np.ndarray) -> None:
         """End games at ``idx`` with no deal (used for illegal-action penalties)."""
@@ -1105,11 +1075,30 @@ class BatchedNegotiation:
         With ``rows`` (indices), only those games: ``players`` then has one entry per row and the result
         has ``len(rows)`` rows.
         """
-        if rows is None:
-            players = np.asarray(players, dtype=np.int64).reshape(self.batch_size)
-            return self._obs[np.arange(self.batch_size), players]
-        rows = np.asarray(rows, dtype=np.int64)
-        return self._obs[rows, np.asarray(players, dtype=np.int64).reshape(len(rows))]
+        sel = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
+        counts = self.counts[sel]
+        players = np.asarray(players, dtype=np.int64).reshape(len(counts))
+        first = (players == 0)[:, None]
+        values, has_proposed, last = self.values[sel], self.has_proposed[sel], self.last_proposals[sel]
+        proposer = self.offer_proposer[sel]
+        partner_offer = ((proposer >= 0) & (proposer != players))[:, None]
+        # Pieces in layout order, joined and converted in one call (cheaper than column-by-column writes).
+        # last_proposals stays zero until a side proposes, so no flag check is needed for the own offer.
+        # Speaker tokens: 1 = the observer, 2 = the partner, 0 = padding. For a speaker s in {0, 1},
+        # s ^ p is 0 when the observer sent the act; padding (-1) gives -1 ^ p <= -1, clipped to 0.
+        pieces = [
+            counts,
+            np.where(first, values[:, 0], values[:, 1]),
+            partner_offer,
+            (counts - self.offer_split[sel]) * partner_offer,
+            np.where(first, has_proposed[:, :1], has_proposed[:, 1:]),
+            np.where(first, last[:, 0], last[:, 1]),
+            (self.turn[sel] / self.max_turns)[:, None],
+            (self.first_player[sel] == players)[:, None],
+            self.history_actions[sel] + 1,  # padding -1 becomes 0
+            np.maximum((self.history_speakers[sel] ^ players[:, None]) + 1, 0),
+        ]
+        return np.concatenate(pieces, axis=1, dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -1126,13 +1115,24 @@ def _context_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             np.array(offsets, dtype=np.int64), np.array(sizes, dtype=np.int64))
 
 
+def sample_context_ids(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` rows of the table of all valid contexts (see :func:`context_arrays`), drawn from the
+    distribution of :func:`sample_context`."""
+    _, _, offsets, sizes = _context_table()
+    group = rng.integers(len(offsets), size=n)
+    return offsets[group] + (rng.random(n) * sizes[group]).astype(np.int64)
+
+
+def context_arrays(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts (n, 3) and values (n, 2, 3) of rows ``ids`` of the table of all valid contexts."""
+    counts, values, _, _ = _context_table()
+    return counts[ids], values[ids]
+
+
 def sample_context_arrays(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` contexts from the distribution of :func:`sample_context`, drawn vectorised.
 
     Returns (n, 3) counts and (n, 2, 3) values. The random stream differs from ``n`` calls of
     :func:`sample_context`; the distribution is the same.
     """
-    counts, values, offsets, sizes = _context_table()
-    group = rng.integers(len(offsets), size=n)
-    row = offsets[group] + (rng.random(n) * sizes[group]).astype(np.int64)
-    return counts[row].copy(), values[row].copy()
+    return context_arrays(sample_context_ids(rng, n))

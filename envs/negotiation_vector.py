@@ -63,11 +63,13 @@ from parley.envs.negotiation import (
     Context,
     IllegalActionError,
     NegotiationState,
+    context_arrays,
+    context_ids,
     contexts_to_arrays,
     decode_act,
     describe_legal,
     pareto_optimal_batch,
-    sample_context_arrays,
+    sample_context_ids,
 )
 from parley.envs.negotiation_gym import MAX_REPLAYS, partner_name, resolve_partner
 from parley.envs.negotiation_v0 import check_common_args, context_header, observation_space, resolve_contexts
@@ -119,7 +121,8 @@ class NegotiationVectorEnv(VectorEnv):
         self.illegal_penalty = float(illegal_penalty)
         self.render_mode = render_mode
         ctx_list = resolve_contexts(contexts)
-        self.context_arrays = None if ctx_list is None else contexts_to_arrays(ctx_list)
+        # Games remember their context's row in the table of valid contexts (for cheap Pareto lookups).
+        self.context_ids = None if ctx_list is None else context_ids(*contexts_to_arrays(ctx_list))
 
         self.single_observation_space = observation_space(self.max_turns)
         self.single_action_space = spaces.Discrete(NUM_ACTIONS)
@@ -128,6 +131,7 @@ class NegotiationVectorEnv(VectorEnv):
 
         self.game = BatchedNegotiation(self.num_envs, max_turns=self.max_turns, no_deal_reward=self.no_deal_reward)
         self.side = np.zeros(self.num_envs, dtype=np.int64)
+        self.ctx_id = np.zeros(self.num_envs, dtype=np.int64)
         self.needs_reset = np.ones(self.num_envs, dtype=bool)
         self.penalized = np.zeros(self.num_envs, dtype=bool)
         self.masks = np.zeros((self.num_envs, NUM_ACTIONS), dtype=np.int8)
@@ -203,18 +207,20 @@ class NegotiationVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------------------------------------
 
-    def _draw_contexts(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _draw_contexts(self, n: int) -> np.ndarray:
         rng = self._np_random
-        if self.context_arrays is None:
-            return sample_context_arrays(rng, n)
-        counts, values = self.context_arrays
-        pick = rng.integers(len(counts), size=n) if len(counts) > 1 else np.zeros(n, dtype=np.int64)
-        return counts[pick], values[pick]
+        if self.context_ids is None:
+            return sample_context_ids(rng, n)
+        if len(self.context_ids) == 1:
+            return np.repeat(self.context_ids, n)
+        return self.context_ids[rng.integers(len(self.context_ids), size=n)]
 
     def _start_games(self, rows: np.ndarray) -> None:
         rng = self._np_random
         n = len(rows)
-        counts, values = self._draw_contexts(n)
+        ids = self._draw_contexts(n)
+        self.ctx_id[rows] = ids
+        counts, values = context_arrays(ids)
         sides = rng.integers(2, size=n) if self.learner_side is None else np.full(n, self.learner_side)
         firsts = rng.integers(2, size=n) if self.first_player is None else np.full(n, self.first_player)
         self.side[rows] = sides
@@ -278,7 +284,7 @@ class NegotiationVectorEnv(VectorEnv):
             "partner_score": partner_scores,
             "agreement": agreed,
             "pareto_optimal": pareto_optimal_batch(game.counts[ended], game.values[ended],
-                                                   game.agreed_split[ended], agreed),
+                                                   game.agreed_split[ended], agreed, ids=self.ctx_id[ended]),
             "joint": scores.sum(axis=1),
             "nash_product": (scores[:, 0] - d) * (scores[:, 1] - d),
             "turns": game.turn[ended],
