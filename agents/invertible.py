@@ -255,6 +255,11 @@ class _RecomputeFromOutputs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):  # noqa: ANN001
+        if torch.is_grad_enabled():
+            # autograd runs backward in grad mode only for create_graph=True (double backward). The
+            # recomputed inputs are detached from the original ones, so second-order terms would be lost.
+            raise RuntimeError("memory-saving backprop does not support higher-order gradients "
+                               "(create_graph=True); build the network with memory_saving=False")
         (y,) = ctx.saved_tensors
         seq = ctx.seq
         device_type, autocast_on, autocast_dtype = ctx.autocast
@@ -290,7 +295,7 @@ class InvertibleSequential(nn.Module):
 
     ``memory_saving=True`` stores only the final output for backward and recomputes each block's input
     from its output (fixed-point inverse with ``recompute_tol``, default 1e-6 in float32 and 1e-12 in
-    float64). In training mode each forward pass first runs ``n_power_iterations`` spectral-norm
+    float64). It supports first-order gradients only (no ``create_graph=True``). In training mode each forward pass first runs ``n_power_iterations`` spectral-norm
     power-iteration steps.
     """
 
@@ -428,12 +433,17 @@ class InvertibleImageClassifier(nn.Module):
     over tokens and a linear head.
 
     :meth:`encode` / :meth:`decode` map images to the invertible features and back
-    (``decode(encode(x)) == x`` up to the fixed-point tolerance).
+    (``decode(encode(x)) == x`` up to the fixed-point tolerance). :meth:`features` gives the pooled
+    penultimate features (``feature_dim`` wide).
+
+    ``memory_saving`` is off by default here: poisoning attacks such as Sleeper Agent differentiate
+    through parameter gradients (``create_graph=True``), which memory-saving backprop cannot do.
+    Turn it on for plain training of deep models.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, *, patch_size: int = 4,
                  width: int | None = None, depth: int = 2, n_heads: int = 4, ff_mult: int = 2,
-                 variant: str = "dot", coeff: float = DEFAULT_COEFF, memory_saving: bool = True) -> None:
+                 variant: str = "dot", coeff: float = DEFAULT_COEFF, memory_saving: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 2:
             raise ValueError(f"need in_channels >= 1 and num_classes >= 2, got {in_channels}, {num_classes}")
@@ -448,6 +458,7 @@ class InvertibleImageClassifier(nn.Module):
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
         self.patch_size, self.token_dim, self.width = patch_size, token_dim, width
         self.n_tokens = (image_size // patch_size) ** 2
+        self.feature_dim = width
         self.position = nn.Parameter(torch.zeros(self.n_tokens, width))
         self.blocks = InvertibleSequential(
             invertible_attention_blocks(width, depth, n_heads, ff_mult, coeff, variant), memory_saving=memory_saving)

@@ -270,3 +270,22 @@ def test_bf16_autocast_runs_through_memory_saving_backprop():
     for name, p in net.named_parameters():
         err = float(torch.linalg.vector_norm(p.grad - reference[name]) / torch.linalg.vector_norm(reference[name]))
         assert err < 0.1, (name, err)
+
+
+def test_second_order_gradients_need_plain_autograd():
+    # Gradient-matching attacks differentiate parameter gradients (create_graph=True).
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 8, 8)
+    labels = torch.tensor([0, 1, 0, 1])
+    for memory_saving in (False, True):
+        model = InvertibleImageClassifier(1, 2, 8, depth=1, memory_saving=memory_saving)
+        delta = torch.zeros_like(images, requires_grad=True)
+        loss = torch.nn.functional.cross_entropy(model(images + delta), labels)
+        if memory_saving:
+            with pytest.raises(RuntimeError, match="higher-order"):
+                torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+            continue
+        grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+        (second,) = torch.autograd.grad(sum(g.square().sum() for g in grads), delta)
+        assert second.abs().sum() > 0
+    assert InvertibleImageClassifier(3, 10, 32).feature_dim == 48
