@@ -34,12 +34,16 @@ from parley.envs.negotiation import (
 from parley.human_eval.config import AgentSpec, StudyConfig
 from parley.human_eval.db import Event, Game, Participant, Survey
 from parley.human_eval.security import new_completion_code
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 HUMAN, AGENT = 0, 1
+GAMES, EVENTS, SURVEYS = Game.__table__, Event.__table__, Survey.__table__
+_EVENT_VIEW_COLUMNS = (EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.actor, EVENTS.c.action, EVENTS.c.text,
+                       EVENTS.c.message, EVENTS.c.created_at)
+_EVENT_OPTIONAL = ("action", "text", "message", "client_ts", "latency_ms", "data")
 LIKERT_QUESTIONS = ("fair", "human_like", "negotiate_again")
 LIKERT_RANGE = (1, 5)
 ACT_KINDS = ("propose", "insist", "agree", "walk_away")
@@ -84,10 +88,33 @@ def build_policy(spec: AgentSpec):
     return load_policy(spec.checkpoint, **spec.params)
 
 
+class _GameRecord:
+    """A games row as a plain object, with the JSON columns' accessors of :class:`Game`."""
+
+    def __init__(self, row) -> None:
+        self.__dict__.update(row)
+
+    def counts_list(self) -> list[int]:
+        return json.loads(self.counts)
+
+    def human_values_list(self) -> list[int]:
+        return json.loads(self.human_values)
+
+    def agent_values_list(self) -> list[int]:
+        return json.loads(self.agent_values)
+
+
+class _EventRecord:
+    """An event appended in this request, readable like a fetched row."""
+
+    def __init__(self, **fields) -> None:
+        self.__dict__.update(fields)
+
+
 @dataclass
 class _Replay:
     state: NegotiationState
-    events: list[Event]
+    events: list  # rows with seq, kind, actor, action, text, message, created_at
 
     @property
     def last_time(self) -> float:
@@ -155,53 +182,66 @@ class StudyService:
             raise NotAllowed("unknown participant for this study; open the study link again")
         return p
 
-    def _owned_game(self, s: Session, participant_id: int, game_id: int) -> Game:
-        game = s.get(Game, game_id)
-        if game is None or game.study != self.config.study:
-            raise NotFound(f"no negotiation {game_id} in this study")
-        if game.participant_id != participant_id:
-            raise NotAllowed("this negotiation belongs to another participant")
-        return game
+    # The game path (acts, views, timeouts, surveys) runs on SQLAlchemy Core: it is the hot path, and the
+    # ORM's bookkeeping cost several times more than the queries themselves.
 
-    def _replay(self, s: Session, game: Game) -> _Replay:
+    def _owned_game(self, conn: Connection, participant_id: int, game_id: int) -> _GameRecord:
+        row = conn.execute(select(GAMES).where(GAMES.c.id == game_id)).mappings().first()
+        if row is None or row["study"] != self.config.study:
+            raise NotFound(f"no negotiation {game_id} in this study")
+        if row["participant_id"] != participant_id:
+            raise NotAllowed("this negotiation belongs to another participant")
+        return _GameRecord(row)
+
+    def _replay(self, conn: Connection, game: _GameRecord) -> _Replay:
         ctx = Context(tuple(game.counts_list()), (tuple(game.human_values_list()), tuple(game.agent_values_list())))
         state = NegotiationState(ctx, max_turns=game.max_turns, first_player=HUMAN if game.human_first else AGENT)
-        events = list(s.scalars(select(Event).where(Event.game_id == game.id).order_by(Event.seq)))
+        events = list(conn.execute(select(*_EVENT_VIEW_COLUMNS).where(EVENTS.c.game_id == game.id)
+                                   .order_by(EVENTS.c.seq)).all())
         for ev in events:
             if ev.kind == "act":
                 state.apply_action(ev.action)
         return _Replay(state, events)
 
-    def _event(self, game: Game, seq: int, kind: str, actor: str, **fields) -> Event:
-        return Event(participant_id=game.participant_id, game_id=game.id, seq=seq, kind=kind, actor=actor,
-                     created_at=self.clock(), **fields)
+    def _event(self, game, seq: int, kind: str, actor: str, **fields) -> dict:
+        """An events row (every column present, so rows can be inserted together)."""
+        row = dict.fromkeys(_EVENT_OPTIONAL, None)
+        row.update(participant_id=game.participant_id, game_id=game.id, seq=seq, kind=kind, actor=actor,
+                   created_at=self.clock(), **fields)
+        return row
 
-    def _finish(self, game: Game, state: NegotiationState, outcome: str, ended_by: str) -> None:
+    def _finish(self, game: _GameRecord, state: NegotiationState, outcome: str, ended_by: str) -> dict:
+        """Set the outcome summary on ``game`` and return it as the games-row update."""
         m = state.metrics()
-        game.ended_at = self.clock()
-        game.outcome = outcome
-        game.ended_by = ended_by
-        game.turns = state.turn
-        game.human_score, game.agent_score = (float(x) for x in m["scores"])
-        game.pareto_optimal = bool(m["pareto_optimal"])
-        game.human_gets = json.dumps(list(state.agreed_split)) if state.agreed_split is not None else None
+        human_score, agent_score = (float(x) for x in m["scores"])
+        updates = {"ended_at": self.clock(), "outcome": outcome, "ended_by": ended_by, "turns": state.turn,
+                   "human_score": human_score, "agent_score": agent_score,
+                   "pareto_optimal": bool(m["pareto_optimal"]),
+                   "human_gets": json.dumps(list(state.agreed_split)) if state.agreed_split is not None else None}
+        game.__dict__.update(updates)
+        return updates
 
-    def _finish_if_over(self, game: Game, state: NegotiationState, actor: str) -> None:
+    def _finish_if_over(self, game: _GameRecord, state: NegotiationState, actor: str) -> dict:
         if not state.is_terminal():
-            return
+            return {}
         if state.agreed_split is not None:
-            self._finish(game, state, "deal", actor)
-        elif state.walked_away_by is not None:
-            self._finish(game, state, "walk_away", actor)
-        else:
-            self._finish(game, state, "turn_limit", "system")
+            return self._finish(game, state, "deal", actor)
+        if state.walked_away_by is not None:
+            return self._finish(game, state, "walk_away", actor)
+        return self._finish(game, state, "turn_limit", "system")
 
-    def _commit(self, s: Session) -> None:
-        try:
-            s.commit()
-        except IntegrityError:
-            s.rollback()
-            raise Conflict("another request changed this negotiation at the same time; reload and try again") from None
+    def _write(self, conn: Connection, game: _GameRecord, events: list[dict], updates: dict | None = None) -> None:
+        """Append ``events`` and update the game row in one transaction, then commit."""
+        with self._writing():
+            try:
+                conn.execute(insert(EVENTS), events)
+                if updates:
+                    conn.execute(update(GAMES).where(GAMES.c.id == game.id).values(**updates))
+                conn.commit()
+            except IntegrityError:
+                conn.rollback()
+                raise Conflict("another request changed this negotiation at the same time; "
+                               "reload and try again") from None
 
     # ------------------------------------------------------------------------------------- participants
 
@@ -304,9 +344,9 @@ class StudyService:
                             max_turns=self.config.max_turns, started_at=self.clock())
                 s.add(game)
                 s.flush()
-                s.add(self._event(game, 0, "start", "system",
-                                  data=json.dumps({"agent": agent_name, "context_index": ctx_index,
-                                                   "human_first": bool(human_first)})))
+                s.add(Event(**self._event(game, 0, "start", "system",
+                                          data=json.dumps({"agent": agent_name, "context_index": ctx_index,
+                                                           "human_first": bool(human_first)}))))
                 s.commit()
             game_id = game.id
         if not human_first:
@@ -352,14 +392,12 @@ class StudyService:
                 raise InvalidRequest(f"message too long: {len(message)} characters, at most "
                                      f"{self.config.max_message_chars}")
             message = message or None
-        with self._game_lock(game_id), self._session() as s:
-            game = self._owned_game(s, participant_id, game_id)
-            replay = self._replay(s, game)
+        with self._game_lock(game_id), self.engine.connect() as conn:
+            game = self._owned_game(conn, participant_id, game_id)
+            replay = self._replay(conn, game)
             state = replay.state
             if game.outcome is None and self._timed_out(game, replay):
-                with self._writing():
-                    self._record_timeout(s, game, replay)
-                    self._commit(s)
+                self._record_timeout(conn, game, replay)
             if game.outcome is not None:
                 raise Conflict(f"the negotiation is over ({game.outcome})")
             if state.current_player != HUMAN:
@@ -374,7 +412,8 @@ class StudyService:
                                          f"({', '.join(ITEM_NAMES)}), e.g. [1, 0, 2]")
                 if not all(isinstance(k, int) and not isinstance(k, bool) for k in split):
                     raise InvalidRequest(f"'split' must be whole numbers, got {split!r}")
-                bad = [f"{name}: {k} (0..{c})" for name, k, c in zip(ITEM_NAMES, split, counts, strict=True) if not 0 <= k <= c]
+                bad = [f"{name}: {k} (0..{c})" for name, k, c in zip(ITEM_NAMES, split, counts, strict=True)
+                       if not 0 <= k <= c]
                 if bad:
                     raise InvalidRequest(f"offer out of range: {', '.join(bad)}")
             elif split is not None:
@@ -387,37 +426,37 @@ class StudyService:
                     raise Conflict("there is no offer from your partner to agree to") from None
                 raise
             now = self.clock()
-            with self._writing():
-                seq = replay.events[-1].seq + 1
-                event = self._event(game, seq, "act", "human", action=action, text=verbalize_act(action, counts),
-                                    message=message, client_ts=client_ts,
-                                    latency_ms=(now - replay.last_time) * 1000.0)
-                s.add(event)
-                replay.events.append(event)
-                self._finish_if_over(game, state, "human")
-                if reply and not state.is_terminal():
-                    replay.events.append(self._agent_move(s, game, state, seq + 1))
-                self._commit(s)
+            seq = replay.events[-1].seq + 1
+            events = [self._event(game, seq, "act", "human", action=action, text=verbalize_act(action, counts),
+                                  message=message, client_ts=client_ts,
+                                  latency_ms=(now - replay.last_time) * 1000.0)]
+            updates = self._finish_if_over(game, state, "human")
+            if reply and not state.is_terminal():
+                event, more = self._agent_move(game, state, seq + 1)
+                events.append(event)
+                updates.update(more)
+            self._write(conn, game, events, updates)
+            replay.events.extend(_EventRecord(**e) for e in events)
             # A game still running has no survey yet, so the view needs no further query.
             return self._build_view(game, replay, survey_done=False)
 
     def agent_turn(self, game_id: int) -> bool:
         """Let the agent act if it is its turn; returns whether it acted. Safe to call at any time."""
-        with self._game_lock(game_id), self._session() as s:
-            game = s.get(Game, game_id)
-            if game is None or game.outcome is not None:
+        with self._game_lock(game_id), self.engine.connect() as conn:
+            row = conn.execute(select(GAMES).where(GAMES.c.id == game_id)).mappings().first()
+            if row is None or row["outcome"] is not None:
                 return False
-            replay = self._replay(s, game)
+            game = _GameRecord(row)
+            replay = self._replay(conn, game)
             state = replay.state
             if state.current_player != AGENT or state.is_terminal():
                 return False
-            with self._writing():
-                self._agent_move(s, game, state, replay.events[-1].seq + 1)
-                self._commit(s)
+            event, updates = self._agent_move(game, state, replay.events[-1].seq + 1)
+            self._write(conn, game, [event], updates)
             return True
 
-    def _agent_move(self, s: Session, game: Game, state: NegotiationState, seq: int) -> Event:
-        """Ask the agent for its act, apply it to ``state`` and add the event (the caller commits)."""
+    def _agent_move(self, game: _GameRecord, state: NegotiationState, seq: int) -> tuple[dict, dict]:
+        """Ask the agent for its act and apply it to ``state``; returns the event row and game-row updates."""
         started = time.perf_counter()
         error = None
         try:
@@ -431,47 +470,41 @@ class StudyService:
         if error is None:
             event = self._event(game, seq, "act", "agent", action=action,
                                 text=verbalize_act(action, game.counts_list()), latency_ms=compute_ms)
-            s.add(event)
-            self._finish_if_over(game, state, "agent")
-        else:
-            event = self._event(game, seq, "agent_error", "system", latency_ms=compute_ms,
-                                data=json.dumps({"error": error[:2000]}))
-            s.add(event)
-            self._finish(game, state, "agent_error", "system")
-        return event
+            return event, self._finish_if_over(game, state, "agent")
+        event = self._event(game, seq, "agent_error", "system", latency_ms=compute_ms,
+                            data=json.dumps({"error": error[:2000]}))
+        return event, self._finish(game, state, "agent_error", "system")
 
-    def _timed_out(self, game: Game, replay: _Replay) -> bool:
+    def _timed_out(self, game: _GameRecord, replay: _Replay) -> bool:
         now = self.clock()
         if now - game.started_at > self.config.session_time_s:
             return True
         return replay.state.current_player == HUMAN and now - replay.last_time > self.config.idle_timeout_s
 
-    def _record_timeout(self, s: Session, game: Game, replay: _Replay) -> None:
-        s.add(self._event(game, replay.events[-1].seq + 1, "timeout", "system",
-                          data=json.dumps({"idle_s": round(self.clock() - replay.last_time, 3)})))
-        self._finish(game, replay.state, "timeout", "system")
+    def _record_timeout(self, conn: Connection, game: _GameRecord, replay: _Replay) -> None:
+        event = self._event(game, replay.events[-1].seq + 1, "timeout", "system",
+                            data=json.dumps({"idle_s": round(self.clock() - replay.last_time, 3)}))
+        self._write(conn, game, [event], self._finish(game, replay.state, "timeout", "system"))
 
     def advance(self, participant_id: int, game_id: int) -> dict:
         """Apply pending timeouts and a pending agent reply (e.g. after a restart), then :meth:`view`."""
-        with self._game_lock(game_id), self._session() as s:
-            game = self._owned_game(s, participant_id, game_id)
+        with self._game_lock(game_id), self.engine.connect() as conn:
+            game = self._owned_game(conn, participant_id, game_id)
             if game.outcome is None:
-                replay = self._replay(s, game)
+                replay = self._replay(conn, game)
                 if self._timed_out(game, replay):
-                    with self._writing():
-                        self._record_timeout(s, game, replay)
-                        self._commit(s)
+                    self._record_timeout(conn, game, replay)
         self.agent_turn(game_id)
         return self.view(participant_id, game_id)
 
     def expire_idle_games(self) -> int:
         """End every game whose person has gone idle and finish replies owed by agents; returns games ended."""
         with self._session() as s:
-            open_games = list(s.scalars(select(Game).where(Game.study == self.config.study,
-                                                           Game.outcome.is_(None))))
+            open_games = list(s.execute(select(Game.id, Game.participant_id).where(
+                Game.study == self.config.study, Game.outcome.is_(None))).all())
         ended = 0
-        for game in open_games:
-            view = self.advance(game.participant_id, game.id)
+        for game_id, participant_id in open_games:
+            view = self.advance(participant_id, game_id)
             ended += view["status"] == "finished"
         return ended
 
@@ -479,13 +512,13 @@ class StudyService:
 
     def view(self, participant_id: int, game_id: int) -> dict:
         """What the participant may see of a game: never the agent's values or score."""
-        with self._session() as s:
-            game = self._owned_game(s, participant_id, game_id)
-            replay = self._replay(s, game)
-            survey = s.scalar(select(Survey.id).where(Survey.game_id == game.id))
+        with self.engine.connect() as conn:
+            game = self._owned_game(conn, participant_id, game_id)
+            replay = self._replay(conn, game)
+            survey = conn.execute(select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first()
         return self._build_view(game, replay, survey_done=survey is not None)
 
-    def _build_view(self, game: Game, replay: _Replay, *, survey_done: bool) -> dict:
+    def _build_view(self, game: _GameRecord, replay: _Replay, *, survey_done: bool) -> dict:
         state = replay.state
         counts, values = game.counts_list(), game.human_values_list()
         transcript = []
@@ -551,26 +584,26 @@ class StudyService:
         comment = (answers.get("comment") or "").replace("\x00", "").strip()
         if len(comment) > 4000:
             raise InvalidRequest(f"comment too long: {len(comment)} characters, at most 4000")
-        with self._game_lock(game_id):
+        with self._game_lock(game_id), self.engine.connect() as conn:
             for _ in range(3):
-                with self._session() as s:
-                    game = self._owned_game(s, participant_id, game_id)
-                    if game.outcome is None:
-                        raise Conflict("the survey comes after the negotiation ends")
-                    if s.scalar(select(Survey.id).where(Survey.game_id == game.id)) is not None:
-                        raise Conflict("the survey for this negotiation was already answered")
-                    last_seq = s.scalar(select(func.max(Event.seq)).where(Event.game_id == game.id))
-                    with self._writing():
-                        s.add(Survey(game_id=game.id, participant_id=participant_id, comment=comment,
-                                     created_at=self.clock(), **clean))
-                        s.add(self._event(game, last_seq + 1, "survey", "human",
-                                          data=json.dumps({**clean, "comment": comment})))
-                        game.completion_code = new_completion_code()
-                        try:
-                            s.commit()
-                            return game.completion_code
-                        except IntegrityError:  # a colliding code (1 in 32**12) or a concurrent request
-                            s.rollback()
+                game = self._owned_game(conn, participant_id, game_id)
+                if game.outcome is None:
+                    raise Conflict("the survey comes after the negotiation ends")
+                if conn.execute(select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None:
+                    raise Conflict("the survey for this negotiation was already answered")
+                last_seq = conn.execute(select(func.max(EVENTS.c.seq)).where(EVENTS.c.game_id == game.id)).scalar()
+                code = new_completion_code()
+                with self._writing():
+                    try:
+                        conn.execute(insert(SURVEYS).values(game_id=game.id, participant_id=participant_id,
+                                                            comment=comment, created_at=self.clock(), **clean))
+                        conn.execute(insert(EVENTS), [self._event(game, last_seq + 1, "survey", "human",
+                                                                  data=json.dumps({**clean, "comment": comment}))])
+                        conn.execute(update(GAMES).where(GAMES.c.id == game.id).values(completion_code=code))
+                        conn.commit()
+                        return code
+                    except IntegrityError:  # a colliding code (1 in 32**12) or a concurrent request
+                        conn.rollback()
         raise Conflict("the survey could not be stored; reload and try again")
 
     # ------------------------------------------------------------------------------------------- admin
