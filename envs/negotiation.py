@@ -549,6 +549,17 @@ class _FrontierCache:
         self.known: np.ndarray | None = None
 
     def lookup(self, ids: np.ndarray, counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """(B, 125) frontier masks of contexts ``ids`` (with their counts and values, to fill gaps)."""
+        self._fill(ids, counts, values)
+        return self.frontier[ids]
+
+    def lookup_splits(self, ids: np.ndarray, split_idx: np.ndarray, counts: np.ndarray,
+                      values: np.ndarray) -> np.ndarray:
+        """(B,) whether split ``split_idx[i]`` is on the frontier of context ``ids[i]``."""
+        self._fill(ids, counts, values)
+        return self.frontier[ids, split_idx]
+
+    def _fill(self, ids: np.ndarray, counts: np.ndarray, values: np.ndarray) -> None:
         if self.frontier is None or self.known is None:
             n = len(_context_table()[0])
             self.frontier = np.zeros((n, NUM_SPLITS), dtype=bool)
@@ -559,7 +570,6 @@ class _FrontierCache:
             rows = np.flatnonzero(missing)[first]
             self.frontier[new_ids] = _frontier_direct(*_split_scores(counts[rows], values[rows]))
             self.known[new_ids] = True
-        return self.frontier[ids]
 
 
 _FRONTIERS = _FrontierCache()
@@ -598,10 +608,9 @@ def pareto_optimal_batch(counts: np.ndarray, values: np.ndarray, splits: np.ndar
     clipped = np.clip(splits, 0, MAX_ITEM_COUNT)
     idx = (clipped[:, 0] * _SPLIT_BASE + clipped[:, 1]) * _SPLIT_BASE + clipped[:, 2]
     if ids is None:
-        frontier = pareto_frontier_masks(counts, values)
-    else:
-        frontier = _FRONTIERS.lookup(np.asarray(ids, dtype=np.int64), counts, values)
-    return agreed & frontier[np.arange(len(idx)), idx]
+        return agreed & pareto_frontier_masks(counts, values)[np.arange(len(idx)), idx]
+    ids = np.asarray(ids, dtype=np.int64)
+    return agreed & _FRONTIERS.lookup_splits(ids, idx, counts, values)
 
 
 def outcome_metrics_batch(
@@ -1032,11 +1041,12 @@ class BatchedNegotiation:
 
         is_offer = a < AGREE_ACTION
         offer_rows = rows[is_offer]
+        proposer = player[is_offer]
         split = ALL_SPLITS[a[is_offer] % NUM_SPLITS]
-        self.offer_proposer[offer_rows] = player[is_offer]
+        self.offer_proposer[offer_rows] = proposer
         self.offer_split[offer_rows] = split
-        self.has_proposed[offer_rows, player[is_offer]] = True
-        self.last_proposals[offer_rows, player[is_offer]] = split
+        self.has_proposed[offer_rows, proposer] = True
+        self.last_proposals[offer_rows, proposer] = split
 
         agree_rows = rows[a == AGREE_ACTION]
         kept = self.offer_split[agree_rows]
@@ -1048,8 +1058,9 @@ class BatchedNegotiation:
         self.walked_away_by[rows[walk]] = player[walk]
 
 
-        self.turn[rows] += 1
-        self.done[rows] = (a >= AGREE_ACTION) | (self.turn[rows] >= self.max_turns)
+        next_turn = turn + 1
+        self.turn[rows] = next_turn
+        self.done[rows] = (a >= AGREE_ACTION) | (next_turn >= self.max_turns)
         self.current_player[rows] = 1 - player
         return illegal
 

@@ -19,6 +19,7 @@ from parley.envs.negotiation import (
     InvalidContextError,
     NegotiationState,
     ObservationLayout,
+    context_ids,
     contexts_to_arrays,
     decode_act,
     encode_act,
@@ -341,6 +342,10 @@ def test_batched_equals_scalar_on_random_games(seed, batch, max_turns):
         for key in ("joint", "pareto_distance", "nash_product", "max_nash_product"):
             assert batch_m[key][i] == pytest.approx(m[key])
     assert np.array_equal(pareto_optimal_batch(game.counts, game.values, game.agreed_split, game.agreed),
+                          batch_m["pareto_optimal"])
+    ids = context_ids(game.counts, game.values)
+    assert (ids >= 0).all()
+    assert np.array_equal(pareto_optimal_batch(game.counts, game.values, game.agreed_split, game.agreed, ids=ids),
                           batch_m["pareto_optimal"])
 
 
