@@ -164,3 +164,18 @@ def test_transformer_is_permutation_aware_through_positions(observations):
     swapped[0, [s, s + 1]] = obs[0, [s + 1, s]]
     assert not torch.equal(swapped, obs)
     assert (net(swapped) - net(obs)).abs().max() > 1e-5
+
+
+def test_every_backbone_reads_the_registered_env_space():
+    import gymnasium
+
+    import parley  # noqa: F401  (registers the envs)
+
+    env = gymnasium.make("parley/Negotiation-v0", partner="random")
+    obs, _ = env.reset(seed=0)
+    x = torch.as_tensor(obs["observation"])[None]
+    for name in ("mlp", "transformer", "compacter", "invertible_attention"):
+        for space in (env.observation_space, env.observation_space["observation"]):
+            net = make_backbone(name, space, device="cpu")
+            assert net.spec.layout == ObservationLayout(MAX_TURNS)
+            assert net(x).shape == (1, net.out_dim)
