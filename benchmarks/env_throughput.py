@@ -221,6 +221,14 @@ def machine() -> str:
             f"Python {platform.python_version()}, numpy {np.__version__}{load}")
 
 
+def busy_note() -> str:
+    """A warning for the record when other work shared the machine (absolute rates then drop)."""
+    if not hasattr(os, "getloadavg") or os.getloadavg()[0] <= (os.cpu_count() or 1):
+        return ""
+    return (" The machine was busy with other work (load above its core count): absolute rates are below an "
+            "idle machine's; the interleaved ratios are the comparison.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="time per environment, in total")
@@ -271,7 +279,7 @@ def main() -> None:
         section = (f"\n## Negotiation env throughput ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
                    f"Command: `{command.strip()}`  \nMachine: {where}  \n"
                    f"Random legal play, {args.seconds:g} s per row in {args.rounds} interleaved slices, all rows "
-                   f"in one run. An agent-step is one act by either side.\n\n{table}\n")
+                   f"in one run. An agent-step is one act by either side.{busy_note()}\n\n{table}\n")
         with RESULTS.open("a") as fh:
             fh.write(section)
         print(f"\nappended to {RESULTS}")
