@@ -376,6 +376,9 @@ class _OrderEnforcingWrapper(wrappers.OrderEnforcingWrapper):
             self._has_updated = True
             self.env.step(action)
 
+    def __str__(self) -> str:
+        return str(self.env)
+
     def agent_iter(self, max_iter: int = 2**63) -> _AgentIterable:
         if not self._has_reset:
             EnvLogger.error_agent_iter_before_reset()
