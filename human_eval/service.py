@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 HUMAN, AGENT = 0, 1
-GAMES, EVENTS, SURVEYS = Game.__table__, Event.__table__, Survey.__table__
+GAMES, EVENTS, SURVEYS, PARTICIPANTS = Game.__table__, Event.__table__, Survey.__table__, Participant.__table__
 _EVENT_VIEW_COLUMNS = (EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.actor, EVENTS.c.action, EVENTS.c.text,
                        EVENTS.c.message, EVENTS.c.created_at)
 _EVENT_OPTIONAL = ("action", "text", "message", "client_ts", "latency_ms", "data")
@@ -292,10 +292,13 @@ class StudyService:
 
     def participant_state(self, participant_id: int) -> dict:
         """Where the participant is in the flow, with the current game's view when there is one."""
-        with self._session() as s:
-            p = self._participant(s, participant_id)
-            games = list(s.scalars(select(Game).where(Game.participant_id == p.id).order_by(Game.id)))
-            surveyed = set(s.scalars(select(Survey.game_id).where(Survey.participant_id == p.id)))
+        with self.engine.connect() as conn:
+            p = conn.execute(select(PARTICIPANTS).where(PARTICIPANTS.c.id == participant_id)).first()
+            if p is None or p.study != self.config.study:
+                raise NotAllowed("unknown participant for this study; open the study link again")
+            games = conn.execute(select(GAMES.c.id, GAMES.c.outcome, GAMES.c.completion_code)
+                                 .where(GAMES.c.participant_id == p.id).order_by(GAMES.c.id)).all()
+            surveyed = set(conn.execute(select(SURVEYS.c.game_id).where(SURVEYS.c.participant_id == p.id)).scalars())
         codes = [g.completion_code for g in games if g.completion_code]
         state = {"study": p.study, "pid": p.external_id, "sessions_used": len(games),
                  "sessions_allowed": self.config.sessions_per_participant, "completion_codes": codes,
@@ -485,17 +488,23 @@ class StudyService:
         event = self._event(game, replay.events[-1].seq + 1, "timeout", "system",
                             data=json.dumps({"idle_s": round(self.clock() - replay.last_time, 3)}))
         self._write(conn, game, [event], self._finish(game, replay.state, "timeout", "system"))
+        replay.events.append(_EventRecord(**event))
 
     def advance(self, participant_id: int, game_id: int) -> dict:
-        """Apply pending timeouts and a pending agent reply (e.g. after a restart), then :meth:`view`."""
+        """Apply a pending timeout or agent reply (e.g. after a restart), then return :meth:`view`'s answer."""
         with self._game_lock(game_id), self.engine.connect() as conn:
             game = self._owned_game(conn, participant_id, game_id)
-            if game.outcome is None:
-                replay = self._replay(conn, game)
-                if self._timed_out(game, replay):
-                    self._record_timeout(conn, game, replay)
-        self.agent_turn(game_id)
-        return self.view(participant_id, game_id)
+            replay = self._replay(conn, game)
+            state = replay.state
+            if game.outcome is None and self._timed_out(game, replay):
+                self._record_timeout(conn, game, replay)
+            elif game.outcome is None and state.current_player == AGENT and not state.is_terminal():
+                event, updates = self._agent_move(game, state, replay.events[-1].seq + 1)
+                self._write(conn, game, [event], updates)
+                replay.events.append(_EventRecord(**event))
+            survey_done = game.outcome is not None and conn.execute(
+                select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
+            return self._build_view(game, replay, survey_done=survey_done)
 
     def expire_idle_games(self) -> int:
         """End every game whose person has gone idle and finish replies owed by agents; returns games ended."""
