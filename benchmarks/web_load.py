@@ -3,14 +3,14 @@
 Starts the server as a subprocess on a free 127.0.0.1 port (a fresh SQLite study database in a
 temporary folder, a scripted agent, no think time), then runs N participants concurrently from one
 asyncio client. Each participant goes through the whole flow (enter, consent, instructions, start),
-plays ``--games`` negotiations (asking for everything until the agent makes an offer, then agreeing),
-answers the survey after each, and pauses ``--pause`` seconds (+-50% jitter) before each act as a
-person would. Reported: act latency p50/p99/max as seen by the client (the person's act, the agent's
+plays ``--games`` negotiations (random demands, agreeing to the agent's offer half the time), answers
+the survey after each, and pauses ``--pause`` seconds (+-50% jitter) before each act as a person
+would (people take several seconds). Participants arrive uniformly over ``--ramp`` seconds. Reported: act latency p50/p99/max as seen by the client (the person's act, the agent's
 reply and both event writes), acts per second, and errors (any non-2xx answer or failed request).
 
 Example::
 
-    python benchmarks/web_load.py --sessions 10 50 --games 2 --pause 0.2
+    python benchmarks/web_load.py --sessions 10 50 --games 2 --pause 1.0 --ramp 10
 
 Prints a table and appends it to benchmarks/RESULTS.md with the date, the command and the machine.
 Only loopback traffic: the server binds 127.0.0.1 and the client talks to nothing else.
@@ -88,7 +88,7 @@ class Stats:
         self.deals = 0
 
 
-async def participant(http: httpx.AsyncClient, index: int, games: int, pause: float, stats: Stats,
+async def participant(http: httpx.AsyncClient, index: int, games: int, pause: float, ramp: float, stats: Stats,
                       rng: random.Random) -> None:
     async def call(method: str, path: str, body=None, headers=None, timed: bool = False):
         started = time.perf_counter()
@@ -104,7 +104,7 @@ async def participant(http: httpx.AsyncClient, index: int, games: int, pause: fl
             return None
         return r.json()
 
-    await asyncio.sleep(rng.random() * max(pause, 0.05))  # participants arrive spread out, not in lock-step
+    await asyncio.sleep(rng.random() * ramp)  # participants arrive spread over the ramp, not in lock-step
     entered = await call("POST", "/api/enter", {"study": "load", "pid": f"sim-{index}"})
     if entered is None:
         return
@@ -133,12 +133,12 @@ async def participant(http: httpx.AsyncClient, index: int, games: int, pause: fl
             return
 
 
-async def run_load(base: str, sessions: int, games: int, pause: float, seed: int) -> tuple[Stats, float]:
+async def run_load(base: str, sessions: int, games: int, pause: float, ramp: float, seed: int) -> tuple[Stats, float]:
     stats = Stats()
     limits = httpx.Limits(max_connections=sessions + 10, max_keepalive_connections=sessions + 10)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(participant(http, i, games, pause, stats, random.Random(seed * 100_003 + i))
+        await asyncio.gather(*(participant(http, i, games, pause, ramp, stats, random.Random(seed * 100_003 + i))
                                for i in range(sessions)))
         elapsed = time.perf_counter() - started
     return stats, elapsed
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[10, 50], help="concurrent participants per run")
     parser.add_argument("--games", type=int, default=2, help="negotiations per participant")
     parser.add_argument("--pause", type=float, default=0.2, help="mean seconds a participant waits before each act")
+    parser.add_argument("--ramp", type=float, default=10.0, help="participants arrive uniformly over this many seconds")
     parser.add_argument("--agent", default="boulware", help="scripted partner the participants meet")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL", help="SQLite synchronous mode")
     parser.add_argument("--seed", type=int, default=0)
@@ -156,8 +157,8 @@ def main() -> None:
     args = parser.parse_args()
     if any(not 1 <= n <= MAX_SESSIONS for n in args.sessions):
         parser.error(f"--sessions must be 1..{MAX_SESSIONS}")
-    if not 1 <= args.games <= 20 or not 0 <= args.pause <= 10:
-        parser.error("--games must be 1..20 and --pause 0..10")
+    if not 1 <= args.games <= 20 or not 0 <= args.pause <= 10 or not 0 <= args.ramp <= 600:
+        parser.error("--games must be 1..20, --pause 0..10 and --ramp 0..600")
 
     rows = []
     for n in args.sessions:
@@ -166,7 +167,7 @@ def main() -> None:
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             cpu0 = process_cpu_s(proc.pid)
             try:
-                stats, elapsed = asyncio.run(run_load(base, n, args.games, args.pause, args.seed))
+                stats, elapsed = asyncio.run(run_load(base, n, args.games, args.pause, args.ramp, args.seed))
                 cpu1 = process_cpu_s(proc.pid)
             finally:
                 proc.terminate()
@@ -195,7 +196,8 @@ def main() -> None:
     section = (f"\n## Study web app under load ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
                f"Command: `{command}`  \nMachine: {machine}  \n"
                f"`parley serve` subprocess on 127.0.0.1 against the scripted `{args.agent}` partner, no think time; "
-               f"each participant runs the whole flow and {args.games} negotiation(s) with a survey, pausing "
+               f"participants arrive uniformly over {args.ramp:g} s; each runs the whole flow and {args.games} "
+               f"negotiation(s) with a survey, pausing "
                f"{args.pause:g} s (+-50%) before each act. Latency is one act request as the client sees it: the "
                f"person's act, the agent's reply and both durable event writes. Server CPU ms/act is the server "
                f"process's CPU time over the run divided by the acts (it includes the flow and survey requests). "
