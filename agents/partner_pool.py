@@ -106,12 +106,16 @@ class _PoolDispatcher:
 class PartnerPoolVectorEnv(NegotiationVectorEnv):
     """The batched vector env with each game's partner drawn from ``pool`` whenever the game starts.
 
-    ``partners`` are scripted partner names (or Policy objects); other keyword arguments are those of
+    ``partners`` are scripted partner names (or Policy objects); rewards are multiplied by
+    ``reward_scale`` (the infos keep the points); other keyword arguments are those of
     :class:`~parley.envs.negotiation_vector.NegotiationVectorEnv`.
     """
 
-    def __init__(self, num_envs: int, partners: Sequence[str | Policy], **kwargs: Any) -> None:
+    def __init__(self, num_envs: int, partners: Sequence[str | Policy], reward_scale: float = 1.0,
+                 **kwargs: Any) -> None:
         from parley.agents.scripted import make_partner
+
+        self.reward_scale = float(reward_scale)
 
         self.pool = [make_partner(p) if isinstance(p, str) else p for p in partners]
         if not self.pool:
@@ -123,3 +127,7 @@ class PartnerPoolVectorEnv(NegotiationVectorEnv):
     def _start_games(self, rows: np.ndarray) -> None:
         super()._start_games(rows)
         self.assignment[rows] = self._np_random.integers(len(self.pool), size=len(rows))
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, infos = super().step(actions)
+        return obs, rewards * self.reward_scale, terminated, truncated, infos

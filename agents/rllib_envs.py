@@ -7,7 +7,8 @@ wrapper falls short in two ways we depend on: its ``reset()`` returns infos not 
 that has not observed anything yet (an agent whose partner walked away on the first move simply does
 not appear in the episode), which RLlib's episode bookkeeping requires.
 
-Turn order: only the agent to move gets an observation each step. When the game ends, every agent that
+Turn order: only the agent to move gets an observation each step. ``reward_scale`` in the config
+multiplies the rewards (the infos keep the points). When the game ends, every agent that
 has acted gets its final observation, its reward and ``terminated=True``.
 
 ``partner_pool_env_creator`` builds the single-agent Gymnasium env (``parley/Negotiation-v0``, the
@@ -39,6 +40,7 @@ class NegotiationMultiAgentEnv(MultiAgentEnv):
         from parley.envs import negotiation_v0
 
         config = dict(config or {})
+        self.reward_scale = float(config.pop("reward_scale", 1.0))
         self.render_mode = config.get("render_mode")
         self.env = negotiation_v0.env(**config)
         self.env.reset()
@@ -65,13 +67,14 @@ class NegotiationMultiAgentEnv(MultiAgentEnv):
         if not over:
             nxt = self.env.agent_selection
             self._observed.add(nxt)
-            rewards = {a: float(self.env.rewards.get(a, 0.0)) for a in self._observed if self.env.rewards.get(a)}
+            rewards = {a: self.reward_scale * float(self.env.rewards[a]) for a in self._observed
+                       if self.env.rewards.get(a)}
             return ({nxt: self.env.observe(nxt)}, rewards, {"__all__": False}, {"__all__": False},
                     {nxt: dict(self.env.infos.get(nxt, {}))})
         obs, rewards, terminated, truncated, infos = {}, {}, {}, {}, {}
         for a in sorted(self._observed):
             obs[a] = self.env.observe(a)
-            rewards[a] = float(self.env._cumulative_rewards.get(a, 0.0))
+            rewards[a] = self.reward_scale * float(self.env._cumulative_rewards.get(a, 0.0))
             terminated[a] = bool(self.env.terminations.get(a, True))
             truncated[a] = bool(self.env.truncations.get(a, False)) and not terminated[a]
             infos[a] = dict(self.env.infos.get(a, {}))
@@ -99,6 +102,7 @@ def partner_pool_env_creator(config: dict[str, Any]) -> gym.Env | gym.vector.Vec
     partners = config.pop("partners")
     num_envs = config.pop("num_envs", None)
     if num_envs is None:
+        config.pop("reward_scale", None)  # RLlib only probes the single env for its spaces
         return make_pool_env(partners, **config)
     from parley.agents.partner_pool import PartnerPoolVectorEnv, resolve_partner_names
 

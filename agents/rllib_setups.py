@@ -42,7 +42,7 @@ AGENTS = ("agent_0", "agent_1")
 class PPOSettings:
     """PPO hyperparameters shared by every setup (one place to read and change them)."""
 
-    lr: float = 3e-4
+    lr: float = 1e-3
     gamma: float = 1.0  # games last at most max_turns acts and pay only at the end
     lambda_: float = 0.95
     clip_param: float = 0.2
@@ -55,6 +55,7 @@ class PPOSettings:
     num_env_runners: int = 0
     num_envs_per_env_runner: int = 64
     max_turns: int = 10
+    reward_scale: float = 0.1  # points / 10: returns near [0, 1] keep the shared value loss from dominating
 
     def __post_init__(self) -> None:
         for name in ("train_batch_size", "minibatch_size", "num_epochs", "num_envs_per_env_runner", "max_turns"):
@@ -224,7 +225,8 @@ def partner_pool_config(partners: list[str], *, backbone: str = "mlp", backbone_
     fragment = max(1, settings.train_batch_size // (envs * runners))
     return (
         _base_config(settings, seed=seed, device=device)
-        .environment(PARTNER_POOL_ENV, env_config={"partners": list(partners), "max_turns": settings.max_turns})
+        .environment(PARTNER_POOL_ENV, env_config={"partners": list(partners), "max_turns": settings.max_turns,
+                                                   "reward_scale": settings.reward_scale})
         .env_runners(num_envs_per_env_runner=envs, gym_env_vectorize_mode="vector_entry_point",
                      rollout_fragment_length=fragment)
         .rl_module(rl_module_spec=module_spec(backbone, backbone_config, trainable=trainable))
@@ -238,7 +240,8 @@ def _multi_agent_base(settings: PPOSettings, seed: int, device: str) -> PPOConfi
     fragment = max(1, settings.train_batch_size // (envs * runners))
     return (
         _base_config(settings, seed=seed, device=device)
-        .environment(MULTI_AGENT_ENV, env_config={"max_turns": settings.max_turns})
+        .environment(MULTI_AGENT_ENV, env_config={"max_turns": settings.max_turns,
+                                                  "reward_scale": settings.reward_scale})
         .env_runners(num_envs_per_env_runner=envs, rollout_fragment_length=fragment)
     )
 

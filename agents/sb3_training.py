@@ -227,7 +227,8 @@ def make_sb3_env(config: TrainConfig) -> DummyVecEnv:
         def build():
             env = make_pool_env(config.partners, max_turns=config.max_turns)
             env.reset(seed=config.seed * 1000 + index)
-            return env
+            # The same reward scale as the RLlib setups; infos keep the points.
+            return gym.wrappers.TransformReward(env, lambda reward: reward * config.reward_scale)
         return build
 
     return DummyVecEnv([make(i) for i in range(SB3_ENVS)])

@@ -78,8 +78,9 @@ class TrainConfig:
     league_size: int = 4
     league_threshold: float = 5.0
     max_turns: int = DEFAULT_MAX_TURNS
-    lr: float = 3e-4
+    lr: float = 1e-3
     entropy_coeff: float = 0.01
+    reward_scale: float = 0.1
     train_batch_size: int = 8192
     minibatch_size: int = 2048
     num_epochs: int = 4
@@ -173,8 +174,10 @@ class TrainConfig:
         if self.minibatch_size > self.train_batch_size:
             raise TrainConfigError(f"minibatch-size ({self.minibatch_size}) cannot exceed train-batch-size "
                                    f"({self.train_batch_size})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainConfigError(f"lr must be a positive number, got {self.lr}")
+        for name in ("lr", "reward_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise TrainConfigError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")
         try:
             resolve_device(self.device)
         except ValueError as err:

@@ -161,7 +161,7 @@ def main() -> None:
                         choices=["beat", "speed", "adapters"])
     parser.add_argument("--eval-episodes", type=int, default=100, help="games per scripted partner per evaluation")
     parser.add_argument("--max-minutes", type=float, default=15.0, help="cap on the time-to-beat run")
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--speed-steps", type=int, default=100_000, help="env-step budget of RLlib vs SB3")
     parser.add_argument("--pretrain-steps", type=int, default=120_000)
     parser.add_argument("--finetune-steps", type=int, default=60_000)
