@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
 from parley.agents.policy import Policy
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, sample_context_arrays
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import gymnasium
 import numpy as np
+
 from parley.agents.policy import Policy
 from parley.envs.negotiation_vector import NegotiationVectorEnv
 

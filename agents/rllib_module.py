@@ -24,11 +24,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from parley.agents.torch_policy import ActorCritic, TorchPolicy, mask_logits
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+from parley.agents.torch_policy import ActorCritic, TorchPolicy, mask_logits
 
 OBSERVATION_KEY = "observation"
 MASK_KEY = "action_mask"

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from parley.agents.rllib_envs import MULTI_AGENT_ENV, PARTNER_POOL_ENV, register_rllib_envs
-from parley.agents.rllib_module import module_spec
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+
+from parley.agents.rllib_envs import MULTI_AGENT_ENV, PARTNER_POOL_ENV, register_rllib_envs
+from parley.agents.rllib_module import module_spec
 
 SETUPS = ("partners", "self-play", "independent")
 LEARNER = "learner"

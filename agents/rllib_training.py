@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from parley.agents.training import (
     CHECKPOINTS,
     POLICY_DIR,
@@ -52,7 +53,6 @@ def start_ray(address: str | None) -> bool:
 def build_algorithm_config(config: TrainConfig, backbone: str, backbone_config: dict[str, Any], trainable: str):
     """The PPOConfig of the configured setup."""
     from parley.agents import rllib_setups as setups
-
     from parley.utils import resolve_device
 
     settings = setups.PPOSettings(

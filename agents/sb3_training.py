@@ -19,6 +19,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import DummyVecEnv
+
 from parley.agents.torch_policy import TorchPolicy, register_policy_loader
 from parley.agents.training import (
     CHECKPOINTS,
@@ -37,10 +42,6 @@ from parley.agents.training import (
     transfer_weights,
     write_meta,
 )
-from sb3_contrib import MaskablePPO
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 MODEL_FILE = "model.zip"
 SB3_ENVS = 16

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, observation_size
 
 FRAMEWORKS = ("rllib", "sb3")
@@ -130,7 +131,6 @@ class TrainConfig:
         """Check every setting; return a copy with defaults filled in (partners expanded, out chosen)."""
         from parley.agents.backbones import backbone_config, list_backbones
         from parley.agents.partner_pool import resolve_partner_names
-
         from parley.utils import resolve_device
 
         if self.framework not in FRAMEWORKS:

@@ -59,6 +59,7 @@ def train_command(
 ) -> None:
     """Train a negotiation policy with PPO; ends with an evaluation table and the checkpoint path."""
     import yaml
+
     from parley.agents.training import TrainConfigError, resolve_train_config, train
 
     parsed_backbone_config = None

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from parley.agents.evaluation import evaluate_policy
 from parley.agents.scripted import list_partners, make_partner
 from parley.agents.training import TrainConfig, train

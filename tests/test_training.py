@@ -12,14 +12,15 @@ import torch
 ray = pytest.importorskip("ray")
 pytest.importorskip("sb3_contrib")
 
+from ray.rllib.core.columns import Columns  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
 from parley.agents.partner_pool import PartnerPoolVectorEnv, resolve_partner_names  # noqa: E402
 from parley.agents.rllib_envs import NegotiationMultiAgentEnv  # noqa: E402
 from parley.agents.rllib_module import export_policy, module_spec  # noqa: E402
 from parley.agents.training import TrainConfig, TrainConfigError, read_progress, resolve_train_config, train  # noqa: E402
 from parley.envs.negotiation import NUM_ACTIONS, BatchedNegotiation, sample_context_arrays  # noqa: E402
 from parley.envs.negotiation_v0 import observation_space  # noqa: E402
-from ray.rllib.core.columns import Columns  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 BACKBONES = {
     "mlp": {"hidden_sizes": [32]},
@@ -291,6 +292,15 @@ def test_checkpoint_resume_and_load_policy(ray_session, tmp_path):
     assert resumed.iterations == 3 and resumed.env_steps > result.env_steps
     assert [int(r["iteration"]) for r in read_progress(run)] == [1, 2, 3]
     assert load_policy(run).metadata["iteration"] == 3
+
+    # parley eval on the run: a table row per partner, and the CSV.
+    from parley.cli import app
+
+    cli = CliRunner().invoke(app, ["eval", str(result.checkpoint), "--partners", "boulware,pareto", "--episodes", "10",
+                                   "--out", str(tmp_path / "eval.csv")])
+    assert cli.exit_code == 0, cli.output
+    assert "boulware" in cli.output and "pareto" in cli.output and "Nash" in cli.output
+    assert len((tmp_path / "eval.csv").read_text().splitlines()) == 4  # header, two partners, all
 
     # The trained policy plays in a tournament like any scripted partner.
     tour = run_tournament([str(run), "boulware"], contexts=20, seed=0)
