@@ -37,14 +37,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from sqlalchemy.engine import Engine
+
 from parley.envs.negotiation import IllegalActionError
 from parley.human_eval import report
 from parley.human_eval.config import StudyConfig
 from parley.human_eval.db import Setting, make_engine
 from parley.human_eval.security import RateLimiter, TokenError, TokenSigner, new_secret
 from parley.human_eval.service import StudyError, StudyService
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
-from sqlalchemy.engine import Engine
 
 log = logging.getLogger("parley.human_eval")
 
@@ -92,8 +93,6 @@ def _static_dir():
     return resources.files("parley.human_eval") / "static"
 
 
-# Participant endpoints return JSONResponse directly: their bodies are plain JSON types already, and
-# skipping FastAPI's generic encoder saves about a millisecond per request.
 def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -194,13 +193,6 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
     async def admin(request: Request) -> None:
         _check_secret_header(request, admin_token, "admin")
 
-
-    class _RateLimited(StudyError):
-        status_code = 429
-
-        def __init__(self) -> None:
-            super().__init__("too many requests; slow down")
-
     # ------------------------------------------------------------------------------------- pages
 
     static = _static_dir()
@@ -219,6 +211,8 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
         return {"ok": True, "study": config.study}
 
     # ------------------------------------------------------------------------------- participant
+    # These return JSONResponse directly: their bodies are plain JSON types already, and skipping
+    # FastAPI's generic encoder saves about a millisecond per request.
 
     @app.post("/api/enter")
     def enter(body: EnterRequest, request: Request) -> JSONResponse:
@@ -362,3 +356,10 @@ def _check_secret_header(request: Request, expected: str | None, what: str) -> N
 
 class _Forbidden(StudyError):
     status_code = 403
+
+
+class _RateLimited(StudyError):
+    status_code = 429
+
+    def __init__(self) -> None:
+        super().__init__("too many requests; slow down")

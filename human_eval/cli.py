@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         import secrets
 
         import uvicorn
+
         from parley.human_eval.app import create_app
         from parley.human_eval.config import DEFAULT_STUDY, StudyConfig, StudyConfigError
 

@@ -23,8 +23,9 @@ from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
-from parley.envs.negotiation import ITEM_NAMES, encode_act, verbalize_act
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from parley.envs.negotiation import ITEM_NAMES, encode_act, verbalize_act
 
 
 class OracleAnswerRequest(BaseModel):

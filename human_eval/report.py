@@ -19,10 +19,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from parley.human_eval.db import Event, Game, Participant, Survey, make_engine
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+
+from parley.human_eval.db import Event, Game, Participant, Survey, make_engine
 
 TABLES = ("games", "transcripts", "events", "surveys", "participants")
 SURVEY_QUESTIONS = {"fair": "The partner was fair", "human_like": "The partner seemed human",

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from parley.envs.negotiation import (
     ITEM_NAMES,
     Context,
@@ -34,10 +39,6 @@ from parley.envs.negotiation import (
 from parley.human_eval.config import AgentSpec, StudyConfig
 from parley.human_eval.db import Event, Game, Participant, Survey
 from parley.human_eval.security import new_completion_code
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 HUMAN, AGENT = 0, 1
 GAMES, EVENTS, SURVEYS, PARTICIPANTS = Game.__table__, Event.__table__, Survey.__table__, Participant.__table__

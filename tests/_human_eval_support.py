@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
+
 from parley.envs.negotiation import Context
 from parley.human_eval.app import create_app
 from parley.human_eval.config import AgentSpec, StudyConfig

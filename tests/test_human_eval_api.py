@@ -17,10 +17,11 @@ from _human_eval_support import (
     study_config,
     walk_json,
 )
-from parley.human_eval.db import Event, Game, Survey
-from parley.human_eval.security import TokenSigner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from parley.human_eval.db import Event, Game, Survey
+from parley.human_eval.security import TokenSigner
 
 
 @pytest.fixture
@@ -221,6 +222,7 @@ def test_admin_endpoints_need_the_admin_token(client):
 
 def test_admin_api_is_off_without_a_configured_token(tmp_path):
     from fastapi.testclient import TestClient
+
     from parley.human_eval.app import create_app
 
     app = create_app(study_config(), db=f"sqlite:///{tmp_path / 'x.db'}", admin_token=None)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _human_eval_support import ADMIN, kill, start_server
+
 from parley.human_eval.db import make_engine
 from parley.human_eval.report import load_tables
 

@@ -11,9 +11,10 @@ import time
 import httpx
 import pytest
 from _human_eval_support import kill, start_server
-from parley.human_eval.db import Event, make_engine
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from parley.human_eval.db import Event, make_engine
 
 
 def acts_in_db(db: str, game_id: int) -> list[tuple[int, str, int]]:

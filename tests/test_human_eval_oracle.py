@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from _human_eval_support import ADMIN, study_config
 from fastapi.testclient import TestClient
+
 from parley.envs.negotiation import encode_act
 from parley.human_eval.app import create_app
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from _human_eval_support import ADMIN, Participant, free_port, play_to_deal, study_config
 from fastapi.testclient import TestClient
+
 from parley.human_eval.app import create_app
 
 pytestmark = pytest.mark.slow

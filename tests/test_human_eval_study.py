@@ -8,13 +8,14 @@ from collections import Counter
 import numpy as np
 import pytest
 from _human_eval_support import LEAK_CONTEXT, study_config
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
 from parley.human_eval.config import AgentSpec, StudyConfig, StudyConfigError
 from parley.human_eval.db import Event, Game, Survey, make_engine
 from parley.human_eval.report import load_tables, mean_interval, summarise, wilson_interval
 from parley.human_eval.service import Conflict, StudyService
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-from typer.testing import CliRunner
 
 
 class FakeClock:
