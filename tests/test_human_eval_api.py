@@ -262,7 +262,7 @@ def test_no_agent_value_reaches_the_participant(tmp_path):
 
 
 def test_rate_limit_per_participant(tmp_path):
-    client = make_client(tmp_path, study_config(rate_burst=5, rate_per_s=0.5))
+    client = make_client(tmp_path, study_config(rate_burst=5, rate_per_s=0.05))
     p = Participant(client, "fast")
     codes = [client.get("/api/state", headers=p.headers).status_code for _ in range(8)]
     assert codes[:5] == [200] * 5 and 429 in codes[5:]

@@ -16,9 +16,13 @@ from sqlalchemy.orm import Session
 
 from parley.human_eval.db import Event, make_engine
 
+_ENGINES: dict = {}
+
 
 def acts_in_db(db: str, game_id: int) -> list[tuple[int, str, int]]:
-    with Session(make_engine(db)) as s:
+    """The stored acts of a game, read straight from the database file (one engine per file, reused)."""
+    engine = _ENGINES.setdefault(db, make_engine(db))
+    with Session(engine) as s:
         rows = s.scalars(select(Event).where(Event.game_id == game_id, Event.kind == "act").order_by(Event.seq))
         return [(e.seq, e.actor, e.action) for e in rows]
 
@@ -26,9 +30,9 @@ def acts_in_db(db: str, game_id: int) -> list[tuple[int, str, int]]:
 @pytest.fixture
 def study(tmp_path):
     config = tmp_path / "agents.yaml"
-    # think time 0.6 s: long enough to kill the server between the person's act and the agent's reply.
+    # think time 1 s: long enough to kill the server between the person's act and the agent's reply.
     config.write_text("study: crash\nagents: [{name: boulware, partner: boulware}]\n"
-                      "contexts: {count: 4, seed: 7}\nthink_time_s: 0.6\nmax_turns: 10\n")
+                      "contexts: {count: 4, seed: 7}\nthink_time_s: 1.0\nmax_turns: 10\n")
     return config, f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "server.log"
 
 
@@ -63,7 +67,7 @@ def test_sigkill_mid_session_keeps_every_turn(study):
             thread.start()
             deadline = time.monotonic() + 20
             while len(acts_in_db(db, gid)) == stored and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.02)
         kill(proc)
         thread.join(timeout=30)
         acts_at_kill = acts_in_db(db, gid)
