@@ -55,10 +55,10 @@ def build_network(backbone: str, observation_size: int, backbone_config: dict[st
 
 
 def freeze_all_but_adapters(model: torch.nn.Module) -> int:
-    """Leave only adapter parameters trainable; return how many parameters stay trainable.
+    """Leave only Compacter adapter parameters trainable; return how many parameters stay trainable.
 
-    Adapter parameters are those whose name contains ``adapter`` (the Compacter layers), plus the
-    policy and value heads' biases are kept frozen too: fine-tuning changes nothing but the adapters.
+    Adapter parameters are those with ``adapter`` in their name. Everything else -- the transformer,
+    its layer norms, the policy and value heads -- is frozen: fine-tuning changes nothing but the adapters.
     """
     trainable = 0
     for name, param in model.named_parameters():
@@ -114,16 +114,10 @@ def module_spec(backbone: str = "mlp", backbone_config: dict[str, Any] | None = 
 def export_policy(module: NegotiationRLModule, path: str | Path, *, name: str | None = None,
                   metadata: dict[str, Any] | None = None) -> TorchPolicy:
     """Save a module's network as a TorchPolicy directory (loadable with ``load_policy`` without Ray)."""
-    policy = TorchPolicy(module.backbone_name, module.observation_size, module.backbone_config, device="cpu",
-                         name=name, metadata=metadata)
+    config = {k: v for k, v in module.backbone_config.items() if k != "pretrained"}  # the weights are saved
+    policy = TorchPolicy(module.backbone_name, module.observation_size, config, device="cpu", name=name,
+                         metadata=metadata)
     state = {key: value.detach().cpu() for key, value in module.model.state_dict().items()}
     policy.model.load_state_dict(state)
     policy.save(path)
     return policy
-
-
-def load_network_weights(module: NegotiationRLModule, policy: TorchPolicy, *, strict: bool = True) -> None:
-    """Start a module from a saved policy's weights (``strict=False`` lets new adapter layers stay fresh)."""
-    result = module.model.load_state_dict(policy.model.state_dict(), strict=strict)
-    if not strict and result.unexpected_keys:
-        raise ValueError(f"the policy has weights the module does not: {result.unexpected_keys[:5]}")

@@ -96,25 +96,21 @@ def set_module_state(algo, module_ids: list[str], state: dict[str, torch.Tensor]
                                        inference_only=True)
 
 
-def current_policy(algo, module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int):
+def current_policy(algo, module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int,
+                   *, name: str | None = None, metadata: dict[str, Any] | None = None):
     """The module's current weights as a TorchPolicy (CPU, greedy)."""
     from parley.agents.torch_policy import TorchPolicy
 
     saved_config = {k: v for k, v in backbone_config.items() if k != "pretrained"}
-    policy = TorchPolicy(backbone, obs_size, saved_config, device="cpu")
+    policy = TorchPolicy(backbone, obs_size, saved_config, device="cpu", name=name, metadata=metadata)
     policy.model.load_state_dict(module_state(algo, module_id))
     return policy
 
 
 def export_module(algo, module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int,
                   path: Path, metadata: dict[str, Any]) -> Path:
-    from parley.agents.torch_policy import TorchPolicy
-
-    saved_config = {k: v for k, v in backbone_config.items() if k != "pretrained"}
-    policy = TorchPolicy(backbone, obs_size, saved_config, device="cpu", name=metadata.get("name"),
-                         metadata=metadata)
-    policy.model.load_state_dict(module_state(algo, module_id))
-    policy.save(path)
+    current_policy(algo, module_id, backbone, backbone_config, obs_size, name=metadata.get("name"),
+                   metadata=metadata).save(path)
     return path
 
 
