@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     NUM_ACTIONS,

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from parley.agents.corpus import ActDataset
 from parley.agents.policy import Policy
 from parley.agents.supervised import behaviour_cloning_loss

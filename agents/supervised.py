@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from parley.agents.corpus import ActDataset
 from parley.agents.torch_policy import TorchPolicy, mask_logits
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, ObservationLayout

@@ -40,6 +40,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+
 from parley.agents.corpus import (  # noqa: E402
     corpus_dataset,
     coverage_report,
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.runs.mkdir(parents=True, exist_ok=True)
     (args.runs / "tda_table.json").write_text(json.dumps(per_seed, indent=2, default=float))
-    scatter(table, methods, FIGURE)
+    figure = FIGURE if args.selection == "likelihood" else FIGURE.with_name(f"tda_scatter_{args.selection}.png")
+    scatter(table, methods, figure)
     command = "python benchmarks/tda_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores visible, Python {platform.python_version()}, "
                f"torch {torch.__version__}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
@@ -235,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.eval_games} games per scripted partner (mean over the suite) and {2 * args.eval_games} vs "
                 f"the held-out SL partner (trained on a disjoint 30% of scenarios); evaluated agents act greedily, the held-out partner samples. "
                 f"Pareto % is the share of deals that are Pareto-optimal. Total {elapsed / 60:.1f} min.\n\n"
-                f"{text}\n\n{conclusion}\n\n![utility vs Pareto %](figures/{FIGURE.name})\n")
-    print(f"appended to {RESULTS}; figure {FIGURE}")
+                f"{text}\n\n{conclusion}\n\n![utility vs Pareto %](figures/{figure.name})\n")
+    print(f"appended to {RESULTS}; figure {figure}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from parley.agents.corpus import ActDataset
 from parley.envs.negotiation import (
     AGREE_ACTION,

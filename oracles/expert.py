@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from parley.envs.negotiation import ALL_SPLITS, encode_act
 from parley.oracles.base import Oracle, OracleAnswer, OracleQuery
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from parley.agents.policy import Policy
 from parley.envs.negotiation import AGREE_ACTION
 from parley.oracles.base import Oracle, OracleAnswer, OracleQuery

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from parley.agents.policy import Policy
 from parley.agents.supervised import action_log_likelihood, action_probabilities
 from parley.agents.torch_policy import TorchPolicy

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from parley.agents.corpus import ActDataset
 from parley.agents.policy import Policy
 from parley.agents.ppo import PPOConfig, train_ppo

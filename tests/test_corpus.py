@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from parley.agents.corpus import (
     ParsedAct,
     corpus_dataset,

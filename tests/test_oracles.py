@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from parley.agents.scripted import make_partner
+from parley.cli import app
 from parley.envs.negotiation import (
     AGREE_ACTION,
     NUM_ACTIONS,
@@ -28,9 +31,6 @@ from parley.oracles.expert import ScriptedExpert, _pareto_mask, _split_utilities
 from parley.oracles.human import HumanOracle
 from parley.oracles.model import ModelOracle
 from parley.oracles.queue import QueryQueue, parse_act_text
-from typer.testing import CliRunner
-
-from parley.cli import app
 
 
 def random_queries(n: int, seed: int = 0) -> list[OracleQuery]:

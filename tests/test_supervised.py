@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from parley.agents.corpus import corpus_dataset, load_corpus, split_by_scenario, synthetic_corpus
 from parley.agents.supervised import (
     SupervisedConfig,

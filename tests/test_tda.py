@@ -6,11 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from parley.agents.corpus import corpus_dataset, synthetic_corpus
 from parley.agents.ppo import PPOConfig, shaped_reward, train_ppo
 from parley.agents.scripted import make_partner
 from parley.agents.supervised import SupervisedConfig, clone_policy, new_policy, train_supervised
 from parley.agents.torch_policy import load_policy
+from parley.cli import app
 from parley.envs.negotiation import encode_act
 from parley.oracles.base import Oracle, OracleAnswer
 from parley.oracles.expert import ScriptedExpert
@@ -22,9 +25,6 @@ from parley.oracles.selection import (
     select_queries,
 )
 from parley.oracles.tda import METHODS, TDAConfig, evaluate, run_tda, train_method
-from typer.testing import CliRunner
-
-from parley.cli import app
 
 TINY_SL = SupervisedConfig(epochs=2, backbone_config={"hidden_sizes": (32, 32)}, device="cpu")
 TINY = TDAConfig(rounds=1, queries_per_round=8, candidate_games=64, partner_epochs=1, eval_games=50,
