@@ -44,16 +44,18 @@ def load_tables(engine: Engine, study: str | None = None) -> dict[str, list[dict
     with Session(engine) as s:
         pq = select(Participant)
         gq = select(Game)
+        eq = select(Event)
+        sq = select(Survey)
         if study is not None:
             pq = pq.where(Participant.study == study)
             gq = gq.where(Game.study == study)
+            # A participant belongs to one study, and so do their games and events.
+            eq = eq.join(Participant, Event.participant_id == Participant.id).where(Participant.study == study)
+            sq = sq.join(Game, Survey.game_id == Game.id).where(Game.study == study)
         participants = list(s.scalars(pq.order_by(Participant.id)))
         games = list(s.scalars(gq.order_by(Game.id)))
-        game_ids = {g.id for g in games}
-        pids = {p.id for p in participants}
-        events = [e for e in s.scalars(select(Event).order_by(Event.id))
-                  if (e.game_id in game_ids) or (e.game_id is None and e.participant_id in pids)]
-        surveys = [v for v in s.scalars(select(Survey).order_by(Survey.id)) if v.game_id in game_ids]
+        events = list(s.scalars(eq.order_by(Event.id)))
+        surveys = list(s.scalars(sq.order_by(Survey.id)))
     external = {p.id: p.external_id for p in participants}
     source = {p.id: p.source for p in participants}
     by_game_survey = {v.game_id: v for v in surveys}
@@ -86,11 +88,15 @@ def load_tables(engine: Engine, study: str | None = None) -> dict[str, list[dict
                    "action": e.action, "text": e.text, "message": e.message, "time": _iso(e.created_at),
                    "ts": e.created_at, "client_ts": e.client_ts, "latency_ms": e.latency_ms,
                    "data": None if e.data is None else json.loads(e.data)} for e in events]
+    acts_by_game: dict[int, list[dict]] = {}
+    for e in event_rows:
+        if e["kind"] == "act":
+            acts_by_game.setdefault(e["game_id"], []).append(
+                {"seq": e["seq"], "speaker": e["actor"], "action": e["action"], "text": e["text"],
+                 "message": e["message"], "time": e["time"], "latency_ms": e["latency_ms"]})
     transcripts = []
     for row in game_rows:
-        turns = [{"seq": e["seq"], "speaker": e["actor"], "action": e["action"], "text": e["text"],
-                  "message": e["message"], "time": e["time"], "latency_ms": e["latency_ms"]}
-                 for e in event_rows if e["game_id"] == row["game_id"] and e["kind"] == "act"]
+        turns = sorted(acts_by_game.get(row["game_id"], []), key=lambda t: t["seq"])
         transcripts.append({k: row[k] for k in ("game_id", "pid", "agent", "counts", "human_values",
                                                  "agent_values", "human_first", "outcome", "human_gets",
                                                  "human_score", "agent_score")} | {"turns": turns})

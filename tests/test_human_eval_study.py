@@ -267,3 +267,21 @@ def test_statistics_helpers():
               "surveys": [], "participants": [], "events": [], "transcripts": []}
     s = summarise(tables)["a"]
     assert s["agreement"] == 0.5 and s["pareto"] == 1.0 and s["human_score"]["mean"] == 3
+
+
+def test_tables_of_one_study_leave_other_studies_out(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+    for study, n in (("first", 2), ("second", 3)):
+        service = StudyService(study_config(study=study), engine)
+        for i in range(n):
+            p = _ready(service, f"{study}-{i}")
+            gid = service.start_game(p)
+            service.act(p, gid, "walk_away")
+            service.submit_survey(p, gid, {"fair": 3, "human_like": 3, "negotiate_again": 3})
+    first = load_tables(engine, "first")
+    assert len(first["games"]) == 2 and len(first["surveys"]) == 2 and len(first["participants"]) == 2
+    assert {e["participant_id"] for e in first["events"]} == {p["participant_id"] for p in first["participants"]}
+    assert all(t["pid"].startswith("first-") for t in first["transcripts"])
+    everything = load_tables(engine)
+    assert len(everything["games"]) == 5 and len(everything["events"]) == len(first["events"]) + len(
+        load_tables(engine, "second")["events"])
