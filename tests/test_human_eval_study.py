@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from _human_eval_support import LEAK_CONTEXT, study_config
+from _human_eval_support import LEAK_CONTEXT, Participant, study_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -285,3 +285,28 @@ def test_tables_of_one_study_leave_other_studies_out(tmp_path):
     everything = load_tables(engine)
     assert len(everything["games"]) == 5 and len(everything["events"]) == len(first["events"]) + len(
         load_tables(engine, "second")["events"])
+
+
+def test_a_saved_torch_policy_serves_as_study_agent_and_terminal_partner(tmp_path):
+    torch_policy = pytest.importorskip("parley.agents.torch_policy")
+    from fastapi.testclient import TestClient
+
+    from parley.cli import app as cli_app
+    from parley.human_eval.app import create_app
+
+    checkpoint = torch_policy.TorchPolicy("mlp", observation_size=36, seed=0, device="cpu").save(tmp_path / "tiny")
+    config = study_config(agents=(AgentSpec.from_dict({"name": "tiny", "checkpoint": str(checkpoint)}),))
+    client = TestClient(create_app(config, db=f"sqlite:///{tmp_path / 'web.db'}"))
+    p = Participant(client, "vs-checkpoint")
+    view = p.begin()
+    while view["status"] == "active":
+        view = p.act(view["game_id"], "propose", [i["count"] for i in view["items"]])
+    assert view["outcome"]["result"] in ("deal", "walk_away", "turn_limit")  # never agent_error
+    assert any(t["speaker"] == "partner" for t in view["transcript"])
+
+    db = f"sqlite:///{tmp_path / 'play.db'}"
+    result = CliRunner().invoke(cli_app, ["play", "--agent", str(checkpoint), "--db", db, "--pid", "t",
+                                          "--no-survey"], input="walk\n")
+    assert result.exit_code == 0, result.output
+    (game,) = load_tables(make_engine(db))["games"]
+    assert game["agent"] == "tiny" and game["outcome"] == "walk_away"
