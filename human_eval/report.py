@@ -111,8 +111,21 @@ def to_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value):
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        # Participants' free text must not run as a spreadsheet formula; JSONL keeps the exact text.
+        return "'" + value
+    return value
+
+
 def to_csv(rows: list[dict]) -> str:
-    """CSV with a header; lists and dicts are written as JSON text."""
+    """CSV with a header; lists and dicts are written as JSON text, and text cells that a spreadsheet
+    would read as a formula (starting with = + - @) get a leading apostrophe."""
     out = io.StringIO()
     if not rows:
         return ""
@@ -120,7 +133,7 @@ def to_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+        writer.writerow({k: _csv_cell(v) for k, v in r.items()})
     return out.getvalue()
 
 

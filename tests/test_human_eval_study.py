@@ -310,3 +310,12 @@ def test_a_saved_torch_policy_serves_as_study_agent_and_terminal_partner(tmp_pat
     assert result.exit_code == 0, result.output
     (game,) = load_tables(make_engine(db))["games"]
     assert game["agent"] == "tiny" and game["outcome"] == "walk_away"
+
+
+def test_csv_export_neutralises_spreadsheet_formulas_and_jsonl_keeps_text():
+    from parley.human_eval.report import to_csv, to_jsonl
+
+    rows = [{"comment": '=HYPERLINK("http://x")', "score": -3, "items": [1, 0, 2], "note": "plain"}]
+    text = to_csv(rows)
+    assert "'=HYPERLINK" in text and ",-3," in text and '"[1, 0, 2]"' in text and "plain" in text
+    assert json.loads(to_jsonl(rows))["comment"] == '=HYPERLINK("http://x")'
