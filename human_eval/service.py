@@ -381,7 +381,7 @@ class StudyService:
 
     def act(self, participant_id: int, game_id: int, kind: str, split: list[int] | None = None, *,
             message: str | None = None, client_ts: float | None = None, expected_turn: int | None = None,
-            reply: bool = False) -> None:
+            reply: bool = False) -> dict:
         """Record the person's act after checking it against the rules.
 
         The agent answers in :meth:`agent_turn`, or with ``reply=True`` at once, stored in the same
@@ -441,7 +441,7 @@ class StudyService:
                 updates.update(more)
             self._write(conn, game, events, updates)
             replay.events.extend(_EventRecord(**e) for e in events)
-            # A game still running has no survey yet, so the view needs no further query.
+            # The game was running until this act, so it has no survey: the view needs no further query.
             return self._build_view(game, replay, survey_done=False)
 
     def agent_turn(self, game_id: int) -> bool:
