@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import random
@@ -46,7 +47,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, agent: str, games: int, synchronous: str) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, agent: str, games: int, synchronous: str) -> tuple[subprocess.Popen, int]:
     config = folder / "agents.yaml"
     config.write_text(f"study: load\nagents: [{{name: {agent}, partner: {agent}}}]\ncontexts: {{count: 50, seed: 0}}\n"
                       f"think_time_s: 0\nsessions_per_participant: {games}\nrate_per_s: 50\nrate_burst: 200\n")
@@ -64,7 +65,7 @@ def start_server(folder: Path, agent: str, games: int, synchronous: str) -> tupl
             raise RuntimeError(f"the server exited: {(folder / 'server.log').read_text()[-2000:]}")
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
+                return proc, port
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
@@ -80,6 +81,55 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
+class LoopbackHTTP:
+    """A minimal HTTP/1.1 keep-alive client on one connection, as a browser tab holds one.
+
+    Much lighter than a general client, so the load generator leaves the shared CPU cores to the server.
+    It only ever connects to 127.0.0.1.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, bytes]:
+        return await asyncio.wait_for(self._request(method, path, body, headers or {}), timeout=30)
+
+    async def _request(self, method: str, path: str, body, headers: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        payload = b"" if body is None else json.dumps(body).encode()
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", "Content-Type: application/json",
+                 f"Content-Length: {len(payload)}"] + [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        data = await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 class Stats:
     def __init__(self) -> None:
         self.act_ms: list[float] = []
@@ -89,79 +139,86 @@ class Stats:
         self.deals = 0
 
 
-async def participant(http: httpx.AsyncClient, index: int, games: int, pause: float, ramp: float, stats: Stats,
+async def participant(port: int, index: int, games: int, pause: float, ramp: float, stats: Stats,
                       rng: random.Random) -> None:
+    http = LoopbackHTTP(port)
+
     async def call(method: str, path: str, body=None, headers=None, timed: bool = False):
         started = time.perf_counter()
         try:
-            r = await http.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as err:
+            status, data = await http.request(method, path, body, headers)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
             stats.errors.append(f"{path}: {type(err).__name__}")
+            await http.close()
             return None
         if timed:
             stats.act_ms.append((time.perf_counter() - started) * 1000)
-        if r.status_code >= 300:
-            stats.errors.append(f"{path}: {r.status_code} {r.text[:120]}")
+        if status >= 300:
+            stats.errors.append(f"{path}: {status} {data[:120]!r}")
             return None
-        return r.json()
+        return json.loads(data)
 
     await asyncio.sleep(rng.random() * ramp)  # participants arrive spread over the ramp, not in lock-step
-    entered = await call("POST", "/api/enter", {"study": "load", "pid": f"sim-{index}"})
-    if entered is None:
-        return
-    h = {"X-Session-Token": entered["token"]}
-    await call("POST", "/api/consent", {}, h)
-    await call("POST", "/api/instructions", {}, h)
-    for _ in range(games):
-        state = await call("POST", "/api/games", {}, h)
-        if state is None:
+    try:
+        entered = await call("POST", "/api/enter", {"study": "load", "pid": f"sim-{index}"})
+        if entered is None:
             return
-        view = state["game"]
-        counts = [i["count"] for i in view["items"]]
-        while view["status"] == "active":
-            await asyncio.sleep(pause * (0.5 + rng.random()))
-            body = {"kind": "agree"} if view["can_agree"] and rng.random() < 0.5 else {
-                "kind": "propose", "split": [rng.randint(c // 2, c) for c in counts], "message": "load test"}
-            body["turn"] = view["turn"]
-            new = await call("POST", f"/api/games/{view['game_id']}/act", body, h, timed=True)
-            if new is None:
+        h = {"X-Session-Token": entered["token"]}
+        await call("POST", "/api/consent", {}, h)
+        await call("POST", "/api/instructions", {}, h)
+        for _ in range(games):
+            state = await call("POST", "/api/games", {}, h)
+            if state is None:
                 return
-            view = new
-        stats.games += 1
-        stats.deals += view["outcome"]["result"] == "deal"
-        if await call("POST", f"/api/games/{view['game_id']}/survey",
-                      {"fair": 3, "human_like": 3, "negotiate_again": 3}, h) is None:
-            return
+            view = state["game"]
+            counts = [i["count"] for i in view["items"]]
+            while view["status"] == "active":
+                await asyncio.sleep(pause * (0.5 + rng.random()))
+                body = {"kind": "agree"} if view["can_agree"] and rng.random() < 0.5 else {
+                    "kind": "propose", "split": [rng.randint(c // 2, c) for c in counts], "message": "load test"}
+                body["turn"] = view["turn"]
+                new = await call("POST", f"/api/games/{view['game_id']}/act", body, h, timed=True)
+                if new is None:
+                    return
+                view = new
+            stats.games += 1
+            stats.deals += view["outcome"]["result"] == "deal"
+            if await call("POST", f"/api/games/{view['game_id']}/survey",
+                          {"fair": 3, "human_like": 3, "negotiate_again": 3}, h) is None:
+                return
+    finally:
+        await http.close()
 
 
-async def probe(http: httpx.AsyncClient, stats: Stats, done: asyncio.Event) -> None:
+async def probe(port: int, stats: Stats, done: asyncio.Event) -> None:
     """A trivial request (GET /healthz) five times a second: the machine's and HTTP stack's share of latency."""
+    http = LoopbackHTTP(port)
     while not done.is_set():
         started = time.perf_counter()
         try:
-            r = await http.get("/healthz")
-            if r.status_code == 200:
+            status, _ = await http.request("GET", "/healthz")
+            if status == 200:
                 stats.probe_ms.append((time.perf_counter() - started) * 1000)
-        except httpx.HTTPError:
-            pass
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+            await http.close()
         try:
             await asyncio.wait_for(done.wait(), timeout=0.2)
         except asyncio.TimeoutError:
             pass
+    await http.close()
 
 
-async def run_load(base: str, sessions: int, games: int, pause: float, ramp: float, seed: int) -> tuple[Stats, float]:
+async def run_load(port: int, sessions: int, games: int, pause: float, ramp: float,
+                   seed: int) -> tuple[Stats, float]:
     stats = Stats()
-    limits = httpx.Limits(max_connections=sessions + 10, max_keepalive_connections=sessions + 10)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
-        started = time.perf_counter()
-        done = asyncio.Event()
-        prober = asyncio.create_task(probe(http, stats, done))
-        await asyncio.gather(*(participant(http, i, games, pause, ramp, stats, random.Random(seed * 100_003 + i))
-                               for i in range(sessions)))
-        elapsed = time.perf_counter() - started
-        done.set()
-        await prober
+    started = time.perf_counter()
+    done = asyncio.Event()
+    prober = asyncio.create_task(probe(port, stats, done))
+    await asyncio.gather(*(participant(port, i, games, pause, ramp, stats, random.Random(seed * 100_003 + i))
+                           for i in range(sessions)))
+    elapsed = time.perf_counter() - started
+    done.set()
+    await prober
     return stats, elapsed
 
 
@@ -184,11 +241,11 @@ def main() -> None:
     rows = []
     for n in args.sessions:
         with tempfile.TemporaryDirectory() as tmp:
-            proc, base = start_server(Path(tmp), args.agent, args.games, args.synchronous)
+            proc, port = start_server(Path(tmp), args.agent, args.games, args.synchronous)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             cpu0 = process_cpu_s(proc.pid)
             try:
-                stats, elapsed = asyncio.run(run_load(base, n, args.games, args.pause, args.ramp, args.seed))
+                stats, elapsed = asyncio.run(run_load(port, n, args.games, args.pause, args.ramp, args.seed))
                 cpu1 = process_cpu_s(proc.pid)
             finally:
                 proc.terminate()
