@@ -296,6 +296,7 @@ def strip_rates(strip, model, raw_env, seed: int) -> dict[str, float]:
 def run_cell(config: BenchConfig, cell: Cell, dataset=None) -> dict[str, Any]:
     """Play one cell as a ``poisoning_v0`` episode and return its CSV row."""
     import torch
+
     from parley.attacks.base import make_attack
     from parley.attacks.defenses import make_defense
     from parley.envs import poisoning_v0
@@ -449,7 +450,7 @@ def run_grid(config: BenchConfig, *, progress: bool = True,
                 status = "error" if row.get("error") else f"ASR {float(row['attack_success_rate']):.2f}"
                 bar.update(task, advance=1, description=f"{row['attack']} / {row['defense']}: {status}")
     rows = [row for row in read_rows(csv_path) if row["config_id"] == config_id]
-    summary = summarize(rows)
+    summary = summarize(rows, config)
     (out / "summary.md").write_text(summary_markdown(summary, config))
     plot_summary(summary, out / "asr.png")
     return rows
@@ -466,12 +467,16 @@ def _floats(rows: list[dict[str, str]], column: str) -> np.ndarray:
     return np.array([v for v in values if not math.isnan(v)])
 
 
-def summarize(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+def summarize(rows: list[dict[str, str]], config: BenchConfig | None = None) -> list[dict[str, Any]]:
     """Mean and std of each metric per (attack, defense), over pairs and seeds; failed cells are counted
-    apart and left out of the statistics."""
+    apart and left out of the statistics. Entries follow the config's attack and defense order when a
+    config is given, else the order of first appearance."""
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    if config is not None:
+        groups = {(a, d): [] for a in config.attacks for d in config.defenses}
     for row in rows:
         groups.setdefault((row["attack"], row["defense"]), []).append(row)
+    groups = {key: members for key, members in groups.items() if members}
     summary = []
     for (attack, defense), members in groups.items():
         ok = [r for r in members if not r.get("error")]

@@ -78,7 +78,7 @@ def bench_attacks(
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from error
     failed = sum(1 for r in rows if r.get("error"))
-    console.print(summary_markdown(summarize(rows), config))
+    console.print(summary_markdown(summarize(rows, config), config))
     console.print(f"results: {out}/results.csv, {out}/summary.md, {out}/asr.png")
     if failed:
         console.print(f"[yellow]{failed} cell(s) failed; their errors are in results.csv and a rerun retries them[/]")

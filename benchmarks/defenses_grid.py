@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from parley.attacks.bench import BenchConfig, run_grid, summarize, summary_markdown
 from parley.attacks.defenses import list_defenses
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> str:
         "- Each cell is one poisoning_v0 episode (victim trained from scratch on what the defender kept); ± is "
         "the std over pairs and seeds. Filter defenses assume the budget's poison count.",
         "",
-        summary_markdown(summarize(rows), config),
+        summary_markdown(summarize(rows, config), config),
     ])
     print(table)
     if not args.no_write:

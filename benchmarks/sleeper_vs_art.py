@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from parley.attacks.base import Scenario, Submission, backdoor_metrics, check_submission, make_attack
 from parley.attacks.bench import draw_pairs
 from parley.attacks.datasets import load_dataset
 from parley.attacks.victims import TrainingRecipe, train_model, train_victim
-from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

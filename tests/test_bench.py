@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from typer.testing import CliRunner
+
 from parley.attacks.bench import (
     BenchConfig,
     draw_pairs,
@@ -15,8 +17,6 @@ from parley.attacks.bench import (
     summary_markdown,
     validate,
 )
-from typer.testing import CliRunner
-
 from parley.cli import app
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from parley.attacks.defenses import (
     Defense,
     list_defenses,
     make_defense,
     penultimate_features,
 )
-from torch import nn
 
 
 def _planted_features(rng: np.random.Generator, *, n_per_class=150, dim=24, n_poison=12, poison_class=1,
@@ -81,8 +82,9 @@ def test_activation_clustering_flags_planted_cluster_only(rng):
 
 def _step_gradient_norms(recipe) -> list[float]:
     """Train a linear model on large inputs and record the gradient norm at every optimiser step."""
-    from parley.attacks.victims import train_model
     from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from parley.attacks.victims import train_model
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(64, 1, 4, 4, generator=gen) * 20
