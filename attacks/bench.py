@@ -459,7 +459,7 @@ def run_grid(config: BenchConfig, *, progress: bool = True,
 # ---------------------------------------------------------------------------------------------- summary
 
 _METRICS = ("attack_success_rate", "clean_accuracy", "robust_accuracy", "craft_time_s", "poison_recall",
-            "strip_detection_rate")
+            "strip_detection_rate", "strip_false_rejection_rate")
 
 
 def _floats(rows: list[dict[str, str]], column: str) -> np.ndarray:
@@ -506,14 +506,14 @@ def summary_markdown(summary: list[dict[str, Any]], config: BenchConfig | None =
                      f"{config.budget:.2%}, eps {config.eps * 255:.0f}/255, {config.pairs} pairs x {config.seeds} "
                      f"seeds (config {config.config_id()}).\n")
     lines.append("| attack | defense | cells | ASR % | clean acc % | R-Acc % | crafting s | poison recall % "
-                 "| STRIP detection % |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+                 "| STRIP detection % | STRIP false rejection % |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for e in summary:
         cells = f"{e['cells']}" + (f" ({e['failed']} failed)" if e["failed"] else "")
         lines.append(f"| {e['attack']} | {e['defense']} | {cells} | {_pm(e['attack_success_rate'], True)} | "
                      f"{_pm(e['clean_accuracy'], True)} | {_pm(e['robust_accuracy'], True)} | "
                      f"{_pm(e['craft_time_s'], False)} | {_pm(e['poison_recall'], True)} | "
-                     f"{_pm(e['strip_detection_rate'], True)} |")
+                     f"{_pm(e['strip_detection_rate'], True)} | {_pm(e['strip_false_rejection_rate'], True)} |")
     return "\n".join(lines) + "\n"
 
 
