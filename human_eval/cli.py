@@ -50,8 +50,11 @@ def register(app: typer.Typer) -> None:
             from parley.oracles.queue import QueryQueue
 
             queue = QueryQueue(oracle_queue)
-        app = create_app(config, db=db, admin_token=admin_token, secret=secret, synchronous=synchronous,
-                         oracle_queue=queue, oracle_token=oracle_token)
+        try:
+            app = create_app(config, db=db, admin_token=admin_token, secret=secret, synchronous=synchronous,
+                             oracle_queue=queue, oracle_token=oracle_token)
+        except ValueError as err:  # a short secret, an unknown sync mode or partner name
+            raise typer.BadParameter(str(err)) from None
         typer.echo(f"study {config.study!r} with agents {', '.join(a.name for a in config.agents)} at "
                    f"http://{host}:{port}/?study={config.study}&pid=PARTICIPANT_ID (admin: /admin)")
         uvicorn.run(app, host=host, port=port, log_level=os.environ.get("PARLEY_LOG_LEVEL", "info"),
