@@ -175,3 +175,22 @@ def test_tda_command(tmp_path):
     assert "mean" in final["scripted_suite"] and final["rounds"][0]["queries_asked"] == 5
     bad = CliRunner().invoke(app, ["tda", "--oracle", "psychic", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "unknown oracle" in bad.output
+
+
+@pytest.mark.parametrize("selection", ["novelty", "ensemble", "random"])
+def test_every_selection_runs_in_the_loop(corpus, sl_policy, tmp_path, selection):
+    config = TDAConfig(**{**TINY.__dict__, "selection": selection, "ensemble_size": 2})
+    result = run_tda(corpus, ScriptedExpert(), config, tmp_path / selection, sl_policy=sl_policy, log=None)
+    assert result.logs[0].queries_asked == 8 and result.logs[0].answers_accepted == 8
+
+
+@pytest.mark.slow
+def test_benchmark_script_quick_mode(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tda_table.py"
+    spec = importlib.util.spec_from_file_location("tda_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick", "--no-append", "--synthetic", "--methods", "sl,rl,tda", "--runs", str(tmp_path)])
