@@ -30,13 +30,13 @@ import contextlib
 import hmac
 import logging
 from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 from sqlalchemy.engine import Engine
 
@@ -45,7 +45,7 @@ from parley.human_eval import report
 from parley.human_eval.config import StudyConfig
 from parley.human_eval.db import Setting, make_engine
 from parley.human_eval.security import RateLimiter, TokenError, TokenSigner, new_secret
-from parley.human_eval.service import StudyError, StudyService
+from parley.human_eval.service import NotFound, StudyError, StudyService
 
 log = logging.getLogger("parley.human_eval")
 
@@ -91,6 +91,18 @@ class SurveyRequest(_Body):
 
 def _static_dir():
     return resources.files("parley.human_eval") / "static"
+
+
+def page_file(name: str, pages_dir: str | None = None) -> str:
+    """The path of a page or asset: the study's own copy in ``pages_dir`` if it has one, else the packaged one."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise NotFound(f"no file {name!r}")
+    if pages_dir is not None and (Path(pages_dir) / name).is_file():
+        return str(Path(pages_dir) / name)
+    packaged = _static_dir() / name
+    if not packaged.is_file():
+        raise NotFound(f"no file {name!r}")
+    return str(packaged)
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -195,16 +207,20 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
 
     # ------------------------------------------------------------------------------------- pages
 
-    static = _static_dir()
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    # A study may replace any page or asset (e.g. the consent text in index.html) through pages_dir.
+    app.state.pages_dir = config.pages_dir
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> FileResponse:
+        return FileResponse(page_file(name, config.pages_dir))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(str(static / "index.html"), media_type="text/html")
+        return FileResponse(page_file("index.html", config.pages_dir), media_type="text/html")
 
     @app.get("/admin", include_in_schema=False)
     def admin_page() -> FileResponse:
-        return FileResponse(str(static / "admin.html"), media_type="text/html")
+        return FileResponse(page_file("admin.html", config.pages_dir), media_type="text/html")
 
     @app.get("/healthz")
     def healthz() -> dict:

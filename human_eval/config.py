@@ -13,6 +13,7 @@ A study is described by a YAML file (``agents.yaml``)::
     idle_timeout_s: 210            # no act for this long on the person's turn -> no deal
     session_time_s: 1200           # a whole negotiation may take at most this long
     sessions_per_participant: 1
+    pages_dir: pages               # optional: your own index.html (consent, instructions), style.css, ...
 
 Every field except ``agents`` has a default; :data:`DEFAULT_STUDY` needs no file at all.
 """
@@ -88,6 +89,9 @@ class StudyConfig:
     rate_per_s: float = 5.0
     rate_burst: int = 20
     seed: int = 0
+    # A folder whose files replace the packaged pages and assets of the same name (index.html holds the
+    # consent and instruction texts); relative paths are resolved against the config file's folder.
+    pages_dir: str | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.study, "study")
@@ -143,6 +147,13 @@ class StudyConfig:
                 kwargs[key] = _number(kwargs[key], key, int)
         if "study" in kwargs:
             kwargs["study"] = str(kwargs["study"])
+        if kwargs.get("pages_dir") is not None:
+            pages = Path(str(kwargs["pages_dir"]))
+            if not pages.is_absolute() and base_dir is not None:
+                pages = base_dir / pages
+            if not pages.is_dir():
+                raise StudyConfigError(f"pages_dir {pages} is not a folder")
+            kwargs["pages_dir"] = str(pages)
         return cls(**kwargs)
 
     @classmethod

@@ -63,17 +63,15 @@ def query_view(item) -> dict:
 
 def mount_oracle(app: FastAPI, queue, *, token: str | None) -> None:
     """Add ``/oracle`` and ``/api/oracle/...`` to ``app``, answering queries from ``queue``."""
-    from parley.human_eval.app import _check_secret_header, _static_dir
+    from parley.human_eval.app import _check_secret_header, page_file
     from parley.human_eval.service import Conflict, InvalidRequest, NotFound
-
-    static = _static_dir()
 
     async def annotator(request: Request) -> None:
         _check_secret_header(request, token, "oracle")
 
     @app.get("/oracle", include_in_schema=False)
     def oracle_page() -> FileResponse:
-        return FileResponse(str(static / "oracle.html"), media_type="text/html")
+        return FileResponse(page_file("oracle.html", getattr(app.state, "pages_dir", None)), media_type="text/html")
 
     @app.get("/api/oracle/next", dependencies=[Depends(annotator)])
     def next_query(skip: str = "") -> dict:

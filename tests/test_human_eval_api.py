@@ -294,3 +294,19 @@ def test_free_text_is_stored_verbatim_and_returned_as_data(client):
     assert _events(client, game["game_id"])[-2 if view["transcript"][-1]["speaker"] == "partner" else -1].message == evil
     page = client.get("/static/app.js").text
     assert "innerHTML" not in page and "insertAdjacentHTML" not in page
+
+
+def test_a_study_can_replace_pages_and_nothing_outside_is_served(tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / "index.html").write_text("<!doctype html><title>x</title><p>Our own consent text</p>")
+    (tmp_path / "agents.yaml").write_text("study: custom\nagents: [boulware]\npages_dir: pages\n")
+    from parley.human_eval.config import StudyConfig
+
+    config = StudyConfig.from_yaml(tmp_path / "agents.yaml")
+    client = make_client(tmp_path, config)
+    assert "Our own consent text" in client.get("/").text
+    assert "sendAct" in client.get("/static/app.js").text  # not replaced: the packaged asset
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+    for path in ("/static/..%2Fapp.py", "/static/.hidden", "/static/nope.js", "/static/%2E%2E%2Fcli.py"):
+        assert client.get(path).status_code == 404, path
