@@ -153,7 +153,7 @@ class StudyConfig:
                 pages = base_dir / pages
             if not pages.is_dir():
                 raise StudyConfigError(f"pages_dir {pages} is not a folder")
-            kwargs["pages_dir"] = str(pages)
+            kwargs["pages_dir"] = str(pages.resolve())
         return cls(**kwargs)
 
     @classmethod
