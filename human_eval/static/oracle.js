@@ -54,7 +54,8 @@ function render(q) {
   }
   $("standing").hidden = !q.standing_offer;
   $("standing").textContent = q.standing_offer
-    ? `Their offer gives you ${q.standing_offer.you_get.join(" / ")} (${q.standing_offer.your_points} points).` : "";
+    ? `Their offer gives you ${q.standing_offer.you_get.map((k, i) => `${k} ${q.items[i].name}${k === 1 ? "" : "s"}`)
+      .join(", ")} (${q.standing_offer.your_points} points for you).` : "";
   $("acceptable").disabled = !q.standing_offer;
   $("acceptable").checked = false;
   $("btn-agree").disabled = !q.can_agree;
