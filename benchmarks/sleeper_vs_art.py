@@ -9,6 +9,8 @@ unpoisoned training set shows what the patch alone does.
 Crafting time counts everything an attack needs from the clean data onwards. Ours trains its own
 surrogate inside ``craft``; ART's ``poison()`` expects a trained classifier, so its time is the same
 surrogate training (our ``train_model``, same recipe) plus ``poison()`` -- both parts are also reported.
+(In ART 1.20 the surrogate retrained inside ``poison()`` is not used by the matching loop, whose
+``BackdoorModel`` keeps the initial classifier and source gradient; the retrainings still cost time.)
 
 Needs the ``bench`` extra (``pip install 'parley[bench]'``). Prints the table and appends it to
 benchmarks/RESULTS.md::
