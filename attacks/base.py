@@ -34,9 +34,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
+
 from parley.attacks.triggers import Trigger, default_patch_size, make_trigger
 from parley.attacks.victims import TrainingRecipe, make_victim, predict
-from torch import nn
 
 __all__ = [
     "BudgetError",

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from parley.attacks.base import Attack, Scenario, Submission, random_generator, register_attack
 from parley.attacks.sleeper_agent import GradientMatcher, SleeperAgentConfig
 from parley.attacks.victims import TrainingRecipe, train_model
-
 from parley.utils import resolve_device
 
 __all__ = ["WitchesBrew", "BadNets", "CleanLabelBackdoor", "HiddenTriggerBackdoor", "RandomNoise"]

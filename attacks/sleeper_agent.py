@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from parley.attacks.base import Attack, Scenario, Submission, random_generator, register_attack
-from parley.attacks.victims import TrainingRecipe, augment, train_model
 from torch import nn
 
+from parley.attacks.base import Attack, Scenario, Submission, random_generator, register_attack
+from parley.attacks.victims import TrainingRecipe, augment, train_model
 from parley.utils import resolve_device
 
 __all__ = ["SleeperAgentConfig", "SleeperAgent", "GradientMatcher", "select_by_gradient_norm"]

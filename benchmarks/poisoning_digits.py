@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from parley.attacks.base import Scenario, apply_checked, backdoor_metrics, make_attack
 from parley.attacks.datasets import load_dataset
 from parley.attacks.sleeper_agent import SleeperAgentConfig

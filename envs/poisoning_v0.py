@@ -104,6 +104,9 @@ import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
+from pettingzoo import AECEnv
+from pettingzoo.utils import wrappers
+
 from parley.attacks.base import (
     BudgetError,
     Scenario,
@@ -117,8 +120,6 @@ from parley.attacks.base import (
 from parley.attacks.datasets import ImageDataset, load_dataset
 from parley.attacks.triggers import default_patch_size, make_trigger
 from parley.attacks.victims import TrainingRecipe, make_victim, train_model
-from pettingzoo import AECEnv
-from pettingzoo.utils import wrappers
 
 __all__ = ["env", "raw_env", "BudgetError", "ImageArraySpace", "SubmissionSpace"]
 

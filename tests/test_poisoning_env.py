@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from parley.attacks.base import BudgetError, Submission, make_attack
 from parley.attacks.datasets import load_dataset
 from parley.attacks.defenses import make_defense
