@@ -5,7 +5,7 @@ a defender filters it, and a victim trained from scratch on what is left decides
 | Import             | ``from parley.envs import poisoning_v0``                       |
 +--------------------+----------------------------------------------------------------+
 | Agents             | ``["attacker", "defender"]`` (``["attacker"]`` when            |
-|                    | ``defense_enabled=False``); each acts once per episode, in order |
+|                    | ``defense_enabled=False``); each acts once, in that order      |
 +--------------------+----------------------------------------------------------------+
 | Attacker action    | Dict: ``indices`` (P,) int64, ``delta`` (P, C, H, W) float32,  |
 |                    | ``labels`` (P,) int64; P = the poison budget in images         |
