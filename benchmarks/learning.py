@@ -130,7 +130,7 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
 
 
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
-                 backbone_config: dict) -> dict:
+                 backbone_config: dict, full_lr: float, adapter_lr: float) -> dict:
     from parley.agents.compacter import count_parameters
     from parley.agents.rllib_module import build_network, freeze_all_but_adapters
     from parley.agents.torch_policy import TorchPolicy
@@ -142,7 +142,8 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
     rows = {"before": suite_score(base_policy, episodes, NEW_POOL)}
     adapter_options = {"n": 4, "rank": 1, "reduction": 32, "plus_plus": True}
     for mode in ("full", "adapters"):
-        extra = {"adapters": "compacter", "backbone_config": adapter_options} if mode == "adapters" else {}
+        extra = {"adapters": "compacter", "backbone_config": adapter_options, "lr": adapter_lr} \
+            if mode == "adapters" else {"lr": full_lr}
         start = time.perf_counter()
         tuned = train(TrainConfig(partners=NEW_POOL, init_from=str(base.policy_dir), timesteps=finetune_steps,
                                   out=str(workdir / f"ft-{mode}"), checkpoint_every=10_000, live=False, **extra),
@@ -166,6 +167,8 @@ def main() -> None:
     parser.add_argument("--speed-steps", type=int, default=100_000, help="env-step budget of RLlib vs SB3")
     parser.add_argument("--pretrain-steps", type=int, default=120_000)
     parser.add_argument("--finetune-steps", type=int, default=60_000)
+    parser.add_argument("--adapter-lr", type=float, default=3e-3,
+                        help="learning rate of adapter-only fine-tuning (few weights take a larger step)")
     parser.add_argument("--d-model", type=int, default=128, help="transformer width for the adapter comparison")
     parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
@@ -209,14 +212,15 @@ def main() -> None:
         if "adapters" in args.parts:
             print("Compacter vs full fine-tuning ...", flush=True)
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
-            ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.eval_episodes, cfg)
+            ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.eval_episodes, cfg,
+                              args.lr, args.adapter_lr)
             ratio = ad["adapters"] / ad["full"] if ad["full"] else float("nan")
             lines.append(f"| transformer {cfg}: score vs new pool before fine-tuning | {ad['before']:.2f} | "
                          f"pretrained {args.pretrain_steps:,} steps vs {','.join(OLD_POOL)} |")
             lines.append(f"| full fine-tuning, {args.finetune_steps:,} steps: score vs new pool | {ad['full']:.2f} | "
                          f"{ad['full_wall']:.0f} s |")
             lines.append(f"| Compacter++ adapters only: score vs new pool | {ad['adapters']:.2f} | "
-                         f"{ad['adapters_wall']:.0f} s |")
+                         f"{ad['adapters_wall']:.0f} s; lr {args.adapter_lr:g} (full: {args.lr:g}) |")
             lines.append(f"| Compacter / full return ratio | {100 * ratio:.1f}% | target >= 95% |")
             lines.append(f"| trainable fraction (adapters) | {100 * ad['trainable'] / ad['total']:.3f}% | "
                          f"{ad['trainable']:,} of {ad['total']:,} parameters; target <= 0.1% |")
