@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -336,7 +335,6 @@ def _error_row(config: BenchConfig, cell: Cell, error: BaseException) -> dict[st
 
 def _safe_run_cell(config: BenchConfig, cell: Cell) -> dict[str, Any]:
     """Worker entry point: a failing cell becomes a row with ``error`` set instead of killing the grid."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(config.threads_per_worker))
     try:
         return run_cell(config, cell)
     except Exception as error:  # noqa: BLE001 -- reported in the CSV and retried on the next run
