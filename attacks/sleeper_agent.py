@@ -61,6 +61,9 @@ class SleeperAgentConfig:
     :param use_trigger: patch the source images in ``g_s`` (False gives class-targeted Witches' Brew).
     :param surrogate_recipe: the surrogate's schedule; None uses the scenario's (victim) recipe.
     :param surrogate_epochs: override the surrogate recipe's epochs (schedule scaled); None keeps them.
+    :param ensemble: surrogates trained from scratch with different seeds; the matching loss is averaged
+        over them and every retraining retrains all (Witches' Brew's ensemble option; 1 = the paper's
+        single surrogate). Crafting cost grows linearly.
     """
 
     steps: int = 250
@@ -75,12 +78,13 @@ class SleeperAgentConfig:
     use_trigger: bool = True
     surrogate_recipe: TrainingRecipe | None = None
     surrogate_epochs: int | None = None
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if self.selection not in ("gradient_norm", "random"):
             raise ValueError(f"selection must be 'gradient_norm' or 'random', got {self.selection!r}")
-        if self.steps < 1 or self.restarts < 1 or self.retrain_times < 0:
-            raise ValueError("steps and restarts must be >= 1 and retrain_times >= 0")
+        if self.steps < 1 or self.restarts < 1 or self.retrain_times < 0 or self.ensemble < 1:
+            raise ValueError("steps, restarts and ensemble must be >= 1 and retrain_times >= 0")
 
     @classmethod
     def for_dataset(cls, dataset, **overrides) -> SleeperAgentConfig:
@@ -165,19 +169,32 @@ class GradientMatcher:
         poison_norm = torch.sqrt(sum((gp ** 2).sum() for gp in g_poison))
         return 1.0 - dot / (poison_norm * source_norm + 1e-12)
 
+    def _targets(self, models: list[nn.Module]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+        targets = []
+        for model in models:
+            g_source = self.source_gradient(model)
+            targets.append((g_source, torch.sqrt(sum((g ** 2).sum() for g in g_source))))
+        return targets
+
+    def _ensemble_loss(self, models: list[nn.Module], targets, x: torch.Tensor, target: torch.Tensor,
+                       create_graph: bool) -> torch.Tensor:
+        losses = [self._matching_loss(m, g, n, x, target, create_graph) for m, (g, n) in zip(models, targets, strict=True)]
+        return sum(losses) / len(losses)
+
     def run(self, poison_idx: np.ndarray, surrogate: nn.Module) -> tuple[torch.Tensor, float, nn.Module]:
         cfg, s = self.config, self.scenario
         base = s.x_train[torch.as_tensor(poison_idx)].to(self.device)
         target = torch.full((len(base),), s.target_class, dtype=torch.int64, device=self.device)
         eps = float(s.eps)
         best_delta, best_loss = None, float("inf")
-        initial_state = copy.deepcopy(surrogate.state_dict())
+        first_models = [surrogate] + [self.train_surrogate(s.x_train, s.y_train) for _ in range(cfg.ensemble - 1)]
+        initial_states = [copy.deepcopy(m.state_dict()) for m in first_models]
         interval = cfg.steps // (cfg.retrain_times + 1) if cfg.retrain_times > 0 else 0
         for _ in range(cfg.restarts):
-            model = surrogate
-            model.load_state_dict(initial_state)
-            g_source = self.source_gradient(model)
-            source_norm = torch.sqrt(sum((g ** 2).sum() for g in g_source))
+            models = first_models
+            for model, state in zip(models, initial_states, strict=True):
+                model.load_state_dict(state)
+            targets = self._targets(models)
             noise = torch.randn(base.shape, generator=self.generator).to(self.device)
             delta = (noise * eps).clamp(-eps, eps)
             delta = ((base + delta).clamp(0, 1) - base).requires_grad_(True)
@@ -189,15 +206,15 @@ class GradientMatcher:
                 if interval and step > 0 and step % interval == 0 and retrained < cfg.retrain_times:
                     x_now = s.x_train.clone()
                     x_now[torch.as_tensor(poison_idx)] = (base + delta.detach()).cpu()
-                    model = self.train_surrogate(x_now, s.y_train)
-                    g_source = self.source_gradient(model)
-                    source_norm = torch.sqrt(sum((g ** 2).sum() for g in g_source))
+                    models = [self.train_surrogate(x_now, s.y_train) for _ in range(cfg.ensemble)]
+                    targets = self._targets(models)
                     retrained += 1
-                model.eval()
+                for model in models:
+                    model.eval()
                 optimizer.zero_grad(set_to_none=True)
                 for start in range(0, len(base), cfg.poison_batch_size):
                     sl = slice(start, start + cfg.poison_batch_size)
-                    loss = self._matching_loss(model, g_source, source_norm, base[sl] + delta[sl], target[sl], True)
+                    loss = self._ensemble_loss(models, targets, base[sl] + delta[sl], target[sl], True)
                     loss.backward()
                 delta.grad.sign_()
                 optimizer.step()
@@ -208,11 +225,10 @@ class GradientMatcher:
             final = 0.0
             for start in range(0, len(base), cfg.poison_batch_size):
                 sl = slice(start, start + cfg.poison_batch_size)
-                final += float(self._matching_loss(model, g_source, source_norm, base[sl] + delta[sl].detach(),
-                                                   target[sl], False))
+                final += float(self._ensemble_loss(models, targets, base[sl] + delta[sl].detach(), target[sl], False))
             if final < best_loss:
                 best_loss, best_delta = final, delta.detach().clone()
-        return best_delta.cpu(), best_loss, model
+        return best_delta.cpu(), best_loss, models[0]
 
 
 @register_attack

@@ -9,6 +9,7 @@ with the same seeds.
 
     python benchmarks/poisoning_digits.py                      # 5 pairs, budgets 1% and 5%
     python benchmarks/poisoning_digits.py --pairs 2 --budgets 0.01 --no-append   # quick look
+    python benchmarks/poisoning_digits.py --budgets 0.05 --variant no_aug:augment=False   # extra Sleeper Agent row
 
 The table is printed and appended to benchmarks/RESULTS.md (unless --no-append).
 """
@@ -16,6 +17,7 @@ The table is printed and appended to benchmarks/RESULTS.md (unless --no-append).
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import platform
 import time
@@ -43,6 +45,21 @@ def draw_pairs(num_classes: int, count: int, seed: int) -> list[tuple[int, int]]
     return pairs
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"label:field=value,field=value"`` -> (label, Sleeper Agent config overrides)."""
+    label, _, assignments = text.partition(":")
+    if not label or not assignments:
+        raise SystemExit(f"--variant expects LABEL:FIELD=VALUE[,FIELD=VALUE], got {text!r}")
+    overrides = {}
+    for item in assignments.split(","):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value.strip()
+    return label, overrides
+
+
 def train_and_measure(dataset, x, y, scenario, recipe, width, seed, device):
     torch.manual_seed(seed)
     model = train_model(make_victim("small_cnn", dataset, width=width), x, y, recipe, device=device, seed=seed)
@@ -59,6 +76,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--pair-seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="extra Sleeper Agent row: LABEL:FIELD=VALUE[,FIELD=VALUE] (SleeperAgentConfig fields)")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
 
@@ -68,6 +87,9 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     attacks = {
         "sleeper_agent": lambda: make_attack("sleeper_agent", **vars(SleeperAgentConfig.for_dataset(dataset))),
+        **{f"sleeper_agent {label}": (lambda o=overrides: make_attack(
+            "sleeper_agent", **vars(SleeperAgentConfig.for_dataset(dataset, **o))))
+           for label, overrides in map(parse_variant, args.variant)},
         "htba": lambda: make_attack("htba"),
         "random_noise": lambda: make_attack("random_noise"),
     }
@@ -132,10 +154,12 @@ def main() -> None:
     if args.no_append:
         return
     command = "python benchmarks/poisoning_digits.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("no_append",))
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("no_append", "variant"))
+    command += "".join(f" --variant {v}" for v in args.variant)
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
                f"device {args.device}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     sa = SleeperAgentConfig.for_dataset(dataset)
+    variants = "".join(f"; row `sleeper_agent {v.partition(':')[0]}` changes {v.partition(':')[2]}" for v in args.variant)
     text = f"""
 ## Sleeper Agent on digits, victims trained from scratch ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
 
@@ -148,7 +172,8 @@ victim: small CNN (width {args.width}) trained from scratch, {recipe.epochs} epo
 crop padding {recipe.crop_padding}, no flips; eps = {args.eps * 255:.0f}/255; a {scenario.trigger.size}x{scenario.trigger.size}
 binary patch at a random location. Pairs (source->target): {', '.join(f'{s}->{t}' for s, t in pairs)};
 {args.victim_seeds} victim seeds per pair. Sleeper Agent: {sa.steps} steps, signed Adam lr {sa.lr},
-{sa.retrain_times} surrogate retrainings, {sa.restarts} restart, poisons chosen by gradient norm.
+{sa.retrain_times} surrogate retrainings, {sa.restarts} restart, poisons chosen by gradient norm, differentiable
+crop augmentation while crafting{variants}.
 "ASR of clean victims" is the share of patched source images that victims trained on clean data already
 send to the target (the patch alone). Clean accuracy of clean victims: {clean_acc:.1%}.
 Total wall time {total / 60:.1f} min.

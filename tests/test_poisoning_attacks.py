@@ -177,6 +177,22 @@ def test_sleeper_agent_selects_largest_gradient_norms_and_reduces_the_matching_l
     assert after < before
 
 
+def test_sleeper_agent_ensemble_matches_every_surrogate_and_retrains_them_all(scenario):
+    from parley.attacks.sleeper_agent import GradientMatcher, SleeperAgentConfig
+
+    cfg = SleeperAgentConfig(steps=6, retrain_times=1, surrogate_epochs=1, augment=False, lr=0.01, ensemble=2)
+    matcher = GradientMatcher(cfg, scenario, salt=1)
+    model = matcher.train_surrogate(scenario.x_train, scenario.y_train)
+    poison_idx = scenario.class_indices(scenario.target_class)[:3]
+    delta, loss, _ = matcher.run(poison_idx, model)
+    # one surrogate given + one more for the ensemble, then both retrained once
+    assert matcher.trainings == 4
+    assert delta.shape == (3, *scenario.shape) and float(delta.abs().max()) <= scenario.eps + 1e-6
+    assert 0.0 <= loss <= 2.0
+    with pytest.raises(ValueError, match="ensemble"):
+        SleeperAgentConfig(ensemble=0)
+
+
 def test_metrics_on_hand_built_predictions():
     labels = np.array([0, 1, 2, 3, 3])
     assert clean_accuracy(np.array([0, 1, 0, 3, 2]), labels) == pytest.approx(0.6)
