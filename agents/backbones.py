@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from parley.envs.negotiation import (
     MAX_ITEM_COUNT,
     NUM_ACTIONS,
@@ -48,8 +50,6 @@ from parley.envs.negotiation import (
     VALUE_TOTAL,
     ObservationLayout,
 )
-from torch import nn
-
 from parley.utils import resolve_device
 
 LAYOUTS = ("auto", "negotiation", "flat")

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from parley.agents.backbones import (
     ACTIVATIONS,
     Backbone,
@@ -45,7 +47,6 @@ from parley.agents.backbones import (
     TransformerConfig,
     register_backbone,
 )
-from torch import nn
 
 ADAPTER_FORMAT = "parley-compacter-adapters-v1"
 

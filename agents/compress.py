@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from parley.envs.negotiation import NUM_ACTIONS, BatchedNegotiation, sample_context_arrays
 from torch import nn
 from torch.nn.utils import prune
 
+from parley.envs.negotiation import NUM_ACTIONS, BatchedNegotiation, sample_context_arrays
 from parley.utils import resolve_device
 
 QUANT_BACKENDS = ("auto", "dynamic", "torchao")

@@ -46,6 +46,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from parley.agents.backbones import (
     Backbone,
     NegotiationTokenizer,
@@ -54,8 +57,6 @@ from parley.agents.backbones import (
     register_backbone,
     require_negotiation,
 )
-from torch import nn
-from torch.nn import functional as F
 
 VARIANTS = ("dot", "l2")
 DEFAULT_COEFF = 0.9

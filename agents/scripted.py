@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from parley.agents.policy import BatchPolicy
 from parley.envs.negotiation import (
     AGREE_ACTION,

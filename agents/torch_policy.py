@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from parley.agents.policy import BatchPolicy, Policy
-from parley.envs.negotiation import NUM_ACTIONS
 from torch import nn
 
+from parley.agents.policy import BatchPolicy, Policy
+from parley.envs.negotiation import NUM_ACTIONS
 from parley.utils import resolve_device
 
 POLICY_FILE = "policy.json"

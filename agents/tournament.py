@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+
 from parley.agents.policy import Policy
 from parley.agents.scripted import PARTNERS, make_partner
 from parley.envs.negotiation import (

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
+
 from parley.agents.backbones import make_backbone, sample_observations
 from parley.agents.compacter import merge_adapters
 from parley.agents.compress import model_size_bytes, quantize_int8
@@ -40,7 +42,6 @@ from parley.agents.invertible import (
     update_spectral_norms,
 )
 from parley.envs.negotiation import NUM_ACTIONS
-from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BATCH = 64

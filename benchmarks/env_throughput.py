@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from parley.agents.policy import BatchPolicy
 from parley.envs import negotiation_v0
 from parley.envs.negotiation import (

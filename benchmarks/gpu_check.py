@@ -304,6 +304,7 @@ def check_tda_learners(ctx: CheckContext) -> str:
 @gpu_check("training: RLlib PPO learner on the device (partner pool, mlp), export to TorchPolicy")
 def check_rllib_learner(ctx: CheckContext) -> str:
     import ray
+
     from parley.agents import rllib_setups as setups
     from parley.agents.rllib_training import current_policy
     from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays

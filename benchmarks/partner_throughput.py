@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from parley.agents.scripted import list_partners, make_partner
 from parley.agents.tournament import run_tournament
 from parley.envs.negotiation import WALK_AWAY_ACTION, BatchedNegotiation, sample_context_arrays

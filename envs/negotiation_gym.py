@@ -63,6 +63,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 from gymnasium import spaces
+
 from parley.agents.policy import Policy
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,

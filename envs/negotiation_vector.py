@@ -55,6 +55,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
 from parley.agents.policy import Policy
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,

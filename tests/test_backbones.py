@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+
 from parley.agents.backbones import (
     list_backbones,
     make_backbone,

@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from parley.agents.backbones import make_backbone, sample_observations
 from parley.agents.compacter import merge_adapters
 from parley.agents.compress import (
@@ -21,7 +23,6 @@ from parley.agents.compress import (
     sparsity_report,
 )
 from parley.envs.negotiation import NUM_ACTIONS
-from torch import nn
 
 
 @pytest.fixture(scope="module")

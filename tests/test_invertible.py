@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from parley.agents.backbones import make_backbone, sample_observations
 from parley.agents.invertible import (
     InvertibleImageClassifier,

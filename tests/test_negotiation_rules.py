@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from parley.envs.negotiation import (
     AGREE_ACTION,
     NUM_ACTIONS,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from parley.agents.policy import Policy
 from parley.agents.scripted import (
     ObservationView,

@@ -7,17 +7,17 @@ import math
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from parley.agents.policy import BatchPolicy
 from parley.agents.scripted import make_partner
 from parley.agents.tournament import run_tournament
+from parley.cli import app
 from parley.envs.negotiation import (
     WALK_AWAY_ACTION,
     NegotiationState,
     sample_context,
 )
-from typer.testing import CliRunner
-
-from parley.cli import app
 
 
 class WalkAway(BatchPolicy):
