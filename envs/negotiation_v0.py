@@ -105,6 +105,11 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
+from pettingzoo import AECEnv, ParallelEnv
+from pettingzoo.utils import wrappers
+from pettingzoo.utils.env_logger import EnvLogger
+from pettingzoo.utils.wrappers.order_enforcing import AECOrderEnforcingIterable, AECOrderEnforcingIterator
+
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     MAX_ITEM_COUNT,
@@ -118,10 +123,6 @@ from parley.envs.negotiation import (
     load_contexts,
     sample_context,
 )
-from pettingzoo import AECEnv, ParallelEnv
-from pettingzoo.utils import wrappers
-from pettingzoo.utils.env_logger import EnvLogger
-from pettingzoo.utils.wrappers.order_enforcing import AECOrderEnforcingIterable, AECOrderEnforcingIterator
 
 __all__ = ["env", "raw_env", "parallel_env", "NegotiationParallelEnv", "observation_space",
            "resolve_contexts", "IllegalActionError"]
