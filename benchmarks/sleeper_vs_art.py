@@ -58,7 +58,7 @@ class Settings:
     epochs: int | None = None
     poison_batch: int = 512
     victim_seeds: int = 2
-    threads: int = 2
+    threads: int = 1  # more threads than free cores slows torch down sharply on a shared machine
     write: bool = True
 
 
