@@ -8,9 +8,8 @@ from fastapi.testclient import TestClient
 
 from parley.envs.negotiation import encode_act
 from parley.human_eval.app import create_app
-
-queue_mod = pytest.importorskip("parley.oracles.queue")
-from parley.oracles.base import OracleQuery  # noqa: E402
+from parley.oracles import queue as queue_mod
+from parley.oracles.base import OracleQuery
 
 
 @pytest.fixture

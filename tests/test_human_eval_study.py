@@ -288,9 +288,9 @@ def test_tables_of_one_study_leave_other_studies_out(tmp_path):
 
 
 def test_a_saved_torch_policy_serves_as_study_agent_and_terminal_partner(tmp_path):
-    torch_policy = pytest.importorskip("parley.agents.torch_policy")
     from fastapi.testclient import TestClient
 
+    from parley.agents import torch_policy
     from parley.cli import app as cli_app
     from parley.human_eval.app import create_app
 
