@@ -7,7 +7,8 @@ directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
 
 * every iteration plays ``games_per_iteration`` complete games at once; in each game the learner's seat
   and the first mover are drawn at random, the other seat is played by ``partner`` (any batched
-  :class:`~parley.agents.policy.Policy`: a scripted partner, a supervised partner model, ...);
+  :class:`~parley.agents.policy.Policy`: a scripted partner, a supervised partner model, ...) or, given
+  a list of policies, by one of them drawn uniformly per game (a partner pool);
 * the learner's decisions form short episodes (at most ``ceil(max_turns / 2)`` steps) whose only
   reward comes at the end of the game; advantages use GAE over the learner's own steps;
 * illegal actions never happen: the policy's logits are masked with the rules' legal-action mask;
@@ -15,7 +16,12 @@ directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
   (Pareto bonus, prosocial mix, fairness penalty) for the baselines of Kwon et al. (2021);
 * ``sl_coef > 0`` adds a behaviour-cloning loss on a supervised dataset to every update ("SL+RL").
 
-Rewards are divided by 10 (the most points an agent can score) so values stay near [0, 1].
+Rewards are multiplied by ``reward_scale`` (default 0.1: points / 10, the most an agent can score) so
+values stay near [0, 1]. The history counts ``learner_steps`` (the learner's decisions: what a
+single-agent env with the partner inside calls env steps, and what RLlib and Stable-Baselines3 count)
+and ``env_steps`` (both sides' acts). ``on_iteration(row, optimizer)`` is called after every iteration
+and may stop training by returning True; ``parley train --framework native`` uses it for its logs and
+checkpoints, and ``start_iteration``/``optimizer_state`` for ``--resume``.
 
 Usage::
 
@@ -26,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,6 +78,7 @@ class PPOConfig:
     sl_coef: float = 0.0
     sl_batch_size: int = 256
     max_turns: int = DEFAULT_MAX_TURNS
+    reward_scale: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,6 +86,8 @@ class PPOConfig:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
         if self.games_per_iteration < 1 or self.total_games < 1:
             raise ValueError("total_games and games_per_iteration must be positive")
+        if not self.reward_scale > 0:
+            raise ValueError(f"reward_scale must be positive, got {self.reward_scale}")
 
 
 def shaped_reward(metrics: dict[str, np.ndarray], learner_seat: np.ndarray, config: PPOConfig) -> np.ndarray:
@@ -104,17 +114,43 @@ class PPOResult:
     history: list[dict[str, float]]
 
 
-def train_ppo(learner: TorchPolicy, partner: Policy, config: PPOConfig | None = None, *,
-              sl_data: ActDataset | None = None, log_every: int = 0) -> PPOResult:
-    """Train ``learner`` in place against the fixed ``partner`` with masked PPO; return it and the logs."""
+def partner_actions(partners: Sequence[Policy], partner_of: np.ndarray, observations: np.ndarray,
+                    masks: np.ndarray) -> np.ndarray:
+    """Each row's act from its own game's partner (``partner_of[row]`` indexes ``partners``)."""
+    if len(partners) == 1:
+        return np.asarray(partners[0].act_batch(observations, masks)).reshape(-1)
+    actions = np.zeros(len(observations), dtype=np.int64)
+    for index in np.unique(partner_of):
+        rows = np.flatnonzero(partner_of == index)
+        actions[rows] = np.asarray(partners[index].act_batch(observations[rows], masks[rows])).reshape(-1)
+    return actions
+
+
+def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: PPOConfig | None = None, *,
+              sl_data: ActDataset | None = None, log_every: int = 0,
+              on_iteration: Callable[[dict[str, float], torch.optim.Optimizer], bool | None] | None = None,
+              start_iteration: int = 0, optimizer_state: dict[str, Any] | None = None) -> PPOResult:
+    """Train ``learner`` in place against ``partner`` (or a pool of partners) with masked PPO.
+
+    Returns the learner and one log row per iteration. Iterations run from ``start_iteration + 1`` to
+    ``total_games // games_per_iteration``; ``optimizer_state`` restores Adam's state when resuming.
+    """
     config = config or PPOConfig()
     if config.sl_coef > 0 and (sl_data is None or len(sl_data) == 0):
         raise ValueError("sl_coef > 0 needs sl_data: the supervised examples to keep imitating")
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
+    partners = list(partner) if isinstance(partner, (list, tuple)) else [partner]
+    if not partners:
+        raise ValueError("the partner pool is empty; give at least one partner policy")
+    partner_name = ",".join(str(getattr(p, "name", p)) for p in partners)
+    # A resumed run continues a fresh random stream rather than replaying the first iterations' games.
+    rng = np.random.default_rng([config.seed, start_iteration])
+    torch.manual_seed(config.seed + start_iteration)
     device = learner.device
     model = learner.model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=config.learning_rate, eps=1e-5)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     n = config.games_per_iteration
     max_steps = (config.max_turns + 1) // 2  # the most acts one side sends in a game
     obs_size = learner.observation_size
@@ -122,12 +158,15 @@ def train_ppo(learner: TorchPolicy, partner: Policy, config: PPOConfig | None = 
     iterations = max(1, config.total_games // n)
     history: list[dict[str, float]] = []
     start_time = time.perf_counter()
-    env_steps = 0
+    env_steps = learner_steps = 0
 
-    for iteration in range(1, iterations + 1):
-        # ---- roll out: n complete games, learner seat and first mover drawn per game ----------------
+    for iteration in range(start_iteration + 1, iterations + 1):
+        iteration_start = time.perf_counter()
+        iteration_learner_steps = learner_steps
+        # ---- roll out: n complete games, learner seat, first mover and partner drawn per game -------
         counts, values = sample_context_arrays(rng, n)
         learner_seat = rng.integers(0, 2, size=n)
+        partner_of = rng.integers(0, len(partners), size=n)
         env.reset_games(np.arange(n), counts, values, rng.integers(0, 2, size=n))
         obs_buf = np.zeros((max_steps, n, obs_size), dtype=np.float32)
         mask_buf = np.zeros((max_steps, n, env.legal_masks().shape[1]), dtype=np.int8)
@@ -159,15 +198,19 @@ def train_ppo(learner: TorchPolicy, partner: Policy, config: PPOConfig | None = 
                 actions[learner_rows] = act.cpu().numpy()
             if partner_rows.size:
                 partner_obs = env.observations(1 - learner_seat)[partner_rows]
-                actions[partner_rows] = np.asarray(partner.act_batch(partner_obs, masks[partner_rows])).reshape(-1)
+                actions[partner_rows] = partner_actions(partners, partner_of[partner_rows], partner_obs,
+                                                        masks[partner_rows])
             env_steps += int(learner_rows.size + partner_rows.size)
+            learner_steps += int(learner_rows.size)
             illegal = env.apply_actions(actions)
             if illegal.any():
-                raise ValueError(f"the partner {getattr(partner, 'name', partner)!r} sent an illegal action")
+                culprits = sorted({partners[i].name if hasattr(partners[i], "name") else str(partners[i])
+                                   for i in partner_of[illegal]})
+                raise ValueError(f"the partner(s) {culprits} sent an illegal action")
 
         # ---- returns and advantages over each game's learner steps --------------------------------
         metrics = env.metrics()
-        final_reward = shaped_reward(metrics, learner_seat, config) / 10.0
+        final_reward = shaped_reward(metrics, learner_seat, config) * config.reward_scale
         last = step_of - 1  # index of the learner's last step (-1: the learner never moved)
         rewards = np.zeros((max_steps, n), dtype=np.float32)
         has_steps = last >= 0
@@ -234,19 +277,26 @@ def train_ppo(learner: TorchPolicy, partner: Policy, config: PPOConfig | None = 
         row = {
             "iteration": iteration,
             "games": iteration * n,
-            "reward": float(final_reward.mean() * 10.0),
+            "reward": float(final_reward.mean() / config.reward_scale),
             "own_score": float(own.mean()),
             "partner_score": float(metrics["scores"][rows, 1 - learner_seat].mean()),
             "agreement": float(agreed.mean()),
             "pareto": float(metrics["pareto_optimal"][agreed].mean()) if agreed.any() else float("nan"),
             "approx_kl": float(approx_kl),
             "entropy": float(entropy.detach()),
+            "learner_steps": learner_steps,
+            "env_steps": env_steps,
+            "learner_steps_this_iteration": learner_steps - iteration_learner_steps,
+            "iteration_seconds": time.perf_counter() - iteration_start,
             "env_steps_per_s": env_steps / (time.perf_counter() - start_time),
+            "learner_steps_per_s": learner_steps / (time.perf_counter() - start_time),
         }
         history.append(row)
         if log_every and iteration % log_every == 0:
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    learner.metadata.update({"ppo": {**asdict(config), "partner": getattr(partner, "name", str(partner))}})
+        if on_iteration is not None and on_iteration(row, optimizer):
+            break
+    learner.metadata.update({"ppo": {**asdict(config), "partner": partner_name}})
     return PPOResult(learner, history)
 
 

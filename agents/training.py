@@ -1,4 +1,4 @@
-"""``parley train``: PPO for negotiation agents with RLlib (new API stack) or Stable-Baselines3.
+"""``parley train``: PPO for negotiation agents with RLlib (new API stack), Stable-Baselines3 or natively.
 
 Everything a run needs is one :class:`TrainConfig`; the command line, a YAML file (``--config``) and
 ``--resume`` all fill it, and :meth:`TrainConfig.validate` rejects bad input before any work starts.
@@ -16,7 +16,9 @@ A run directory (``--out runs/NAME``) holds::
 
 Setups (RLlib): ``partners`` -- one learner against scripted partners drawn per episode (default);
 ``self-play`` -- against a league of frozen snapshots; ``independent`` -- two learners, one per seat.
-Stable-Baselines3 trains ``MaskablePPO`` against the partner pool only.
+Stable-Baselines3 trains ``MaskablePPO`` against the partner pool only; so does ``native``, parley's own
+single-process masked PPO on the batched rules (:mod:`parley.agents.native_training`), the fastest
+on one machine.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import yaml
 
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, observation_size
 
-FRAMEWORKS = ("rllib", "sb3")
+FRAMEWORKS = ("rllib", "sb3", "native")
 ADAPTERS = ("compacter",)
 DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto")
 DEFAULT_ITERATIONS = 15
@@ -154,9 +156,10 @@ class TrainConfig:
             raise TrainConfigError(str(err)) from None
         if self.self_play and self.independent:
             raise TrainConfigError("choose one setup: --self-play or --independent, not both")
-        if self.framework == "sb3":
+        if self.framework in ("sb3", "native"):
+            what = {"sb3": "Stable-Baselines3", "native": "the native trainer"}[self.framework]
             if self.self_play or self.independent:
-                raise TrainConfigError("Stable-Baselines3 has no multi-agent training; --self-play and "
+                raise TrainConfigError(f"{what} trains against the partner pool only; --self-play and "
                                        "--independent need --framework rllib")
             if self.address is not None or self.num_env_runners:
                 raise TrainConfigError("--address and --num-env-runners are Ray settings; they need --framework rllib")
@@ -407,10 +410,14 @@ def train(config: TrainConfig, *, console=None, evaluate: bool = True,
         from parley.agents.rllib_training import train_rllib
 
         result = train_rllib(config, run, console=console, on_iteration=on_iteration)
-    else:
+    elif config.framework == "sb3":
         from parley.agents.sb3_training import train_sb3
 
         result = train_sb3(config, run, console=console, on_iteration=on_iteration)
+    else:
+        from parley.agents.native_training import train_native
+
+        result = train_native(config, run, console=console, on_iteration=on_iteration)
     if evaluate:
         from parley.agents.evaluation import evaluate_policy, write_eval_csv
         from parley.agents.torch_policy import TorchPolicy

@@ -21,7 +21,7 @@ def _fail(message: str) -> None:
 
 
 def train_command(
-    framework: str | None = typer.Option(None, "--framework", help="rllib (default) or sb3."),
+    framework: str | None = typer.Option(None, "--framework", help="rllib (default), sb3, or native (parley's own single-process PPO, fastest on one machine)."),
     backbone: str | None = typer.Option(None, "--backbone", "-b",
                                         help="mlp (default), transformer, compacter or invertible_attention."),
     backbone_config: str | None = typer.Option(None, "--backbone-config",

@@ -152,7 +152,7 @@ def test_ppo_learns_to_score_against_a_fixed_partner():
     result = train_ppo(learner, make_partner("conceder"), PPOConfig(total_games=6144, games_per_iteration=512))
     first, last = result.history[0], result.history[-1]
     assert last["own_score"] > first["own_score"] + 1.0
-    assert last["env_steps_per_s"] > 500
+    assert last["learner_steps"] == sum(row["learner_steps_this_iteration"] for row in result.history) > 0
 
 
 def test_every_baseline_trains_in_the_harness(corpus, sl_policy, tmp_path):

@@ -143,7 +143,7 @@ def test_partner_pool_vector_env_draws_each_games_partner_from_the_pool():
     ({"backbone": "resnet"}, "unknown backbone 'resnet'; available"),
     ({"partners": ["boulware", "nobody"]}, "unknown partner 'nobody'"),
     ({"framework": "jax"}, "unknown framework"),
-    ({"framework": "sb3", "self_play": True}, "no multi-agent"),
+    ({"framework": "sb3", "self_play": True}, "partner pool only"),
     ({"framework": "sb3", "num_env_runners": 2}, "need --framework rllib"),
     ({"self_play": True, "independent": True}, "choose one setup"),
     ({"adapters": "compacter"}, "give it with --init-from"),
@@ -166,7 +166,7 @@ def test_cli_rejects_bad_input_before_starting(tmp_path):
     runner = CliRunner()
     out = tmp_path / "run"
     for args, message in [(["--backbone", "resnet"], "unknown backbone"), (["--partners", "x"], "unknown partner"),
-                          (["--framework", "sb3", "--self-play"], "no multi-agent"),
+                          (["--framework", "sb3", "--self-play"], "partner pool only"),
                           (["--resume"], "--resume needs --out"),
                           (["--config", str(tmp_path / "none.yaml")], "no config file")]:
         result = runner.invoke(app, ["train", "--out", str(out), *args] if args != ["--resume"] else ["train", *args])
