@@ -6,14 +6,15 @@
 
 Parts, all in one run so the ratios are measured side by side:
 
-``beat``      RLlib PPO, mlp backbone, against the whole scripted suite (partner drawn per episode).
-              After every iteration the greedy policy plays ``--eval-episodes`` games against each
+``beat``      PPO (RLlib, then parley's native trainer), mlp backbone, against the whole scripted suite
+              (partner drawn per episode).
+              After every iteration (at most every 5 training seconds) the greedy policy plays ``--eval-episodes`` games against each
               scripted partner; the clock stops when its mean score beats the best scripted partner's
               mean score against the same suite on the same contexts (target <= 15 minutes). Evaluation
               time is left out of the clock. Also reports env steps/s during training (target >= 5k/s).
               Writes the learning curve to ``benchmarks/learning_curve.png``.
-``speed``     RLlib vs Stable-Baselines3 MaskablePPO on the same env-step budget: wall time, env steps/s,
-              greedy score against the suite.
+``speed``     RLlib vs Stable-Baselines3 MaskablePPO vs native PPO on the same env-step budget: wall time,
+              env steps/s, greedy score against the suite.
 ``adapters``  a transformer policy trained against one pool (boulware, linear, tit_for_tat) is fine-tuned
               against another (conceder, fair_split, pareto) for the same budget twice: every weight, and
               Compacter adapters only. Reports the return ratio (adapters / full, score against the new
@@ -70,14 +71,23 @@ def best_scripted(episodes: int) -> tuple[str, float]:
     return best, scores[best]
 
 
-def time_to_beat(workdir: Path, target: float, episodes: int, max_minutes: float, lr: float) -> dict:
+FRAMEWORK_LABELS = {"rllib": "RLlib PPO", "native": "native PPO", "sb3": "SB3 MaskablePPO"}
+EVAL_INTERVAL_S = 5.0  # training seconds between evaluations (native iterations take about one second)
+
+
+def time_to_beat(workdir: Path, target: float, episodes: int, max_minutes: float, lr: float,
+                 framework: str = "rllib") -> dict:
     curve: list[tuple[float, int, float]] = []
     eval_seconds = 0.0
+    last_eval = -EVAL_INTERVAL_S
     beaten: dict = {}
 
     def on_iteration(row, current_policy) -> bool:
-        nonlocal eval_seconds
+        nonlocal eval_seconds, last_eval
         train_clock = row["elapsed_s"] - eval_seconds  # the evaluations so far sit inside elapsed_s
+        if train_clock - last_eval < EVAL_INTERVAL_S:
+            return train_clock > 60 * max_minutes
+        last_eval = train_clock
         tick = time.perf_counter()
         score = suite_score(current_policy(), episodes)
         eval_seconds += time.perf_counter() - tick
@@ -89,23 +99,24 @@ def time_to_beat(workdir: Path, target: float, episodes: int, max_minutes: float
             return True
         return train_clock > 60 * max_minutes
 
-    result = train(TrainConfig(partners=["suite"], iterations=10_000, out=str(workdir / "beat"), lr=lr,
-                               checkpoint_every=10_000, live=False), evaluate=False, on_iteration=on_iteration)
+    result = train(TrainConfig(framework=framework, partners=["suite"], iterations=100_000,
+                               out=str(workdir / f"beat-{framework}"), lr=lr, checkpoint_every=100_000, live=False),
+                   evaluate=False, on_iteration=on_iteration)
     steps_per_s = result.env_steps / max(result.elapsed_s - eval_seconds, 1e-9)
     return {"curve": curve, "beaten": beaten, "steps_per_s": steps_per_s, "env_steps": result.env_steps,
             "iter_rates": [r["steps_per_s"] for r in result.history]}
 
 
-def plot_curve(curve: list[tuple[float, int, float]], target: float, best_name: str) -> None:
+def plot_curve(curves: dict[str, list[tuple[float, int, float]]], target: float, best_name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seconds = [c[0] / 60 for c in curve]
-    scores = [c[2] for c in curve]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(seconds, scores, marker="o", markersize=3, label="PPO (RLlib, mlp), greedy")
+    for framework, curve in curves.items():
+        ax.plot([c[0] / 60 for c in curve], [c[2] for c in curve], marker="o", markersize=3,
+                label=f"{FRAMEWORK_LABELS[framework]} (mlp), greedy")
     ax.axhline(target, color="grey", linestyle="--", label=f"best scripted partner ({best_name})")
     ax.set_xlabel("training wall-clock (minutes, 2 CPU cores)")
     ax.set_ylabel("mean score vs scripted suite")
@@ -164,7 +175,9 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=100, help="games per scripted partner per evaluation")
     parser.add_argument("--max-minutes", type=float, default=15.0, help="cap on the time-to-beat run")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--speed-steps", type=int, default=100_000, help="env-step budget of RLlib vs SB3")
+    parser.add_argument("--speed-steps", type=int, default=100_000, help="env-step budget of RLlib vs SB3 vs native")
+    parser.add_argument("--frameworks", nargs="+", default=["rllib", "native"], choices=["rllib", "native"],
+                        help="trainers raced against the best scripted partner in the 'beat' part")
     parser.add_argument("--pretrain-steps", type=int, default=120_000)
     parser.add_argument("--finetune-steps", type=int, default=60_000)
     parser.add_argument("--adapter-lr", type=float, default=3e-3,
@@ -183,32 +196,41 @@ def main() -> None:
         best_name, target = best_scripted(args.eval_episodes)
         lines.append(f"| best scripted partner vs suite (mean score) | {target:.2f} | {best_name} |")
         if "beat" in args.parts:
-            print(f"time to beat {best_name} ({target:.2f}) ...", flush=True)
-            beat = time_to_beat(workdir, target, args.eval_episodes, args.max_minutes, args.lr)
-            if beat["beaten"]:
-                b = beat["beaten"]
-                lines.append(f"| RLlib PPO (mlp) time to beat it | {b['seconds'] / 60:.1f} min | target <= 15 min; "
-                             f"{b['steps']:,} env steps, iteration {b['iteration']} |")
-            else:
-                last = beat["curve"][-1] if beat["curve"] else (0.0, 0, float("nan"))
-                lines.append(f"| RLlib PPO (mlp) time to beat it | not within {args.max_minutes:g} min | target "
-                             f"<= 15 min; reached {last[2]:.2f} after {last[1]:,} env steps |")
-            best_score = max(c[2] for c in beat["curve"])
-            lines.append(f"| RLlib PPO best greedy score vs suite | {best_score:.2f} | over {len(beat['curve'])} "
-                         "evaluations |")
-            lines.append(f"| RLlib env steps/s during training (incl. PPO updates) | {beat['steps_per_s']:,.0f} | "
-                         f"target >= 5,000; best iteration {max(beat['iter_rates']):,.0f}/s |")
-            plot_curve(beat["curve"], target, best_name)
+            curves = {}
+            for framework in args.frameworks:
+                label = FRAMEWORK_LABELS[framework]
+                print(f"{label}: time to beat {best_name} ({target:.2f}) ...", flush=True)
+                beat = time_to_beat(workdir, target, args.eval_episodes, args.max_minutes, args.lr, framework)
+                curves[framework] = beat["curve"]
+                if beat["beaten"]:
+                    b = beat["beaten"]
+                    lines.append(f"| {label} (mlp) time to beat it | {b['seconds'] / 60:.1f} min | target <= 15 min; "
+                                 f"{b['steps']:,} env steps, iteration {b['iteration']} |")
+                else:
+                    last = beat["curve"][-1] if beat["curve"] else (0.0, 0, float("nan"))
+                    lines.append(f"| {label} (mlp) time to beat it | not within {args.max_minutes:g} min | target "
+                                 f"<= 15 min; reached {last[2]:.2f} after {last[1]:,} env steps |")
+                best_score = max(c[2] for c in beat["curve"])
+                lines.append(f"| {label} best greedy score vs suite | {best_score:.2f} | over {len(beat['curve'])} "
+                             "evaluations |")
+                lines.append(f"| {label} env steps/s during training (incl. PPO updates) | "
+                             f"{beat['steps_per_s']:,.0f} | target >= 5,000; best iteration "
+                             f"{max(beat['iter_rates']):,.0f}/s |")
+            plot_curve(curves, target, best_name)
             lines.append(f"| learning curve | `benchmarks/{CURVE.name}` | |")
         if "speed" in args.parts:
-            print("RLlib vs SB3 on the same budget ...", flush=True)
+            print("RLlib vs SB3 vs native on the same budget ...", flush=True)
             rl = framework_run("rllib", workdir, args.speed_steps, args.eval_episodes)
             sb = framework_run("sb3", workdir, args.speed_steps, args.eval_episodes)
+            na = framework_run("native", workdir, args.speed_steps, args.eval_episodes)
             lines.append(f"| RLlib, {rl['steps']:,} env steps: wall / steps/s / score | {rl['wall']:.0f} s / "
                          f"{rl['rate']:,.0f} / {rl['score']:.2f} | batched vector env, 128 games |")
             lines.append(f"| SB3 MaskablePPO, {sb['steps']:,} env steps: wall / steps/s / score | {sb['wall']:.0f} s / "
                          f"{sb['rate']:,.0f} / {sb['score']:.2f} | 16 single envs (DummyVecEnv) |")
+            lines.append(f"| native PPO, {na['steps']:,} env steps: wall / steps/s / score | {na['wall']:.0f} s / "
+                         f"{na['rate']:,.0f} / {na['score']:.2f} | whole games in lockstep, 2,048 per iteration |")
             lines.append(f"| RLlib / SB3 steps/s | {rl['rate'] / sb['rate']:.2f}x | same budget, same backbone |")
+            lines.append(f"| native / RLlib steps/s | {na['rate'] / rl['rate']:.2f}x | same budget, same backbone |")
         if "adapters" in args.parts:
             print("Compacter vs full fine-tuning ...", flush=True)
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
