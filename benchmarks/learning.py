@@ -141,17 +141,23 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
 
 
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
-                 backbone_config: dict, full_lr: float, adapter_lr: float) -> dict:
-    from parley.agents.compacter import count_parameters
-    from parley.agents.rllib_module import build_network, freeze_all_but_adapters
+                 backbone_config: dict, adapter_options: dict, full_lr: float, adapter_lr: float) -> dict:
+    """Pretrain against OLD_POOL, then fine-tune against NEW_POOL twice from the same weights, same seed.
+
+    Both arms get the same env-step budget and PPO settings; only the learning rate differs (each arm
+    its own). The trainable count is read off the fine-tuned adapter network itself, with exactly the
+    freezing training applied, over every parameter of the policy (backbone, policy and value heads).
+    """
+    from parley.agents.compacter import adapter_modules, count_parameters
+    from parley.agents.rllib_module import freeze_all_but_adapters
     from parley.agents.torch_policy import TorchPolicy
 
+    start = time.perf_counter()
     base = train(TrainConfig(backbone="transformer", backbone_config=backbone_config, partners=OLD_POOL,
                              timesteps=pretrain_steps, out=str(workdir / "pretrain"), checkpoint_every=10_000,
                              live=False), evaluate=False)
-    base_policy = TorchPolicy.load(base.policy_dir, device="cpu")
-    rows = {"before": suite_score(base_policy, episodes, NEW_POOL)}
-    adapter_options = {"n": 4, "rank": 1, "reduction": 32, "plus_plus": True}
+    rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_steps": base.env_steps}
+    rows["before"] = suite_score(TorchPolicy.load(base.policy_dir, device="cpu"), episodes, NEW_POOL)
     for mode in ("full", "adapters"):
         extra = {"adapters": "compacter", "backbone_config": adapter_options, "lr": adapter_lr} \
             if mode == "adapters" else {"lr": full_lr}
@@ -159,12 +165,19 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
         tuned = train(TrainConfig(partners=NEW_POOL, init_from=str(base.policy_dir), timesteps=finetune_steps,
                                   out=str(workdir / f"ft-{mode}"), checkpoint_every=10_000, live=False, **extra),
                       evaluate=False)
-        rows[mode] = suite_score(TorchPolicy.load(tuned.policy_dir, device="cpu"), episodes, NEW_POOL)
+        policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
+        rows[mode] = suite_score(policy, episodes, NEW_POOL)
         rows[f"{mode}_wall"] = time.perf_counter() - start
-    network = build_network("compacter", 36, {**backbone_config, "train_layer_norms": False, **adapter_options})
-    freeze_all_but_adapters(network)
-    trainable, total = count_parameters(network)
-    rows.update(trainable=trainable, total=total)
+        rows[f"{mode}_steps"] = tuned.env_steps
+        if mode == "full":
+            rows["full_trainable"], _ = count_parameters(policy.model)
+        else:
+            freeze_all_but_adapters(policy.model)
+            rows["trainable"], rows["total"] = count_parameters(policy.model)
+            trained = [name for name, p in policy.model.named_parameters() if p.requires_grad]
+            rows["trained"] = (f"{len(adapter_modules(policy.model))} adapter(s): PHM fast weights and biases, "
+                               f"shared slow weights; {len([n for n in trained if '.adapter.' not in n])} other "
+                               "tensors (heads, layer norms, transformer frozen)")
     return rows
 
 
@@ -178,12 +191,21 @@ def main() -> None:
     parser.add_argument("--speed-steps", type=int, default=100_000, help="env-step budget of RLlib vs SB3 vs native")
     parser.add_argument("--frameworks", nargs="+", default=["rllib", "native"], choices=["rllib", "native"],
                         help="trainers raced against the best scripted partner in the 'beat' part")
-    parser.add_argument("--pretrain-steps", type=int, default=120_000)
-    parser.add_argument("--finetune-steps", type=int, default=60_000)
+    parser.add_argument("--pretrain-steps", type=int, default=80_000,
+                        help="adapters part: env steps of the transformer pretraining against the first pool")
+    parser.add_argument("--finetune-steps", type=int, default=40_000,
+                        help="adapters part: env steps of each fine-tuning arm (the same for both)")
+    parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
     parser.add_argument("--adapter-lr", type=float, default=3e-3,
                         help="learning rate of adapter-only fine-tuning (few weights take a larger step)")
-    parser.add_argument("--d-model", type=int, default=128, help="transformer width for the adapter comparison")
-    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--d-model", type=int, default=256, help="transformer width for the adapter comparison")
+    parser.add_argument("--n-layers", type=int, default=1, help="transformer blocks for the adapter comparison")
+    parser.add_argument("--adapter-variant", choices=["compacter++", "compacter"], default="compacter++",
+                        help="compacter++: adapters after the feed-forward sublayers only; compacter: also after "
+                             "self-attention")
+    parser.add_argument("--adapter-n", type=int, default=4, help="PHM n (number of Kronecker summands)")
+    parser.add_argument("--adapter-rank", type=int, default=1, help="rank of the fast PHM weights")
+    parser.add_argument("--adapter-reduction", type=int, default=32, help="bottleneck = d_model / reduction")
     parser.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     where = machine()
@@ -234,18 +256,25 @@ def main() -> None:
         if "adapters" in args.parts:
             print("Compacter vs full fine-tuning ...", flush=True)
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
-            ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.eval_episodes, cfg,
-                              args.lr, args.adapter_lr)
+            options = {"n": args.adapter_n, "rank": args.adapter_rank, "reduction": args.adapter_reduction,
+                       "plus_plus": args.adapter_variant == "compacter++"}
+            ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.eval_episodes, cfg, options,
+                              args.full_lr, args.adapter_lr)
             ratio = ad["adapters"] / ad["full"] if ad["full"] else float("nan")
-            lines.append(f"| transformer {cfg}: score vs new pool before fine-tuning | {ad['before']:.2f} | "
-                         f"pretrained {args.pretrain_steps:,} steps vs {','.join(OLD_POOL)} |")
-            lines.append(f"| full fine-tuning, {args.finetune_steps:,} steps: score vs new pool | {ad['full']:.2f} | "
-                         f"{ad['full_wall']:.0f} s |")
-            lines.append(f"| Compacter++ adapters only: score vs new pool | {ad['adapters']:.2f} | "
-                         f"{ad['adapters_wall']:.0f} s; lr {args.adapter_lr:g} (full: {args.lr:g}) |")
-            lines.append(f"| Compacter / full return ratio | {100 * ratio:.1f}% | target >= 95% |")
+            variant = (f"{'Compacter++' if options['plus_plus'] else 'Compacter'} (n {options['n']}, rank "
+                       f"{options['rank']}, reduction {options['reduction']})")
+            lines.append(f"| transformer d_model {args.d_model}, 4 heads, {args.n_layers} layer(s): score vs new "
+                         f"pool before fine-tuning | {ad['before']:.2f} | pretrained {ad['pretrain_steps']:,} steps "
+                         f"vs {','.join(OLD_POOL)} ({ad['pretrain_wall']:.0f} s); new pool {','.join(NEW_POOL)} |")
+            lines.append(f"| full fine-tuning: score vs new pool | {ad['full']:.2f} | {ad['full_steps']:,} env steps, "
+                         f"{ad['full_wall']:.0f} s; lr {args.full_lr:g}; all {ad['full_trainable']:,} parameters |")
+            lines.append(f"| {variant} adapters only: score vs new pool | {ad['adapters']:.2f} | "
+                         f"{ad['adapters_steps']:,} env steps, {ad['adapters_wall']:.0f} s; lr {args.adapter_lr:g}; "
+                         "same seed and PPO settings |")
+            lines.append(f"| adapters / full return ratio | {100 * ratio:.1f}% | target >= 95% |")
             lines.append(f"| trainable fraction (adapters) | {100 * ad['trainable'] / ad['total']:.3f}% | "
-                         f"{ad['trainable']:,} of {ad['total']:,} parameters; target <= 0.1% |")
+                         f"{ad['trainable']:,} of {ad['total']:,} policy parameters (backbone + policy and value "
+                         f"heads); trained: {ad['trained']}; target <= 0.1% |")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         ray.shutdown()
