@@ -9,8 +9,8 @@ RLlib is the way to scale out over a cluster and to train in self-play or with t
 How the shared settings map onto it:
 
 * an iteration plays ``train_batch_size // GAMES_PER_BATCH_STEP`` complete games (with the default
-  pool a game holds about 2.5 learner decisions, so an iteration sees somewhat fewer learner steps than
-  ``train_batch_size``; ``progress.csv`` logs the exact count);
+  pool a game holds about 2.7 learner decisions, so an iteration sees about 0.7 x
+  ``train_batch_size`` learner steps; ``progress.csv`` logs the exact count);
 * each game's partner is drawn uniformly from ``--partners``; the learner's seat and the first mover
   are drawn per game too;
 * ``lr``, ``entropy_coeff``, ``num_epochs``, ``reward_scale`` and ``max_turns`` carry over;
