@@ -22,6 +22,10 @@ Algorithm (one restart), as :meth:`SleeperAgent._craft` runs it:
 Paper defaults (CIFAR-10, ResNet-18): eps 16/255, budget 1% of the training set, 250 steps, signed Adam
 lr 0.1 in the standardised input space (~0.025 in [0, 1] pixel units), 1 restart, 4 retrainings, poison
 batch 512. The surrogate follows the victim's recipe, which :meth:`TrainingRecipe.for_dataset` scales.
+The dataclass defaults are the paper's (:meth:`SleeperAgentConfig.paper`); :meth:`SleeperAgentConfig.for_dataset`
+keeps them on 32x32 colour images and switches smaller images (digits, MNIST) to
+:meth:`SleeperAgentConfig.small_images`: no retraining and IBM ART's ``delta = eps * tanh(w)``
+parametrisation, chosen on a validation split of the training data.
 
 >>> attack = make_attack("sleeper_agent")            # or SleeperAgent(SleeperAgentConfig(steps=100))
 >>> submission = attack.craft(scenario)
@@ -64,6 +68,12 @@ class SleeperAgentConfig:
     :param ensemble: surrogates trained from scratch with different seeds; the matching loss is averaged
         over them and every retraining retrains all (Witches' Brew's ensemble option; 1 = the paper's
         single surrogate). Crafting cost grows linearly.
+    :param parametrisation: ``"direct"`` (paper): signed Adam on ``delta`` itself, started at
+        ``randn * eps`` and projected to ``|delta| <= eps`` after every step; ``"tanh"`` (IBM ART's
+        choice): ``delta = eps * tanh(w)`` with signed Adam on ``w`` started near zero, so ``|delta| <=
+        eps`` holds by construction (``x + delta`` is still clipped to [0, 1]).
+    :param tanh_lr: signed-Adam step size on ``w`` with ``parametrisation="tanh"`` (ART: 0.1); ``lr`` is
+        not used then.
     """
 
     steps: int = 250
@@ -79,23 +89,51 @@ class SleeperAgentConfig:
     surrogate_recipe: TrainingRecipe | None = None
     surrogate_epochs: int | None = None
     ensemble: int = 1
+    parametrisation: str = "direct"
+    tanh_lr: float = 0.1
 
     def __post_init__(self) -> None:
         if self.selection not in ("gradient_norm", "random"):
             raise ValueError(f"selection must be 'gradient_norm' or 'random', got {self.selection!r}")
+        if self.parametrisation not in ("direct", "tanh"):
+            raise ValueError(f"parametrisation must be 'direct' or 'tanh', got {self.parametrisation!r}")
         if self.steps < 1 or self.restarts < 1 or self.retrain_times < 0 or self.ensemble < 1:
             raise ValueError("steps, restarts and ensemble must be >= 1 and retrain_times >= 0")
 
     @classmethod
-    def for_dataset(cls, dataset, **overrides) -> SleeperAgentConfig:
-        """The paper's crafting schedule for ``dataset``.
-
-        The step count, lr drops and retrainings carry over unchanged: on digits 250 steps take under a
-        minute on one CPU core, so nothing is cut. What scales with the dataset is the surrogate's training, which follows the victim recipe
-        (:meth:`TrainingRecipe.for_dataset`), and the poison count (a share of the training set).
-        """
-        del dataset  # kept for a stable signature: later scalings may depend on it
+    def paper(cls, **overrides) -> SleeperAgentConfig:
+        """The paper's crafting schedule (the dataclass defaults): 250 steps, 4 retrainings, direct
+        parametrisation, crafting augmentation, 1 restart."""
         return dataclasses.replace(cls(), **overrides)
+
+    @classmethod
+    def small_images(cls, **overrides) -> SleeperAgentConfig:
+        """The schedule :meth:`for_dataset` picks for images smaller than 32x32 colour (digits, MNIST).
+
+        Differences from :meth:`paper`: no surrogate retraining (``retrain_times=0``) and ART's
+        ``tanh`` parametrisation. Chosen on a validation split carved from the digits *training* split
+        (80/20, seed 1; six source/target pairs, two victims each, ASR on patched validation images):
+        at budget 10% / eps 32/255 the validation ASR was 10.2% against 2.9% for the paper's schedule and
+        2.1% for random noise; at 5% / 16/255 4.0% against 2.0% and 2.1% (no poisons: 1.9%). With one
+        surrogate training instead of five, crafting is also about twice as fast. Restarts (4 instead of
+        1) and crafting without augmentation did not help there. Details in docs/poisoning.md.
+        """
+        return dataclasses.replace(cls(retrain_times=0, parametrisation="tanh"), **overrides)
+
+    @classmethod
+    def for_dataset(cls, dataset, **overrides) -> SleeperAgentConfig:
+        """The crafting schedule for ``dataset``: :meth:`paper` on 32x32 (or larger) colour images,
+        :meth:`small_images` otherwise.
+
+        The split mirrors :meth:`TrainingRecipe.for_dataset`, which gives small grey images a short
+        victim schedule. On those, the paper's late retrainings leave the poisons fitted to a surrogate
+        that is replaced after the lr has dropped, and the validation ASR stayed at the random-noise
+        level; without retraining it did not (see :meth:`small_images`). The surrogate always follows
+        the victim recipe, and the poison count is a share of the training set.
+        """
+        channels, height = dataset.shape[0], dataset.shape[1]
+        base = cls.paper() if (height >= 32 and channels == 3) else cls.small_images()
+        return dataclasses.replace(base, **overrides)
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:
@@ -181,6 +219,12 @@ class GradientMatcher:
         losses = [self._matching_loss(m, g, n, x, target, create_graph) for m, (g, n) in zip(models, targets, strict=True)]
         return sum(losses) / len(losses)
 
+    def _delta(self, param: torch.Tensor, base: torch.Tensor, eps: float) -> torch.Tensor:
+        """The perturbation that ``param`` stands for (differentiable in ``param``)."""
+        if self.config.parametrisation == "tanh":
+            return (base + eps * torch.tanh(param)).clamp(0, 1) - base
+        return param
+
     def run(self, poison_idx: np.ndarray, surrogate: nn.Module) -> tuple[torch.Tensor, float, nn.Module]:
         cfg, s = self.config, self.scenario
         base = s.x_train[torch.as_tensor(poison_idx)].to(self.device)
@@ -196,16 +240,22 @@ class GradientMatcher:
                 model.load_state_dict(state)
             targets = self._targets(models)
             noise = torch.randn(base.shape, generator=self.generator).to(self.device)
-            delta = (noise * eps).clamp(-eps, eps)
-            delta = ((base + delta).clamp(0, 1) - base).requires_grad_(True)
-            optimizer = torch.optim.Adam([delta], lr=cfg.lr)
+            if cfg.parametrisation == "tanh":
+                # ART starts w at N(0, (1e-4 eps)^2): delta is ~0 and the first signed steps set its pattern.
+                param = (noise * 1e-4 * eps).requires_grad_(True)
+                lr = cfg.tanh_lr
+            else:
+                delta = (noise * eps).clamp(-eps, eps)
+                param = ((base + delta).clamp(0, 1) - base).requires_grad_(True)
+                lr = cfg.lr
+            optimizer = torch.optim.Adam([param], lr=lr)
             drops = sorted({max(1, int(round(f * cfg.steps))) for f in cfg.lr_drops})
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=drops, gamma=0.1)
             retrained = 0
             for step in range(cfg.steps):
                 if interval and step > 0 and step % interval == 0 and retrained < cfg.retrain_times:
                     x_now = s.x_train.clone()
-                    x_now[torch.as_tensor(poison_idx)] = (base + delta.detach()).cpu()
+                    x_now[torch.as_tensor(poison_idx)] = (base + self._delta(param, base, eps).detach()).cpu()
                     models = [self.train_surrogate(x_now, s.y_train) for _ in range(cfg.ensemble)]
                     targets = self._targets(models)
                     retrained += 1
@@ -214,18 +264,21 @@ class GradientMatcher:
                 optimizer.zero_grad(set_to_none=True)
                 for start in range(0, len(base), cfg.poison_batch_size):
                     sl = slice(start, start + cfg.poison_batch_size)
-                    loss = self._ensemble_loss(models, targets, base[sl] + delta[sl], target[sl], True)
+                    delta = self._delta(param[sl], base[sl], eps)
+                    loss = self._ensemble_loss(models, targets, base[sl] + delta, target[sl], True)
                     loss.backward()
-                delta.grad.sign_()
+                param.grad.sign_()
                 optimizer.step()
                 scheduler.step()
-                with torch.no_grad():
-                    delta.clamp_(-eps, eps)
-                    delta.copy_((base + delta).clamp(0, 1) - base)
+                if cfg.parametrisation == "direct":
+                    with torch.no_grad():
+                        param.clamp_(-eps, eps)
+                        param.copy_((base + param).clamp(0, 1) - base)
+            delta = self._delta(param, base, eps).detach()
             final = 0.0
             for start in range(0, len(base), cfg.poison_batch_size):
                 sl = slice(start, start + cfg.poison_batch_size)
-                final += float(self._ensemble_loss(models, targets, base[sl] + delta[sl].detach(), target[sl], False))
+                final += float(self._ensemble_loss(models, targets, base[sl] + delta[sl], target[sl], False))
             if final < best_loss:
                 best_loss, best_delta = final, delta.detach().clone()
         return best_delta.cpu(), best_loss, models[0]

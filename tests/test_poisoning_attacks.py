@@ -193,6 +193,42 @@ def test_sleeper_agent_ensemble_matches_every_surrogate_and_retrains_them_all(sc
         SleeperAgentConfig(ensemble=0)
 
 
+def test_sleeper_agent_tanh_parametrisation_stays_within_eps_without_retraining(scenario):
+    from parley.attacks.sleeper_agent import GradientMatcher, SleeperAgentConfig
+
+    cfg = SleeperAgentConfig(steps=15, retrain_times=0, surrogate_epochs=2, augment=False,
+                             parametrisation="tanh", tanh_lr=0.1)
+    matcher = GradientMatcher(cfg, scenario, salt=1)
+    model = matcher.train_surrogate(scenario.x_train, scenario.y_train)
+    poison_idx = scenario.class_indices(scenario.target_class)[:3]
+    g_s = matcher.source_gradient(model)
+    s_norm = torch.sqrt(sum((g ** 2).sum() for g in g_s))
+    base_x = scenario.x_train[torch.as_tensor(poison_idx)]
+    target = torch.full((3,), scenario.target_class)
+    before = float(matcher._matching_loss(model, g_s, s_norm, base_x, target, False))
+    delta, after, _ = matcher.run(poison_idx, model)
+    assert float(delta.abs().max()) <= scenario.eps + 1e-6
+    assert float(delta.abs().max()) > 0.5 * scenario.eps  # it moved away from its start near zero
+    assert float((base_x + delta).min()) >= 0.0 and float((base_x + delta).max()) <= 1.0
+    assert after < before
+    assert matcher.trainings == 1  # retrain_times=0: the first surrogate is the only one
+    with pytest.raises(ValueError, match="parametrisation must be 'direct' or 'tanh'"):
+        SleeperAgentConfig(parametrisation="sigmoid")
+
+
+def test_sleeper_agent_schedule_follows_the_image_size():
+    from parley.attacks.sleeper_agent import SleeperAgentConfig
+
+    digits_like = make_synthetic(num_classes=2, image_size=8, channels=1, train_per_class=2, test_per_class=1)
+    cifar_like = make_synthetic(num_classes=2, image_size=32, channels=3, train_per_class=2, test_per_class=1)
+    small = SleeperAgentConfig.for_dataset(digits_like, steps=40)
+    assert (small.retrain_times, small.parametrisation, small.steps) == (0, "tanh", 40)
+    assert small == SleeperAgentConfig.small_images(steps=40)
+    assert SleeperAgentConfig.for_dataset(cifar_like) == SleeperAgentConfig.paper() == SleeperAgentConfig()
+    assert SleeperAgentConfig.paper().retrain_times == 4
+    assert make_attack("sleeper_agent", **vars(small)).config == small
+
+
 def test_metrics_on_hand_built_predictions():
     labels = np.array([0, 1, 2, 3, 3])
     assert clean_accuracy(np.array([0, 1, 0, 3, 2]), labels) == pytest.approx(0.6)
