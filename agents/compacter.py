@@ -179,12 +179,14 @@ def _matches(name: str, pattern: str) -> bool:
 
 
 def _output_width(module: nn.Module, name: str) -> int:
+    if isinstance(module, nn.LayerNorm):  # e.g. a backbone's final norm: an adapter right before the heads
+        return int(module.normalized_shape[-1])
     width = getattr(module, "out_features", None)
     if width is None:
         linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
         if not linears:
             raise ValueError(f"cannot tell the output width of target module {name!r} ({type(module).__name__}); "
-                             "targets must be Linear layers or modules ending in one")
+                             "targets must be Linear or LayerNorm layers, or modules ending in a Linear")
         width = linears[-1].out_features
     return int(width)
 

@@ -9,6 +9,7 @@ from gymnasium import spaces
 
 from parley.agents.backbones import make_backbone, sample_observations
 from parley.agents.compacter import (
+    AdaptedModule,
     CompacterConfig,
     PHMLinear,
     PHMRule,
@@ -180,3 +181,26 @@ def test_bad_targets_are_clear_errors():
         add_adapters(mlp)
     add_adapters(mlp, CompacterConfig(target_modules=["0"], reduction=2))
     assert mlp(torch.randn(3, 8)).shape == (3, 8)
+
+
+def test_an_adapter_can_sit_on_the_final_layer_norm(observations):
+    """target_modules may name a LayerNorm (the backbone's output norm): its width sizes the adapter."""
+    torch.manual_seed(0)
+    base = make_backbone("transformer", SPACE, device="cpu", **SMALL)
+    before = base(observations).detach()
+    add_adapters(base, CompacterConfig(target_modules=["norm"], reduction=4, train_layer_norms=False))
+    assert [n for n, m in base.named_modules() if isinstance(m, AdaptedModule)] == ["norm"]
+    assert base.norm.adapter.down.in_features == base.norm.adapter.up.out_features == SMALL["d_model"]
+    assert torch.allclose(base(observations), before, atol=1e-3)
+    trainable = [n for n, p in base.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("norm.adapter.") for n in trainable)
+    target = torch.randn(len(observations), SMALL["d_model"])
+    opt = torch.optim.Adam([p for p in base.parameters() if p.requires_grad], lr=1e-2)
+    first = None
+    for _ in range(40):
+        loss = torch.nn.functional.mse_loss(base(observations), target)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.9 * first
