@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--adapter-variant", choices=["compacter++", "compacter"], default="compacter++",
                         help="compacter++: adapters after the feed-forward sublayers only; compacter: also after "
                              "self-attention")
+    parser.add_argument("--adapter-targets", nargs="+", default=None,
+                        help="module names to adapt instead of the variant's placement (e.g. norm: the backbone's "
+                             "final LayerNorm, right before the heads)")
     parser.add_argument("--adapter-n", type=int, default=4, help="PHM n (number of Kronecker summands)")
     parser.add_argument("--adapter-rank", type=int, default=1, help="rank of the fast PHM weights")
     parser.add_argument("--adapter-reduction", type=int, default=32, help="bottleneck = d_model / reduction")
@@ -265,11 +268,16 @@ def main() -> None:
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
             options = {"n": args.adapter_n, "rank": args.adapter_rank, "reduction": args.adapter_reduction,
                        "plus_plus": args.adapter_variant == "compacter++"}
+            if args.adapter_targets:
+                options["target_modules"] = list(args.adapter_targets)
             ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.adapter_eval_episodes, cfg,
                               options, args.full_lr, args.adapter_lr)
             ratio = ad["adapters"] / ad["full"] if ad["full"] else float("nan")
             variant = (f"{'Compacter++' if options['plus_plus'] else 'Compacter'} (n {options['n']}, rank "
                        f"{options['rank']}, reduction {options['reduction']})")
+            if args.adapter_targets:
+                variant = (f"Compacter on {', '.join(args.adapter_targets)} (n {options['n']}, rank {options['rank']}, "
+                           f"reduction {options['reduction']})")
             lines.append(f"| transformer d_model {args.d_model}, 4 heads, {args.n_layers} layer(s): score vs new "
                          f"pool before fine-tuning | {ad['before']:.2f} | pretrained {ad['pretrain_steps']:,} steps "
                          f"vs {','.join(OLD_POOL)} ({ad['pretrain_wall']:.0f} s); new pool {','.join(NEW_POOL)} |")
