@@ -15,14 +15,14 @@ Parts, all in one run so the ratios are measured side by side:
               Writes the learning curve to ``benchmarks/learning_curve.png``.
 ``speed``     RLlib vs Stable-Baselines3 MaskablePPO vs native PPO on the same env-step budget: wall time,
               env steps/s, greedy score against the suite.
-``adapters``  a transformer policy (d_model 256, one block: the smallest width at which Compacter++ stays
-              under 0.1% of the policy's parameters) trained against one pool (boulware, linear,
-              tit_for_tat) is fine-tuned against another (conceder, fair_split, pareto) twice from the same
-              weights, same seed, same env-step budget and PPO settings: every weight (lr 1e-3), and
-              Compacter adapters only (lr 1e-2, the best of 3e-3 / 1e-2 / 3e-2 on this budget). Reports the
-              return ratio (adapters / full, greedy score against the new pool over
-              ``--adapter-eval-episodes`` games per partner) and the trainable fraction over every
-              parameter of the policy, heads included (target >= 95% at <= 0.1%). About 30 minutes.
+``adapters``  a transformer policy (d_model 256, one block: wide enough that Compacter++ stays under 0.1%
+              of the policy's parameters) trained against one pool (boulware, linear, tit_for_tat) is
+              fine-tuned against another (conceder, fair_split, pareto) twice from the same weights, same
+              seed, same env-step budget and PPO settings: every weight (lr 1e-3), and Compacter adapters
+              only (lr 1e-2; 3e-3 did worse, 3e-2 the same, see docs/training.md). Reports the return
+              ratio (adapters / full, greedy score against the new pool over ``--adapter-eval-episodes``
+              games per partner) and the trainable fraction over every parameter of the policy, heads
+              included (target >= 95% at <= 0.1%). About 30 minutes.
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
