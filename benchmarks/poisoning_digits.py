@@ -10,6 +10,10 @@ with the same seeds.
     python benchmarks/poisoning_digits.py                      # 5 pairs, budgets 1% and 5%
     python benchmarks/poisoning_digits.py --pairs 2 --budgets 0.01 --no-append   # quick look
     python benchmarks/poisoning_digits.py --budgets 0.05 --variant no_aug:augment=False   # extra Sleeper Agent row
+    python benchmarks/poisoning_digits.py --variant paper:retrain_times=4,parametrisation=direct   # the paper's schedule
+
+Sleeper Agent runs with ``SleeperAgentConfig.for_dataset`` (on digits: no surrogate retraining, tanh
+parametrisation; see its docstring); ``--variant`` rows change fields of that.
 
 The table is printed and appended to benchmarks/RESULTS.md (unless --no-append).
 """
@@ -171,7 +175,8 @@ Data: scikit-learn digits 8x8 ({dataset.num_train} train / {dataset.num_test} te
 victim: small CNN (width {args.width}) trained from scratch, {recipe.epochs} epochs, SGD lr {recipe.lr},
 crop padding {recipe.crop_padding}, no flips; eps = {args.eps * 255:.0f}/255; a {scenario.trigger.size}x{scenario.trigger.size}
 binary patch at a random location. Pairs (source->target): {', '.join(f'{s}->{t}' for s, t in pairs)};
-{args.victim_seeds} victim seeds per pair. Sleeper Agent: {sa.steps} steps, signed Adam lr {sa.lr},
+{args.victim_seeds} victim seeds per pair. Sleeper Agent (`SleeperAgentConfig.for_dataset`): {sa.steps} steps,
+signed Adam ({sa.parametrisation} parametrisation, lr {sa.tanh_lr if sa.parametrisation == "tanh" else sa.lr}),
 {sa.retrain_times} surrogate retrainings, {sa.restarts} restart, poisons chosen by gradient norm, differentiable
 crop augmentation while crafting{variants}.
 "ASR of clean victims" is the share of patched source images that victims trained on clean data already

@@ -120,8 +120,9 @@ def craft_art(scenario: Scenario, dataset, s: Settings) -> tuple[Submission, dic
     y_train = scenario.y_train.numpy()
     target_idx = scenario.class_indices(scenario.target_class)
     source_idx = scenario.class_indices(scenario.source_class)
-    # ART counts poisons as a share of the target class; +0.5 keeps int() from rounding one away.
-    percent = (scenario.max_poisons + 0.5) / len(target_idx)
+    # ART counts poisons as a share of the target class; +0.5 keeps int() from rounding one away, and the
+    # share cannot pass 1 (a budget larger than the target class poisons all of it, as ours does).
+    percent = min(1.0, (scenario.max_poisons + 0.5) / len(target_idx))
     # ART's default drops are at epochs 100/150/200/220 of 250; scaled to the same step count as ours.
     milestones = [max(1, round(f * s.steps)) for f in (100 / 250, 150 / 250, 200 / 250, 220 / 250)]
     attack = SleeperAgentAttack(
