@@ -22,7 +22,7 @@ Parts, all in one run so the ratios are measured side by side:
               only (lr 1e-2; 3e-3 did worse, 3e-2 the same, see docs/training.md). Reports the return
               ratio (adapters / full, greedy score against the new pool over ``--adapter-eval-episodes``
               games per partner) and the trainable fraction over every parameter of the policy, heads
-              included (target >= 95% at <= 0.1%). About 30 minutes.
+              included (target >= 95% at <= 0.1%). About 20 minutes on 2 busy cores.
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
