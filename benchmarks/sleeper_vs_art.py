@@ -14,7 +14,8 @@ surrogate training (our ``train_model``, same recipe) plus ``poison()`` -- both 
 
 ``--ours matched`` (the default) gives our attack ART's steps and retrainings with the paper's other
 settings; ``--ours for_dataset`` uses :meth:`SleeperAgentConfig.for_dataset` (our schedule for the
-dataset, see its docstring) while ART keeps ``--steps`` and ``--retrain-times``. Time ART spends
+dataset, see its docstring; ``--ours-steps`` changes its step count) while ART keeps ``--steps`` and
+``--retrain-times``. Time ART spends
 retraining its surrogate is measured separately, since those retrainings do not change its poisons.
 
 Needs the ``bench`` extra (``pip install 'parley[bench]'``). Prints the table and appends it to
@@ -68,6 +69,7 @@ class Settings:
     threads: int = 1  # more threads than free cores slows torch down sharply on a shared machine
     write: bool = True
     ours: str = "matched"  # "matched": ART's steps/retrainings; "for_dataset": SleeperAgentConfig.for_dataset
+    ours_steps: int | None = None  # with --ours for_dataset: crafting steps instead of the schedule's own
 
 
 def _import_art():
@@ -90,7 +92,8 @@ def ours_config(dataset, s: Settings) -> SleeperAgentConfig:
         return SleeperAgentConfig(steps=s.steps, retrain_times=s.retrain_times, restarts=1,
                                   poison_batch_size=s.poison_batch)
     if s.ours == "for_dataset":
-        return SleeperAgentConfig.for_dataset(dataset, poison_batch_size=s.poison_batch)
+        steps = {} if s.ours_steps is None else {"steps": s.ours_steps}
+        return SleeperAgentConfig.for_dataset(dataset, poison_batch_size=s.poison_batch, **steps)
     raise SystemExit(f"--ours must be 'matched' or 'for_dataset', got {s.ours!r}")
 
 
