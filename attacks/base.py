@@ -47,6 +47,7 @@ __all__ = [
     "ATTACKS",
     "register_attack",
     "make_attack",
+    "make_attack_for",
     "list_attacks",
     "check_submission",
     "apply_checked",
@@ -398,6 +399,23 @@ def make_attack(name: str, **config: Any) -> Attack:
     if unknown:
         raise ValueError(f"{name} has no option(s) {sorted(unknown)}; options: {', '.join(sorted(allowed))}")
     return cls(cls.Config(**config))
+
+
+def make_attack_for(name: str, dataset: Any, **config: Any) -> Attack:
+    """Like :func:`make_attack`, but starting from the attack's schedule for ``dataset`` where it declares one.
+
+    An attack whose ``Config`` defines ``for_dataset`` itself (Sleeper Agent: the paper's schedule on
+    32x32 colour images, :meth:`~parley.attacks.sleeper_agent.SleeperAgentConfig.small_images` on smaller
+    ones) gets those defaults; keyword arguments override them. A schedule inherited from a parent
+    config is not used: it was chosen for the parent attack. Other attacks get their dataclass defaults.
+    """
+    _load_builtin_attacks()
+    name = ATTACK_ALIASES.get(name, name)
+    attack = make_attack(name, **config)  # validates the name and the option names
+    config_cls = ATTACKS[name].Config
+    if "for_dataset" in vars(config_cls):
+        attack = ATTACKS[name](config_cls.for_dataset(dataset, **config))
+    return attack
 
 
 def random_generator(scenario: Scenario, salt: int) -> tuple[np.random.Generator, torch.Generator]:

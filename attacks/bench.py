@@ -63,6 +63,10 @@ COLUMNS = (
 _KEY = ("config_id", "attack", "defense", "source_class", "target_class", "seed")
 
 
+#: Bumped when the attacks' default schedules change, so that cells crafted under the old ones are rerun
+#: (2: Sleeper Agent takes its schedule for the dataset, see ``make_attack_for``).
+ATTACK_SCHEDULE = 2
+
 @dataclass
 class BenchConfig:
     """One benchmark grid.
@@ -128,6 +132,7 @@ class BenchConfig:
         relevant = {k: getattr(self, k) for k in (
             "dataset", "budget", "eps", "victim", "victim_kwargs", "recipe", "recipe_overrides", "epochs",
             "attack_kwargs", "defense_kwargs", "dataset_kwargs", "train_subset")}
+        relevant["attack_schedule"] = ATTACK_SCHEDULE
         blob = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -296,7 +301,7 @@ def run_cell(config: BenchConfig, cell: Cell, dataset=None) -> dict[str, Any]:
     """Play one cell as a ``poisoning_v0`` episode and return its CSV row."""
     import torch
 
-    from parley.attacks.base import make_attack
+    from parley.attacks.base import make_attack_for
     from parley.attacks.defenses import make_defense
     from parley.envs import poisoning_v0
 
@@ -304,7 +309,7 @@ def run_cell(config: BenchConfig, cell: Cell, dataset=None) -> dict[str, Any]:
     start = time.perf_counter()
     dataset = dataset if dataset is not None else _load(config)
     defense = make_defense(cell.defense, **config.defense_kwargs.get(cell.defense, {}))
-    attack = make_attack(cell.attack, **config.attack_kwargs.get(cell.attack, {}))
+    attack = make_attack_for(cell.attack, dataset, **config.attack_kwargs.get(cell.attack, {}))
     env = poisoning_v0.env(
         dataset=dataset, budget=config.budget, eps=config.eps, recipe=_recipe(config, dataset),
         defense_enabled=True, seed=cell.seed, victim=config.victim, victim_kwargs=config.victim_kwargs,

@@ -17,6 +17,7 @@ from parley.attacks.base import (
     clean_accuracy,
     list_attacks,
     make_attack,
+    make_attack_for,
     max_poisons_for,
     poison_precision_recall,
     robust_accuracy,
@@ -111,6 +112,22 @@ def test_make_attack_registry_and_options():
         make_attack("sleeper_agent", stepz=3)
     with pytest.raises(ValueError, match="unknown attack 'nope'"):
         make_attack("nope")
+
+
+def test_make_attack_for_uses_the_schedule_an_attack_declares_for_the_dataset():
+    from parley.attacks.sleeper_agent import SleeperAgentConfig
+
+    small = make_synthetic(num_classes=3, image_size=8, channels=1, train_per_class=4, test_per_class=2, seed=0)
+    colour = make_synthetic(num_classes=3, image_size=32, channels=3, train_per_class=4, test_per_class=2, seed=0)
+    assert make_attack_for("sleeper_agent", small).config == SleeperAgentConfig.small_images()
+    assert make_attack_for("sleeper_agent", colour).config == SleeperAgentConfig.paper()
+    tuned = make_attack_for("sleeper_agent", small, steps=9)
+    assert tuned.config == SleeperAgentConfig.small_images(steps=9)
+    # Witches' Brew inherits Sleeper Agent's config class but not its small-image schedule.
+    assert make_attack_for("witches_brew", small).config == make_attack("witches_brew").config
+    assert make_attack_for("random", small).name == "random_noise"
+    with pytest.raises(ValueError, match="sleeper_agent has no option"):
+        make_attack_for("sleeper_agent", small, stepz=3)
 
 
 FAST = {
