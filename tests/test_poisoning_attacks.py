@@ -298,3 +298,13 @@ def test_sleeper_agent_plants_a_backdoor_when_eps_allows_it():
         victim = train_model(make_victim("small_cnn", ds), x, y, recipe, seed=1)
         asr[name] = backdoor_metrics(victim, ds.x_test, ds.y_test, 7, 6, scenario.trigger, seed=2)["attack_success_rate"]
     assert asr["sleeper_agent"] > 0.2 and asr["sleeper_agent"] > asr["random_noise"] + 0.15, asr
+
+
+def test_the_shared_interfaces_import_from_the_package():
+    import parley.attacks as attacks
+    from parley.attacks import defenses
+
+    assert attacks.make_attack is make_attack and attacks.make_attack_for is make_attack_for
+    assert attacks.make_defense is defenses.make_defense and attacks.BudgetError is BudgetError
+    with pytest.raises(AttributeError, match="no attribute 'poison_everything'"):
+        attacks.poison_everything  # noqa: B018
