@@ -145,7 +145,8 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
 
 
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
-                 backbone_config: dict, adapter_options: dict, full_lr: float, adapter_lr: float) -> dict:
+                 backbone_config: dict, adapter_options: dict, full_lr: float, adapter_lr: float,
+                 framework: str = "rllib") -> dict:
     """Pretrain against OLD_POOL, then fine-tune against NEW_POOL twice from the same weights, same seed.
 
     Both arms get the same env-step budget and PPO settings; only the learning rate differs (each arm
@@ -157,7 +158,8 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
     from parley.agents.torch_policy import TorchPolicy
 
     start = time.perf_counter()
-    base = train(TrainConfig(backbone="transformer", backbone_config=backbone_config, partners=OLD_POOL,
+    base = train(TrainConfig(framework=framework, backbone="transformer", backbone_config=backbone_config,
+                             partners=OLD_POOL,
                              timesteps=pretrain_steps, out=str(workdir / "pretrain"), checkpoint_every=10_000,
                              live=False), evaluate=False)
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_steps": base.env_steps}
@@ -166,7 +168,8 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
         extra = {"adapters": "compacter", "backbone_config": adapter_options, "lr": adapter_lr} \
             if mode == "adapters" else {"lr": full_lr}
         start = time.perf_counter()
-        tuned = train(TrainConfig(partners=NEW_POOL, init_from=str(base.policy_dir), timesteps=finetune_steps,
+        tuned = train(TrainConfig(framework=framework, partners=NEW_POOL, init_from=str(base.policy_dir),
+                                  timesteps=finetune_steps,
                                   out=str(workdir / f"ft-{mode}"), checkpoint_every=10_000, live=False, **extra),
                       evaluate=False)
         policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
@@ -200,6 +203,8 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=40_000,
                         help="adapters part: env steps of each fine-tuning arm (the same for both)")
     parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
+    parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
+                        help="trainer of the adapters part (pretraining and both fine-tuning arms)")
     parser.add_argument("--adapter-lr", type=float, default=1e-2,
                         help="learning rate of adapter-only fine-tuning (few weights take a larger step)")
     parser.add_argument("--d-model", type=int, default=256, help="transformer width for the adapter comparison")
@@ -271,14 +276,15 @@ def main() -> None:
             if args.adapter_targets:
                 options["target_modules"] = list(args.adapter_targets)
             ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.adapter_eval_episodes, cfg,
-                              options, args.full_lr, args.adapter_lr)
+                              options, args.full_lr, args.adapter_lr, args.adapter_framework)
             ratio = ad["adapters"] / ad["full"] if ad["full"] else float("nan")
             variant = (f"{'Compacter++' if options['plus_plus'] else 'Compacter'} (n {options['n']}, rank "
                        f"{options['rank']}, reduction {options['reduction']})")
             if args.adapter_targets:
                 variant = (f"Compacter on {', '.join(args.adapter_targets)} (n {options['n']}, rank {options['rank']}, "
                            f"reduction {options['reduction']})")
-            lines.append(f"| transformer d_model {args.d_model}, 4 heads, {args.n_layers} layer(s): score vs new "
+            lines.append(f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
+                         f"{args.n_layers} layer(s): score vs new "
                          f"pool before fine-tuning | {ad['before']:.2f} | pretrained {ad['pretrain_steps']:,} steps "
                          f"vs {','.join(OLD_POOL)} ({ad['pretrain_wall']:.0f} s); new pool {','.join(NEW_POOL)} |")
             lines.append(f"| full fine-tuning: score vs new pool | {ad['full']:.2f} | {ad['full_steps']:,} env steps, "
