@@ -7,7 +7,7 @@ The shared interfaces are importable from here: ``make_attack(name, **config).cr
 
 from __future__ import annotations
 
-from typing import Any
+from parley.utils import lazy_exports
 
 _EXPORTS = {
     "make_attack": "parley.attacks.base",
@@ -21,10 +21,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'parley.attacks' has no attribute {name!r}")
+__getattr__ = lazy_exports("parley.attacks", _EXPORTS)

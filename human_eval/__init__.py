@@ -8,7 +8,7 @@ Names are imported lazily so ``import parley.human_eval`` does not pull in FastA
 
 from __future__ import annotations
 
-from typing import Any
+from parley.utils import lazy_exports
 
 _EXPORTS = {
     "create_app": "parley.human_eval.app",
@@ -26,10 +26,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'parley.human_eval' has no attribute {name!r}")
+__getattr__ = lazy_exports("parley.human_eval", _EXPORTS)

@@ -1,8 +1,11 @@
-"""Small utilities shared across parley: device choice and seeding."""
+"""Small utilities shared across parley: device choice, seeding, lazy package exports."""
 
 from __future__ import annotations
 
+import importlib
 import random
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,3 +41,18 @@ def seed_everything(seed: int) -> np.random.Generator:
     except ImportError:
         pass
     return np.random.default_rng(seed)
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports ``exports[name]`` (a module path) only when ``name`` is used.
+
+    Lets a package list its public names without importing heavy dependencies (torch, FastAPI) when
+    only part of it is needed.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

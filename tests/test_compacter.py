@@ -33,6 +33,20 @@ def observations() -> torch.Tensor:
     return torch.from_numpy(sample_observations(32, seed=5)[0])
 
 
+
+def fit_random_target(module, observations, *, lr: float, steps: int) -> tuple[float, float]:
+    """Train ``module``'s trainable parameters towards a random target; the first and last MSE losses."""
+    target = torch.randn(len(observations), SMALL["d_model"])
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(module(observations), target)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return losses[0], losses[-1]
+
 def test_phm_layer_equals_the_dense_kronecker_matrix():
     torch.manual_seed(0)
     n, d_in, d_out, rank = 4, 12, 8, 2
@@ -117,16 +131,8 @@ def test_adapters_start_as_identity_and_then_learn(observations):
     before = base(observations).detach()
     add_adapters(base, CompacterConfig(reduction=4))
     assert torch.allclose(base(observations), before, atol=1e-3)
-    target = torch.randn(len(observations), SMALL["d_model"])
-    opt = torch.optim.Adam([p for p in base.parameters() if p.requires_grad], lr=3e-3)
-    first = None
-    for _ in range(60):
-        loss = torch.nn.functional.mse_loss(base(observations), target)
-        first = loss.item() if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.9 * first
+    first, last = fit_random_target(base, observations, lr=3e-3, steps=60)
+    assert last < 0.9 * first
 
 
 def test_save_and_load_adapters_round_trip(tmp_path, observations):
@@ -194,13 +200,5 @@ def test_an_adapter_can_sit_on_the_final_layer_norm(observations):
     assert torch.allclose(base(observations), before, atol=1e-3)
     trainable = [n for n, p in base.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("norm.adapter.") for n in trainable)
-    target = torch.randn(len(observations), SMALL["d_model"])
-    opt = torch.optim.Adam([p for p in base.parameters() if p.requires_grad], lr=1e-2)
-    first = None
-    for _ in range(40):
-        loss = torch.nn.functional.mse_loss(base(observations), target)
-        first = loss.item() if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.9 * first
+    first, last = fit_random_target(base, observations, lr=1e-2, steps=40)
+    assert last < 0.9 * first

@@ -49,6 +49,15 @@ def _check(scenario, sub, allow_relabel=True):
                      num_classes=scenario.num_classes, allow_relabel=allow_relabel)
 
 
+
+def matching_loss_before(matcher, model, scenario, poison_idx):
+    """The poisons' clean images and their gradient-matching loss before any perturbation."""
+    g_s = matcher.source_gradient(model)
+    s_norm = torch.sqrt(sum((g ** 2).sum() for g in g_s))
+    base_x = scenario.x_train[torch.as_tensor(poison_idx)]
+    target = torch.full((len(poison_idx),), scenario.target_class)
+    return base_x, float(matcher._matching_loss(model, g_s, s_norm, base_x, target, False))
+
 def test_budget_counts_images(scenario):
     assert max_poisons_for(100, 0.05) == 5 and max_poisons_for(1437, 0.01) == 14 and max_poisons_for(10, 0.01) == 1
     assert scenario.max_poisons == 5
@@ -184,11 +193,7 @@ def test_sleeper_agent_selects_largest_gradient_norms_and_reduces_the_matching_l
         norms.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))))
     assert sorted(pos.tolist()) == sorted(np.argsort(norms)[-3:].tolist())
     poison_idx = cand[pos]
-    g_s = matcher.source_gradient(model)
-    s_norm = torch.sqrt(sum((g ** 2).sum() for g in g_s))
-    base_x = scenario.x_train[torch.as_tensor(poison_idx)]
-    target = torch.full((3,), scenario.target_class)
-    before = float(matcher._matching_loss(model, g_s, s_norm, base_x, target, False))
+    base_x, before = matching_loss_before(matcher, model, scenario, poison_idx)
     delta, after, _ = matcher.run(poison_idx, model)
     assert float(delta.abs().max()) <= scenario.eps + 1e-6
     assert after < before
@@ -218,11 +223,7 @@ def test_sleeper_agent_tanh_parametrisation_stays_within_eps_without_retraining(
     matcher = GradientMatcher(cfg, scenario, salt=1)
     model = matcher.train_surrogate(scenario.x_train, scenario.y_train)
     poison_idx = scenario.class_indices(scenario.target_class)[:3]
-    g_s = matcher.source_gradient(model)
-    s_norm = torch.sqrt(sum((g ** 2).sum() for g in g_s))
-    base_x = scenario.x_train[torch.as_tensor(poison_idx)]
-    target = torch.full((3,), scenario.target_class)
-    before = float(matcher._matching_loss(model, g_s, s_norm, base_x, target, False))
+    base_x, before = matching_loss_before(matcher, model, scenario, poison_idx)
     delta, after, _ = matcher.run(poison_idx, model)
     assert float(delta.abs().max()) <= scenario.eps + 1e-6
     assert float(delta.abs().max()) > 0.5 * scenario.eps  # it moved away from its start near zero
