@@ -340,6 +340,28 @@ def check_rllib_learner(ctx: CheckContext) -> str:
     return f"learner on {devices[0]}; {steps:,} env steps in {seconds:.1f} s ({steps / seconds:,.0f} steps/s incl. updates)"
 
 
+@gpu_check("training: native PPO run on the device (partner pool, transformer), resume, load_policy")
+def check_native_training(ctx: CheckContext) -> str:
+    import tempfile
+
+    from parley.agents import load_policy
+    from parley.agents.training import TrainConfig, resolve_train_config, train
+
+    with tempfile.TemporaryDirectory() as run:
+        config = TrainConfig(framework="native", backbone="transformer", backbone_config={"d_model": 64, "n_layers": 2},
+                             partners=["boulware", "conceder", "pareto"], iterations=2, checkpoint_every=1, out=run,
+                             device=ctx.device, live=False)
+        start = time.perf_counter()
+        first = train(config, evaluate=False)
+        resumed = train(resolve_train_config({"resume": True, "out": run, "iterations": 3}), evaluate=False)
+        ctx.sync()
+        seconds = time.perf_counter() - start
+        assert resumed.iterations == 3 and resumed.env_steps > first.env_steps
+        policy = load_policy(run, device="cpu")
+        assert policy.metadata["iteration"] == 3
+    return f"{resumed.env_steps:,} learner steps in {seconds:.1f} s ({resumed.env_steps / seconds:,.0f}/s incl. updates)"
+
+
 def run(checks: list[Check], ctx: CheckContext) -> list[tuple[str, str, str, float]]:
     results = []
     for check in checks:
