@@ -56,7 +56,24 @@ class Participant(Base):
     instructed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class Game(Base):
+class GameContextColumns:
+    """Readers for a game's JSON context columns, shared by the ORM row and plain fetched rows."""
+
+    counts: str
+    human_values: str
+    agent_values: str
+
+    def counts_list(self) -> list[int]:
+        return json.loads(self.counts)
+
+    def human_values_list(self) -> list[int]:
+        return json.loads(self.human_values)
+
+    def agent_values_list(self) -> list[int]:
+        return json.loads(self.agent_values)
+
+
+class Game(GameContextColumns, Base):
     __tablename__ = "games"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -85,15 +102,6 @@ class Game(Base):
     @property
     def finished(self) -> bool:
         return self.outcome is not None
-
-    def counts_list(self) -> list[int]:
-        return json.loads(self.counts)
-
-    def human_values_list(self) -> list[int]:
-        return json.loads(self.human_values)
-
-    def agent_values_list(self) -> list[int]:
-        return json.loads(self.agent_values)
 
 
 class Event(Base):

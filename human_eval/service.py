@@ -37,7 +37,7 @@ from parley.envs.negotiation import (
     verbalize_act,
 )
 from parley.human_eval.config import AgentSpec, StudyConfig
-from parley.human_eval.db import Event, Game, Participant, Survey
+from parley.human_eval.db import Event, Game, GameContextColumns, Participant, Survey
 from parley.human_eval.security import new_completion_code
 
 HUMAN, AGENT = 0, 1
@@ -89,20 +89,11 @@ def build_policy(spec: AgentSpec):
     return load_policy(spec.checkpoint, **spec.params)
 
 
-class _GameRecord:
+class _GameRecord(GameContextColumns):
     """A games row as a plain object, with the JSON columns' accessors of :class:`Game`."""
 
     def __init__(self, row) -> None:
         self.__dict__.update(row)
-
-    def counts_list(self) -> list[int]:
-        return json.loads(self.counts)
-
-    def human_values_list(self) -> list[int]:
-        return json.loads(self.human_values)
-
-    def agent_values_list(self) -> list[int]:
-        return json.loads(self.agent_values)
 
 
 class _EventRecord:
@@ -397,11 +388,8 @@ class StudyService:
                                      f"{self.config.max_message_chars}")
             message = message or None
         with self._game_lock(game_id), self.engine.connect() as conn:
-            game = self._owned_game(conn, participant_id, game_id)
-            replay = self._replay(conn, game)
+            game, replay = self._load_game(conn, participant_id, game_id)
             state = replay.state
-            if game.outcome is None and self._timed_out(game, replay):
-                self._record_timeout(conn, game, replay)
             if game.outcome is not None:
                 raise Conflict(f"the negotiation is over ({game.outcome})")
             if state.current_player != HUMAN:
@@ -485,6 +473,14 @@ class StudyService:
             return True
         return replay.state.current_player == HUMAN and now - replay.last_time > self.config.idle_timeout_s
 
+    def _load_game(self, conn: Connection, participant_id: int, game_id: int) -> tuple[_GameRecord, _Replay]:
+        """The participant's game replayed from its events, with an idle timeout that has passed recorded first."""
+        game = self._owned_game(conn, participant_id, game_id)
+        replay = self._replay(conn, game)
+        if game.outcome is None and self._timed_out(game, replay):
+            self._record_timeout(conn, game, replay)
+        return game, replay
+
     def _record_timeout(self, conn: Connection, game: _GameRecord, replay: _Replay) -> None:
         event = self._event(game, replay.events[-1].seq + 1, "timeout", "system",
                             data=json.dumps({"idle_s": round(self.clock() - replay.last_time, 3)}))
@@ -494,12 +490,9 @@ class StudyService:
     def advance(self, participant_id: int, game_id: int) -> dict:
         """Apply a pending timeout or agent reply (e.g. after a restart), then return :meth:`view`'s answer."""
         with self._game_lock(game_id), self.engine.connect() as conn:
-            game = self._owned_game(conn, participant_id, game_id)
-            replay = self._replay(conn, game)
+            game, replay = self._load_game(conn, participant_id, game_id)
             state = replay.state
-            if game.outcome is None and self._timed_out(game, replay):
-                self._record_timeout(conn, game, replay)
-            elif game.outcome is None and state.current_player == AGENT and not state.is_terminal():
+            if game.outcome is None and state.current_player == AGENT and not state.is_terminal():
                 event, updates = self._agent_move(game, state, replay.events[-1].seq + 1)
                 self._write(conn, game, [event], updates)
                 replay.events.append(_EventRecord(**event))
