@@ -42,7 +42,7 @@ victim model for the poisoning scenario.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -335,6 +335,24 @@ class InvertibleSequential(nn.Module):
             stats.append((iterations, residual))
         self.last_inverse_stats = stats[::-1]
         return y, max(s[0] for s in stats), max(s[1] for s in stats)
+
+
+def saved_activation_bytes(forward: Callable[[], object]) -> int:
+    """Bytes of tensors autograd saves for the backward pass while ``forward()`` runs.
+
+    The measure of activation memory used to compare memory-saving backprop with plain autograd
+    (parameters and inputs that autograd saves count too; they are the same in both).
+    """
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return total
 
 
 def invertible_attention_blocks(dim: int, depth: int, n_heads: int = 4, ff_mult: int = 2,

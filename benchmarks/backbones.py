@@ -26,10 +26,10 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import best_time
 from torch import nn
 
 from parley.agents.backbones import make_backbone, sample_observations
@@ -39,6 +39,7 @@ from parley.agents.invertible import (
     InvertibleSequential,
     SpectralLinear,
     invertible_attention_blocks,
+    saved_activation_bytes,
     update_spectral_norms,
 )
 from parley.envs.negotiation import NUM_ACTIONS
@@ -57,30 +58,6 @@ SIZES: dict[str, list[tuple[str, dict]]] = {
                              ("d64 x2 l2", {"d_model": 64, "depth": 2, "variant": "l2"}),
                              ("d128 x4", {"d_model": 128, "depth": 4})],
 }
-
-
-def best_time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def saved_bytes(fn: Callable[[], object]) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 def kib(n: float) -> str:
@@ -107,7 +84,7 @@ def backbone_table(obs: torch.Tensor, repeats: int) -> list[str]:
                 net(obs).square().mean().backward()
 
             both = best_time(step, repeats)
-            act = saved_bytes(lambda net=net: net(obs))
+            act = saved_activation_bytes(lambda net=net: net(obs))
             rows.append(f"| {name} | {label} | {total:,} | {trainable:,} | {fwd * 1e3:.2f} | {both * 1e3:.2f} | {kib(act)} |")
             print(rows[-1], flush=True)
     return rows
@@ -153,7 +130,7 @@ def memory_table(repeats: int) -> tuple[list[str], float]:
         measured = {}
         for flag in (False, True):
             seq = saturated_stack(64, depth, 0.9, "dot", memory_saving=flag)
-            act = saved_bytes(lambda seq=seq: seq(x.clone().requires_grad_(True)))
+            act = saved_activation_bytes(lambda seq=seq: seq(x.clone().requires_grad_(True)))
 
             def step(seq=seq) -> None:
                 seq.zero_grad(set_to_none=True)

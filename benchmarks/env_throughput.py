@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import machine
 
 from parley.agents.policy import BatchPolicy
 from parley.envs import negotiation_v0
@@ -208,20 +209,6 @@ class VectorRunner(Runner):
         return self.env.acts_applied - before
 
 
-def machine() -> str:
-    mem = ""
-    try:
-        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f} at the start"
-    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores{mem}, no GPU used; "
-            f"Python {platform.python_version()}, numpy {np.__version__}{load}")
-
-
 def busy_note() -> str:
     """A warning for the record when other work shared the machine (absolute rates then drop)."""
     if not hasattr(os, "getloadavg") or os.getloadavg()[0] <= (os.cpu_count() or 1):
@@ -237,7 +224,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 4096])
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
-    where = machine()
+    where = machine(f"; Python {platform.python_version()}, numpy {np.__version__}")
     check_sampler()
 
     # Pareto frontiers (reported at each game's end) are computed once per context on first use; fill that

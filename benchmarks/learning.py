@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -41,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import machine
 
 from parley.agents.evaluation import evaluate_policy
 from parley.agents.scripted import list_partners, make_partner
@@ -52,17 +51,6 @@ CURVE = HERE / "learning_curve.png"
 EVAL_SEED = 777  # contexts for every comparison against the suite (never the corpus test split)
 OLD_POOL = ["boulware", "linear", "tit_for_tat"]
 NEW_POOL = ["conceder", "fair_split", "pareto"]
-
-
-def machine() -> str:
-    mem = ""
-    try:
-        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
-    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores{mem}, no GPU used{load}"
 
 
 def suite_score(policy, episodes: int, partners="suite") -> float:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import best_time
 
 from parley.agents.scripted import list_partners, make_partner
 from parley.agents.tournament import run_tournament
@@ -52,16 +53,6 @@ def sample_states(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, Ba
     return game.observations(game.current_player), game.legal_masks(), game
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, default=200, help="contexts per pair in the tournament timing")
@@ -82,10 +73,10 @@ def main() -> None:
             game.legal_masks()
             game.apply_actions(np.full(batch, WALK_AWAY_ACTION))
 
-        rules = best_time(rules_step, args.repeats)
+        rules = best_time(rules_step, args.repeats, warmup=1)
         for name in names:
             partner = make_partner(name, seed=0)
-            seconds = best_time(lambda p=partner, o=obs, m=masks: p.act_batch(o, m), args.repeats)
+            seconds = best_time(lambda p=partner, o=obs, m=masks: p.act_batch(o, m), args.repeats, warmup=1)
             rows.append((name, batch, batch / seconds, seconds / rules))
 
     start = time.perf_counter()

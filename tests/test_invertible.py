@@ -16,6 +16,7 @@ from parley.agents.invertible import (
     LipschitzFeedForward,
     SpectralLinear,
     invertible_attention_blocks,
+    saved_activation_bytes,
     squeeze,
     unsqueeze,
     update_spectral_norms,
@@ -154,26 +155,13 @@ def test_memory_saving_backprop_passes_gradcheck_in_float64():
         assert torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-10)
 
 
-def saved_bytes(fn) -> int:
-    total = 0
-
-    def pack(t: torch.Tensor):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
-
-
 def test_memory_saving_keeps_activation_memory_flat_in_depth():
     x = torch.randn(4, 10, 16) / 4
     plain, saving = {}, {}
     for depth in (2, 4):
         for store, flag in ((plain, False), (saving, True)):
             seq = make_stack("dot", depth=depth, memory_saving=flag)
-            store[depth] = saved_bytes(lambda seq=seq: seq(x.clone().requires_grad_(True)).sum())
+            store[depth] = saved_activation_bytes(lambda seq=seq: seq(x.clone().requires_grad_(True)).sum())
     assert saving[2] == saving[4] == x.numel() * 4  # only the output
     assert plain[4] > 1.8 * plain[2] and plain[2] > 5 * saving[2]
 

@@ -1,0 +1,34 @@
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, which puts this folder
+on the import path): the machine line of a RESULTS.md section and best-of-N timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+
+def machine(extra: str = "") -> str:
+    """Architecture, OS, CPU cores, memory, ``extra``, and the load average when the run started."""
+    memory = ""
+    try:
+        with open("/proc/meminfo") as handle:
+            kib = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
+        memory = f", {kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores{memory}, no GPU used{extra}{load}"
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones, in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
