@@ -148,7 +148,7 @@ class Backbone(nn.Module):
         self.bf16 = bf16
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement features")
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if obs.dim() != 2 or obs.shape[-1] != self.obs_size:

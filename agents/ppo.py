@@ -204,8 +204,7 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
             learner_steps += int(learner_rows.size)
             illegal = env.apply_actions(actions)
             if illegal.any():
-                culprits = sorted({partners[i].name if hasattr(partners[i], "name") else str(partners[i])
-                                   for i in partner_of[illegal]})
+                culprits = sorted({str(getattr(partners[i], "name", partners[i])) for i in partner_of[illegal]})
                 raise ValueError(f"the partner(s) {culprits} sent an illegal action")
 
         # ---- returns and advantages over each game's learner steps --------------------------------

@@ -268,7 +268,7 @@ class ScriptedPartner(BatchPolicy):
         self.accept_final_offers = bool(accept_final_offers)
 
     def targets(self, view: ObservationView) -> np.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement targets")
 
     def tie_break(self, view: ObservationView) -> np.ndarray:
         """(B, 125) secondary preference among splits of equal own utility, smaller first."""

@@ -411,11 +411,11 @@ def make_attack_for(name: str, dataset: Any, **config: Any) -> Attack:
     """
     _load_builtin_attacks()
     name = ATTACK_ALIASES.get(name, name)
-    attack = make_attack(name, **config)  # validates the name and the option names
-    config_cls = ATTACKS[name].Config
-    if "for_dataset" in vars(config_cls):
-        attack = ATTACKS[name](config_cls.for_dataset(dataset, **config))
-    return attack
+    config_cls = ATTACKS[name].Config if name in ATTACKS else None
+    if config_cls is not None and "for_dataset" in vars(config_cls):
+        schedule = config_cls.for_dataset(dataset)
+        config = {**{f.name: getattr(schedule, f.name) for f in dataclasses.fields(schedule)}, **config}
+    return make_attack(name, **config)  # checks the name and the option names
 
 
 def random_generator(scenario: Scenario, salt: int) -> tuple[np.random.Generator, torch.Generator]:
