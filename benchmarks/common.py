@@ -1,12 +1,18 @@
 """Helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, which puts this folder
-on the import path): the machine line of a RESULTS.md section and best-of-N timing."""
+on the import path): the machine line and the appending of a RESULTS.md section, best-of-N timing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def machine(extra: str = "") -> str:
@@ -32,3 +38,13 @@ def best_time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def append_results(title: str, where: str, note: str, table: str) -> None:
+    """Append a dated section -- the exact command, the machine, a note, the table -- to RESULTS.md."""
+    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *(shlex.quote(a) for a in sys.argv[1:])])
+    section = (f"\n## {title} ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
+               f"Command: `{command}`  \nMachine: {where}  \n{note}\n\n{table}\n")
+    with RESULTS.open("a") as handle:
+        handle.write(section)
+    print(f"appended to {RESULTS}")

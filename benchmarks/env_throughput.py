@@ -19,17 +19,14 @@ nodes, resets and action picking count in the time. Results are appended to ``be
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
 import random
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from common import machine
+from common import append_results, machine
 
 from parley.agents.policy import BatchPolicy
 from parley.envs import negotiation_v0
@@ -46,7 +43,6 @@ from parley.envs.negotiation import (
 from parley.envs.negotiation_gym import NegotiationGymEnv
 from parley.envs.negotiation_vector import NegotiationVectorEnv
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 COUNTS = ObservationLayout.counts
 TARGET_AEC = 0.3
 TARGET_VECTOR = 10.0
@@ -263,14 +259,9 @@ def main() -> None:
     print(table)
 
     if not args.no_append:
-        command = "python benchmarks/env_throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        section = (f"\n## Negotiation env throughput ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
-                   f"Command: `{command.strip()}`  \nMachine: {where}  \n"
-                   f"Random legal play, {args.seconds:g} s per row in {args.rounds} interleaved slices, all rows "
-                   f"in one run. An agent-step is one act by either side.{busy_note()}\n\n{table}\n")
-        with RESULTS.open("a") as fh:
-            fh.write(section)
-        print(f"\nappended to {RESULTS}")
+        append_results("Negotiation env throughput", where,
+                       f"Random legal play, {args.seconds:g} s per row in {args.rounds} interleaved slices, all rows "
+                       f"in one run. An agent-step is one act by either side.{busy_note()}", table)
 
 
 if __name__ == "__main__":

@@ -30,23 +30,19 @@ The table is appended to ``benchmarks/RESULTS.md`` with the date, command and ma
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import machine
+from common import append_results, machine
 
 from parley.agents.evaluation import evaluate_policy
 from parley.agents.scripted import list_partners, make_partner
 from parley.agents.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 CURVE = HERE / "learning_curve.png"
 EVAL_SEED = 777  # contexts for every comparison against the suite (never the corpus test split)
 OLD_POOL = ["boulware", "linear", "tit_for_tat"]
@@ -291,17 +287,11 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_append:
-        command = "python benchmarks/learning.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        section = (f"\n## Learning: PPO vs scripted partners, RLlib vs SB3, Compacter fine-tuning "
-                   f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
-                   f"Command: `{command.strip()}`  \nMachine: {where}  \n"
-                   f"Scores are points out of 10, greedy policy, {args.eval_episodes} seeded games per scripted "
-                   f"partner (contexts sampled from the rules, seed {EVAL_SEED}); steps/s counts the learner's "
-                   "env steps including the PPO updates. The machine is shared, so throughput varies with load.\n\n"
-                   f"{table}\n")
-        with RESULTS.open("a") as handle:
-            handle.write(section)
-        print(f"appended to {RESULTS}")
+        append_results("Learning: PPO vs scripted partners, RLlib vs SB3, Compacter fine-tuning", where,
+                       f"Scores are points out of 10, greedy policy, {args.eval_episodes} seeded games per scripted "
+                       f"partner (contexts sampled from the rules, seed {EVAL_SEED}); steps/s counts the learner's "
+                       "env steps including the PPO updates. The machine is shared, so throughput varies with load.",
+                       table)
 
 
 if __name__ == "__main__":
