@@ -348,10 +348,62 @@ def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf1
     model = TransformerBackbone(spec, base, bf16, name="compacter")
     if config.pretrained:
         model.load_state_dict(torch.load(config.pretrained, map_location="cpu", weights_only=True))
-    add_adapters(model, CompacterConfig(n=config.n, rank=config.rank, reduction=config.reduction,
-                                        target_modules=config.target_modules, plus_plus=config.plus_plus,
-                                        train_layer_norms=config.train_layer_norms))
+    adapter_config = CompacterConfig(n=config.n, rank=config.rank, reduction=config.reduction,
+                                     target_modules=config.target_modules, plus_plus=config.plus_plus,
+                                     train_layer_norms=config.train_layer_norms)
+    targets = adapter_config.target_modules
+    head_targets = [t for t in targets or [] if t in HEAD_TARGETS]
+    backbone_targets = [t for t in targets or [] if t not in HEAD_TARGETS]
+    if head_targets and not backbone_targets:
+        freeze_without_adapters(model, adapter_config)
+    else:
+        add_adapters(model, dataclasses.replace(adapter_config, target_modules=backbone_targets)
+                     if head_targets else adapter_config)
+    # The heads belong to the network around the backbone, which adapts them (see adapt_heads).
+    model.head_adapter_targets = head_targets
     return model
+
+
+HEAD_TARGETS = ("policy_head", "value_head")
+
+
+def freeze_without_adapters(model: nn.Module, config: CompacterConfig) -> nn.Module:
+    """Freeze ``model`` as :func:`add_adapters` would, for a backbone whose adapters all sit on the heads."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(config.train_layer_norms and isinstance(model.get_submodule(name.rpartition(".")[0]),
+                                                                     nn.LayerNorm))
+    model.compacter_config = dataclasses.replace(config, target_modules=[])
+    return model
+
+
+def adapt_heads(network: nn.Module, backbone: nn.Module) -> nn.Module:
+    """Give ``network``'s heads the Compacter adapters the ``compacter`` backbone was configured with.
+
+    Called by the actor-critic network once its heads exist: ``target_modules`` naming ``policy_head``
+    (or ``value_head``) puts an adapter on that head's output -- for the policy, on the 252 action
+    logits before masking. Head adapters share the backbone adapters' slow weights, so one PHM rule
+    serves the whole network. The heads themselves stay frozen.
+    """
+    targets = list(getattr(backbone, "head_adapter_targets", None) or [])
+    if not targets:
+        return network
+    config = backbone.compacter_config
+    rules = [m for m in backbone.modules() if isinstance(m, PHMRule)]
+    rule = rules[0] if rules else PHMRule(config.n, config.slow_init_std)
+    reference = next(network.parameters())
+    for name in targets:
+        head = getattr(network, name, None)
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"adapter target {name!r} is not a linear head of {type(network).__name__}")
+        head.requires_grad_(False)
+        width = head.out_features
+        if width % config.n:
+            # A one-wide value head cannot hold a PHM layer; say so instead of failing on the shapes.
+            raise ValueError(f"cannot adapt {name!r}: its {width} output(s) are not divisible by n={config.n}")
+        adapter = CompacterAdapter(width, bottleneck_width(width, config.reduction, config.n), config.n,
+                                   config.rank, rule, config.activation)
+        setattr(network, name, AdaptedModule(head, adapter.to(device=reference.device, dtype=reference.dtype)))
+    return network
 
 
 __all__ = [
@@ -362,6 +414,7 @@ __all__ = [
     "PHMLinear",
     "PHMRule",
     "adapter_state_dict",
+    "adapt_heads",
     "add_adapters",
     "bottleneck_width",
     "count_parameters",

@@ -56,6 +56,10 @@ class ActorCritic(nn.Module):
         nn.init.zeros_(self.policy_head.bias)
         nn.init.orthogonal_(self.value_head.weight, gain=1.0)
         nn.init.zeros_(self.value_head.bias)
+        if getattr(backbone, "head_adapter_targets", None):
+            from parley.agents.compacter import adapt_heads
+
+            adapt_heads(self, backbone)
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone(observations)

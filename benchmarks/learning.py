@@ -17,12 +17,14 @@ Parts, all in one run so the ratios are measured side by side:
               env steps/s, greedy score against the suite.
 ``adapters``  a transformer policy (d_model 256, one block: wide enough that Compacter++ stays under 0.1%
               of the policy's parameters) trained against one pool (boulware, linear, tit_for_tat) is
-              fine-tuned against another (conceder, fair_split, pareto) twice from the same weights, same
-              seed, same env-step budget and PPO settings: every weight (lr 1e-3), and Compacter adapters
-              only (lr 1e-2; 3e-3 did worse, 3e-2 the same, see docs/training.md). Reports the return
-              ratio (adapters / full, greedy score against the new pool over ``--adapter-eval-episodes``
-              games per partner) and the trainable fraction over every parameter of the policy, heads
-              included (target >= 95% at <= 0.1%). About 20 minutes on 2 busy cores.
+              fine-tuned against another (conceder, fair_split, pareto) from the same weights, same seed,
+              same env-step budget and PPO settings: every weight (lr 1e-3), then Compacter adapters only
+              (lr 1e-2; 3e-3 did worse, 3e-2 the same, see docs/training.md), once per ``--adapter-arms``
+              placement (by default Compacter++ in the backbone, and an adapter on the policy head's logits).
+              Reports, per arm, the return ratio (adapters / full, greedy score against the new pool over
+              ``--adapter-eval-episodes`` games per partner), the share of full fine-tuning's gain it
+              recovers, and the trainable fraction over every parameter of the policy, heads included
+              (target >= 95% at <= 0.1%). About 25 minutes on 2 busy cores.
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
@@ -129,13 +131,15 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
 
 
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
-                 backbone_config: dict, adapter_options: dict, full_lr: float, adapter_lr: float,
+                 backbone_config: dict, adapter_arms: dict[str, dict], full_lr: float, adapter_lr: float,
                  framework: str = "rllib") -> dict:
-    """Pretrain against OLD_POOL, then fine-tune against NEW_POOL twice from the same weights, same seed.
+    """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights, same seed: once
+    with every weight trained, then once per adapter arm (``adapter_arms``: label -> Compacter options).
 
-    Both arms get the same env-step budget and PPO settings; only the learning rate differs (each arm
-    its own). The trainable count is read off the fine-tuned adapter network itself, with exactly the
-    freezing training applied, over every parameter of the policy (backbone, policy and value heads).
+    Every arm gets the same env-step budget and PPO settings; only the learning rate differs (full
+    fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
+    itself, with exactly the freezing training applied, over every parameter of the policy (backbone,
+    policy and value heads).
     """
     from parley.agents.compacter import adapter_modules, count_parameters
     from parley.agents.rllib_module import freeze_all_but_adapters
@@ -146,30 +150,45 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
                              partners=OLD_POOL,
                              timesteps=pretrain_steps, out=str(workdir / "pretrain"), checkpoint_every=10_000,
                              live=False), evaluate=False)
-    rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_steps": base.env_steps}
+    rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_steps": base.env_steps, "arms": {}}
     rows["before"] = suite_score(TorchPolicy.load(base.policy_dir, device="cpu"), episodes, NEW_POOL)
-    for mode in ("full", "adapters"):
-        extra = {"adapters": "compacter", "backbone_config": adapter_options, "lr": adapter_lr} \
-            if mode == "adapters" else {"lr": full_lr}
+    arms = {"full": {"lr": full_lr}}
+    arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": adapter_lr}
+                 for label, options in adapter_arms.items()})
+    for index, (label, extra) in enumerate(arms.items()):
         start = time.perf_counter()
         tuned = train(TrainConfig(framework=framework, partners=NEW_POOL, init_from=str(base.policy_dir),
                                   timesteps=finetune_steps,
-                                  out=str(workdir / f"ft-{mode}"), checkpoint_every=10_000, live=False, **extra),
+                                  out=str(workdir / f"ft-{index}"), checkpoint_every=10_000, live=False, **extra),
                       evaluate=False)
         policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
-        rows[mode] = suite_score(policy, episodes, NEW_POOL)
-        rows[f"{mode}_wall"] = time.perf_counter() - start
-        rows[f"{mode}_steps"] = tuned.env_steps
-        if mode == "full":
-            rows["full_trainable"], _ = count_parameters(policy.model)
-        else:
-            freeze_all_but_adapters(policy.model)
-            rows["trainable"], rows["total"] = count_parameters(policy.model)
-            trained = [name for name, p in policy.model.named_parameters() if p.requires_grad]
-            rows["trained"] = (f"{len(adapter_modules(policy.model))} adapter(s): PHM fast weights and biases, "
-                               f"shared slow weights; {len([n for n in trained if '.adapter.' not in n])} other "
-                               "tensors (heads, layer norms, transformer frozen)")
+        arm = {"score": suite_score(policy, episodes, NEW_POOL), "wall": time.perf_counter() - start,
+               "steps": tuned.env_steps}
+        if label == "full":
+            arm["trainable"], arm["total"] = count_parameters(policy.model)
+            rows["full"] = arm
+            continue
+        freeze_all_but_adapters(policy.model)
+        arm["trainable"], arm["total"] = count_parameters(policy.model)
+        adapted = [name for name, _ in adapter_modules(policy.model)]
+        arm["trained"] = f"adapters on {', '.join(adapted)} (PHM fast weights and biases, shared slow weights)"
+        rows["arms"][label] = arm
     return rows
+
+
+ADAPTER_PLACEMENTS = {"ff": "the feed-forward sublayer", "attn": "the attention sublayer",
+                      "norm": "the final LayerNorm", "policy_head": "the policy head's logits"}
+
+
+def adapter_arm(spec: str, variant: str, n: int, rank: int, reduction: int) -> tuple[str, dict]:
+    """(label, Compacter options) of one ``--adapter-arms`` entry: ``default`` or comma-separated targets."""
+    options = {"n": n, "rank": rank, "reduction": reduction, "plus_plus": variant == "compacter++"}
+    shape = f"n {n}, rank {rank}, reduction {reduction}"
+    if spec == "default":
+        return f"{'Compacter++' if options['plus_plus'] else 'Compacter'} ({shape})", options
+    targets = [t for t in spec.split(",") if t]
+    places = " + ".join(ADAPTER_PLACEMENTS.get(t, t) for t in targets)
+    return f"Compacter on {places} ({shape})", {**options, "target_modules": targets}
 
 
 def main() -> None:
@@ -196,9 +215,10 @@ def main() -> None:
     parser.add_argument("--adapter-variant", choices=["compacter++", "compacter"], default="compacter++",
                         help="compacter++: adapters after the feed-forward sublayers only; compacter: also after "
                              "self-attention")
-    parser.add_argument("--adapter-targets", nargs="+", default=None,
-                        help="module names to adapt instead of the variant's placement (e.g. norm: the backbone's "
-                             "final LayerNorm, right before the heads)")
+    parser.add_argument("--adapter-arms", nargs="+", default=["default", "policy_head"],
+                        help="adapter arms fine-tuned from the same pretrained policy: 'default' (the variant's "
+                             "placement) or comma-separated module names, e.g. policy_head (an adapter on the "
+                             "action logits), norm (the backbone's final LayerNorm), ff,policy_head")
     parser.add_argument("--adapter-n", type=int, default=4, help="PHM n (number of Kronecker summands)")
     parser.add_argument("--adapter-rank", type=int, default=1, help="rank of the fast PHM weights")
     parser.add_argument("--adapter-reduction", type=int, default=32, help="bottleneck = d_model / reduction")
@@ -255,32 +275,31 @@ def main() -> None:
         if "adapters" in args.parts:
             print("Compacter vs full fine-tuning ...", flush=True)
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
-            options = {"n": args.adapter_n, "rank": args.adapter_rank, "reduction": args.adapter_reduction,
-                       "plus_plus": args.adapter_variant == "compacter++"}
-            if args.adapter_targets:
-                options["target_modules"] = list(args.adapter_targets)
+            arms = dict(adapter_arm(spec, args.adapter_variant, args.adapter_n, args.adapter_rank,
+                                    args.adapter_reduction) for spec in args.adapter_arms)
             ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.adapter_eval_episodes, cfg,
-                              options, args.full_lr, args.adapter_lr, args.adapter_framework)
-            ratio = ad["adapters"] / ad["full"] if ad["full"] else float("nan")
-            variant = (f"{'Compacter++' if options['plus_plus'] else 'Compacter'} (n {options['n']}, rank "
-                       f"{options['rank']}, reduction {options['reduction']})")
-            if args.adapter_targets:
-                variant = (f"Compacter on {', '.join(args.adapter_targets)} (n {options['n']}, rank {options['rank']}, "
-                           f"reduction {options['reduction']})")
+                              arms, args.full_lr, args.adapter_lr, args.adapter_framework)
+            before, full = ad["before"], ad["full"]
             lines.append(f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
                          f"{args.n_layers} layer(s): score vs new "
-                         f"pool before fine-tuning | {ad['before']:.2f} | pretrained {ad['pretrain_steps']:,} steps "
-                         f"vs {','.join(OLD_POOL)} ({ad['pretrain_wall']:.0f} s); new pool {','.join(NEW_POOL)} |")
-            lines.append(f"| full fine-tuning: score vs new pool | {ad['full']:.2f} | {ad['full_steps']:,} env steps, "
-                         f"{ad['full_wall']:.0f} s; lr {args.full_lr:g}; all {ad['full_trainable']:,} parameters |")
-            lines.append(f"| {variant} adapters only: score vs new pool | {ad['adapters']:.2f} | "
-                         f"{ad['adapters_steps']:,} env steps, {ad['adapters_wall']:.0f} s; lr {args.adapter_lr:g}; "
-                         "same seed and PPO settings |")
-            lines.append(f"| adapters / full return ratio | {100 * ratio:.1f}% | target >= 95%; scores of the "
-                         f"adapters part over {args.adapter_eval_episodes} games per new-pool partner |")
-            lines.append(f"| trainable fraction (adapters) | {100 * ad['trainable'] / ad['total']:.3f}% | "
-                         f"{ad['trainable']:,} of {ad['total']:,} policy parameters (backbone + policy and value "
-                         f"heads); trained: {ad['trained']}; target <= 0.1% |")
+                         f"pool before fine-tuning | {before:.2f} | pretrained {ad['pretrain_steps']:,} steps "
+                         f"vs {','.join(OLD_POOL)} ({ad['pretrain_wall']:.0f} s); new pool {','.join(NEW_POOL)}; "
+                         f"{100 * before / full['score']:.1f}% of full fine-tuning's score already |")
+            lines.append(f"| full fine-tuning: score vs new pool | {full['score']:.2f} | {full['steps']:,} env steps, "
+                         f"{full['wall']:.0f} s; lr {args.full_lr:g}; all {full['trainable']:,} parameters |")
+            for label, arm in ad["arms"].items():
+                ratio = arm["score"] / full["score"]
+                recovered = (arm["score"] - before) / (full["score"] - before) if full["score"] != before \
+                    else float("nan")
+                lines.append(f"| {label}, adapters only: score vs new pool | {arm['score']:.2f} | "
+                             f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}; same seed "
+                             f"and PPO settings; {arm['trained']} |")
+                lines.append(f"| {label}: return ratio (adapters / full) / gain recovered | {100 * ratio:.1f}% / "
+                             f"{100 * recovered:.0f}% | target >= 95% return ratio; gain recovered = (adapters - "
+                             f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner |")
+                lines.append(f"| {label}: trainable fraction | {100 * arm['trainable'] / arm['total']:.3f}% | "
+                             f"{arm['trainable']:,} of {arm['total']:,} policy parameters (backbone + policy and "
+                             "value heads); target <= 0.1% |")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         ray.shutdown()

@@ -202,3 +202,44 @@ def test_an_adapter_can_sit_on_the_final_layer_norm(observations):
     assert trainable and all(n.startswith("norm.adapter.") for n in trainable)
     first, last = fit_random_target(base, observations, lr=1e-2, steps=40)
     assert last < 0.9 * first
+
+
+@pytest.mark.parametrize("targets", [["policy_head"], ["ff", "policy_head"]])
+def test_an_adapter_on_the_policy_head_shares_the_rule_and_trains_alone(targets, observations):
+    """``target_modules: [policy_head]`` adapts the 252 action logits of the actor-critic network."""
+    from parley.agents.rllib_module import freeze_all_but_adapters
+    from parley.agents.torch_policy import ActorCritic
+
+    torch.manual_seed(0)
+    plain = ActorCritic(make_backbone("transformer", SPACE, device="cpu", **SMALL))
+    adapted = ActorCritic(make_backbone("compacter", SPACE, device="cpu", reduction=4, train_layer_norms=False,
+                                        target_modules=targets, **SMALL))
+    state = {k.replace(".base.", "."): v for k, v in adapted.state_dict().items() if ".adapter." not in k}
+    plain.load_state_dict(state)
+    assert isinstance(adapted.policy_head, AdaptedModule) and not isinstance(adapted.value_head, AdaptedModule)
+    assert len({id(m.rule.weight) for m in adapted.modules() if isinstance(m, PHMLinear)}) == 1
+    logits, value = adapted(observations)
+    assert torch.allclose(logits, plain(observations)[0], atol=1e-3)  # starts (almost) as the identity
+
+    freeze_all_but_adapters(adapted)
+    m = bottleneck_width(NUM_ACTIONS, 4, 4)
+    head_adapter = _adapter_params(NUM_ACTIONS, m, 1)
+    backbone_adapters = SMALL["n_layers"] * _adapter_params(SMALL["d_model"], 8, 1) if "ff" in targets else 0
+    assert count_parameters(adapted)[0] == head_adapter + backbone_adapters + 4**3
+    opt = torch.optim.Adam([p for p in adapted.parameters() if p.requires_grad], lr=1e-2)
+    favoured = torch.zeros(len(observations), dtype=torch.long)  # push every observation towards action 0
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(adapted(observations)[0], favoured)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert adapted(observations)[0].argmax(-1).eq(0).float().mean() > 0.9
+    untouched = {k: v for k, v in adapted.state_dict().items() if ".adapter." not in k}
+    assert all(torch.equal(v, state[k.replace(".base.", ".")]) for k, v in untouched.items())
+
+
+def test_head_adapters_refuse_what_they_cannot_adapt():
+    from parley.agents.torch_policy import ActorCritic
+
+    with pytest.raises(ValueError, match="not divisible by n=4"):
+        ActorCritic(make_backbone("compacter", SPACE, device="cpu", target_modules=["value_head"], **SMALL))

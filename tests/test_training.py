@@ -307,24 +307,25 @@ def test_checkpoint_resume_and_load_policy(ray_session, tmp_path):
     assert tour.pair("rllib-partners-mlp", "boulware").games == 20
 
 
-def test_compacter_fine_tuning_trains_only_adapters(ray_session, tmp_path):
+@pytest.mark.parametrize("adapter_options", [{"reduction": 4}, {"reduction": 4, "target_modules": ["policy_head"]}])
+def test_compacter_fine_tuning_trains_only_adapters(adapter_options, ray_session, tmp_path):
     from parley.agents import load_policy
     from parley.agents.torch_policy import TorchPolicy
 
     base = TorchPolicy("transformer", 36, BACKBONES["transformer"], device="cpu", seed=0)
     base.save(tmp_path / "base")
     result = train(TrainConfig(iterations=1, out=str(tmp_path / "ft"), init_from=str(tmp_path / "base"),
-                               adapters="compacter", backbone_config={"reduction": 4}, **TINY), evaluate=False)
+                               adapters="compacter", backbone_config=adapter_options, **TINY), evaluate=False)
     tuned = load_policy(result.run_dir)
     assert tuned.backbone_name == "compacter"
     base_state, tuned_state = base.model.state_dict(), tuned.model.state_dict()
-    moved = []
     for key, value in tuned_state.items():
-        if ".adapter." in key:
-            moved.append(not torch.allclose(value, torch.zeros_like(value)))
-            continue
-        assert torch.equal(value, base_state[key.replace(".base.", ".")]), key
-    assert any(moved)
+        if ".adapter." not in key:
+            assert torch.equal(value, base_state[key.replace(".base.", ".")]), key
+    # Fresh adapters change the logits by ~1e-9 (near-identity init); trained ones by far more.
+    observations = torch.rand(64, 36) * 5
+    with torch.no_grad():
+        assert (tuned.model(observations)[0] - base.model(observations)[0]).abs().max() > 1e-5
 
 
 def test_sb3_tiny_run_loads_through_load_policy(tmp_path):
