@@ -111,6 +111,15 @@ class ImageDataset:
         """The same dataset with a replaced training split (e.g. a poisoned one); the test split is shared."""
         return ImageDataset(name or self.name, x_train, y_train, self.x_test, self.y_test, self.classes)
 
+    def validation_split(self, fraction: float = 0.2, seed: int = 1) -> ImageDataset:
+        """A dataset carved from the *training* split alone: a stratified ``fraction`` of it becomes the
+        held-out split (``x_test``), the rest the training split. The original test split is not used,
+        so settings can be chosen on the result without looking at test data."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction}")
+        xtr, ytr, xva, yva = _stratified_split(self.x_train.numpy(), self.y_train.numpy(), fraction, seed)
+        return ImageDataset(f"{self.name}-validation", xtr, ytr, xva, yva, self.classes)
+
     def subset(self, train_per_class: int, test_per_class: int | None = None, seed: int = 0) -> ImageDataset:
         """A class-balanced random subset, for quick tests and smoke runs."""
         rng = np.random.default_rng(seed)

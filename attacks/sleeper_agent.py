@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,13 @@ class SleeperAgentConfig:
         eps`` holds by construction (``x + delta`` is still clipped to [0, 1]).
     :param tanh_lr: signed-Adam step size on ``w`` with ``parametrisation="tanh"`` (ART: 0.1); ``lr`` is
         not used then.
+    :param trigger_draws: random trigger placements per source image when forming ``g_s``, which is then
+        the mean gradient over all of them (paper and ART: 1, one placement per image).
+    :param surrogate_snapshots: fractions of the surrogate's training epochs (in (0, 1)) at which a copy
+        of it is kept; the matching loss is then averaged over these earlier states and the trained
+        surrogate, so the poisons also match the gradients a victim sees part way through its training
+        (empty: the trained surrogate only, as in the paper). Retrained surrogates keep theirs too.
+        Crafting cost per step grows with the number of networks matched; no extra training is needed.
     """
 
     steps: int = 250
@@ -91,6 +99,8 @@ class SleeperAgentConfig:
     ensemble: int = 1
     parametrisation: str = "direct"
     tanh_lr: float = 0.1
+    trigger_draws: int = 1
+    surrogate_snapshots: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.selection not in ("gradient_norm", "random"):
@@ -99,6 +109,12 @@ class SleeperAgentConfig:
             raise ValueError(f"parametrisation must be 'direct' or 'tanh', got {self.parametrisation!r}")
         if self.steps < 1 or self.restarts < 1 or self.retrain_times < 0 or self.ensemble < 1:
             raise ValueError("steps, restarts and ensemble must be >= 1 and retrain_times >= 0")
+        if self.trigger_draws < 1:
+            raise ValueError(f"trigger_draws must be >= 1, got {self.trigger_draws}")
+        self.surrogate_snapshots = tuple(float(f) for f in self.surrogate_snapshots)
+        if any(not 0.0 < f < 1.0 for f in self.surrogate_snapshots):
+            raise ValueError(f"surrogate_snapshots must be fractions strictly between 0 and 1, got "
+                             f"{self.surrogate_snapshots}")
 
     @classmethod
     def paper(cls, **overrides) -> SleeperAgentConfig:
@@ -171,19 +187,36 @@ class GradientMatcher:
             recipe = recipe.scaled(config.surrogate_epochs)
         self.recipe = recipe
         self.trainings = 0
+        # Epochs after which a copy of each surrogate is kept (the trained surrogate itself is always used).
+        self.snapshot_epochs = sorted({max(1, round(f * recipe.epochs)) for f in config.surrogate_snapshots}
+                                      - {recipe.epochs})
+        self._snapshots: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
     # --- surrogate
     def train_surrogate(self, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
         torch.manual_seed(int(self.np_rng.integers(2**31)))
         model = self.scenario.make_model()
         self.trainings += 1
-        return train_model(model, x, y, self.recipe, device=self.device, seed=int(self.np_rng.integers(2**31)))
+        snapshots: list[nn.Module] = []
+
+        def keep(epoch: int, network: nn.Module) -> None:
+            if epoch in self.snapshot_epochs:
+                snapshots.append(copy.deepcopy(network).eval())
+
+        model = train_model(model, x, y, self.recipe, device=self.device, seed=int(self.np_rng.integers(2**31)),
+                            on_epoch_end=keep if self.snapshot_epochs else None)
+        self._snapshots[model] = snapshots
+        return model
+
+    def with_snapshots(self, models: list[nn.Module]) -> list[nn.Module]:
+        """``models`` each followed by the snapshots kept while it was trained (the order of ``models`` holds)."""
+        return [net for model in models for net in (model, *self._snapshots.get(model, []))]
 
     def source_gradient(self, model: nn.Module) -> list[torch.Tensor]:
         """Mean gradient of CE(f(patched source training images), target) -- the direction to imitate."""
         s = self.scenario
         idx = s.class_indices(s.source_class)
-        images = s.x_train[torch.as_tensor(idx)]
+        images = s.x_train[torch.as_tensor(idx)].repeat(self.config.trigger_draws, 1, 1, 1)
         if self.config.use_trigger:
             images = s.trigger.apply(images, seed=self.np_rng)
         target = torch.full((len(images),), s.target_class, dtype=torch.int64)
@@ -233,7 +266,8 @@ class GradientMatcher:
         target = torch.full((len(base),), s.target_class, dtype=torch.int64, device=self.device)
         eps = float(s.eps)
         best_delta, best_loss = None, float("inf")
-        first_models = [surrogate] + [self.train_surrogate(s.x_train, s.y_train) for _ in range(cfg.ensemble - 1)]
+        first_models = self.with_snapshots(
+            [surrogate] + [self.train_surrogate(s.x_train, s.y_train) for _ in range(cfg.ensemble - 1)])
         initial_states = [copy.deepcopy(m.state_dict()) for m in first_models]
         interval = cfg.steps // (cfg.retrain_times + 1) if cfg.retrain_times > 0 else 0
         for _ in range(cfg.restarts):
@@ -258,7 +292,7 @@ class GradientMatcher:
                 if interval and step > 0 and step % interval == 0 and retrained < cfg.retrain_times:
                     x_now = s.x_train.clone()
                     x_now[torch.as_tensor(poison_idx)] = (base + self._delta(param, base, eps).detach()).cpu()
-                    models = [self.train_surrogate(x_now, s.y_train) for _ in range(cfg.ensemble)]
+                    models = self.with_snapshots([self.train_surrogate(x_now, s.y_train) for _ in range(cfg.ensemble)])
                     targets = self._targets(models)
                     retrained += 1
                 for model in models:

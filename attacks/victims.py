@@ -276,8 +276,13 @@ def _cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Ten
 
 
 def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: TrainingRecipe, device: str = "auto",
-                seed: int | None = None) -> nn.Module:
-    """Train ``model`` on ``(x, y)`` following ``recipe``; returns it in eval mode on ``device``."""
+                seed: int | None = None,
+                on_epoch_end: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+    """Train ``model`` on ``(x, y)`` following ``recipe``; returns it in eval mode on ``device``.
+
+    ``on_epoch_end(epoch, model)`` (epochs counted from 1), when given, is called after every epoch, with
+    the model still in training mode; it must not change the model.
+    """
     device = resolve_device(device)
     generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     model = model.to(device)
@@ -287,7 +292,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
     x, y = x.to(device), y.to(device)
     n = len(x)
     model.train()
-    for _ in range(recipe.epochs):
+    for epoch in range(recipe.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, recipe.batch_size):
             idx = order[start:start + recipe.batch_size]
@@ -316,6 +321,8 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Trai
                             p.grad.add_(noise * recipe.grad_noise * recipe.grad_clip / math.sqrt(len(idx)))
             optimizer.step()
         scheduler.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model)
     model.eval()
     return model
 

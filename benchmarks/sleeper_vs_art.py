@@ -18,22 +18,34 @@ dataset, see its docstring; ``--ours-steps`` changes its step count) while ART k
 ``--retrain-times``. Time ART spends
 retraining its surrogate is measured separately, since those retrainings do not change its poisons.
 
+Choosing settings: ``--split validation`` carves a stratified 20% (seed 1) out of the *training* split,
+trains victims and surrogates on the other 80% and measures ASR on the carved part, so the test split is
+never read; ``--variants "base;draws8:trigger_draws=8"`` crafts several variants of ours (fields of
+:class:`SleeperAgentConfig` on top of ``--ours``) side by side on the same pairs; ``--pair-list 2->3,8->4``
+fixes the pairs; ``--eval-draws 4`` patches each source image at four random places when measuring ASR
+(finer resolution on small test sets); ``--no-art`` leaves ART out. The table gives, per variant, the
+per-pair ASR difference to ART (mean ± standard error over pairs).
+
 Needs the ``bench`` extra (``pip install 'parley[bench]'``). Prints the table and appends it to
 benchmarks/RESULTS.md::
 
     python benchmarks/sleeper_vs_art.py --dataset digits --pairs 5 --budget 0.05 --steps 120
     python benchmarks/sleeper_vs_art.py --dataset digits --pairs 5 --budget 0.05 --steps 120 --ours for_dataset
+    python benchmarks/sleeper_vs_art.py --dataset digits --split validation --pair-list 2->3,8->4,4->7 --ours for_dataset --variants "base;noaug:augment=False"
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import os
 import platform
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -70,6 +82,15 @@ class Settings:
     write: bool = True
     ours: str = "matched"  # "matched": ART's steps/retrainings; "for_dataset": SleeperAgentConfig.for_dataset
     ours_steps: int | None = None  # with --ours for_dataset: crafting steps instead of the schedule's own
+    # "test" judges on the dataset's test split; "validation" carves a stratified 20% (seed 1) out of the
+    # training split, trains on the rest and judges there -- the test split is then never read.
+    split: str = "test"
+    pair_list: str = ""  # e.g. "2->3,8->4"; replaces the seeded draw of --pairs pairs
+    # Variants of ours side by side, ";"-separated, each "name" or "name:field=value,field=value" (fields of
+    # SleeperAgentConfig, applied on top of --ours), e.g. "base;draws8:trigger_draws=8".
+    variants: str = ""
+    eval_draws: int = 1  # random trigger placements per source image when measuring ASR
+    art: bool = True  # --no-art leaves ART out (variants of ours only)
 
 
 def _import_art():
@@ -162,9 +183,45 @@ def craft_art(scenario: Scenario, dataset, s: Settings) -> tuple[Submission, dic
                         "retrain_s": retraining["s"]}
 
 
+def parse_variants(text: str, base: SleeperAgentConfig) -> list[tuple[str, SleeperAgentConfig]]:
+    """``"name;name:field=value,field=value"`` -> named configs (overrides applied to ``base``)."""
+    if not text.strip():
+        return [("parley", base)]
+    fields = {f.name for f in dataclasses.fields(SleeperAgentConfig)}
+    variants = []
+    for item in text.split(";"):
+        name, _, assignments = item.strip().partition(":")
+        overrides = {}
+        # commas inside brackets belong to a tuple value, e.g. surrogate_snapshots=(0.33,0.67)
+        for assignment in filter(None, (a.strip() for a in re.split(r",(?![^()]*\))", assignments))):
+            key, sep, value = assignment.partition("=")
+            if not sep or key not in fields:
+                raise SystemExit(f"--variants: {assignment!r} must be field=value with a SleeperAgentConfig field "
+                                 f"({', '.join(sorted(fields))})")
+            try:
+                overrides[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise SystemExit(f"--variants: the value in {assignment!r} must be a Python literal") from None
+        variants.append((f"parley {name}", dataclasses.replace(base, **overrides)))
+    return variants
+
+
+def parse_pairs(text: str, num_classes: int) -> list[tuple[int, int]]:
+    pairs = []
+    for item in text.split(","):
+        source, sep, target = item.strip().partition("->")
+        if not sep or not source.isdigit() or not target.isdigit() or source == target:
+            raise SystemExit(f"--pair-list: {item!r} must look like 2->3 (two different class numbers)")
+        if max(int(source), int(target)) >= num_classes:
+            raise SystemExit(f"--pair-list: {item!r} names a class outside 0..{num_classes - 1}")
+        pairs.append((int(source), int(target)))
+    return pairs
+
+
 def judge(dataset, scenario: Scenario, submission: Submission | None, seed: int,
-          victim_seeds: int) -> dict[str, float]:
-    """Train ``victim_seeds`` fresh victims on the (poisoned) training set; their mean metrics."""
+          victim_seeds: int, eval_draws: int = 1) -> dict[str, float]:
+    """Train ``victim_seeds`` fresh victims on the (poisoned) training set; their mean metrics (ASR and
+    R-Acc averaged over ``eval_draws`` random trigger placements per source image)."""
     x, y = (submission.apply(dataset.x_train, dataset.y_train) if submission is not None
             else (dataset.x_train, dataset.y_train))
     runs = []
@@ -173,14 +230,23 @@ def judge(dataset, scenario: Scenario, submission: Submission | None, seed: int,
         torch.manual_seed(victim_seed)
         victim = train_victim(dataset.with_train(x, y), scenario.make_model(), scenario.recipe, device="cpu",
                               seed=victim_seed)
-        runs.append(backdoor_metrics(victim, dataset.x_test, dataset.y_test, scenario.source_class,
-                                     scenario.target_class, scenario.trigger, seed=victim_seed, device="cpu"))
+        for draw in range(eval_draws):
+            runs.append(backdoor_metrics(victim, dataset.x_test, dataset.y_test, scenario.source_class,
+                                         scenario.target_class, scenario.trigger, seed=victim_seed + 1000 * draw,
+                                         device="cpu"))
     return {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
 
 
 def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     arr = np.asarray(values, dtype=float) * scale
     return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}"
+
+
+def _difference(ours: list[float], theirs: list[float]) -> str:
+    """Per-pair ASR difference in points: mean ± standard error over pairs."""
+    diff = 100 * (np.asarray(ours) - np.asarray(theirs))
+    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return f"{diff.mean():+.1f} ± {se:.1f}"
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -193,77 +259,112 @@ def main(argv: list[str] | None = None) -> str:
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default) if default is not None else int,
                                 default=default)
     s = Settings(**vars(parser.parse_args(argv)))
+    if s.split not in ("test", "validation"):
+        raise SystemExit(f"--split must be 'test' or 'validation', got {s.split!r}")
     art_version, _, _ = _import_art()
     torch.set_num_threads(s.threads)
     # The first optimiser built in a process imports torch._dynamo (seconds); pay that before any timing.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
     dataset = load_dataset(s.dataset)
+    if s.split == "validation":
+        dataset = dataset.validation_split(0.2, seed=1)
     recipe = TrainingRecipe.for_dataset(dataset)
     if s.epochs is not None:
         recipe = recipe.scaled(s.epochs)
-    config = ours_config(dataset, s)
-    pairs = draw_pairs(dataset.num_classes, s.pairs, s.seed)
-    results: dict[str, dict[str, list[float]]] = {m: {} for m in ("none", "parley", "art")}
+    variants = parse_variants(s.variants, ours_config(dataset, s))
+    pairs = parse_pairs(s.pair_list, dataset.num_classes) if s.pair_list else draw_pairs(dataset.num_classes,
+                                                                                          s.pairs, s.seed)
+    methods = ["none", *(name for name, _ in variants), *(["art"] if s.art else [])]
+    results: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     per_pair: list[str] = []
     for p, (source, target) in enumerate(pairs):
         seed = s.seed + p
         scenario = Scenario.from_dataset(dataset, source, target, budget=s.budget, eps=s.eps, recipe=recipe,
                                          victim=s.victim, victim_kwargs={"width": s.width}, allow_relabel=False,
                                          seed=seed, device="cpu")
-        ours, ours_t = craft_ours(scenario, config)
-        theirs, art_t = craft_art(scenario, dataset, s)
+        crafted: list[tuple[str, Submission | None, dict[str, float]]] = [("none", None, {"craft_time_s": 0.0})]
+        for name, config in variants:
+            crafted.append((name, *craft_ours(scenario, config)))
+        if s.art:
+            crafted.append(("art", *craft_art(scenario, dataset, s)))
         row = [f"{source}->{target}"]
-        for method, submission, timing in (("none", None, {"craft_time_s": 0.0}), ("parley", ours, ours_t),
-                                           ("art", theirs, art_t)):
-            metrics = judge(dataset, scenario, submission, seed, s.victim_seeds) | timing
+        for method, submission, timing in crafted:
+            metrics = judge(dataset, scenario, submission, seed, s.victim_seeds, s.eval_draws) | timing
             for key, value in metrics.items():
                 results[method].setdefault(key, []).append(value)
             if method != "none":
                 row.append(f"{100 * metrics['attack_success_rate']:.0f}% / {metrics['craft_time_s']:.0f}s")
+            else:
+                row.append(f"{100 * metrics['attack_success_rate']:.0f}%")
             print(f"pair {source}->{target} {method:6s} " + " ".join(f"{k}={v:.3g}" for k, v in metrics.items()),
                   flush=True)
         per_pair.append("| " + " | ".join(row) + " |")
 
     n_poison = scenario.max_poisons
-    ours_time = np.mean(results["parley"]["craft_time_s"])
-    ratio = ours_time / np.mean(results["art"]["craft_time_s"])
-    art_without_retraining = np.asarray(results["art"]["craft_time_s"]) - np.asarray(results["art"]["retrain_s"])
-    ratio_without = ours_time / np.mean(art_without_retraining)
-    ours_text = (f"ours `{s.ours}`: {config.steps} steps, {config.retrain_times} surrogate retrainings, "
-                 f"{config.restarts} restart(s), {config.parametrisation} parametrisation, crafting augmentation "
-                 f"{'on' if config.augment else 'off'}")
+    base_config = variants[0][1]
+    ours_text = (f"ours `{s.ours}`: {base_config.steps} steps, {base_config.retrain_times} surrogate retrainings, "
+                 f"{base_config.restarts} restart(s), {base_config.parametrisation} parametrisation, crafting "
+                 f"augmentation {'on' if base_config.augment else 'off'}, {base_config.trigger_draws} trigger "
+                 "placement(s) per source image")
+    if s.variants:
+        base = ours_config(dataset, s)
+        described = []
+        for name, config in variants:
+            changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                       if getattr(config, f.name) != getattr(base, f.name)}
+            described.append(f"`{name}` = {', '.join(f'{k}={v}' for k, v in changed.items()) or 'as is'}")
+        ours_text = f"ours `{s.ours}` with variants: " + "; ".join(described)
+    split_text = ("validation split carved from the training split (stratified 20%, seed 1; the test split "
+                  "is not read)" if s.split == "validation" else "test split")
+    art_text = (f"ART: {s.steps} crafting steps, {s.retrain_times} surrogate retrainings, 1 restart; "
+                if s.art else "ART not run; ")
     lines = [
-        f"## Sleeper Agent: parley vs ART {art_version} SleeperAgentAttack ({s.dataset})",
+        f"## Sleeper Agent: parley vs ART {art_version} SleeperAgentAttack ({s.dataset}, {s.split} split)",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Command: `python benchmarks/sleeper_vs_art.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch threads {s.threads}, "
         f"CPU only, Python {platform.python_version()}, torch {torch.__version__}",
-        f"- Setting: {s.dataset} ({dataset.num_train} train / {dataset.num_test} test), victim {s.victim} "
-        f"width {s.width}, recipe {recipe.epochs} epochs; budget {s.budget:.0%} of the training set "
-        f"({n_poison} poisons), eps {s.eps * 255:.0f}/255, trigger {scenario.trigger.size}x"
-        f"{scenario.trigger.size} random-placement patch; ART: {s.steps} crafting steps, {s.retrain_times} "
-        f"surrogate retrainings, 1 restart; {ours_text}; max-gradient-norm poison selection for both; "
-        f"{s.pairs} source/target pairs, {s.victim_seeds} victims trained from scratch per poisoned set "
-        "(metrics averaged per pair; ± is the std over pairs).",
+        f"- Setting: {s.dataset} ({dataset.num_train} train / {dataset.num_test} judged on: {split_text}), "
+        f"victim {s.victim} width {s.width}, recipe {recipe.epochs} epochs; budget {s.budget:.0%} of the "
+        f"training set ({n_poison} poisons), eps {s.eps * 255:.0f}/255, trigger {scenario.trigger.size}x"
+        f"{scenario.trigger.size} random-placement patch; {art_text}{ours_text}; max-gradient-norm poison "
+        f"selection for both; {len(pairs)} source/target pairs, {s.victim_seeds} victims trained from scratch per "
+        f"poisoned set, ASR over {s.eval_draws} trigger placement(s) per source image (metrics averaged per "
+        "pair; ± is the std over pairs).",
         "",
-        "| method | ASR % | clean acc % | crafting s | of which surrogate pretraining s | of which retraining s |",
-        "|---|---|---|---|---|---|",
+        "| method | ASR % | clean acc % | crafting s | of which surrogate pretraining s | of which retraining s |"
+        + (" ASR − ART per pair, points (mean ± SE) |" if s.art else ""),
+        "|---|---|---|---|---|---|" + ("---|" if s.art else ""),
         f"| no poisons (patch only) | {_pm(results['none']['attack_success_rate'])} | "
-        f"{_pm(results['none']['clean_accuracy'])} | – | – | – |",
-        f"| parley sleeper_agent | {_pm(results['parley']['attack_success_rate'])} | "
-        f"{_pm(results['parley']['clean_accuracy'])} | {_pm(results['parley']['craft_time_s'], 1.0)} | "
-        "(inside) | (inside) |",
-        f"| ART SleeperAgentAttack | {_pm(results['art']['attack_success_rate'])} | "
-        f"{_pm(results['art']['clean_accuracy'])} | {_pm(results['art']['craft_time_s'], 1.0)} | "
-        f"{_pm(results['art']['pretrain_s'], 1.0)} | {_pm(results['art']['retrain_s'], 1.0)} |",
+        f"{_pm(results['none']['clean_accuracy'])} | – | – | – |" + (" – |" if s.art else ""),
+    ]
+    for name, _ in variants:
+        r = results[name]
+        diff = f" {_difference(r['attack_success_rate'], results['art']['attack_success_rate'])} |" if s.art else ""
+        label = "parley sleeper_agent" if name == "parley" else name
+        lines.append(f"| {label} | {_pm(r['attack_success_rate'])} | {_pm(r['clean_accuracy'])} | "
+                     f"{_pm(r['craft_time_s'], 1.0)} | (inside) | (inside) |{diff}")
+    if s.art:
+        lines.append(f"| ART SleeperAgentAttack | {_pm(results['art']['attack_success_rate'])} | "
+                     f"{_pm(results['art']['clean_accuracy'])} | {_pm(results['art']['craft_time_s'], 1.0)} | "
+                     f"{_pm(results['art']['pretrain_s'], 1.0)} | {_pm(results['art']['retrain_s'], 1.0)} | – |")
+    lines.append("")
+    if s.art:
+        art_time = np.mean(results["art"]["craft_time_s"])
+        art_without = np.mean(np.asarray(results["art"]["craft_time_s"]) - np.asarray(results["art"]["retrain_s"]))
+        ratios = ", ".join(f"{'parley' if name == 'parley' else name} "
+                           f"{np.mean(results[name]['craft_time_s']) / art_time:.2f}x "
+                           f"({np.mean(results[name]['craft_time_s']) / art_without:.2f}x)" for name, _ in variants)
+        lines.append(f"Crafting-time ratio parley / ART: {ratios} (in brackets: against ART's time without its "
+                     "surrogate retrainings, which ART 1.20's matching loop does not use).")
+        lines.append("")
+    lines += [
+        "Per pair (ASR / crafting time):",
         "",
-        f"Crafting-time ratio parley / ART: {ratio:.2f}x ({ratio_without:.2f}x against ART's time without its "
-        "surrogate retrainings, which ART 1.20's matching loop does not use). Per pair (ASR / crafting time):",
-        "",
-        "| pair | parley | ART |",
-        "|---|---|---|",
+        "| pair | no poisons | " + " | ".join(m for m in methods[1:]) + " |",
+        "|---|" + "---|" * len(methods),
         *per_pair,
         "",
     ]

@@ -121,3 +121,31 @@ def test_ray_tasks_run_cells(tmp_path):
     rows = run_grid(config, progress=False)
     assert sorted(r["defense"] for r in rows) == ["cutout", "none"]
     assert not any(r["error"] for r in rows)
+
+
+def test_sleeper_vs_art_reads_variants_and_pairs_and_refuses_bad_ones(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from parley.attacks.sleeper_agent import SleeperAgentConfig
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sleeper_vs_art.py"
+    spec = importlib.util.spec_from_file_location("sleeper_vs_art", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "sleeper_vs_art", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    base = SleeperAgentConfig.small_images()
+    assert module.parse_variants("", base) == [("parley", base)]
+    variants = module.parse_variants("base;snap:surrogate_snapshots=(0.25,0.5),steps=80", base)
+    assert [name for name, _ in variants] == ["parley base", "parley snap"]
+    assert variants[0][1] == base
+    assert variants[1][1] == SleeperAgentConfig.small_images(surrogate_snapshots=(0.25, 0.5), steps=80)
+    with pytest.raises(SystemExit, match="SleeperAgentConfig field"):
+        module.parse_variants("x:no_such_field=1", base)
+    with pytest.raises(SystemExit, match="Python literal"):
+        module.parse_variants("x:steps=many", base)
+    assert module.parse_pairs("2->3, 8->4", 10) == [(2, 3), (8, 4)]
+    for bad in ("2-3", "3->3", "2->10"):
+        with pytest.raises(SystemExit, match="--pair-list"):
+            module.parse_pairs(bad, 10)

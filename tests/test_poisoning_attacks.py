@@ -234,6 +234,58 @@ def test_sleeper_agent_tanh_parametrisation_stays_within_eps_without_retraining(
         SleeperAgentConfig(parametrisation="sigmoid")
 
 
+def test_sleeper_agent_trigger_draws_average_the_source_gradient_over_placements(scenario):
+    import copy
+
+    from parley.attacks.sleeper_agent import GradientMatcher, SleeperAgentConfig
+
+    matcher = GradientMatcher(SleeperAgentConfig(trigger_draws=3, surrogate_epochs=1), scenario, salt=1)
+    model = matcher.train_surrogate(scenario.x_train, scenario.y_train)
+    rng = copy.deepcopy(matcher.np_rng)
+    g_s = matcher.source_gradient(model)
+    # by hand: every source image three times, each copy patched where the same generator puts it
+    images = scenario.x_train[torch.as_tensor(scenario.class_indices(scenario.source_class))]
+    locations = scenario.trigger.locations(3 * len(images), *scenario.shape[1:], seed=rng)
+    patched = scenario.trigger.apply(images.repeat(3, 1, 1, 1), locations=locations)
+    assert len({tuple(loc) for loc in locations[::len(images)]}) > 1  # the copies of one image move
+    target = torch.full((len(patched),), scenario.target_class)
+    loss = torch.nn.functional.cross_entropy(model(patched), target)
+    expected = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    for got, want in zip(g_s, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    one_draw = GradientMatcher(SleeperAgentConfig(surrogate_epochs=1), scenario, salt=1).source_gradient(model)
+    assert not all(torch.allclose(a, b) for a, b in zip(one_draw, g_s, strict=True))
+    with pytest.raises(ValueError, match="trigger_draws must be >= 1"):
+        SleeperAgentConfig(trigger_draws=0)
+
+
+def test_sleeper_agent_snapshots_keep_the_surrogate_part_way_through_its_training(scenario):
+    import copy
+
+    from parley.attacks.sleeper_agent import GradientMatcher, SleeperAgentConfig
+    from parley.attacks.victims import train_model
+
+    cfg = SleeperAgentConfig(steps=4, retrain_times=0, augment=False, surrogate_snapshots=(0.5,))
+    matcher = GradientMatcher(cfg, scenario, salt=1)
+    assert matcher.recipe.epochs == 2 and matcher.snapshot_epochs == [1]
+    rng = copy.deepcopy(matcher.np_rng)
+    model = matcher.train_surrogate(scenario.x_train, scenario.y_train)
+    final, snapshot = matcher.with_snapshots([model])
+    assert final is model and matcher.trainings == 1
+    # the snapshot is the surrogate after its first epoch: train one epoch from the same seeds by hand
+    torch.manual_seed(int(rng.integers(2**31)))
+    by_hand = train_model(scenario.make_model(), scenario.x_train, scenario.y_train,
+                          matcher.recipe.replace(epochs=1), device="cpu", seed=int(rng.integers(2**31)))
+    for a, b in zip(snapshot.state_dict().values(), by_hand.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float())
+    assert not all(torch.equal(a, b) for a, b in zip(snapshot.state_dict().values(),
+                                                      model.state_dict().values(), strict=True))
+    delta, loss, returned = matcher.run(scenario.class_indices(scenario.target_class)[:3], model)
+    assert returned is model and float(delta.abs().max()) <= scenario.eps + 1e-6 and 0.0 <= loss <= 2.0
+    with pytest.raises(ValueError, match="surrogate_snapshots must be fractions strictly between 0 and 1"):
+        SleeperAgentConfig(surrogate_snapshots=(1.0,))
+
+
 def test_sleeper_agent_schedule_follows_the_image_size():
     from parley.attacks.sleeper_agent import SleeperAgentConfig
 

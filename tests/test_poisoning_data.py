@@ -36,6 +36,20 @@ def test_digits_split_is_fixed_stratified_and_scaled():
     assert torch.equal(again.x_test, ds.x_test)
 
 
+def test_validation_split_is_carved_from_the_training_split_only():
+    ds = load_dataset("digits")
+    val = ds.validation_split(0.2, seed=1)
+    assert val.num_train + val.num_test == ds.num_train
+    counts = np.bincount(val.y_test.numpy(), minlength=10)
+    assert counts.min() >= 27 and counts.max() <= 31  # ~20% of each class of the training split
+    train_rows = {row.tobytes() for row in ds.x_train.numpy()}
+    assert all(row.tobytes() in train_rows for row in val.x_test.numpy())
+    assert all(row.tobytes() in train_rows for row in val.x_train.numpy())
+    assert torch.equal(ds.validation_split(0.2, seed=1).x_test, val.x_test)
+    with pytest.raises(ValueError, match="fraction must lie strictly between 0 and 1"):
+        ds.validation_split(1.0)
+
+
 def test_unknown_dataset_and_missing_path_are_explained():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*digits"):
         load_dataset("imagenet")
