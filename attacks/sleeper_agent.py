@@ -133,8 +133,12 @@ class SleeperAgentConfig:
         2.1% for random noise; at 5% / 16/255 4.0% against 2.0% and 2.1% (no poisons: 1.9%). With one
         surrogate training instead of five, crafting is also two to three times faster. Restarts (4 instead of
         1), crafting without augmentation and a two-surrogate ensemble did not help beyond the noise there.
-        ART 1.20 on the same validation pairs: 7.9% (10% / 32/255) and 2.8% (5% / 16/255). Details in
-        docs/poisoning.md.
+        ART 1.20 on the same validation pairs: 7.9% (10% / 32/255) and 2.8% (5% / 16/255). A second
+        validation study at 5% / 16/255 (same carve, 12 pairs including 2->3, three victims, four trigger
+        placements per validation image) found ours level with ART (4.3% vs 4.1%, +0.2 ± 0.4 points per
+        pair) and none of these beating the preset: eight trigger placements per source image in ``g_s``
+        (4.0%), two surrogates at 125 steps (3.7%), no crafting augmentation (3.5%), matching surrogate
+        snapshots from part way through training (3.3-3.4%). Details in docs/poisoning.md.
         """
         return dataclasses.replace(cls(retrain_times=0, parametrisation="tanh"), **overrides)
 
