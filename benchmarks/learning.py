@@ -181,7 +181,14 @@ ADAPTER_PLACEMENTS = {"ff": "the feed-forward sublayer", "attn": "the attention 
 
 
 def adapter_arm(spec: str, variant: str, n: int, rank: int, reduction: int) -> tuple[str, dict]:
-    """(label, Compacter options) of one ``--adapter-arms`` entry: ``default`` or comma-separated targets."""
+    """(label, Compacter options) of one ``--adapter-arms`` entry: ``default`` or comma-separated targets,
+    optionally followed by ``:REDUCTION`` for that arm (e.g. ``policy_head:8``)."""
+    spec, _, own_reduction = spec.partition(":")
+    if own_reduction:
+        if not own_reduction.isdigit() or int(own_reduction) < 1:
+            raise SystemExit(f"--adapter-arms {spec}:{own_reduction}: the reduction after ':' must be a positive "
+                             "integer")
+        reduction = int(own_reduction)
     options = {"n": n, "rank": rank, "reduction": reduction, "plus_plus": variant == "compacter++"}
     shape = f"n {n}, rank {rank}, reduction {reduction}"
     if spec == "default":
@@ -218,7 +225,8 @@ def main() -> None:
     parser.add_argument("--adapter-arms", nargs="+", default=["default", "policy_head"],
                         help="adapter arms fine-tuned from the same pretrained policy: 'default' (the variant's "
                              "placement) or comma-separated module names, e.g. policy_head (an adapter on the "
-                             "action logits), norm (the backbone's final LayerNorm), ff,policy_head")
+                             "action logits), norm (the backbone's final LayerNorm), ff,policy_head; ':N' sets "
+                             "that arm's reduction (e.g. policy_head:8, a bottleneck of 32 on the 252 logits)")
     parser.add_argument("--adapter-n", type=int, default=4, help="PHM n (number of Kronecker summands)")
     parser.add_argument("--adapter-rank", type=int, default=1, help="rank of the fast PHM weights")
     parser.add_argument("--adapter-reduction", type=int, default=32, help="bottleneck = d_model / reduction")
