@@ -215,26 +215,35 @@ def add_adapters(model: nn.Module, config: CompacterConfig | None = None) -> nn.
         raise ValueError(f"no module of {type(model).__name__} matches target_modules={patterns}; "
                          f"module names look like {[n for n, _ in model.named_modules() if n][:8]}")
 
-    for param in model.parameters():
-        param.requires_grad_(False)
-    reference = next(model.parameters(), None)
+    freeze_all_but_layer_norms(model, config)
     rule = PHMRule(config.n, config.slow_init_std)
     for name, module in targets:
-        width = _output_width(module, name)
-        adapter = CompacterAdapter(width, bottleneck_width(width, config.reduction, config.n), config.n,
-                                   config.rank, rule, config.activation)
-        if reference is not None:
-            adapter.to(device=reference.device, dtype=reference.dtype)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, AdaptedModule(module, adapter))
+        wrap_with_adapter(model, name, module, _output_width(module, name), config, rule)
+    model.compacter_config = config
+    return model
+
+
+def freeze_all_but_layer_norms(model: nn.Module, config: CompacterConfig) -> None:
+    """Freeze every parameter of ``model``, except its layer norms when ``config.train_layer_norms``."""
+    for param in model.parameters():
+        param.requires_grad_(False)
     if config.train_layer_norms:
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
-                for param in module.parameters():
-                    param.requires_grad_(True)
-    model.compacter_config = config
-    return model
+                module.requires_grad_(True)
+
+
+def wrap_with_adapter(model: nn.Module, name: str, module: nn.Module, width: int, config: CompacterConfig,
+                      rule: PHMRule) -> None:
+    """Replace ``model``'s submodule ``name`` by ``module`` followed by a fresh adapter of ``width``."""
+    adapter = CompacterAdapter(width, bottleneck_width(width, config.reduction, config.n), config.n,
+                               config.rank, rule, config.activation)
+    reference = next(model.parameters(), None)
+    if reference is not None:
+        adapter.to(device=reference.device, dtype=reference.dtype)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, AdaptedModule(module, adapter))
 
 
 def adapter_modules(model: nn.Module) -> list[tuple[str, AdaptedModule]]:
@@ -341,6 +350,10 @@ class CompacterBackboneConfig(TransformerConfig):
     pretrained: str | None = None  # path to a state_dict of a transformer backbone of the same shape
 
 
+# Heads of the actor-critic network around the backbone that ``target_modules`` may also name.
+HEAD_TARGETS = ("policy_head", "value_head")
+
+
 @register_backbone("compacter", CompacterBackboneConfig, "transformer with Compacter adapters; only adapters train")
 def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf16: bool) -> Backbone:
     base_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
@@ -355,24 +368,13 @@ def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf1
     head_targets = [t for t in targets or [] if t in HEAD_TARGETS]
     backbone_targets = [t for t in targets or [] if t not in HEAD_TARGETS]
     if head_targets and not backbone_targets:
-        freeze_without_adapters(model, adapter_config)
+        freeze_all_but_layer_norms(model, adapter_config)
+        model.compacter_config = dataclasses.replace(adapter_config, target_modules=[])
     else:
         add_adapters(model, dataclasses.replace(adapter_config, target_modules=backbone_targets)
                      if head_targets else adapter_config)
     # The heads belong to the network around the backbone, which adapts them (see adapt_heads).
     model.head_adapter_targets = head_targets
-    return model
-
-
-HEAD_TARGETS = ("policy_head", "value_head")
-
-
-def freeze_without_adapters(model: nn.Module, config: CompacterConfig) -> nn.Module:
-    """Freeze ``model`` as :func:`add_adapters` would, for a backbone whose adapters all sit on the heads."""
-    for name, param in model.named_parameters():
-        param.requires_grad_(config.train_layer_norms and isinstance(model.get_submodule(name.rpartition(".")[0]),
-                                                                     nn.LayerNorm))
-    model.compacter_config = dataclasses.replace(config, target_modules=[])
     return model
 
 
@@ -390,7 +392,6 @@ def adapt_heads(network: nn.Module, backbone: nn.Module) -> nn.Module:
     config = backbone.compacter_config
     rules = [m for m in backbone.modules() if isinstance(m, PHMRule)]
     rule = rules[0] if rules else PHMRule(config.n, config.slow_init_std)
-    reference = next(network.parameters())
     for name in targets:
         head = getattr(network, name, None)
         if not isinstance(head, nn.Linear):
@@ -400,9 +401,7 @@ def adapt_heads(network: nn.Module, backbone: nn.Module) -> nn.Module:
         if width % config.n:
             # A one-wide value head cannot hold a PHM layer; say so instead of failing on the shapes.
             raise ValueError(f"cannot adapt {name!r}: its {width} output(s) are not divisible by n={config.n}")
-        adapter = CompacterAdapter(width, bottleneck_width(width, config.reduction, config.n), config.n,
-                                   config.rank, rule, config.activation)
-        setattr(network, name, AdaptedModule(head, adapter.to(device=reference.device, dtype=reference.dtype)))
+        wrap_with_adapter(network, name, head, width, config, rule)
     return network
 
 

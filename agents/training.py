@@ -190,8 +190,9 @@ class TrainConfig:
                 raise TrainConfigError(f"unknown adapters {self.adapters!r}; use one of {', '.join(ADAPTERS)}")
             if self.init_from is None:
                 raise TrainConfigError("--adapters fine-tunes a trained policy: give it with --init-from CHECKPOINT")
-            head_targets = [t for t in self.backbone_config.get("target_modules") or []
-                            if t in ("policy_head", "value_head")]
+            from parley.agents.compacter import HEAD_TARGETS
+
+            head_targets = [t for t in self.backbone_config.get("target_modules") or [] if t in HEAD_TARGETS]
             if head_targets and self.framework == "sb3":
                 raise TrainConfigError(f"adapters on {', '.join(head_targets)} need parley's own actor-critic "
                                        "network (--framework rllib or native); SB3's heads are its own")
