@@ -3,9 +3,12 @@ on the import path): the machine line and the appending of a RESULTS.md section,
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import datetime as dt
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -48,3 +51,24 @@ def append_results(title: str, where: str, note: str, table: str) -> None:
     with RESULTS.open("a") as handle:
         handle.write(section)
     print(f"appended to {RESULTS}")
+
+
+def parse_overrides(text: str, config_class: type, option: str) -> dict:
+    """``"field=value,field=value"`` -> ``{field: value}`` for fields of the dataclass ``config_class``.
+
+    Values are Python literals; commas inside brackets belong to a tuple value, as in
+    ``lr_drops=(0.6,0.8,0.88)``. A wrong field or value exits with a message naming ``option``.
+    """
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    overrides = {}
+    for assignment in filter(None, (a.strip() for a in re.split(r",(?![^()]*\))", text))):
+        key, sep, value = assignment.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise SystemExit(f"{option}: {assignment!r} must be field=value with a {config_class.__name__} field "
+                             f"({', '.join(sorted(fields))})")
+        try:
+            overrides[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"{option}: the value in {assignment!r} must be a Python literal") from None
+    return overrides

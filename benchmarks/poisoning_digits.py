@@ -10,10 +10,11 @@ with the same seeds.
     python benchmarks/poisoning_digits.py                      # 5 pairs, budgets 1% and 5%
     python benchmarks/poisoning_digits.py --pairs 2 --budgets 0.01 --no-append   # quick look
     python benchmarks/poisoning_digits.py --budgets 0.05 --variant no_aug:augment=False   # extra Sleeper Agent row
-    python benchmarks/poisoning_digits.py --variant paper:retrain_times=4,parametrisation=direct   # the paper's schedule
+    python benchmarks/poisoning_digits.py --variant paper:preset=paper   # the paper's schedule as an extra row
 
-Sleeper Agent runs with ``SleeperAgentConfig.for_dataset`` (on digits: no surrogate retraining, tanh
-parametrisation; see its docstring); ``--variant`` rows change fields of that.
+Sleeper Agent runs with ``SleeperAgentConfig.for_dataset`` (on digits ``small_images()``: ART's short
+schedule without retraining or crafting augmentation; see its docstring); ``--variant`` rows change
+fields of that, or of a named preset.
 
 The table is printed and appended to benchmarks/RESULTS.md (unless --no-append).
 """
@@ -21,7 +22,7 @@ The table is printed and appended to benchmarks/RESULTS.md (unless --no-append).
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import os
 import platform
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import parse_overrides
 
 from parley.attacks.base import Scenario, apply_checked, backdoor_metrics, make_attack
 from parley.attacks.datasets import load_dataset
@@ -49,19 +51,34 @@ def draw_pairs(num_classes: int, count: int, seed: int) -> list[tuple[int, int]]
     return pairs
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``"label:field=value,field=value"`` -> (label, Sleeper Agent config overrides)."""
+PRESETS = {"paper": SleeperAgentConfig.paper, "small_images": SleeperAgentConfig.small_images}
+
+
+def parse_variant(text: str, dataset) -> tuple[str, SleeperAgentConfig]:
+    """``"label:[preset=NAME,]field=value,..."`` -> (label, config): fields changed on ``for_dataset``'s
+    schedule, or on the named preset (``paper`` or ``small_images``)."""
     label, _, assignments = text.partition(":")
     if not label or not assignments:
         raise SystemExit(f"--variant expects LABEL:FIELD=VALUE[,FIELD=VALUE], got {text!r}")
-    overrides = {}
-    for item in assignments.split(","):
-        key, _, value = item.partition("=")
-        try:
-            overrides[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            overrides[key.strip()] = value.strip()
-    return label, overrides
+    preset, _, rest = assignments.partition(",") if assignments.startswith("preset=") else ("", "", assignments)
+    if preset:
+        name = preset.partition("=")[2].strip()
+        if name not in PRESETS:
+            raise SystemExit(f"--variant: preset must be one of {', '.join(PRESETS)}, got {name!r}")
+        base = PRESETS[name]()
+    else:
+        base = SleeperAgentConfig.for_dataset(dataset)
+    return label, dataclasses.replace(base, **parse_overrides(rest, SleeperAgentConfig, "--variant"))
+
+
+def describe(config: SleeperAgentConfig) -> str:
+    """The crafting schedule in words, for the RESULTS.md header."""
+    lr = config.tanh_lr if config.parametrisation == "tanh" else config.lr
+    drops = "/".join(f"{round(f * config.steps)}" for f in config.lr_drops)
+    augment = "differentiable crop augmentation while crafting" if config.augment else "no augmentation while crafting"
+    return (f"{config.steps} steps, signed Adam ({config.parametrisation} parametrisation, lr {lr}, divided by 10 "
+            f"at steps {drops}), {config.retrain_times} surrogate retrainings, {config.restarts} restart(s), poisons "
+            f"chosen by gradient norm, {augment}")
 
 
 def train_and_measure(dataset, x, y, scenario, recipe, width, seed, device):
@@ -81,7 +98,8 @@ def main() -> None:
     parser.add_argument("--pair-seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--variant", action="append", default=[],
-                        help="extra Sleeper Agent row: LABEL:FIELD=VALUE[,FIELD=VALUE] (SleeperAgentConfig fields)")
+                        help="extra Sleeper Agent row: LABEL:[preset=paper|small_images,]FIELD=VALUE[,FIELD=VALUE] "
+                             "(SleeperAgentConfig fields, changed on for_dataset's schedule or the preset)")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
 
@@ -91,9 +109,8 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     attacks = {
         "sleeper_agent": lambda: make_attack("sleeper_agent", **vars(SleeperAgentConfig.for_dataset(dataset))),
-        **{f"sleeper_agent {label}": (lambda o=overrides: make_attack(
-            "sleeper_agent", **vars(SleeperAgentConfig.for_dataset(dataset, **o))))
-           for label, overrides in map(parse_variant, args.variant)},
+        **{f"sleeper_agent {label}": (lambda c=config: make_attack("sleeper_agent", **vars(c)))
+           for label, config in (parse_variant(v, dataset) for v in args.variant)},
         "htba": lambda: make_attack("htba"),
         "random_noise": lambda: make_attack("random_noise"),
     }
@@ -163,7 +180,7 @@ def main() -> None:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, "
                f"device {args.device}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     sa = SleeperAgentConfig.for_dataset(dataset)
-    variants = "".join(f"; row `sleeper_agent {v.partition(':')[0]}` changes {v.partition(':')[2]}" for v in args.variant)
+    variants = "".join(f"; row `sleeper_agent {v.partition(':')[0]}`: `{v.partition(':')[2]}`" for v in args.variant)
     text = f"""
 ## Sleeper Agent on digits, victims trained from scratch ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)
 
@@ -175,10 +192,7 @@ Data: scikit-learn digits 8x8 ({dataset.num_train} train / {dataset.num_test} te
 victim: small CNN (width {args.width}) trained from scratch, {recipe.epochs} epochs, SGD lr {recipe.lr},
 crop padding {recipe.crop_padding}, no flips; eps = {args.eps * 255:.0f}/255; a {scenario.trigger.size}x{scenario.trigger.size}
 binary patch at a random location. Pairs (source->target): {', '.join(f'{s}->{t}' for s, t in pairs)};
-{args.victim_seeds} victim seeds per pair. Sleeper Agent (`SleeperAgentConfig.for_dataset`): {sa.steps} steps,
-signed Adam ({sa.parametrisation} parametrisation, lr {sa.tanh_lr if sa.parametrisation == "tanh" else sa.lr}),
-{sa.retrain_times} surrogate retrainings, {sa.restarts} restart, poisons chosen by gradient norm, differentiable
-crop augmentation while crafting{variants}.
+{args.victim_seeds} victim seeds per pair. Sleeper Agent (`SleeperAgentConfig.for_dataset`): {describe(sa)}{variants}.
 "ASR of clean victims" is the share of patched source images that victims trained on clean data already
 send to the target (the patch alone). Clean accuracy of clean victims: {clean_acc:.1%}.
 Total wall time {total / 60:.1f} min.

@@ -37,7 +37,6 @@ benchmarks/RESULTS.md::
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
 import datetime as dt
@@ -45,7 +44,6 @@ import io
 import os
 import platform
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import parse_overrides
 from torch import nn
 
 from parley.attacks.base import Scenario, Submission, backdoor_metrics, check_submission, make_attack
@@ -187,21 +186,10 @@ def parse_variants(text: str, base: SleeperAgentConfig) -> list[tuple[str, Sleep
     """``"name;name:field=value,field=value"`` -> named configs (overrides applied to ``base``)."""
     if not text.strip():
         return [("parley", base)]
-    fields = {f.name for f in dataclasses.fields(SleeperAgentConfig)}
     variants = []
     for item in text.split(";"):
         name, _, assignments = item.strip().partition(":")
-        overrides = {}
-        # commas inside brackets belong to a tuple value, e.g. surrogate_snapshots=(0.33,0.67)
-        for assignment in filter(None, (a.strip() for a in re.split(r",(?![^()]*\))", assignments))):
-            key, sep, value = assignment.partition("=")
-            if not sep or key not in fields:
-                raise SystemExit(f"--variants: {assignment!r} must be field=value with a SleeperAgentConfig field "
-                                 f"({', '.join(sorted(fields))})")
-            try:
-                overrides[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                raise SystemExit(f"--variants: the value in {assignment!r} must be a Python literal") from None
+        overrides = parse_overrides(assignments, SleeperAgentConfig, "--variants")
         variants.append((f"parley {name}", dataclasses.replace(base, **overrides)))
     return variants
 

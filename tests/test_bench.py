@@ -123,6 +123,35 @@ def test_ray_tasks_run_cells(tmp_path):
     assert not any(r["error"] for r in rows)
 
 
+def test_poisoning_digits_variants_change_the_dataset_schedule_or_a_named_preset(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from parley.attacks.datasets import make_synthetic
+    from parley.attacks.sleeper_agent import SleeperAgentConfig
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "poisoning_digits.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # the script imports the benchmarks' common module
+    spec = importlib.util.spec_from_file_location("poisoning_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "poisoning_digits", module)
+    spec.loader.exec_module(module)
+    small = make_synthetic(num_classes=3, image_size=8, channels=1, train_per_class=4, test_per_class=2, seed=0)
+    assert module.parse_variant("aug:augment=True,lr_drops=(0.5,0.75)", small) == (
+        "aug", SleeperAgentConfig.small_images(augment=True, lr_drops=(0.5, 0.75)))
+    assert module.parse_variant("paper:preset=paper", small) == ("paper", SleeperAgentConfig.paper())
+    assert module.parse_variant("p4:preset=paper,steps=4", small) == ("p4", SleeperAgentConfig.paper(steps=4))
+    with pytest.raises(SystemExit, match="preset must be one of paper, small_images"):
+        module.parse_variant("x:preset=fast", small)
+    with pytest.raises(SystemExit, match="SleeperAgentConfig field"):
+        module.parse_variant("x:stepz=3", small)
+    with pytest.raises(SystemExit, match="LABEL:FIELD=VALUE"):
+        module.parse_variant("nolabel", small)
+    assert "no augmentation while crafting" in module.describe(SleeperAgentConfig.small_images())
+    assert "divided by 10 at steps 93/156/218" in module.describe(SleeperAgentConfig.paper())
+
+
 def test_sleeper_vs_art_reads_variants_and_pairs_and_refuses_bad_ones(monkeypatch):
     import importlib.util
     import sys
