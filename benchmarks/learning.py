@@ -24,7 +24,8 @@ Parts, all in one run so the ratios are measured side by side:
               Reports, per arm, the return ratio (adapters / full, greedy score against the new pool over
               ``--adapter-eval-episodes`` games per partner), the share of full fine-tuning's gain it
               recovers, and the trainable fraction over every parameter of the policy, heads included
-              (target >= 95% at <= 0.1%). About 25 minutes on 2 busy cores.
+              (target >= 95% at <= 0.1%). About 25 minutes on 2 busy cores. ``--finetune-seeds N`` repeats
+              every fine-tuning with seeds 0..N-1 and reports mean +- standard error, ratios paired by seed.
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
@@ -132,38 +133,52 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
 
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
                  backbone_config: dict, adapter_arms: dict[str, dict], full_lr: float, adapter_lr: float,
-                 framework: str = "rllib") -> dict:
-    """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights, same seed: once
-    with every weight trained, then once per adapter arm (``adapter_arms``: label -> Compacter options).
+                 framework: str = "rllib", finetune_seeds: int = 1, pretrain_dir: Path | None = None) -> dict:
+    """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
+    weight trained, then once per adapter arm (``adapter_arms``: label -> Compacter options), each with
+    fine-tuning seeds ``0 .. finetune_seeds - 1`` (seed 0 is the pretraining's seed).
 
     Every arm gets the same env-step budget and PPO settings; only the learning rate differs (full
     fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
     itself, with exactly the freezing training applied, over every parameter of the policy (backbone,
-    policy and value heads).
+    policy and value heads). With ``pretrain_dir`` the pretraining is kept there, and a finished one found
+    there is reused instead of trained again.
     """
     from parley.agents.compacter import adapter_modules, count_parameters
     from parley.agents.rllib_module import freeze_all_but_adapters
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.torch_policy import TorchPolicy, load_policy
 
     start = time.perf_counter()
-    base = train(TrainConfig(framework=framework, backbone="transformer", backbone_config=backbone_config,
-                             partners=OLD_POOL,
-                             timesteps=pretrain_steps, out=str(workdir / "pretrain"), checkpoint_every=10_000,
-                             live=False), evaluate=False)
-    rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_steps": base.env_steps, "arms": {}}
-    rows["before"] = suite_score(TorchPolicy.load(base.policy_dir, device="cpu"), episodes, NEW_POOL)
+    pretrain_out = pretrain_dir or workdir / "pretrain"
+    reused = (pretrain_out / "latest_policy").is_file()
+    if reused:
+        print(f"reusing the pretraining in {pretrain_out}", flush=True)
+    else:
+        train(TrainConfig(framework=framework, backbone="transformer", backbone_config=backbone_config,
+                          partners=OLD_POOL, timesteps=pretrain_steps, out=str(pretrain_out),
+                          checkpoint_every=10_000, live=False), evaluate=False)
+    base_policy = load_policy(pretrain_out, device="cpu")
+    rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
+            "pretrain_steps": base_policy.metadata.get("env_steps", pretrain_steps)}
+    rows["before"] = suite_score(base_policy, episodes, NEW_POOL)
     arms = {"full": {"lr": full_lr}}
     arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": adapter_lr}
                  for label, options in adapter_arms.items()})
     for index, (label, extra) in enumerate(arms.items()):
-        start = time.perf_counter()
-        tuned = train(TrainConfig(framework=framework, partners=NEW_POOL, init_from=str(base.policy_dir),
-                                  timesteps=finetune_steps,
-                                  out=str(workdir / f"ft-{index}"), checkpoint_every=10_000, live=False, **extra),
-                      evaluate=False)
-        policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
-        arm = {"score": suite_score(policy, episodes, NEW_POOL), "wall": time.perf_counter() - start,
-               "steps": tuned.env_steps}
+        scores, walls, steps = [], [], []
+        for seed in range(finetune_seeds):
+            start = time.perf_counter()
+            tuned = train(TrainConfig(framework=framework, partners=NEW_POOL, init_from=str(pretrain_out),
+                                      timesteps=finetune_steps, seed=seed, out=str(workdir / f"ft-{index}-{seed}"),
+                                      checkpoint_every=10_000, live=False, **extra),
+                          evaluate=False)
+            policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
+            scores.append(suite_score(policy, episodes, NEW_POOL))
+            walls.append(time.perf_counter() - start)
+            steps.append(tuned.env_steps)
+            print(f"{label} seed {seed}: {scores[-1]:.3f}", flush=True)
+        arm = {"score": float(np.mean(scores)), "scores": scores, "wall": float(np.mean(walls)),
+               "steps": int(np.mean(steps))}
         if label == "full":
             arm["trainable"], arm["total"] = count_parameters(policy.model)
             rows["full"] = arm
@@ -174,6 +189,13 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
         arm["trained"] = f"adapters on {', '.join(adapted)} (PHM fast weights and biases, shared slow weights)"
         rows["arms"][label] = arm
     return rows
+
+
+def mean_se(values: list[float], digits: int = 2) -> str:
+    """``mean`` for one value, ``mean ± standard error`` for several."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.{digits}f}"
 
 
 ADAPTER_PLACEMENTS = {"ff": "the feed-forward sublayer", "attn": "the attention sublayer",
@@ -212,6 +234,12 @@ def main() -> None:
                         help="adapters part: env steps of the transformer pretraining against the first pool")
     parser.add_argument("--finetune-steps", type=int, default=40_000,
                         help="adapters part: env steps of each fine-tuning arm (the same for both)")
+    parser.add_argument("--pretrain-dir", default=None,
+                        help="adapters part: keep the pretraining run here, or reuse the finished one found here "
+                             "(several adapter studies from one pretraining)")
+    parser.add_argument("--finetune-seeds", type=int, default=1,
+                        help="adapters part: fine-tune every arm with seeds 0..N-1 from the same pretraining and "
+                             "report mean +- standard error over them")
     parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
@@ -286,25 +314,30 @@ def main() -> None:
             arms = dict(adapter_arm(spec, args.adapter_variant, args.adapter_n, args.adapter_rank,
                                     args.adapter_reduction) for spec in args.adapter_arms)
             ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.adapter_eval_episodes, cfg,
-                              arms, args.full_lr, args.adapter_lr, args.adapter_framework)
+                              arms, args.full_lr, args.adapter_lr, args.adapter_framework, args.finetune_seeds,
+                              Path(args.pretrain_dir) if args.pretrain_dir else None)
             before, full = ad["before"], ad["full"]
+            seeds = args.finetune_seeds
+            pretrain_time = "reused from --pretrain-dir" if ad["pretrain_reused"] else f"{ad['pretrain_wall']:.0f} s"
             lines.append(f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
                          f"{args.n_layers} layer(s): score vs new "
                          f"pool before fine-tuning | {before:.2f} | pretrained {ad['pretrain_steps']:,} steps "
-                         f"vs {','.join(OLD_POOL)} ({ad['pretrain_wall']:.0f} s); new pool {','.join(NEW_POOL)}; "
+                         f"vs {','.join(OLD_POOL)} ({pretrain_time}); new pool {','.join(NEW_POOL)}; "
                          f"{100 * before / full['score']:.1f}% of full fine-tuning's score already |")
-            lines.append(f"| full fine-tuning: score vs new pool | {full['score']:.2f} | {full['steps']:,} env steps, "
+            lines.append(f"| full fine-tuning: score vs new pool | {mean_se(full['scores'])} | {full['steps']:,} env steps, "
                          f"{full['wall']:.0f} s; lr {args.full_lr:g}; all {full['trainable']:,} parameters |")
             for label, arm in ad["arms"].items():
-                ratio = arm["score"] / full["score"]
-                recovered = (arm["score"] - before) / (full["score"] - before) if full["score"] != before \
-                    else float("nan")
-                lines.append(f"| {label}, adapters only: score vs new pool | {arm['score']:.2f} | "
-                             f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}; same seed "
+                # Paired by fine-tuning seed: arm and full fine-tuning with the same seed form one ratio.
+                ratios = [100 * a / f for a, f in zip(arm["scores"], full["scores"])]
+                recovered = [100 * (a - before) / (f - before) if f != before else float("nan")
+                             for a, f in zip(arm["scores"], full["scores"])]
+                lines.append(f"| {label}, adapters only: score vs new pool | {mean_se(arm['scores'])} | "
+                             f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}; same seed(s) "
                              f"and PPO settings; {arm['trained']} |")
-                lines.append(f"| {label}: return ratio (adapters / full) / gain recovered | {100 * ratio:.1f}% / "
-                             f"{100 * recovered:.0f}% | target >= 95% return ratio; gain recovered = (adapters - "
-                             f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner |")
+                lines.append(f"| {label}: return ratio (adapters / full) / gain recovered | {mean_se(ratios, 1)}% / "
+                             f"{mean_se(recovered, 0)}% | target >= 95% return ratio; gain recovered = (adapters - "
+                             f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner"
+                             f"{f'; mean ± SE over {seeds} fine-tuning seeds, paired by seed' if seeds > 1 else ''} |")
                 lines.append(f"| {label}: trainable fraction | {100 * arm['trainable'] / arm['total']:.3f}% | "
                              f"{arm['trainable']:,} of {arm['total']:,} policy parameters (backbone + policy and "
                              "value heads); target <= 0.1% |")
