@@ -24,8 +24,8 @@ lr 0.1 in the standardised input space (~0.025 in [0, 1] pixel units), 1 restart
 batch 512. The surrogate follows the victim's recipe, which :meth:`TrainingRecipe.for_dataset` scales.
 The dataclass defaults are the paper's (:meth:`SleeperAgentConfig.paper`); :meth:`SleeperAgentConfig.for_dataset`
 keeps them on 32x32 colour images and switches smaller images (digits, MNIST) to
-:meth:`SleeperAgentConfig.small_images`: no retraining and IBM ART's ``delta = eps * tanh(w)``
-parametrisation, chosen on a validation split of the training data.
+:meth:`SleeperAgentConfig.small_images`: IBM ART's schedule (no retraining, ``delta = eps * tanh(w)``,
+120 steps, no augmentation while crafting), chosen on validation splits of the training data.
 
 >>> attack = make_attack("sleeper_agent")            # or SleeperAgent(SleeperAgentConfig(steps=100))
 >>> submission = attack.craft(scenario)
