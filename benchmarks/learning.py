@@ -131,6 +131,18 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
             "score": score}
 
 
+def finished_pretraining(directory: Path, steps: int) -> bool:
+    """Whether ``directory`` holds a pretraining that ran its ``steps`` env steps (an interrupted one does not
+    count)."""
+    from parley.agents.torch_policy import load_policy
+
+    try:
+        policy = load_policy(directory, device="cpu")
+    except (FileNotFoundError, ValueError):
+        return False
+    return policy.metadata.get("env_steps", 0) >= steps
+
+
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
                  backbone_config: dict, adapter_arms: dict[str, dict], full_lr: float, adapter_lr: float,
                  framework: str = "rllib", finetune_seeds: int = 1, pretrain_dir: Path | None = None) -> dict:
@@ -150,7 +162,7 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
 
     start = time.perf_counter()
     pretrain_out = pretrain_dir or workdir / "pretrain"
-    reused = (pretrain_out / "latest_policy").is_file()
+    reused = finished_pretraining(pretrain_out, pretrain_steps)
     if reused:
         print(f"reusing the pretraining in {pretrain_out}", flush=True)
     else:
