@@ -348,6 +348,11 @@ class CompacterBackboneConfig(TransformerConfig):
     train_layer_norms: bool = True
     target_modules: list[str] | None = field(default=None)
     pretrained: str | None = None  # path to a state_dict of a transformer backbone of the same shape
+    #: Parameters of the actor-critic network trained in full beside the adapters (like peft's
+    #: ``modules_to_save``), by name or module prefix: ``value_head``, ``value_head.bias``. They count as
+    #: trainable. Fine-tuning for a new partner pool leaves a frozen critic predicting the old pool's
+    #: returns; its bias alone is one parameter.
+    also_train: list[str] | None = field(default=None)
 
 
 # Heads of the actor-critic network around the backbone that ``target_modules`` may also name.
@@ -375,7 +380,28 @@ def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf1
                      if head_targets else adapter_config)
     # The heads belong to the network around the backbone, which adapts them (see adapt_heads).
     model.head_adapter_targets = head_targets
+    model.also_train = list(config.also_train or [])
     return model
+
+
+def trained_beside_adapters(network: nn.Module) -> list[str]:
+    """Names of ``network``'s parameters that its ``compacter`` backbone's ``also_train`` selects.
+
+    An entry selects the parameter of that name or every parameter under that module. Raises when an
+    entry selects nothing, listing the names that exist.
+    """
+    backbone = getattr(network, "backbone", None)
+    entries = list(getattr(backbone, "also_train", None) or [])
+    names = [name for name, _ in network.named_parameters()]
+    selected = []
+    for entry in entries:
+        matches = [n for n in names if n == entry or n.startswith(entry + ".")]
+        if not matches:
+            heads = sorted({n for n in names if not n.startswith("backbone.") and "adapter" not in n})
+            raise ValueError(f"also_train entry {entry!r} names no parameter of {type(network).__name__}; "
+                             f"the heads' parameters are {', '.join(heads)} (backbone ones start with 'backbone.')")
+        selected.extend(m for m in matches if m not in selected)
+    return selected
 
 
 def adapt_heads(network: nn.Module, backbone: nn.Module) -> nn.Module:
@@ -415,6 +441,7 @@ __all__ = [
     "adapter_state_dict",
     "adapt_heads",
     "add_adapters",
+    "trained_beside_adapters",
     "bottleneck_width",
     "count_parameters",
     "load_adapters",

@@ -196,6 +196,9 @@ class TrainConfig:
             if head_targets and self.framework == "sb3":
                 raise TrainConfigError(f"adapters on {', '.join(head_targets)} need parley's own actor-critic "
                                        "network (--framework rllib or native); SB3's heads are its own")
+            if self.backbone_config.get("also_train") and self.framework == "sb3":
+                raise TrainConfigError("also_train names parameters of parley's own actor-critic network "
+                                       "(--framework rllib or native); SB3's heads are its own")
         if self.init_from is not None:
             if not Path(self.init_from).exists():
                 raise TrainConfigError(f"--init-from: nothing at {self.init_from}")
@@ -488,7 +491,7 @@ def network_plan(config: TrainConfig, init_policy) -> tuple[str, dict[str, Any],
         raise TrainConfigError(f"--adapters compacter fine-tunes a transformer policy; {config.init_from} has "
                                f"backbone {init_policy.backbone_name!r}")
     adapter_options = {k: v for k, v in config.backbone_config.items()
-                       if k in ("n", "rank", "reduction", "plus_plus", "target_modules")}
+                       if k in ("n", "rank", "reduction", "plus_plus", "target_modules", "also_train")}
     backbone_config = {**init_policy.backbone_config, "train_layer_norms": False, **adapter_options}
     return "compacter", backbone_config, "adapters"
 

@@ -243,3 +243,36 @@ def test_head_adapters_refuse_what_they_cannot_adapt():
 
     with pytest.raises(ValueError, match="not divisible by n=4"):
         ActorCritic(make_backbone("compacter", SPACE, device="cpu", target_modules=["value_head"], **SMALL))
+
+
+def test_also_train_keeps_named_head_parameters_trainable_and_counts_them(observations):
+    """``also_train`` trains named parameters in full beside the adapters (peft's ``modules_to_save``)."""
+    from parley.agents.compacter import trained_beside_adapters
+    from parley.agents.rllib_module import freeze_all_but_adapters
+    from parley.agents.torch_policy import ActorCritic
+
+    def network(also_train):
+        return ActorCritic(make_backbone("compacter", SPACE, device="cpu", reduction=4, train_layer_norms=False,
+                                         target_modules=["policy_head"], also_train=also_train, **SMALL))
+
+    head_only = network(None)
+    with_bias = network(["value_head.bias"])
+    with_critic = network(["value_head"])
+    counts = [freeze_all_but_adapters(net) for net in (head_only, with_bias, with_critic)]
+    assert counts[1] == counts[0] + 1
+    assert counts[2] == counts[0] + SMALL["d_model"] + 1
+    assert trained_beside_adapters(with_critic) == ["value_head.weight", "value_head.bias"]
+    assert with_bias.value_head.bias.requires_grad and not with_bias.value_head.weight.requires_grad
+    assert count_parameters(with_bias)[0] == counts[1]
+    # The critic's bias learns a new level of returns while the rest of the critic stays as it was.
+    weight = with_bias.value_head.weight.detach().clone()
+    opt = torch.optim.Adam([p for p in with_bias.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(50):
+        loss = (with_bias(observations)[1] - 3.0).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(float(with_bias(observations)[1].mean()) - 3.0) < 0.5
+    assert torch.equal(with_bias.value_head.weight, weight)
+    with pytest.raises(ValueError, match="'value_hed' names no parameter.*value_head.bias"):
+        freeze_all_but_adapters(network(["value_hed"]))

@@ -101,7 +101,9 @@ def test_native_run_learns_checkpoints_resumes_and_loads_everywhere(tmp_path):
     assert tour.pair("native-partners-mlp", "boulware").games == 10
 
 
-@pytest.mark.parametrize("adapter_options", [{"reduction": 4}, {"reduction": 4, "target_modules": ["policy_head"]}])
+@pytest.mark.parametrize("adapter_options", [{"reduction": 4}, {"reduction": 4, "target_modules": ["policy_head"]},
+                                             {"reduction": 4, "target_modules": ["policy_head"],
+                                              "also_train": ["value_head.bias"]}])
 def test_native_adapter_fine_tuning_changes_only_the_adapters(adapter_options, tmp_path):
     base = TorchPolicy("transformer", 36, {"d_model": 16, "n_heads": 2, "n_layers": 1}, device="cpu", seed=0)
     base.save(tmp_path / "base")
@@ -114,9 +116,12 @@ def test_native_adapter_fine_tuning_changes_only_the_adapters(adapter_options, t
     assert adapted == ({"policy_head"} if "target_modules" in adapter_options else {"backbone.blocks.0.attn",
                                                                                      "backbone.blocks.0.ff"})
     base_state = base.model.state_dict()
+    also_trained = set(adapter_options.get("also_train", []))
     for key, value in tuned.model.state_dict().items():
-        if ".adapter." not in key:
+        if ".adapter." not in key and key not in also_trained:
             assert torch.equal(value, base_state[key.replace(".base.", ".")]), key
+    for key in also_trained:
+        assert not torch.equal(tuned.model.state_dict()[key], base_state[key]), key
     # Fresh adapters change the logits by ~1e-9 (near-identity init); trained ones by far more.
     observations = torch.rand(64, 36) * 5
     with torch.no_grad():
@@ -138,3 +143,9 @@ def test_sb3_refuses_adapters_on_the_heads(tmp_path):
     with pytest.raises(TrainConfigError, match="SB3's heads are its own"):
         TrainConfig(framework="sb3", out=str(tmp_path / "run"), init_from=str(tmp_path), adapters="compacter",
                     backbone_config={"target_modules": ["policy_head"]}).validate()
+
+
+def test_sb3_refuses_also_train(tmp_path):
+    with pytest.raises(TrainConfigError, match="also_train names parameters of parley's own actor-critic"):
+        TrainConfig(framework="sb3", out=str(tmp_path / "run"), init_from=str(tmp_path), adapters="compacter",
+                    backbone_config={"also_train": ["value_head.bias"]}).validate()

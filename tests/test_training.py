@@ -307,7 +307,9 @@ def test_checkpoint_resume_and_load_policy(ray_session, tmp_path):
     assert tour.pair("rllib-partners-mlp", "boulware").games == 20
 
 
-@pytest.mark.parametrize("adapter_options", [{"reduction": 4}, {"reduction": 4, "target_modules": ["policy_head"]}])
+@pytest.mark.parametrize("adapter_options", [{"reduction": 4}, {"reduction": 4, "target_modules": ["policy_head"]},
+                                             {"reduction": 4, "target_modules": ["policy_head"],
+                                              "also_train": ["value_head.bias"]}])
 def test_compacter_fine_tuning_trains_only_adapters(adapter_options, ray_session, tmp_path):
     from parley.agents import load_policy
     from parley.agents.torch_policy import TorchPolicy
@@ -319,9 +321,12 @@ def test_compacter_fine_tuning_trains_only_adapters(adapter_options, ray_session
     tuned = load_policy(result.run_dir)
     assert tuned.backbone_name == "compacter"
     base_state, tuned_state = base.model.state_dict(), tuned.model.state_dict()
+    also_trained = set(adapter_options.get("also_train", []))
     for key, value in tuned_state.items():
-        if ".adapter." not in key:
+        if ".adapter." not in key and key not in also_trained:
             assert torch.equal(value, base_state[key.replace(".base.", ".")]), key
+    for key in also_trained:
+        assert not torch.equal(tuned_state[key], base_state[key]), key
     # Fresh adapters change the logits by ~1e-9 (near-identity init); trained ones by far more.
     observations = torch.rand(64, 36) * 5
     with torch.no_grad():
