@@ -156,7 +156,7 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
     policy and value heads). With ``pretrain_dir`` the pretraining is kept there, and a finished one found
     there is reused instead of trained again.
     """
-    from parley.agents.compacter import adapter_modules, count_parameters
+    from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
     from parley.agents.rllib_module import freeze_all_but_adapters
     from parley.agents.torch_policy import TorchPolicy, load_policy
 
@@ -198,7 +198,9 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
         freeze_all_but_adapters(policy.model)
         arm["trainable"], arm["total"] = count_parameters(policy.model)
         adapted = [name for name, _ in adapter_modules(policy.model)]
-        arm["trained"] = f"adapters on {', '.join(adapted)} (PHM fast weights and biases, shared slow weights)"
+        also = trained_beside_adapters(policy.model)
+        arm["trained"] = (f"adapters on {', '.join(adapted)} (PHM fast weights and biases, shared slow weights)"
+                          + (f", plus {', '.join(also)} trained in full" if also else ""))
         rows["arms"][label] = arm
     return rows
 
@@ -216,7 +218,10 @@ ADAPTER_PLACEMENTS = {"ff": "the feed-forward sublayer", "attn": "the attention 
 
 def adapter_arm(spec: str, variant: str, n: int, rank: int, reduction: int) -> tuple[str, dict]:
     """(label, Compacter options) of one ``--adapter-arms`` entry: ``default`` or comma-separated targets,
-    optionally followed by ``:REDUCTION`` for that arm (e.g. ``policy_head:8``)."""
+    optionally followed by ``:REDUCTION`` for that arm (e.g. ``policy_head:8``), then optionally by
+    ``+NAME,NAME`` for parameters trained in full beside the adapters (e.g. ``policy_head+value_head.bias``)."""
+    spec, _, also = spec.partition("+")
+    also_train = [name for name in also.split(",") if name]
     spec, _, own_reduction = spec.partition(":")
     if own_reduction:
         if not own_reduction.isdigit() or int(own_reduction) < 1:
@@ -225,11 +230,14 @@ def adapter_arm(spec: str, variant: str, n: int, rank: int, reduction: int) -> t
         reduction = int(own_reduction)
     options = {"n": n, "rank": rank, "reduction": reduction, "plus_plus": variant == "compacter++"}
     shape = f"n {n}, rank {rank}, reduction {reduction}"
+    extra = f", {' and '.join(also_train)} trained" if also_train else ""
+    if also_train:
+        options["also_train"] = also_train
     if spec == "default":
-        return f"{'Compacter++' if options['plus_plus'] else 'Compacter'} ({shape})", options
+        return f"{'Compacter++' if options['plus_plus'] else 'Compacter'} ({shape}{extra})", options
     targets = [t for t in spec.split(",") if t]
     places = " + ".join(ADAPTER_PLACEMENTS.get(t, t) for t in targets)
-    return f"Compacter on {places} ({shape})", {**options, "target_modules": targets}
+    return f"Compacter on {places} ({shape}{extra})", {**options, "target_modules": targets}
 
 
 def main() -> None:
@@ -266,7 +274,9 @@ def main() -> None:
                         help="adapter arms fine-tuned from the same pretrained policy: 'default' (the variant's "
                              "placement) or comma-separated module names, e.g. policy_head (an adapter on the "
                              "action logits), norm (the backbone's final LayerNorm), ff,policy_head; ':N' sets "
-                             "that arm's reduction (e.g. policy_head:8, a bottleneck of 32 on the 252 logits)")
+                             "that arm's reduction (e.g. policy_head:8, a bottleneck of 32 on the 252 logits); "
+                             "'+NAME,...' trains those parameters in full beside the adapters and counts them "
+                             "(e.g. policy_head+value_head.bias: the critic's bias follows the new pool's returns)")
     parser.add_argument("--adapter-n", type=int, default=4, help="PHM n (number of Kronecker summands)")
     parser.add_argument("--adapter-rank", type=int, default=1, help="rank of the fast PHM weights")
     parser.add_argument("--adapter-reduction", type=int, default=32, help="bottleneck = d_model / reduction")
