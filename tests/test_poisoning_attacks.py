@@ -133,6 +133,9 @@ def test_make_attack_for_uses_the_schedule_an_attack_declares_for_the_dataset():
     # The small-image preset is the paper's attack on ART's short schedule (see its docstring).
     assert SleeperAgentConfig.small_images() == SleeperAgentConfig.paper(
         steps=120, lr_drops=(0.6, 0.8, 0.88), augment=False, retrain_times=0, parametrisation="tanh")
+    # The previous small-image schedule, which the docstring offers for larger eps, is still one call away.
+    assert SleeperAgentConfig.small_images(steps=250, lr_drops=SleeperAgentConfig.lr_drops, augment=True) == \
+        SleeperAgentConfig.paper(retrain_times=0, parametrisation="tanh")
     tuned = make_attack_for("sleeper_agent", small, steps=9)
     assert tuned.config == SleeperAgentConfig.small_images(steps=9)
     # Witches' Brew inherits Sleeper Agent's config class but not its small-image schedule.
