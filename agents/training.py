@@ -490,8 +490,15 @@ def network_plan(config: TrainConfig, init_policy) -> tuple[str, dict[str, Any],
     if init_policy.backbone_name != "transformer":
         raise TrainConfigError(f"--adapters compacter fine-tunes a transformer policy; {config.init_from} has "
                                f"backbone {init_policy.backbone_name!r}")
-    adapter_options = {k: v for k, v in config.backbone_config.items()
-                       if k in ("n", "rank", "reduction", "plus_plus", "target_modules", "also_train")}
+    from parley.agents.backbones import TransformerConfig
+    from parley.agents.compacter import CompacterBackboneConfig
+
+    # The adapters' own options come from --backbone-config; the transformer's shape comes from the policy,
+    # its layer norms stay frozen and its weights are loaded by transfer_weights, not by ``pretrained``.
+    transformer_fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+    adapter_fields = {f.name for f in dataclasses.fields(CompacterBackboneConfig)} - transformer_fields \
+        - {"train_layer_norms", "pretrained"}
+    adapter_options = {k: v for k, v in config.backbone_config.items() if k in adapter_fields}
     backbone_config = {**init_policy.backbone_config, "train_layer_norms": False, **adapter_options}
     return "compacter", backbone_config, "adapters"
 

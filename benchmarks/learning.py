@@ -131,16 +131,16 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
             "score": score}
 
 
-def finished_pretraining(directory: Path, steps: int) -> bool:
-    """Whether ``directory`` holds a pretraining that ran its ``steps`` env steps (an interrupted one does not
-    count)."""
+def finished_pretraining(directory: Path, steps: int):
+    """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps, else None (an
+    interrupted one does not count)."""
     from parley.agents.torch_policy import load_policy
 
     try:
         policy = load_policy(directory, device="cpu")
     except (FileNotFoundError, ValueError):
-        return False
-    return policy.metadata.get("env_steps", 0) >= steps
+        return None
+    return policy if policy.metadata.get("env_steps", 0) >= steps else None
 
 
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
@@ -158,18 +158,19 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
     """
     from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
     from parley.agents.rllib_module import freeze_all_but_adapters
-    from parley.agents.torch_policy import TorchPolicy, load_policy
+    from parley.agents.torch_policy import TorchPolicy
 
     start = time.perf_counter()
     pretrain_out = pretrain_dir or workdir / "pretrain"
-    reused = finished_pretraining(pretrain_out, pretrain_steps)
+    base_policy = finished_pretraining(pretrain_out, pretrain_steps)
+    reused = base_policy is not None
     if reused:
         print(f"reusing the pretraining in {pretrain_out}", flush=True)
     else:
-        train(TrainConfig(framework=framework, backbone="transformer", backbone_config=backbone_config,
-                          partners=OLD_POOL, timesteps=pretrain_steps, out=str(pretrain_out),
-                          checkpoint_every=10_000, live=False), evaluate=False)
-    base_policy = load_policy(pretrain_out, device="cpu")
+        base = train(TrainConfig(framework=framework, backbone="transformer", backbone_config=backbone_config,
+                                 partners=OLD_POOL, timesteps=pretrain_steps, out=str(pretrain_out),
+                                 checkpoint_every=10_000, live=False), evaluate=False)
+        base_policy = TorchPolicy.load(base.policy_dir, device="cpu")
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
             "pretrain_steps": base_policy.metadata.get("env_steps", pretrain_steps)}
     rows["before"] = suite_score(base_policy, episodes, NEW_POOL)
