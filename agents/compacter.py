@@ -13,7 +13,11 @@ biases zero -- the adapter starts out (almost exactly) as the identity.
 
 Placement: *Compacter* puts an adapter after the self-attention sublayer and after the feed-forward
 sublayer (on their outputs, before the residual add); *Compacter++* only after the feed-forward
-sublayer. Everything else is frozen except, by default, the layer norms.
+sublayer. Everything else is frozen except, by default, the layer norms. ``placement="parallel"``
+puts each adapter beside its module instead of after it (He et al. 2022, *Towards a Unified View of
+Parameter-Efficient Transfer Learning*): ``y = module(x) + up(act(down(x)))``, reading the module's
+input. A parallel adapter's widths follow the module's input and output, so it fits a head whose
+output width differs from its input's.
 
 The API follows peft::
 
@@ -49,6 +53,7 @@ from parley.agents.backbones import (
 )
 
 ADAPTER_FORMAT = "parley-compacter-adapters-v1"
+PLACEMENTS = ("sequential", "parallel")
 
 
 @dataclass
@@ -60,6 +65,8 @@ class CompacterConfig:
     own defaults (for parley's transformer: ``attn`` and ``ff`` of every block, or ``ff`` only with
     ``plus_plus=True``); explicit targets are used as given.
     ``reduction``: bottleneck width = model width / reduction, rounded up to a multiple of ``n``.
+    ``placement``: ``"sequential"`` (the paper's: the adapter transforms the module's output) or
+    ``"parallel"`` (the adapter reads the module's first input and its output is added to the module's).
     """
 
     n: int = 4
@@ -70,8 +77,11 @@ class CompacterConfig:
     train_layer_norms: bool = True
     activation: str = "gelu"
     slow_init_std: float = 1e-4
+    placement: str = "sequential"
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"unknown adapter placement {self.placement!r}; use one of {', '.join(PLACEMENTS)}")
         if self.n < 1 or self.rank < 1 or self.reduction < 1:
             raise ValueError(f"n, rank and reduction must be positive integers, got n={self.n}, "
                              f"rank={self.rank}, reduction={self.reduction}")
@@ -133,27 +143,43 @@ class PHMLinear(nn.Module):
 
 
 class CompacterAdapter(nn.Module):
-    """``x + up(act(down(x)))`` with PHM projections."""
+    """``x + up(act(down(x)))`` with PHM projections; without ``residual`` just ``up(act(down(x)))``.
 
-    def __init__(self, d_model: int, bottleneck: int, n: int, rank: int, rule: PHMRule, activation: str = "gelu") -> None:
+    ``out_features`` (default ``d_model``) may differ from ``d_model`` only without the residual.
+    """
+
+    def __init__(self, d_model: int, bottleneck: int, n: int, rank: int, rule: PHMRule, activation: str = "gelu",
+                 out_features: int | None = None, residual: bool = True) -> None:
         super().__init__()
+        out_features = d_model if out_features is None else out_features
+        if residual and out_features != d_model:
+            raise ValueError(f"a residual adapter maps {d_model} features to {d_model}, not to {out_features}")
+        self.residual = residual
         self.down = PHMLinear(d_model, bottleneck, n, rank, rule)
         self.act = ACTIVATIONS[activation]()
-        self.up = PHMLinear(bottleneck, d_model, n, rank, rule)
+        self.up = PHMLinear(bottleneck, out_features, n, rank, rule)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.act(self.down(x)))
+        change = self.up(self.act(self.down(x)))
+        return x + change if self.residual else change
 
 
 class AdaptedModule(nn.Module):
-    """Wraps a target module: its output goes through ``adapter`` (arguments pass through unchanged)."""
+    """Wraps a target module: its output goes through ``adapter`` (arguments pass through unchanged).
 
-    def __init__(self, base: nn.Module, adapter: nn.Module) -> None:
+    With ``parallel`` the adapter reads the module's first input instead, and its output is added to
+    the module's.
+    """
+
+    def __init__(self, base: nn.Module, adapter: nn.Module, parallel: bool = False) -> None:
         super().__init__()
         self.base = base
         self.adapter = adapter
+        self.parallel = parallel
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.parallel:
+            return self.base(*args, **kwargs) + self.adapter(args[0])
         return self.adapter(self.base(*args, **kwargs))
 
 
@@ -178,16 +204,17 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name) is not None
 
 
-def _output_width(module: nn.Module, name: str) -> int:
+def _width(module: nn.Module, name: str, side: str) -> int:
+    """The ``side`` ("in" or "out") feature width of a target module."""
     if isinstance(module, nn.LayerNorm):  # e.g. a backbone's final norm: an adapter right before the heads
         return int(module.normalized_shape[-1])
-    width = getattr(module, "out_features", None)
+    width = getattr(module, f"{side}_features", None)
     if width is None:
         linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise ValueError(f"cannot tell the output width of target module {name!r} ({type(module).__name__}); "
-                             "targets must be Linear or LayerNorm layers, or modules ending in a Linear")
-        width = linears[-1].out_features
+            raise ValueError(f"cannot tell the {side}put width of target module {name!r} ({type(module).__name__}); "
+                             "targets must be Linear or LayerNorm layers, or modules built of Linear layers")
+        width = linears[0].in_features if side == "in" else linears[-1].out_features
     return int(width)
 
 
@@ -218,7 +245,7 @@ def add_adapters(model: nn.Module, config: CompacterConfig | None = None) -> nn.
     freeze_all_but_layer_norms(model, config)
     rule = PHMRule(config.n, config.slow_init_std)
     for name, module in targets:
-        wrap_with_adapter(model, name, module, _output_width(module, name), config, rule)
+        wrap_with_adapter(model, name, module, config, rule)
     model.compacter_config = config
     return model
 
@@ -233,17 +260,24 @@ def freeze_all_but_layer_norms(model: nn.Module, config: CompacterConfig) -> Non
                 module.requires_grad_(True)
 
 
-def wrap_with_adapter(model: nn.Module, name: str, module: nn.Module, width: int, config: CompacterConfig,
-                      rule: PHMRule) -> None:
-    """Replace ``model``'s submodule ``name`` by ``module`` followed by a fresh adapter of ``width``."""
-    adapter = CompacterAdapter(width, bottleneck_width(width, config.reduction, config.n), config.n,
-                               config.rank, rule, config.activation)
+def wrap_with_adapter(model: nn.Module, name: str, module: nn.Module, config: CompacterConfig, rule: PHMRule) -> None:
+    """Replace ``model``'s submodule ``name`` by ``module`` with a fresh adapter after it (or beside it)."""
+    parallel = config.placement == "parallel"
+    out_width = _width(module, name, "out")
+    in_width = _width(module, name, "in") if parallel else out_width
+    for width in (in_width, out_width):
+        if width % config.n:
+            # e.g. a one-wide value head: say so instead of failing on the PHM shapes.
+            raise ValueError(f"cannot adapt {name!r}: its width {width} is not divisible by n={config.n}")
+    # The bottleneck follows the width the adapter reads, as in the paper (d_model / reduction).
+    adapter = CompacterAdapter(in_width, bottleneck_width(in_width, config.reduction, config.n), config.n,
+                               config.rank, rule, config.activation, out_features=out_width, residual=not parallel)
     reference = next(model.parameters(), None)
     if reference is not None:
         adapter.to(device=reference.device, dtype=reference.dtype)
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, AdaptedModule(module, adapter))
+    setattr(parent, child, AdaptedModule(module, adapter, parallel=parallel))
 
 
 def adapter_modules(model: nn.Module) -> list[tuple[str, AdaptedModule]]:
@@ -286,7 +320,7 @@ def load_adapters(model: nn.Module, path: str | Path) -> nn.Module:
     config = CompacterConfig(**payload["config"])
     if getattr(model, "compacter_config", None) is None:
         add_adapters(model, config)
-    elif dataclasses.asdict(model.compacter_config) != payload["config"]:
+    elif model.compacter_config != config:
         raise ValueError(f"the model's adapters ({model.compacter_config}) differ from the saved ones ({config})")
     params = dict(model.named_parameters())
     expected = {name for name, p in params.items() if p.requires_grad}
@@ -347,6 +381,7 @@ class CompacterBackboneConfig(TransformerConfig):
     plus_plus: bool = False
     train_layer_norms: bool = True
     target_modules: list[str] | None = field(default=None)
+    placement: str = "sequential"  # or "parallel": adapters beside their modules (see CompacterConfig)
     pretrained: str | None = None  # path to a state_dict of a transformer backbone of the same shape
     #: Parameters of the actor-critic network trained in full beside the adapters (like peft's
     #: ``modules_to_save``), by name or module prefix: ``value_head``, ``value_head.bias``. They count as
@@ -368,7 +403,7 @@ def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf1
         model.load_state_dict(torch.load(config.pretrained, map_location="cpu", weights_only=True))
     adapter_config = CompacterConfig(n=config.n, rank=config.rank, reduction=config.reduction,
                                      target_modules=config.target_modules, plus_plus=config.plus_plus,
-                                     train_layer_norms=config.train_layer_norms)
+                                     train_layer_norms=config.train_layer_norms, placement=config.placement)
     targets = adapter_config.target_modules
     head_targets = [t for t in targets or [] if t in HEAD_TARGETS]
     backbone_targets = [t for t in targets or [] if t not in HEAD_TARGETS]
@@ -409,7 +444,8 @@ def adapt_heads(network: nn.Module, backbone: nn.Module) -> nn.Module:
 
     Called by the actor-critic network once its heads exist: ``target_modules`` naming ``policy_head``
     (or ``value_head``) puts an adapter on that head's output -- for the policy, on the 252 action
-    logits before masking. Head adapters share the backbone adapters' slow weights, so one PHM rule
+    logits before masking -- or, with ``placement="parallel"``, beside the head, from its input features
+    to a change of its output. Head adapters share the backbone adapters' slow weights, so one PHM rule
     serves the whole network. The heads themselves stay frozen.
     """
     targets = list(getattr(backbone, "head_adapter_targets", None) or [])
@@ -423,11 +459,7 @@ def adapt_heads(network: nn.Module, backbone: nn.Module) -> nn.Module:
         if not isinstance(head, nn.Linear):
             raise ValueError(f"adapter target {name!r} is not a linear head of {type(network).__name__}")
         head.requires_grad_(False)
-        width = head.out_features
-        if width % config.n:
-            # A one-wide value head cannot hold a PHM layer; say so instead of failing on the shapes.
-            raise ValueError(f"cannot adapt {name!r}: its {width} output(s) are not divisible by n={config.n}")
-        wrap_with_adapter(network, name, head, width, config, rule)
+        wrap_with_adapter(network, name, head, config, rule)
     return network
 
 

@@ -145,10 +145,11 @@ def finished_pretraining(directory: Path, steps: int):
 
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
                  backbone_config: dict, adapter_arms: dict[str, dict], full_lr: float, adapter_lr: float,
-                 framework: str = "rllib", finetune_seeds: int = 1, pretrain_dir: Path | None = None) -> dict:
+                 framework: str = "rllib", finetune_seeds: int = 1, pretrain_dir: Path | None = None,
+                 first_seed: int = 0) -> dict:
     """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
     weight trained, then once per adapter arm (``adapter_arms``: label -> Compacter options), each with
-    fine-tuning seeds ``0 .. finetune_seeds - 1`` (seed 0 is the pretraining's seed).
+    fine-tuning seeds ``first_seed .. first_seed + finetune_seeds - 1`` (seed 0 is the pretraining's seed).
 
     Every arm gets the same env-step budget and PPO settings; only the learning rate differs (full
     fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
@@ -179,7 +180,7 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
                  for label, options in adapter_arms.items()})
     for index, (label, extra) in enumerate(arms.items()):
         scores, walls, steps = [], [], []
-        for seed in range(finetune_seeds):
+        for seed in range(first_seed, first_seed + finetune_seeds):
             start = time.perf_counter()
             tuned = train(TrainConfig(framework=framework, partners=NEW_POOL, init_from=str(pretrain_out),
                                       timesteps=finetune_steps, seed=seed, out=str(workdir / f"ft-{index}-{seed}"),
@@ -219,8 +220,9 @@ ADAPTER_PLACEMENTS = {"ff": "the feed-forward sublayer", "attn": "the attention 
 
 def adapter_arm(spec: str, variant: str, n: int, rank: int, reduction: int) -> tuple[str, dict]:
     """(label, Compacter options) of one ``--adapter-arms`` entry: ``default`` or comma-separated targets,
-    optionally followed by ``:REDUCTION`` for that arm (e.g. ``policy_head:8``), then optionally by
-    ``+NAME,NAME`` for parameters trained in full beside the adapters (e.g. ``policy_head+value_head.bias``)."""
+    optionally followed by ``@parallel`` (adapters beside their modules, from the modules' inputs), then
+    ``:REDUCTION`` for that arm (e.g. ``policy_head:8``), then ``+NAME,NAME`` for parameters trained in
+    full beside the adapters (e.g. ``policy_head+value_head.bias``)."""
     spec, _, also = spec.partition("+")
     also_train = [name for name in also.split(",") if name]
     spec, _, own_reduction = spec.partition(":")
@@ -229,16 +231,25 @@ def adapter_arm(spec: str, variant: str, n: int, rank: int, reduction: int) -> t
             raise SystemExit(f"--adapter-arms {spec}:{own_reduction}: the reduction after ':' must be a positive "
                              "integer")
         reduction = int(own_reduction)
+    spec, _, placement = spec.partition("@")
+    if placement not in ("", "parallel"):
+        raise SystemExit(f"--adapter-arms {spec}@{placement}: the only placement after '@' is 'parallel'")
     options = {"n": n, "rank": rank, "reduction": reduction, "plus_plus": variant == "compacter++"}
     shape = f"n {n}, rank {rank}, reduction {reduction}"
     extra = f", {' and '.join(also_train)} trained" if also_train else ""
     if also_train:
         options["also_train"] = also_train
+    where = "on"
+    if placement:
+        options["placement"] = placement
+        where = "beside"
     if spec == "default":
-        return f"{'Compacter++' if options['plus_plus'] else 'Compacter'} ({shape}{extra})", options
+        parallel = ", in parallel" if placement else ""
+        return f"{'Compacter++' if options['plus_plus'] else 'Compacter'} ({shape}{parallel}{extra})", options
     targets = [t for t in spec.split(",") if t]
-    places = " + ".join(ADAPTER_PLACEMENTS.get(t, t) for t in targets)
-    return f"Compacter on {places} ({shape}{extra})", {**options, "target_modules": targets}
+    names = {**ADAPTER_PLACEMENTS, "policy_head": "the policy head"} if placement else ADAPTER_PLACEMENTS
+    places = " + ".join(names.get(t, t) for t in targets)
+    return f"Compacter {where} {places} ({shape}{extra})", {**options, "target_modules": targets}
 
 
 def main() -> None:
@@ -258,6 +269,8 @@ def main() -> None:
     parser.add_argument("--pretrain-dir", default=None,
                         help="adapters part: keep the pretraining run here, or reuse the finished one found here "
                              "(several adapter studies from one pretraining)")
+    parser.add_argument("--first-finetune-seed", type=int, default=0,
+                        help="adapters part: the first fine-tuning seed (fresh seeds confirm a choice made on others)")
     parser.add_argument("--finetune-seeds", type=int, default=1,
                         help="adapters part: fine-tune every arm with seeds 0..N-1 from the same pretraining and "
                              "report mean +- standard error over them")
@@ -274,7 +287,9 @@ def main() -> None:
     parser.add_argument("--adapter-arms", nargs="+", default=["default", "policy_head"],
                         help="adapter arms fine-tuned from the same pretrained policy: 'default' (the variant's "
                              "placement) or comma-separated module names, e.g. policy_head (an adapter on the "
-                             "action logits), norm (the backbone's final LayerNorm), ff,policy_head; ':N' sets "
+                             "action logits), norm (the backbone's final LayerNorm), ff,policy_head; '@parallel' puts "
+                             "the adapters beside those modules (policy_head@parallel: from the head's input "
+                             "features to a change of its logits); ':N' sets "
                              "that arm's reduction (e.g. policy_head:8, a bottleneck of 32 on the 252 logits); "
                              "'+NAME,...' trains those parameters in full beside the adapters and counts them "
                              "(e.g. policy_head+value_head.bias: the critic's bias follows the new pool's returns)")
@@ -338,9 +353,10 @@ def main() -> None:
                                     args.adapter_reduction) for spec in args.adapter_arms)
             ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.adapter_eval_episodes, cfg,
                               arms, args.full_lr, args.adapter_lr, args.adapter_framework, args.finetune_seeds,
-                              Path(args.pretrain_dir) if args.pretrain_dir else None)
+                              Path(args.pretrain_dir) if args.pretrain_dir else None, args.first_finetune_seed)
             before, full = ad["before"], ad["full"]
             seeds = args.finetune_seeds
+            seed_range = f"{args.first_finetune_seed}-{args.first_finetune_seed + seeds - 1}"
             pretrain_time = "reused from --pretrain-dir" if ad["pretrain_reused"] else f"{ad['pretrain_wall']:.0f} s"
             lines.append(f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
                          f"{args.n_layers} layer(s): score vs new "
@@ -360,7 +376,7 @@ def main() -> None:
                 lines.append(f"| {label}: return ratio (adapters / full) / gain recovered | {mean_se(ratios, 1)}% / "
                              f"{mean_se(recovered, 0)}% | target >= 95% return ratio; gain recovered = (adapters - "
                              f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner"
-                             f"{f'; mean ± SE over {seeds} fine-tuning seeds, paired by seed' if seeds > 1 else ''} |")
+                             f"{f'; mean ± SE over fine-tuning seeds {seed_range}, paired by seed' if seeds > 1 else ''} |")
                 lines.append(f"| {label}: trainable fraction | {100 * arm['trainable'] / arm['total']:.3f}% | "
                              f"{arm['trainable']:,} of {arm['total']:,} policy parameters (backbone + policy and "
                              "value heads); target <= 0.1% |")

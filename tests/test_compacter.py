@@ -77,9 +77,10 @@ def test_phm_init_follows_the_paper():
         PHMLinear(10, 8, 4)
 
 
-def _adapter_params(d: int, m: int, rank: int) -> int:
+def _adapter_params(d: int, m: int, rank: int, out: int | None = None) -> int:
+    out = d if out is None else out
     down = rank * (d + m) + m
-    up = rank * (m + d) + d
+    up = rank * (m + out) + out
     return down + up
 
 
@@ -204,16 +205,18 @@ def test_an_adapter_can_sit_on_the_final_layer_norm(observations):
     assert last < 0.9 * first
 
 
-@pytest.mark.parametrize("targets", [["policy_head"], ["ff", "policy_head"]])
-def test_an_adapter_on_the_policy_head_shares_the_rule_and_trains_alone(targets, observations):
-    """``target_modules: [policy_head]`` adapts the 252 action logits of the actor-critic network."""
+@pytest.mark.parametrize("targets,placement", [(["policy_head"], "sequential"), (["ff", "policy_head"], "sequential"),
+                                                (["policy_head"], "parallel")])
+def test_an_adapter_on_the_policy_head_shares_the_rule_and_trains_alone(targets, placement, observations):
+    """``target_modules: [policy_head]`` adapts the 252 action logits of the actor-critic network; a
+    parallel adapter maps the head's input features to a change of the logits."""
     from parley.agents.rllib_module import freeze_all_but_adapters
     from parley.agents.torch_policy import ActorCritic
 
     torch.manual_seed(0)
     plain = ActorCritic(make_backbone("transformer", SPACE, device="cpu", **SMALL))
     adapted = ActorCritic(make_backbone("compacter", SPACE, device="cpu", reduction=4, train_layer_norms=False,
-                                        target_modules=targets, **SMALL))
+                                        target_modules=targets, placement=placement, **SMALL))
     state = {k.replace(".base.", "."): v for k, v in adapted.state_dict().items() if ".adapter." not in k}
     plain.load_state_dict(state)
     assert isinstance(adapted.policy_head, AdaptedModule) and not isinstance(adapted.value_head, AdaptedModule)
@@ -222,8 +225,10 @@ def test_an_adapter_on_the_policy_head_shares_the_rule_and_trains_alone(targets,
     assert torch.allclose(logits, plain(observations)[0], atol=1e-3)  # starts (almost) as the identity
 
     freeze_all_but_adapters(adapted)
-    m = bottleneck_width(NUM_ACTIONS, 4, 4)
-    head_adapter = _adapter_params(NUM_ACTIONS, m, 1)
+    if placement == "parallel":
+        head_adapter = _adapter_params(SMALL["d_model"], bottleneck_width(SMALL["d_model"], 4, 4), 1, out=NUM_ACTIONS)
+    else:
+        head_adapter = _adapter_params(NUM_ACTIONS, bottleneck_width(NUM_ACTIONS, 4, 4), 1)
     backbone_adapters = SMALL["n_layers"] * _adapter_params(SMALL["d_model"], 8, 1) if "ff" in targets else 0
     assert count_parameters(adapted)[0] == head_adapter + backbone_adapters + 4**3
     opt = torch.optim.Adam([p for p in adapted.parameters() if p.requires_grad], lr=1e-2)
@@ -238,11 +243,54 @@ def test_an_adapter_on_the_policy_head_shares_the_rule_and_trains_alone(targets,
     assert all(torch.equal(v, state[k.replace(".base.", ".")]) for k, v in untouched.items())
 
 
+def test_a_parallel_adapter_adds_its_output_to_the_module_from_the_module_input():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.ReLU())
+    x = torch.randn(5, 8)
+    before = net(x).detach()
+    add_adapters(net, CompacterConfig(target_modules=["0"], reduction=2, placement="parallel"))
+    wrapped = net[0]
+    assert isinstance(wrapped, AdaptedModule) and wrapped.parallel
+    assert (wrapped.adapter.down.in_features, wrapped.adapter.up.out_features) == (8, 12)
+    assert count_parameters(net)[0] == _adapter_params(8, 4, 1, out=12) + 4**3
+    assert torch.allclose(net(x), before, atol=1e-3)  # slow weights start near zero: (almost) no change
+    with torch.no_grad():
+        next(m for m in net.modules() if isinstance(m, PHMRule)).weight.normal_()
+    adapter = wrapped.adapter
+    expected = torch.relu(wrapped.base(x) + adapter.up(adapter.act(adapter.down(x))))
+    assert not torch.allclose(expected, before, atol=1e-2)
+    assert torch.allclose(net(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown adapter placement 'beside'.*sequential, parallel"):
+        CompacterConfig(placement="beside")
+
+
+def test_parallel_adapters_save_load_and_merge(tmp_path, observations):
+    torch.manual_seed(0)
+    model = make_backbone("compacter", SPACE, device="cpu", reduction=4, plus_plus=True, placement="parallel", **SMALL)
+    with torch.no_grad():
+        next(m for m in model.modules() if isinstance(m, PHMRule)).weight.normal_()
+    adapted = model(observations).detach()
+    path = save_adapters(model, tmp_path / "parallel.pt")
+    fresh = make_backbone("transformer", SPACE, device="cpu", **SMALL)
+    fresh.load_state_dict({k.replace(".base.", "."): v for k, v in model.state_dict().items()
+                           if ".adapter." not in k}, strict=False)
+    load_adapters(fresh, path)
+    assert fresh.compacter_config.placement == "parallel"
+    assert torch.allclose(fresh(observations), adapted, atol=1e-6)
+    merge_adapters(fresh)
+    assert torch.allclose(fresh(observations), adapted, atol=1e-5)
+    sequential = make_backbone("compacter", SPACE, device="cpu", reduction=4, plus_plus=True, **SMALL)
+    with pytest.raises(ValueError, match="differ from the saved ones"):
+        load_adapters(sequential, path)
+
+
 def test_head_adapters_refuse_what_they_cannot_adapt():
     from parley.agents.torch_policy import ActorCritic
 
-    with pytest.raises(ValueError, match="not divisible by n=4"):
-        ActorCritic(make_backbone("compacter", SPACE, device="cpu", target_modules=["value_head"], **SMALL))
+    for placement in ("sequential", "parallel"):
+        with pytest.raises(ValueError, match="'value_head': its width 1 is not divisible by n=4"):
+            ActorCritic(make_backbone("compacter", SPACE, device="cpu", target_modules=["value_head"],
+                                      placement=placement, **SMALL))
 
 
 def test_also_train_keeps_named_head_parameters_trainable_and_counts_them(observations):

@@ -103,7 +103,8 @@ def test_native_run_learns_checkpoints_resumes_and_loads_everywhere(tmp_path):
 
 @pytest.mark.parametrize("adapter_options", [{"reduction": 4}, {"reduction": 4, "target_modules": ["policy_head"]},
                                              {"reduction": 4, "target_modules": ["policy_head"],
-                                              "also_train": ["value_head.bias"]}])
+                                              "also_train": ["value_head.bias"]},
+                                             {"reduction": 4, "target_modules": ["policy_head"], "placement": "parallel"}])
 def test_native_adapter_fine_tuning_changes_only_the_adapters(adapter_options, tmp_path):
     base = TorchPolicy("transformer", 36, {"d_model": 16, "n_heads": 2, "n_layers": 1}, device="cpu", seed=0)
     base.save(tmp_path / "base")

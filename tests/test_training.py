@@ -308,7 +308,7 @@ def test_checkpoint_resume_and_load_policy(ray_session, tmp_path):
 
 
 @pytest.mark.parametrize("adapter_options", [{"reduction": 4}, {"reduction": 4, "target_modules": ["policy_head"]},
-                                             {"reduction": 4, "target_modules": ["policy_head"],
+                                             {"reduction": 4, "target_modules": ["policy_head"], "placement": "parallel",
                                               "also_train": ["value_head.bias"]}])
 def test_compacter_fine_tuning_trains_only_adapters(adapter_options, ray_session, tmp_path):
     from parley.agents import load_policy
