@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -265,6 +266,9 @@ def train_sb3(config: TrainConfig, run: Path, *, console=None, on_iteration=None
                 load_network_state(model, transfer_weights(init_policy.model.state_dict(), _actor_critic_view(model)))
                 if trainable == "adapters":
                     freeze_all_but_adapters(model.policy)
+        # The run's own RunLogger writes progress.csv and TensorBoard; SB3's default logger would leave an
+        # empty SB3-<date> folder in the temp directory on every run.
+        model.set_logger(Logger(folder=None, output_formats=[]))
         trainer.model = model
         trainer.logger = RunLogger(run, resume_from=trainer.iteration)
         if not stop_reached(config, trainer.iteration, trainer.env_steps):

@@ -333,14 +333,20 @@ def test_compacter_fine_tuning_trains_only_adapters(adapter_options, ray_session
         assert (tuned.model(observations)[0] - base.model(observations)[0]).abs().max() > 1e-5
 
 
-def test_sb3_tiny_run_loads_through_load_policy(tmp_path):
+def test_sb3_tiny_run_loads_through_load_policy(tmp_path, monkeypatch):
+    import tempfile
+
     from parley.agents import load_policy
     from parley.agents.tournament import play_games
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     result = train(TrainConfig(framework="sb3", iterations=1, out=str(tmp_path / "sb3"), backbone_config={"hidden_sizes": [32]},
                                **{**TINY, "minibatch_size": 256}))
     zip_path = result.checkpoint / "model.zip"
     assert zip_path.is_file()
+    assert list(scratch.iterdir()) == []  # the run logs into its own folder only (SB3's default makes /tmp/SB3-*)
     from_zip, from_run = load_policy(zip_path), load_policy(result.run_dir)
     obs, masks = game_states(64, seed=9)
     assert np.array_equal(from_zip.act_batch(obs, masks), from_run.act_batch(obs, masks))
