@@ -20,7 +20,8 @@ Parts, all in one run so the ratios are measured side by side:
               fine-tuned against another (conceder, fair_split, pareto) from the same weights, same seed,
               same env-step budget and PPO settings: every weight (lr 1e-3), then Compacter adapters only
               (lr 1e-2; 3e-3 did worse, 3e-2 the same, see docs/training.md), once per ``--adapter-arms``
-              placement (by default Compacter++ in the backbone, and an adapter on the policy head's logits).
+              placement (by default Compacter++ in the backbone, and an adapter beside the policy head,
+              reduction 16).
               Reports, per arm, the return ratio (adapters / full, greedy score against the new pool over
               ``--adapter-eval-episodes`` games per partner), the share of full fine-tuning's gain it
               recovers, and the trainable fraction over every parameter of the policy, heads included
@@ -284,7 +285,7 @@ def main() -> None:
     parser.add_argument("--adapter-variant", choices=["compacter++", "compacter"], default="compacter++",
                         help="compacter++: adapters after the feed-forward sublayers only; compacter: also after "
                              "self-attention")
-    parser.add_argument("--adapter-arms", nargs="+", default=["default", "policy_head"],
+    parser.add_argument("--adapter-arms", nargs="+", default=["default", "policy_head@parallel:16"],
                         help="adapter arms fine-tuned from the same pretrained policy: 'default' (the variant's "
                              "placement) or comma-separated module names, e.g. policy_head (an adapter on the "
                              "action logits), norm (the backbone's final LayerNorm), ff,policy_head; '@parallel' puts "
