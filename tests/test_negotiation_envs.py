@@ -327,8 +327,11 @@ def test_gym_render_ansi():
 def test_maskable_ppo_runs_on_the_gym_env():
     sb3_contrib = pytest.importorskip("sb3_contrib")
     env = gymnasium.make("parley/Negotiation-v0", partner=RandomLegal(0))
+    from stable_baselines3.common.logger import Logger
+
     model = sb3_contrib.MaskablePPO("MultiInputPolicy", env, n_steps=32, batch_size=16, n_epochs=1, seed=0,
                                     device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default leaves an SB3-<date> temp folder
     model.learn(64)
     obs, _ = env.reset(seed=1)
     action, _ = model.predict(obs, action_masks=env.unwrapped.action_masks(), deterministic=True)
