@@ -240,17 +240,16 @@ def adapter_arm(spec: str, variant: str, n: int, rank: int, reduction: int) -> t
     extra = f", {' and '.join(also_train)} trained" if also_train else ""
     if also_train:
         options["also_train"] = also_train
-    where = "on"
     if placement:
         options["placement"] = placement
-        where = "beside"
     if spec == "default":
-        parallel = ", in parallel" if placement else ""
-        return f"{'Compacter++' if options['plus_plus'] else 'Compacter'} ({shape}{parallel}{extra})", options
+        beside = ", in parallel" if placement else ""
+        return f"{'Compacter++' if options['plus_plus'] else 'Compacter'} ({shape}{beside}{extra})", options
     targets = [t for t in spec.split(",") if t]
+    # Beside the policy head an adapter reads the head's input features, not its logits.
     names = {**ADAPTER_PLACEMENTS, "policy_head": "the policy head"} if placement else ADAPTER_PLACEMENTS
     places = " + ".join(names.get(t, t) for t in targets)
-    return f"Compacter {where} {places} ({shape}{extra})", {**options, "target_modules": targets}
+    return f"Compacter {'beside' if placement else 'on'} {places} ({shape}{extra})", {**options, "target_modules": targets}
 
 
 def main() -> None:
@@ -273,7 +272,8 @@ def main() -> None:
     parser.add_argument("--first-finetune-seed", type=int, default=0,
                         help="adapters part: the first fine-tuning seed (fresh seeds confirm a choice made on others)")
     parser.add_argument("--finetune-seeds", type=int, default=1,
-                        help="adapters part: fine-tune every arm with seeds 0..N-1 from the same pretraining and "
+                        help="adapters part: fine-tune every arm with N seeds (from --first-finetune-seed) from the "
+                             "same pretraining and "
                              "report mean +- standard error over them")
     parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
