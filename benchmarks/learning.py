@@ -132,14 +132,19 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
             "score": score}
 
 
-def finished_pretraining(directory: Path, steps: int):
-    """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps, else None (an
-    interrupted one does not count)."""
+def finished_pretraining(directory: Path, steps: int, seed: int):
+    """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed``, else
+    None (an interrupted one, or one from another seed, does not count)."""
+    import yaml
+
     from parley.agents.torch_policy import load_policy
 
     try:
         policy = load_policy(directory, device="cpu")
+        config = yaml.safe_load((directory / "config.yaml").read_text())
     except (FileNotFoundError, ValueError):
+        return None
+    if config.get("seed", 0) != seed:
         return None
     return policy if policy.metadata.get("env_steps", 0) >= steps else None
 
@@ -147,7 +152,7 @@ def finished_pretraining(directory: Path, steps: int):
 def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
                  backbone_config: dict, adapter_arms: dict[str, dict], full_lr: float, adapter_lr: float,
                  framework: str = "rllib", finetune_seeds: int = 1, pretrain_dir: Path | None = None,
-                 first_seed: int = 0) -> dict:
+                 first_seed: int = 0, pretrain_seed: int = 0) -> dict:
     """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
     weight trained, then once per adapter arm (``adapter_arms``: label -> Compacter options), each with
     fine-tuning seeds ``first_seed .. first_seed + finetune_seeds - 1`` (seed 0 is the pretraining's seed).
@@ -164,13 +169,14 @@ def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episod
 
     start = time.perf_counter()
     pretrain_out = pretrain_dir or workdir / "pretrain"
-    base_policy = finished_pretraining(pretrain_out, pretrain_steps)
+    base_policy = finished_pretraining(pretrain_out, pretrain_steps, pretrain_seed)
     reused = base_policy is not None
     if reused:
         print(f"reusing the pretraining in {pretrain_out}", flush=True)
     else:
         base = train(TrainConfig(framework=framework, backbone="transformer", backbone_config=backbone_config,
-                                 partners=OLD_POOL, timesteps=pretrain_steps, out=str(pretrain_out),
+                                 partners=OLD_POOL, timesteps=pretrain_steps, seed=pretrain_seed,
+                                 out=str(pretrain_out),
                                  checkpoint_every=10_000, live=False), evaluate=False)
         base_policy = TorchPolicy.load(base.policy_dir, device="cpu")
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
@@ -269,6 +275,8 @@ def main() -> None:
     parser.add_argument("--pretrain-dir", default=None,
                         help="adapters part: keep the pretraining run here, or reuse the finished one found here "
                              "(several adapter studies from one pretraining)")
+    parser.add_argument("--pretrain-seed", type=int, default=0,
+                        help="adapters part: seed of the pretraining (another pretrained policy to fine-tune from)")
     parser.add_argument("--first-finetune-seed", type=int, default=0,
                         help="adapters part: the first fine-tuning seed (fresh seeds confirm a choice made on others)")
     parser.add_argument("--finetune-seeds", type=int, default=1,
@@ -354,7 +362,8 @@ def main() -> None:
                                     args.adapter_reduction) for spec in args.adapter_arms)
             ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.adapter_eval_episodes, cfg,
                               arms, args.full_lr, args.adapter_lr, args.adapter_framework, args.finetune_seeds,
-                              Path(args.pretrain_dir) if args.pretrain_dir else None, args.first_finetune_seed)
+                              Path(args.pretrain_dir) if args.pretrain_dir else None, args.first_finetune_seed,
+                              args.pretrain_seed)
             before, full = ad["before"], ad["full"]
             seeds = args.finetune_seeds
             seed_range = f"{args.first_finetune_seed}-{args.first_finetune_seed + seeds - 1}"
@@ -362,6 +371,7 @@ def main() -> None:
             lines.append(f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
                          f"{args.n_layers} layer(s): score vs new "
                          f"pool before fine-tuning | {before:.2f} | pretrained {ad['pretrain_steps']:,} steps "
+                         f"(seed {args.pretrain_seed}) "
                          f"vs {','.join(OLD_POOL)} ({pretrain_time}); new pool {','.join(NEW_POOL)}; "
                          f"{100 * before / full['score']:.1f}% of full fine-tuning's score already |")
             lines.append(f"| full fine-tuning: score vs new pool | {mean_se(full['scores'])} | {full['steps']:,} env steps, "
