@@ -178,3 +178,31 @@ def test_sleeper_vs_art_reads_variants_and_pairs_and_refuses_bad_ones(monkeypatc
     for bad in ("2-3", "3->3", "2->10"):
         with pytest.raises(SystemExit, match="--pair-list"):
             module.parse_pairs(bad, 10)
+
+
+def test_learning_adapter_arms_become_compacter_options_the_backbone_accepts(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from parley.agents.compacter import CompacterBackboneConfig
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # the script imports the benchmarks' common module
+    spec = importlib.util.spec_from_file_location("learning", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "learning", module)
+    spec.loader.exec_module(module)
+    label, options = module.adapter_arm("policy_head@parallel:16+value_head.bias", "compacter++", 4, 1, 32)
+    assert label == "Compacter beside the policy head (n 4, rank 1, reduction 16, value_head.bias trained)"
+    assert options == {"n": 4, "rank": 1, "reduction": 16, "plus_plus": True, "placement": "parallel",
+                       "also_train": ["value_head.bias"], "target_modules": ["policy_head"]}
+    label, options = module.adapter_arm("default", "compacter", 4, 1, 32)
+    assert label == "Compacter (n 4, rank 1, reduction 32)" and "placement" not in options
+    assert module.adapter_arm("ff,policy_head:8", "compacter++", 4, 1, 32)[1]["target_modules"] == ["ff", "policy_head"]
+    for arm in ("policy_head@parallel:16+value_head.bias", "default", "ff,policy_head:8"):
+        CompacterBackboneConfig(**module.adapter_arm(arm, "compacter++", 4, 1, 32)[1])  # every key is a field
+    with pytest.raises(SystemExit, match="the only placement after '@' is 'parallel'"):
+        module.adapter_arm("policy_head@side", "compacter++", 4, 1, 32)
+    with pytest.raises(SystemExit, match="must be a positive integer"):
+        module.adapter_arm("policy_head:0", "compacter++", 4, 1, 32)
