@@ -123,20 +123,26 @@ def test_ray_tasks_run_cells(tmp_path):
     assert not any(r["error"] for r in rows)
 
 
-def test_poisoning_digits_variants_change_the_dataset_schedule_or_a_named_preset(monkeypatch):
+def load_benchmark(name: str, monkeypatch):
+    """Import ``benchmarks/<name>.py`` as a module (the scripts are not part of the package)."""
     import importlib.util
     import sys
     from pathlib import Path
 
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # the scripts import the benchmarks' common module
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # their dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_poisoning_digits_variants_change_the_dataset_schedule_or_a_named_preset(monkeypatch):
     from parley.attacks.datasets import make_synthetic
     from parley.attacks.sleeper_agent import SleeperAgentConfig
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "poisoning_digits.py"
-    monkeypatch.syspath_prepend(str(path.parent))  # the script imports the benchmarks' common module
-    spec = importlib.util.spec_from_file_location("poisoning_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "poisoning_digits", module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("poisoning_digits", monkeypatch)
     small = make_synthetic(num_classes=3, image_size=8, channels=1, train_per_class=4, test_per_class=2, seed=0)
     assert module.parse_variant("aug:augment=True,lr_drops=(0.5,0.75)", small) == (
         "aug", SleeperAgentConfig.small_images(augment=True, lr_drops=(0.5, 0.75)))
@@ -153,17 +159,9 @@ def test_poisoning_digits_variants_change_the_dataset_schedule_or_a_named_preset
 
 
 def test_sleeper_vs_art_reads_variants_and_pairs_and_refuses_bad_ones(monkeypatch):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from parley.attacks.sleeper_agent import SleeperAgentConfig
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sleeper_vs_art.py"
-    spec = importlib.util.spec_from_file_location("sleeper_vs_art", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "sleeper_vs_art", module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
+    module = load_benchmark("sleeper_vs_art", monkeypatch)
     base = SleeperAgentConfig.small_images()
     assert module.parse_variants("", base) == [("parley", base)]
     variants = module.parse_variants("base;snap:surrogate_snapshots=(0.25,0.5),steps=80", base)
@@ -181,18 +179,9 @@ def test_sleeper_vs_art_reads_variants_and_pairs_and_refuses_bad_ones(monkeypatc
 
 
 def test_learning_adapter_arms_become_compacter_options_the_backbone_accepts(monkeypatch):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from parley.agents.compacter import CompacterBackboneConfig
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
-    monkeypatch.syspath_prepend(str(path.parent))  # the script imports the benchmarks' common module
-    spec = importlib.util.spec_from_file_location("learning", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "learning", module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("learning", monkeypatch)
     label, options = module.adapter_arm("policy_head@parallel:16+value_head.bias", "compacter++", 4, 1, 32)
     assert label == "Compacter beside the policy head (n 4, rank 1, reduction 16, value_head.bias trained)"
     assert options == {"n": 4, "rank": 1, "reduction": 16, "plus_plus": True, "placement": "parallel",
