@@ -26,7 +26,8 @@ Parts, all in one run so the ratios are measured side by side:
               ``--adapter-eval-episodes`` games per partner), the share of full fine-tuning's gain it
               recovers, and the trainable fraction over every parameter of the policy, heads included
               (target >= 95% at <= 0.1%). About 25 minutes on 2 busy cores. ``--finetune-seeds N`` repeats
-              every fine-tuning with seeds 0..N-1 and reports mean +- standard error, ratios paired by seed.
+              every fine-tuning with N seeds (from ``--first-finetune-seed``) and reports mean +- standard
+              error, ratios paired by seed; ``--pretrain-seed`` starts from another pretrained policy.
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
@@ -37,6 +38,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -149,52 +151,67 @@ def finished_pretraining(directory: Path, steps: int, seed: int):
     return policy if policy.metadata.get("env_steps", 0) >= steps else None
 
 
-def adapters_run(workdir: Path, pretrain_steps: int, finetune_steps: int, episodes: int,
-                 backbone_config: dict, adapter_arms: dict[str, dict], full_lr: float, adapter_lr: float,
-                 framework: str = "rllib", finetune_seeds: int = 1, pretrain_dir: Path | None = None,
-                 first_seed: int = 0, pretrain_seed: int = 0) -> dict:
+@dataclass
+class AdapterStudy:
+    """Settings of the adapters part: one pretraining against OLD_POOL, then fine-tuning arms against
+    NEW_POOL from its weights."""
+
+    pretrain_steps: int
+    finetune_steps: int
+    episodes: int  # games per new-pool partner per evaluation
+    backbone_config: dict  # the pretrained transformer's shape
+    arms: dict[str, dict]  # label -> Compacter options
+    full_lr: float
+    adapter_lr: float
+    framework: str = "rllib"
+    finetune_seeds: int = 1
+    first_seed: int = 0
+    pretrain_seed: int = 0
+    pretrain_dir: Path | None = None  # keep the pretraining here, and reuse a finished one found here
+
+
+def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
-    weight trained, then once per adapter arm (``adapter_arms``: label -> Compacter options), each with
-    fine-tuning seeds ``first_seed .. first_seed + finetune_seeds - 1`` (seed 0 is the pretraining's seed).
+    weight trained, then once per adapter arm, each with fine-tuning seeds ``study.first_seed ..
+    study.first_seed + study.finetune_seeds - 1``.
 
     Every arm gets the same env-step budget and PPO settings; only the learning rate differs (full
     fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
     itself, with exactly the freezing training applied, over every parameter of the policy (backbone,
-    policy and value heads). With ``pretrain_dir`` the pretraining is kept there, and a finished one found
-    there is reused instead of trained again.
+    policy and value heads).
     """
     from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
     from parley.agents.rllib_module import freeze_all_but_adapters
     from parley.agents.torch_policy import TorchPolicy
 
     start = time.perf_counter()
-    pretrain_out = pretrain_dir or workdir / "pretrain"
-    base_policy = finished_pretraining(pretrain_out, pretrain_steps, pretrain_seed)
+    pretrain_out = study.pretrain_dir or workdir / "pretrain"
+    base_policy = finished_pretraining(pretrain_out, study.pretrain_steps, study.pretrain_seed)
     reused = base_policy is not None
     if reused:
         print(f"reusing the pretraining in {pretrain_out}", flush=True)
     else:
-        base = train(TrainConfig(framework=framework, backbone="transformer", backbone_config=backbone_config,
-                                 partners=OLD_POOL, timesteps=pretrain_steps, seed=pretrain_seed,
-                                 out=str(pretrain_out),
+        base = train(TrainConfig(framework=study.framework, backbone="transformer",
+                                 backbone_config=study.backbone_config, partners=OLD_POOL,
+                                 timesteps=study.pretrain_steps, seed=study.pretrain_seed, out=str(pretrain_out),
                                  checkpoint_every=10_000, live=False), evaluate=False)
         base_policy = TorchPolicy.load(base.policy_dir, device="cpu")
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
-            "pretrain_steps": base_policy.metadata.get("env_steps", pretrain_steps)}
-    rows["before"] = suite_score(base_policy, episodes, NEW_POOL)
-    arms = {"full": {"lr": full_lr}}
-    arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": adapter_lr}
-                 for label, options in adapter_arms.items()})
+            "pretrain_steps": base_policy.metadata.get("env_steps", study.pretrain_steps)}
+    rows["before"] = suite_score(base_policy, study.episodes, NEW_POOL)
+    arms = {"full": {"lr": study.full_lr}}
+    arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr}
+                 for label, options in study.arms.items()})
     for index, (label, extra) in enumerate(arms.items()):
         scores, walls, steps = [], [], []
-        for seed in range(first_seed, first_seed + finetune_seeds):
+        for seed in range(study.first_seed, study.first_seed + study.finetune_seeds):
             start = time.perf_counter()
-            tuned = train(TrainConfig(framework=framework, partners=NEW_POOL, init_from=str(pretrain_out),
-                                      timesteps=finetune_steps, seed=seed, out=str(workdir / f"ft-{index}-{seed}"),
+            tuned = train(TrainConfig(framework=study.framework, partners=NEW_POOL, init_from=str(pretrain_out),
+                                      timesteps=study.finetune_steps, seed=seed, out=str(workdir / f"ft-{index}-{seed}"),
                                       checkpoint_every=10_000, live=False, **extra),
                           evaluate=False)
             policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
-            scores.append(suite_score(policy, episodes, NEW_POOL))
+            scores.append(suite_score(policy, study.episodes, NEW_POOL))
             walls.append(time.perf_counter() - start)
             steps.append(tuned.env_steps)
             print(f"{label} seed {seed}: {scores[-1]:.3f}", flush=True)
@@ -281,8 +298,7 @@ def main() -> None:
                         help="adapters part: the first fine-tuning seed (fresh seeds confirm a choice made on others)")
     parser.add_argument("--finetune-seeds", type=int, default=1,
                         help="adapters part: fine-tune every arm with N seeds (from --first-finetune-seed) from the "
-                             "same pretraining and "
-                             "report mean +- standard error over them")
+                             "same pretraining and report mean +- standard error over them")
     parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
@@ -360,10 +376,12 @@ def main() -> None:
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
             arms = dict(adapter_arm(spec, args.adapter_variant, args.adapter_n, args.adapter_rank,
                                     args.adapter_reduction) for spec in args.adapter_arms)
-            ad = adapters_run(workdir, args.pretrain_steps, args.finetune_steps, args.adapter_eval_episodes, cfg,
-                              arms, args.full_lr, args.adapter_lr, args.adapter_framework, args.finetune_seeds,
-                              Path(args.pretrain_dir) if args.pretrain_dir else None, args.first_finetune_seed,
-                              args.pretrain_seed)
+            ad = adapters_run(workdir, AdapterStudy(
+                pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
+                episodes=args.adapter_eval_episodes, backbone_config=cfg, arms=arms, full_lr=args.full_lr,
+                adapter_lr=args.adapter_lr, framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
+                first_seed=args.first_finetune_seed, pretrain_seed=args.pretrain_seed,
+                pretrain_dir=Path(args.pretrain_dir) if args.pretrain_dir else None))
             before, full = ad["before"], ad["full"]
             seeds = args.finetune_seeds
             seed_range = f"{args.first_finetune_seed}-{args.first_finetune_seed + seeds - 1}"
