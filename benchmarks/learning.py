@@ -27,7 +27,9 @@ Parts, all in one run so the ratios are measured side by side:
               recovers, and the trainable fraction over every parameter of the policy, heads included
               (target >= 95% at <= 0.1%). About 25 minutes on 2 busy cores. ``--finetune-seeds N`` repeats
               every fine-tuning with N seeds (from ``--first-finetune-seed``) and reports mean +- standard
-              error, ratios paired by seed; ``--pretrain-seed`` starts from another pretrained policy.
+              error, ratios paired by seed. ``--pretrain-seeds 0 1 2 3`` runs the whole study from
+              several pretrained policies (pretrained policies differ more than fine-tuning seeds do)
+              and adds each arm's mean over them.
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
@@ -238,6 +240,41 @@ def mean_se(values: list[float], digits: int = 2) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.{digits}f}"
 
 
+def adapter_rows(ad: dict, args: argparse.Namespace, pretrain_seed: int) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """Table rows of one adapter study (one pretrained policy), and each arm's mean return ratio and
+    gain recovered (percent) over its fine-tuning seeds."""
+    before, full = ad["before"], ad["full"]
+    seeds = args.finetune_seeds
+    seed_range = f"{args.first_finetune_seed}-{args.first_finetune_seed + seeds - 1}"
+    # Several pretrained policies share one table: every row of a study names its pretraining.
+    tag = f" [pretraining seed {pretrain_seed}]" if len(args.pretrain_seeds) > 1 else ""
+    pretrain_time = "reused from --pretrain-dir" if ad["pretrain_reused"] else f"{ad['pretrain_wall']:.0f} s"
+    lines = [f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
+             f"{args.n_layers} layer(s): score vs new pool before fine-tuning{tag} | {before:.2f} | pretrained "
+             f"{ad['pretrain_steps']:,} steps (seed {pretrain_seed}) vs {','.join(OLD_POOL)} ({pretrain_time}); new "
+             f"pool {','.join(NEW_POOL)}; {100 * before / full['score']:.1f}% of full fine-tuning's score already |",
+             f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | {full['steps']:,} env steps, "
+             f"{full['wall']:.0f} s; lr {args.full_lr:g}; all {full['trainable']:,} parameters |"]
+    means = {}
+    for label, arm in ad["arms"].items():
+        # Paired by fine-tuning seed: arm and full fine-tuning with the same seed form one ratio.
+        ratios = [100 * a / f for a, f in zip(arm["scores"], full["scores"])]
+        recovered = [100 * (a - before) / (f - before) if f != before else float("nan")
+                     for a, f in zip(arm["scores"], full["scores"])]
+        means[label] = (float(np.mean(ratios)), float(np.mean(recovered)))
+        lines.append(f"| {label}, adapters only: score vs new pool{tag} | {mean_se(arm['scores'])} | "
+                     f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}; same seed(s) "
+                     f"and PPO settings; {arm['trained']} |")
+        lines.append(f"| {label}: return ratio (adapters / full) / gain recovered{tag} | {mean_se(ratios, 1)}% / "
+                     f"{mean_se(recovered, 0)}% | target >= 95% return ratio; gain recovered = (adapters - "
+                     f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner"
+                     f"{f'; mean ± SE over fine-tuning seeds {seed_range}, paired by seed' if seeds > 1 else ''} |")
+        lines.append(f"| {label}: trainable fraction{tag} | {100 * arm['trainable'] / arm['total']:.3f}% | "
+                     f"{arm['trainable']:,} of {arm['total']:,} policy parameters (backbone + policy and "
+                     "value heads); target <= 0.1% |")
+    return lines, means
+
+
 ADAPTER_PLACEMENTS = {"ff": "the feed-forward sublayer", "attn": "the attention sublayer",
                       "norm": "the final LayerNorm", "policy_head": "the policy head's logits"}
 
@@ -290,10 +327,11 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=40_000,
                         help="adapters part: env steps of each fine-tuning arm (the same for both)")
     parser.add_argument("--pretrain-dir", default=None,
-                        help="adapters part: keep the pretraining run here, or reuse the finished one found here "
-                             "(several adapter studies from one pretraining)")
-    parser.add_argument("--pretrain-seed", type=int, default=0,
-                        help="adapters part: seed of the pretraining (another pretrained policy to fine-tune from)")
+                        help="adapters part: keep each pretraining run in DIR/seed-S, or reuse the finished one found "
+                             "there (several adapter studies from one pretraining)")
+    parser.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0],
+                        help="adapters part: seeds of the pretraining; with several, every arm is fine-tuned from "
+                             "each pretrained policy and the table adds its mean over them")
     parser.add_argument("--first-finetune-seed", type=int, default=0,
                         help="adapters part: the first fine-tuning seed (fresh seeds confirm a choice made on others)")
     parser.add_argument("--finetune-seeds", type=int, default=1,
@@ -376,39 +414,26 @@ def main() -> None:
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
             arms = dict(adapter_arm(spec, args.adapter_variant, args.adapter_n, args.adapter_rank,
                                     args.adapter_reduction) for spec in args.adapter_arms)
-            ad = adapters_run(workdir, AdapterStudy(
-                pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
-                episodes=args.adapter_eval_episodes, backbone_config=cfg, arms=arms, full_lr=args.full_lr,
-                adapter_lr=args.adapter_lr, framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
-                first_seed=args.first_finetune_seed, pretrain_seed=args.pretrain_seed,
-                pretrain_dir=Path(args.pretrain_dir) if args.pretrain_dir else None))
-            before, full = ad["before"], ad["full"]
-            seeds = args.finetune_seeds
-            seed_range = f"{args.first_finetune_seed}-{args.first_finetune_seed + seeds - 1}"
-            pretrain_time = "reused from --pretrain-dir" if ad["pretrain_reused"] else f"{ad['pretrain_wall']:.0f} s"
-            lines.append(f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
-                         f"{args.n_layers} layer(s): score vs new "
-                         f"pool before fine-tuning | {before:.2f} | pretrained {ad['pretrain_steps']:,} steps "
-                         f"(seed {args.pretrain_seed}) "
-                         f"vs {','.join(OLD_POOL)} ({pretrain_time}); new pool {','.join(NEW_POOL)}; "
-                         f"{100 * before / full['score']:.1f}% of full fine-tuning's score already |")
-            lines.append(f"| full fine-tuning: score vs new pool | {mean_se(full['scores'])} | {full['steps']:,} env steps, "
-                         f"{full['wall']:.0f} s; lr {args.full_lr:g}; all {full['trainable']:,} parameters |")
-            for label, arm in ad["arms"].items():
-                # Paired by fine-tuning seed: arm and full fine-tuning with the same seed form one ratio.
-                ratios = [100 * a / f for a, f in zip(arm["scores"], full["scores"])]
-                recovered = [100 * (a - before) / (f - before) if f != before else float("nan")
-                             for a, f in zip(arm["scores"], full["scores"])]
-                lines.append(f"| {label}, adapters only: score vs new pool | {mean_se(arm['scores'])} | "
-                             f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}; same seed(s) "
-                             f"and PPO settings; {arm['trained']} |")
-                lines.append(f"| {label}: return ratio (adapters / full) / gain recovered | {mean_se(ratios, 1)}% / "
-                             f"{mean_se(recovered, 0)}% | target >= 95% return ratio; gain recovered = (adapters - "
-                             f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner"
-                             f"{f'; mean ± SE over fine-tuning seeds {seed_range}, paired by seed' if seeds > 1 else ''} |")
-                lines.append(f"| {label}: trainable fraction | {100 * arm['trainable'] / arm['total']:.3f}% | "
-                             f"{arm['trainable']:,} of {arm['total']:,} policy parameters (backbone + policy and "
-                             "value heads); target <= 0.1% |")
+            per_policy: dict[str, list[tuple[float, float]]] = {}
+            for pretrain_seed in args.pretrain_seeds:
+                ad = adapters_run(workdir / f"seed-{pretrain_seed}", AdapterStudy(
+                    pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
+                    episodes=args.adapter_eval_episodes, backbone_config=cfg, arms=arms, full_lr=args.full_lr,
+                    adapter_lr=args.adapter_lr, framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
+                    first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed,
+                    pretrain_dir=Path(args.pretrain_dir) / f"seed-{pretrain_seed}" if args.pretrain_dir else None))
+                study_lines, study_means = adapter_rows(ad, args, pretrain_seed)
+                lines.extend(study_lines)
+                for label, means in study_means.items():
+                    per_policy.setdefault(label, []).append(means)
+            if len(args.pretrain_seeds) > 1:
+                seeds_text = " / ".join(str(s) for s in args.pretrain_seeds)
+                for label, means in per_policy.items():
+                    ratios, recovered = zip(*means)
+                    lines.append(f"| {label}: return ratio / gain recovered, mean over pretrained policies | "
+                                 f"{mean_se(list(ratios), 1)}% / {mean_se(list(recovered), 0)}% | ± is the SE over "
+                                 f"pretrained policies (seeds {seeds_text}): "
+                                 f"{' / '.join(f'{r:.1f}' for r in ratios)}%; target >= 95% |")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         ray.shutdown()

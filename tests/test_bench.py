@@ -195,3 +195,23 @@ def test_learning_adapter_arms_become_compacter_options_the_backbone_accepts(mon
         module.adapter_arm("policy_head@side", "compacter++", 4, 1, 32)
     with pytest.raises(SystemExit, match="must be a positive integer"):
         module.adapter_arm("policy_head:0", "compacter++", 4, 1, 32)
+
+
+def test_learning_adapter_rows_pair_ratios_by_seed_and_name_the_pretraining(monkeypatch):
+    import argparse
+
+    module = load_benchmark("learning", monkeypatch)
+    study = {"before": 5.0, "pretrain_reused": True, "pretrain_wall": 0.0, "pretrain_steps": 80_000,
+             "full": {"score": 6.5, "scores": [6.0, 7.0], "steps": 40_000, "wall": 300.0, "trainable": 1000},
+             "arms": {"beside": {"scores": [5.7, 6.3], "steps": 40_000, "wall": 100.0, "trainable": 1,
+                                 "total": 1000, "trained": "adapters on policy_head"}}}
+    args = argparse.Namespace(finetune_seeds=2, first_finetune_seed=0, pretrain_seeds=[0, 3], adapter_framework="rllib",
+                              d_model=256, n_layers=1, full_lr=1e-3, adapter_lr=1e-2, adapter_eval_episodes=1000)
+    lines, means = module.adapter_rows(study, args, 3)
+    # Paired by seed: 5.7/6.0 = 95% and 6.3/7.0 = 90%, not 12.0/13.0; gain recovered 70% and 65%.
+    ratio, recovered = means["beside"]
+    assert ratio == pytest.approx(92.5) and recovered == pytest.approx(67.5)
+    assert all("[pretraining seed 3]" in line for line in lines)
+    assert any("92.5 ± 2.5% / 68 ± " in line for line in lines)
+    args.pretrain_seeds = [3]
+    assert not any("pretraining seed 3]" in line for line in module.adapter_rows(study, args, 3)[0])
