@@ -170,6 +170,7 @@ class AdapterStudy:
     first_seed: int = 0
     pretrain_seed: int = 0
     pretrain_dir: Path | None = None  # keep the pretraining here, and reuse a finished one found here
+    full_scores: list[float] | None = None  # full fine-tuning's scores per seed, measured before: not rerun
 
 
 def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
@@ -201,7 +202,12 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
             "pretrain_steps": base_policy.metadata.get("env_steps", study.pretrain_steps)}
     rows["before"] = suite_score(base_policy, study.episodes, NEW_POOL)
-    arms = {"full": {"lr": study.full_lr}}
+    arms = {} if study.full_scores else {"full": {"lr": study.full_lr}}
+    if study.full_scores:
+        # Full fine-tuning is deterministic given the pretraining and seeds, so its earlier scores stand.
+        trainable, _ = count_parameters(base_policy.model)
+        rows["full"] = {"score": float(np.mean(study.full_scores)), "scores": list(study.full_scores),
+                        "wall": float("nan"), "steps": study.finetune_steps, "trainable": trainable, "reused": True}
     arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr}
                  for label, options in study.arms.items()})
     for index, (label, extra) in enumerate(arms.items()):
@@ -253,8 +259,10 @@ def adapter_rows(ad: dict, args: argparse.Namespace, pretrain_seed: int) -> tupl
              f"{args.n_layers} layer(s): score vs new pool before fine-tuning{tag} | {before:.2f} | pretrained "
              f"{ad['pretrain_steps']:,} steps (seed {pretrain_seed}) vs {','.join(OLD_POOL)} ({pretrain_time}); new "
              f"pool {','.join(NEW_POOL)}; {100 * before / full['score']:.1f}% of full fine-tuning's score already |",
-             f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | {full['steps']:,} env steps, "
-             f"{full['wall']:.0f} s; lr {args.full_lr:g}; all {full['trainable']:,} parameters |"]
+             f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | "
+             + ("given with --full-scores (measured before with the same pretraining and seeds); "
+                if full.get("reused") else f"{full['steps']:,} env steps, {full['wall']:.0f} s; ")
+             + f"lr {args.full_lr:g}; all {full['trainable']:,} parameters |"]
     means = {}
     for label, arm in ad["arms"].items():
         # Paired by fine-tuning seed: arm and full fine-tuning with the same seed form one ratio.
@@ -338,6 +346,10 @@ def main() -> None:
                         help="adapters part: fine-tune every arm with N seeds (from --first-finetune-seed) from the "
                              "same pretraining and report mean +- standard error over them")
     parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
+    parser.add_argument("--full-scores", type=float, nargs="+", default=None,
+                        help="adapters part, one pretraining seed: full fine-tuning's scores for the fine-tuning "
+                             "seeds, measured before from the same pretraining; full fine-tuning is then not rerun "
+                             "(it is deterministic given its seeds) and the table says so")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
     parser.add_argument("--adapter-lr", type=float, default=1e-2,
@@ -364,6 +376,10 @@ def main() -> None:
                              "measured is a few tenths of a point, so more games than elsewhere)")
     parser.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    if args.full_scores and (len(args.full_scores) != args.finetune_seeds or len(args.pretrain_seeds) > 1):
+        raise SystemExit(f"--full-scores takes one score per fine-tuning seed ({args.finetune_seeds}) and one "
+                         f"pretraining seed; got {len(args.full_scores)} scores for pretraining seeds "
+                         f"{args.pretrain_seeds}")
     where = machine()
     import ray
 
@@ -420,7 +436,7 @@ def main() -> None:
                     pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
                     episodes=args.adapter_eval_episodes, backbone_config=cfg, arms=arms, full_lr=args.full_lr,
                     adapter_lr=args.adapter_lr, framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
-                    first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed,
+                    first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed, full_scores=args.full_scores,
                     pretrain_dir=Path(args.pretrain_dir) / f"seed-{pretrain_seed}" if args.pretrain_dir else None))
                 study_lines, study_means = adapter_rows(ad, args, pretrain_seed)
                 lines.extend(study_lines)
