@@ -29,7 +29,8 @@ Parts, all in one run so the ratios are measured side by side:
               every fine-tuning with N seeds (from ``--first-finetune-seed``) and reports mean +- standard
               error, ratios paired by seed. ``--pretrain-seeds 0 1 2 3`` runs the whole study from
               several pretrained policies (pretrained policies differ more than fine-tuning seeds do)
-              and adds each arm's mean over them.
+              and adds each arm's mean over them. Full fine-tuning is deterministic given its seeds:
+              ``--full-scores`` passes scores measured before instead of rerunning it.
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
@@ -175,8 +176,8 @@ class AdapterStudy:
 
 def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
-    weight trained, then once per adapter arm, each with fine-tuning seeds ``study.first_seed ..
-    study.first_seed + study.finetune_seeds - 1``.
+    weight trained (unless ``study.full_scores`` gives its scores), then once per adapter arm, each with
+    fine-tuning seeds ``study.first_seed .. study.first_seed + study.finetune_seeds - 1``.
 
     Every arm gets the same env-step budget and PPO settings; only the learning rate differs (full
     fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
@@ -202,12 +203,14 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
             "pretrain_steps": base_policy.metadata.get("env_steps", study.pretrain_steps)}
     rows["before"] = suite_score(base_policy, study.episodes, NEW_POOL)
-    arms = {} if study.full_scores else {"full": {"lr": study.full_lr}}
     if study.full_scores:
         # Full fine-tuning is deterministic given the pretraining and seeds, so its earlier scores stand.
         trainable, _ = count_parameters(base_policy.model)
         rows["full"] = {"score": float(np.mean(study.full_scores)), "scores": list(study.full_scores),
                         "wall": float("nan"), "steps": study.finetune_steps, "trainable": trainable, "reused": True}
+        arms = {}
+    else:
+        arms = {"full": {"lr": study.full_lr}}
     arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr}
                  for label, options in study.arms.items()})
     for index, (label, extra) in enumerate(arms.items()):

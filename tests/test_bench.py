@@ -215,3 +215,15 @@ def test_learning_adapter_rows_pair_ratios_by_seed_and_name_the_pretraining(monk
     assert any("92.5 ± 2.5% / 68 ± " in line for line in lines)
     args.pretrain_seeds = [3]
     assert not any("pretraining seed 3]" in line for line in module.adapter_rows(study, args, 3)[0])
+
+
+def test_learning_full_scores_must_match_the_fine_tuning_seeds(monkeypatch):
+    module = load_benchmark("learning", monkeypatch)
+    monkeypatch.setattr("sys.argv", ["learning.py", "--parts", "adapters", "--finetune-seeds", "3", "--full-scores", "6.2",
+                                     "6.3", "--no-append"])
+    with pytest.raises(SystemExit, match=r"one score per fine-tuning seed \(3\).*got 2 scores"):
+        module.main()
+    monkeypatch.setattr("sys.argv", ["learning.py", "--parts", "adapters", "--pretrain-seeds", "0", "1",
+                                     "--full-scores", "6.2", "--no-append"])
+    with pytest.raises(SystemExit, match="one pretraining seed"):
+        module.main()
