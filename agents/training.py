@@ -43,6 +43,9 @@ FRAMEWORKS = ("rllib", "sb3", "native")
 ADAPTERS = ("compacter",)
 DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto")
 DEFAULT_ITERATIONS = 15
+DEFAULT_LR = 1e-3
+# A few hundred adapter weights want a larger step than a whole network (docs/training.md measures it).
+DEFAULT_ADAPTER_LR = 1e-2
 CHECKPOINTS = "checkpoints"
 POLICY_DIR = "policy"
 CONFIG_FILE = "config.yaml"
@@ -81,7 +84,7 @@ class TrainConfig:
     league_size: int = 4
     league_threshold: float = 5.0
     max_turns: int = DEFAULT_MAX_TURNS
-    lr: float = 1e-3
+    lr: float | None = None  # None: DEFAULT_LR, or DEFAULT_ADAPTER_LR when only adapters train
     entropy_coeff: float = 0.01
     reward_scale: float = 0.1
     train_batch_size: int = 8192
@@ -177,8 +180,8 @@ class TrainConfig:
         if self.minibatch_size > self.train_batch_size:
             raise TrainConfigError(f"minibatch-size ({self.minibatch_size}) cannot exceed train-batch-size "
                                    f"({self.train_batch_size})")
-        for name in ("lr", "reward_scale"):
-            value = getattr(self, name)
+        lr = self.lr if self.lr is not None else DEFAULT_ADAPTER_LR if self.adapters else DEFAULT_LR
+        for name, value in (("lr", lr), ("reward_scale", self.reward_scale)):
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise TrainConfigError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")
         try:
@@ -213,7 +216,7 @@ class TrainConfig:
         iterations = self.iterations
         if iterations is None and self.timesteps is None:
             iterations = DEFAULT_ITERATIONS
-        return self.replace(partners=partners, out=str(out), iterations=iterations)
+        return self.replace(partners=partners, out=str(out), iterations=iterations, lr=lr)
 
 
 def default_run_name(config: TrainConfig) -> str:

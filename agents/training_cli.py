@@ -51,7 +51,7 @@ def train_command(
     league_size: int | None = typer.Option(None, "--league-size", help="Frozen snapshots in the self-play league."),
     league_threshold: float | None = typer.Option(None, "--league-threshold",
                                                   help="Mean score at which the learner joins the league."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate [default: 1e-3; 1e-2 with --adapters]."),
     train_batch_size: int | None = typer.Option(None, "--train-batch-size", help="Env steps per PPO iteration."),
     minibatch_size: int | None = typer.Option(None, "--minibatch-size", help="PPO minibatch size."),
     num_epochs: int | None = typer.Option(None, "--num-epochs", help="PPO epochs per iteration."),

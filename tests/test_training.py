@@ -180,6 +180,17 @@ def test_cli_rejects_bad_input_before_starting(tmp_path):
     assert result.exit_code == 2 and "no run" in result.output
 
 
+def test_learning_rate_defaults_to_a_larger_step_when_only_adapters_train(tmp_path):
+    (tmp_path / "base").mkdir()
+    assert TrainConfig(out=str(tmp_path / "a")).validate().lr == 1e-3
+    assert TrainConfig(out=str(tmp_path / "b"), init_from=str(tmp_path / "base")).validate().lr == 1e-3
+    adapters = TrainConfig(out=str(tmp_path / "c"), init_from=str(tmp_path / "base"), adapters="compacter")
+    assert adapters.validate().lr == 1e-2
+    assert adapters.replace(lr=3e-3).validate().lr == 3e-3
+    with pytest.raises(TrainConfigError, match="lr must be a positive number, got -0.1"):
+        adapters.replace(lr=-0.1).validate()
+
+
 def test_yaml_config_and_flags_merge(tmp_path):
     (tmp_path / "c.yaml").write_text("backbone: transformer\nbackbone-config: {d_model: 16}\niterations: 7\n"
                                      "partners: boulware,conceder\n")
