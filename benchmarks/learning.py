@@ -49,7 +49,7 @@ from common import append_results, machine
 
 from parley.agents.evaluation import evaluate_policy
 from parley.agents.scripted import list_partners, make_partner
-from parley.agents.training import TrainConfig, train
+from parley.agents.training import CONFIG_FILE, DEFAULT_ADAPTER_LR, DEFAULT_LR, TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 CURVE = HERE / "learning_curve.png"
@@ -140,16 +140,14 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
 def finished_pretraining(directory: Path, steps: int, seed: int):
     """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed``, else
     None (an interrupted one, or one from another seed, does not count)."""
-    import yaml
-
     from parley.agents.torch_policy import load_policy
 
     try:
         policy = load_policy(directory, device="cpu")
-        config = yaml.safe_load((directory / "config.yaml").read_text())
+        config = TrainConfig.from_yaml(directory / CONFIG_FILE)
     except (FileNotFoundError, ValueError):
         return None
-    if config.get("seed", 0) != seed:
+    if config.seed != seed:
         return None
     return policy if policy.metadata.get("env_steps", 0) >= steps else None
 
@@ -329,7 +327,7 @@ def main() -> None:
                         choices=["beat", "speed", "adapters"])
     parser.add_argument("--eval-episodes", type=int, default=100, help="games per scripted partner per evaluation")
     parser.add_argument("--max-minutes", type=float, default=15.0, help="cap on the time-to-beat run")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--speed-steps", type=int, default=100_000, help="env-step budget of RLlib vs SB3 vs native")
     parser.add_argument("--frameworks", nargs="+", default=["rllib", "native"], choices=["rllib", "native"],
                         help="trainers raced against the best scripted partner in the 'beat' part")
@@ -348,14 +346,14 @@ def main() -> None:
     parser.add_argument("--finetune-seeds", type=int, default=1,
                         help="adapters part: fine-tune every arm with N seeds (from --first-finetune-seed) from the "
                              "same pretraining and report mean +- standard error over them")
-    parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
+    parser.add_argument("--full-lr", type=float, default=DEFAULT_LR, help="learning rate of full fine-tuning")
     parser.add_argument("--full-scores", type=float, nargs="+", default=None,
                         help="adapters part, one pretraining seed: full fine-tuning's scores for the fine-tuning "
                              "seeds, measured before from the same pretraining; full fine-tuning is then not rerun "
                              "(it is deterministic given its seeds) and the table says so")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
-    parser.add_argument("--adapter-lr", type=float, default=1e-2,
+    parser.add_argument("--adapter-lr", type=float, default=DEFAULT_ADAPTER_LR,
                         help="learning rate of adapter-only fine-tuning (few weights take a larger step)")
     parser.add_argument("--d-model", type=int, default=256, help="transformer width for the adapter comparison")
     parser.add_argument("--n-layers", type=int, default=1, help="transformer blocks for the adapter comparison")
