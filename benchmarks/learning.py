@@ -51,6 +51,8 @@ from parley.agents.evaluation import evaluate_policy
 from parley.agents.scripted import list_partners, make_partner
 from parley.agents.training import CONFIG_FILE, DEFAULT_ADAPTER_LR, DEFAULT_LR, TrainConfig, train
 
+DEFAULT_EPOCHS = TrainConfig.num_epochs
+
 HERE = Path(__file__).resolve().parent
 CURVE = HERE / "learning_curve.png"
 EVAL_SEED = 777  # contexts for every comparison against the suite (never the corpus test split)
@@ -164,6 +166,8 @@ class AdapterStudy:
     arms: dict[str, dict]  # label -> Compacter options
     full_lr: float
     adapter_lr: float
+    full_epochs: int = DEFAULT_EPOCHS  # PPO passes over each batch
+    adapter_epochs: int = DEFAULT_EPOCHS
     framework: str = "rllib"
     finetune_seeds: int = 1
     first_seed: int = 0
@@ -177,8 +181,8 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     weight trained (unless ``study.full_scores`` gives its scores), then once per adapter arm, each with
     fine-tuning seeds ``study.first_seed .. study.first_seed + study.finetune_seeds - 1``.
 
-    Every arm gets the same env-step budget and PPO settings; only the learning rate differs (full
-    fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
+    Every arm gets the same env-step budget and PPO settings; only the learning rate and the number of
+    PPO epochs per batch may differ (full fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
     itself, with exactly the freezing training applied, over every parameter of the policy (backbone,
     policy and value heads).
     """
@@ -208,8 +212,9 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
                         "wall": float("nan"), "steps": study.finetune_steps, "trainable": trainable, "reused": True}
         arms = {}
     else:
-        arms = {"full": {"lr": study.full_lr}}
-    arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr}
+        arms = {"full": {"lr": study.full_lr, "num_epochs": study.full_epochs}}
+    arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr,
+                         "num_epochs": study.adapter_epochs}
                  for label, options in study.arms.items()})
     for index, (label, extra) in enumerate(arms.items()):
         scores, walls, steps = [], [], []
@@ -263,7 +268,7 @@ def adapter_rows(ad: dict, args: argparse.Namespace, pretrain_seed: int) -> tupl
              f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | "
              + ("given with --full-scores (measured before with the same pretraining and seeds); "
                 if full.get("reused") else f"{full['steps']:,} env steps, {full['wall']:.0f} s; ")
-             + f"lr {args.full_lr:g}; all {full['trainable']:,} parameters |"]
+             + f"lr {args.full_lr:g}, {args.full_epochs} PPO epochs per batch; all {full['trainable']:,} parameters |"]
     means = {}
     for label, arm in ad["arms"].items():
         # Paired by fine-tuning seed: arm and full fine-tuning with the same seed form one ratio.
@@ -272,8 +277,9 @@ def adapter_rows(ad: dict, args: argparse.Namespace, pretrain_seed: int) -> tupl
                      for a, f in zip(arm["scores"], full["scores"])]
         means[label] = (float(np.mean(ratios)), float(np.mean(recovered)))
         lines.append(f"| {label}, adapters only: score vs new pool{tag} | {mean_se(arm['scores'])} | "
-                     f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}; same seed(s) "
-                     f"and PPO settings; {arm['trained']} |")
+                     f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}, "
+                     f"{args.adapter_epochs} PPO epochs per batch; same seed(s) and other PPO settings; "
+                     f"{arm['trained']} |")
         lines.append(f"| {label}: return ratio (adapters / full) / gain recovered{tag} | {mean_se(ratios, 1)}% / "
                      f"{mean_se(recovered, 0)}% | target >= 95% return ratio; gain recovered = (adapters - "
                      f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner"
@@ -347,6 +353,8 @@ def main() -> None:
                         help="adapters part: fine-tune every arm with N seeds (from --first-finetune-seed) from the "
                              "same pretraining and report mean +- standard error over them")
     parser.add_argument("--full-lr", type=float, default=DEFAULT_LR, help="learning rate of full fine-tuning")
+    parser.add_argument("--full-epochs", type=int, default=DEFAULT_EPOCHS,
+                        help="adapters part: PPO epochs per batch of full fine-tuning")
     parser.add_argument("--full-scores", type=float, nargs="+", default=None,
                         help="adapters part, one pretraining seed: full fine-tuning's scores for the fine-tuning "
                              "seeds, measured before from the same pretraining; full fine-tuning is then not rerun "
@@ -355,6 +363,8 @@ def main() -> None:
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
     parser.add_argument("--adapter-lr", type=float, default=DEFAULT_ADAPTER_LR,
                         help="learning rate of adapter-only fine-tuning (few weights take a larger step)")
+    parser.add_argument("--adapter-epochs", type=int, default=DEFAULT_EPOCHS,
+                        help="adapters part: PPO epochs per batch of adapter-only fine-tuning")
     parser.add_argument("--d-model", type=int, default=256, help="transformer width for the adapter comparison")
     parser.add_argument("--n-layers", type=int, default=1, help="transformer blocks for the adapter comparison")
     parser.add_argument("--adapter-variant", choices=["compacter++", "compacter"], default="compacter++",
@@ -436,7 +446,8 @@ def main() -> None:
                 ad = adapters_run(workdir / f"seed-{pretrain_seed}", AdapterStudy(
                     pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
                     episodes=args.adapter_eval_episodes, backbone_config=cfg, arms=arms, full_lr=args.full_lr,
-                    adapter_lr=args.adapter_lr, framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
+                    adapter_lr=args.adapter_lr, full_epochs=args.full_epochs, adapter_epochs=args.adapter_epochs,
+                    framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
                     first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed, full_scores=args.full_scores,
                     pretrain_dir=Path(args.pretrain_dir) / f"seed-{pretrain_seed}" if args.pretrain_dir else None))
                 study_lines, study_means = adapter_rows(ad, args, pretrain_seed)
