@@ -31,6 +31,8 @@ Parts, all in one run so the ratios are measured side by side:
               several pretrained policies (pretrained policies differ more than fine-tuning seeds do)
               and adds each arm's mean over them. Full fine-tuning is deterministic given its seeds:
               ``--full-scores`` passes scores measured before instead of rerunning it.
+              ``--full-epochs`` and ``--adapter-epochs`` set each arm's PPO epochs per batch (default 4;
+              at 16 both arms score higher, full fine-tuning by more, see docs/training.md).
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
