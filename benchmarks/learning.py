@@ -184,9 +184,9 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     fine-tuning seeds ``study.first_seed .. study.first_seed + study.finetune_seeds - 1``.
 
     Every arm gets the same env-step budget and PPO settings; only the learning rate and the number of
-    PPO epochs per batch may differ (full fine-tuning its own, adapters theirs). The trainable count is read off each fine-tuned adapter network
-    itself, with exactly the freezing training applied, over every parameter of the policy (backbone,
-    policy and value heads).
+    PPO epochs per batch may differ (full fine-tuning its own, adapters theirs). The trainable count is
+    read off each fine-tuned adapter network itself, with exactly the freezing training applied, over
+    every parameter of the policy (backbone, policy and value heads).
     """
     from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
     from parley.agents.rllib_module import freeze_all_but_adapters
@@ -359,7 +359,7 @@ def main() -> None:
                         help="adapters part: PPO epochs per batch of full fine-tuning")
     parser.add_argument("--full-scores", type=float, nargs="+", default=None,
                         help="adapters part, one pretraining seed: full fine-tuning's scores for the fine-tuning "
-                             "seeds, measured before from the same pretraining; full fine-tuning is then not rerun "
+                             "seeds, measured before from the same pretraining and --full-epochs; full fine-tuning is then not rerun "
                              "(it is deterministic given its seeds) and the table says so")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
