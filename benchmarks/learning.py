@@ -254,7 +254,8 @@ def mean_se(values: list[float], digits: int = 2) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.{digits}f}"
 
 
-def adapter_rows(ad: dict, args: argparse.Namespace, pretrain_seed: int) -> tuple[list[str], dict[str, tuple[float, float]]]:
+def adapter_rows(ad: dict, args: argparse.Namespace,
+                 pretrain_seed: int) -> tuple[list[str], dict[str, tuple[float, float]]]:
     """Table rows of one adapter study (one pretrained policy), and each arm's mean return ratio and
     gain recovered (percent) over its fine-tuning seeds."""
     before, full = ad["before"], ad["full"]
@@ -270,7 +271,8 @@ def adapter_rows(ad: dict, args: argparse.Namespace, pretrain_seed: int) -> tupl
              f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | "
              + ("given with --full-scores (measured before with the same pretraining and seeds); "
                 if full.get("reused") else f"{full['steps']:,} env steps, {full['wall']:.0f} s; ")
-             + f"lr {args.full_lr:g}, {args.full_epochs} PPO epochs per batch; all {full['trainable']:,} parameters |"]
+             + f"lr {args.full_lr:g}, {args.full_epochs} PPO epochs per batch; "
+               f"all {full['trainable']:,} parameters |"]
     means = {}
     for label, arm in ad["arms"].items():
         # Paired by fine-tuning seed: arm and full fine-tuning with the same seed form one ratio.
@@ -359,8 +361,8 @@ def main() -> None:
                         help="adapters part: PPO epochs per batch of full fine-tuning")
     parser.add_argument("--full-scores", type=float, nargs="+", default=None,
                         help="adapters part, one pretraining seed: full fine-tuning's scores for the fine-tuning "
-                             "seeds, measured before from the same pretraining and --full-epochs; full fine-tuning is then not rerun "
-                             "(it is deterministic given its seeds) and the table says so")
+                             "seeds, measured before from the same pretraining and --full-epochs; full fine-tuning "
+                             "is then not rerun (it is deterministic given its seeds) and the table says so")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
     parser.add_argument("--adapter-lr", type=float, default=DEFAULT_ADAPTER_LR,
