@@ -32,7 +32,9 @@ Parts, all in one run so the ratios are measured side by side:
               and adds each arm's mean over them. Full fine-tuning is deterministic given its seeds:
               ``--full-scores`` passes scores measured before instead of rerunning it.
               ``--full-epochs`` and ``--adapter-epochs`` set each arm's PPO epochs per batch (default 4;
-              at 16 both arms score higher, full fine-tuning by more, see docs/training.md).
+              at 16 both arms score higher, full fine-tuning by more, see docs/training.md);
+              ``--full-batch`` and ``--adapter-batch`` set each arm's env steps per PPO batch (default
+              8,192; a smaller batch means more policy updates from the same env steps).
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
@@ -54,6 +56,7 @@ from parley.agents.scripted import list_partners, make_partner
 from parley.agents.training import CONFIG_FILE, DEFAULT_ADAPTER_LR, DEFAULT_LR, TrainConfig, train
 
 DEFAULT_EPOCHS = TrainConfig.num_epochs
+DEFAULT_BATCH = TrainConfig.train_batch_size
 
 HERE = Path(__file__).resolve().parent
 CURVE = HERE / "learning_curve.png"
@@ -170,6 +173,8 @@ class AdapterStudy:
     adapter_lr: float
     full_epochs: int = DEFAULT_EPOCHS  # PPO passes over each batch
     adapter_epochs: int = DEFAULT_EPOCHS
+    full_batch: int = DEFAULT_BATCH  # env steps per PPO batch
+    adapter_batch: int = DEFAULT_BATCH
     framework: str = "rllib"
     finetune_seeds: int = 1
     first_seed: int = 0
@@ -178,15 +183,22 @@ class AdapterStudy:
     full_scores: list[float] | None = None  # full fine-tuning's scores per seed, measured before: not rerun
 
 
+def ppo_batches(epochs: int, batch: int) -> dict:
+    """PPO settings of one arm: ``epochs`` passes over batches of ``batch`` env steps, in minibatches of
+    the usual size or the whole batch if it is smaller."""
+    return {"num_epochs": epochs, "train_batch_size": batch,
+            "minibatch_size": min(TrainConfig.minibatch_size, batch)}
+
+
 def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
     weight trained (unless ``study.full_scores`` gives its scores), then once per adapter arm, each with
     fine-tuning seeds ``study.first_seed .. study.first_seed + study.finetune_seeds - 1``.
 
-    Every arm gets the same env-step budget and PPO settings; only the learning rate and the number of
-    PPO epochs per batch may differ (full fine-tuning its own, adapters theirs). The trainable count is
-    read off each fine-tuned adapter network itself, with exactly the freezing training applied, over
-    every parameter of the policy (backbone, policy and value heads).
+    Every arm gets the same env-step budget and PPO settings; only the learning rate, the number of PPO
+    epochs per batch and the batch size may differ (full fine-tuning its own, adapters theirs). The
+    trainable count is read off each fine-tuned adapter network itself, with exactly the freezing
+    training applied, over every parameter of the policy (backbone, policy and value heads).
     """
     from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
     from parley.agents.rllib_module import freeze_all_but_adapters
@@ -214,9 +226,9 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
                         "wall": float("nan"), "steps": study.finetune_steps, "trainable": trainable, "reused": True}
         arms = {}
     else:
-        arms = {"full": {"lr": study.full_lr, "num_epochs": study.full_epochs}}
+        arms = {"full": {"lr": study.full_lr, **ppo_batches(study.full_epochs, study.full_batch)}}
     arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr,
-                         "num_epochs": study.adapter_epochs}
+                         **ppo_batches(study.adapter_epochs, study.adapter_batch)}
                  for label, options in study.arms.items()})
     for index, (label, extra) in enumerate(arms.items()):
         scores, walls, steps = [], [], []
@@ -271,7 +283,7 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
              f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | "
              + ("given with --full-scores (measured before with the same pretraining and seeds); "
                 if full.get("reused") else f"{full['steps']:,} env steps, {full['wall']:.0f} s; ")
-             + f"lr {args.full_lr:g}, {args.full_epochs} PPO epochs per batch; "
+             + f"lr {args.full_lr:g}, {args.full_epochs} PPO epochs per batch of {args.full_batch:,} steps; "
                f"all {full['trainable']:,} parameters |"]
     means = {}
     for label, arm in ad["arms"].items():
@@ -282,7 +294,8 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
         means[label] = (float(np.mean(ratios)), float(np.mean(recovered)))
         lines.append(f"| {label}, adapters only: score vs new pool{tag} | {mean_se(arm['scores'])} | "
                      f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}, "
-                     f"{args.adapter_epochs} PPO epochs per batch; same seed(s) and other PPO settings; "
+                     f"{args.adapter_epochs} PPO epochs per batch of {args.adapter_batch:,} steps; same "
+                     "seed(s) and other PPO settings; "
                      f"{arm['trained']} |")
         lines.append(f"| {label}: return ratio (adapters / full) / gain recovered{tag} | {mean_se(ratios, 1)}% / "
                      f"{mean_se(recovered, 0)}% | target >= 95% return ratio; gain recovered = (adapters - "
@@ -361,14 +374,19 @@ def main() -> None:
                         help="adapters part: PPO epochs per batch of full fine-tuning")
     parser.add_argument("--full-scores", type=float, nargs="+", default=None,
                         help="adapters part, one pretraining seed: full fine-tuning's scores for the fine-tuning "
-                             "seeds, measured before from the same pretraining and --full-epochs; full fine-tuning "
-                             "is then not rerun (it is deterministic given its seeds) and the table says so")
+                             "seeds, measured before from the same pretraining, --full-epochs and "
+                             "--full-batch; full fine-tuning is then not rerun (it is deterministic given "
+                             "its seeds) and the table says so")
     parser.add_argument("--adapter-framework", default="rllib", choices=["rllib", "native"],
                         help="trainer of the adapters part (pretraining and both fine-tuning arms)")
     parser.add_argument("--adapter-lr", type=float, default=DEFAULT_ADAPTER_LR,
                         help="learning rate of adapter-only fine-tuning (few weights take a larger step)")
     parser.add_argument("--adapter-epochs", type=int, default=DEFAULT_EPOCHS,
                         help="adapters part: PPO epochs per batch of adapter-only fine-tuning")
+    parser.add_argument("--full-batch", type=int, default=DEFAULT_BATCH,
+                        help="adapters part: env steps per PPO batch of full fine-tuning")
+    parser.add_argument("--adapter-batch", type=int, default=DEFAULT_BATCH,
+                        help="adapters part: env steps per PPO batch of adapter-only fine-tuning")
     parser.add_argument("--d-model", type=int, default=256, help="transformer width for the adapter comparison")
     parser.add_argument("--n-layers", type=int, default=1, help="transformer blocks for the adapter comparison")
     parser.add_argument("--adapter-variant", choices=["compacter++", "compacter"], default="compacter++",
@@ -451,6 +469,7 @@ def main() -> None:
                     pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
                     episodes=args.adapter_eval_episodes, backbone_config=cfg, arms=arms, full_lr=args.full_lr,
                     adapter_lr=args.adapter_lr, full_epochs=args.full_epochs, adapter_epochs=args.adapter_epochs,
+                    full_batch=args.full_batch, adapter_batch=args.adapter_batch,
                     framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
                     first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed, full_scores=args.full_scores,
                     pretrain_dir=Path(args.pretrain_dir) / f"seed-{pretrain_seed}" if args.pretrain_dir else None))

@@ -207,15 +207,16 @@ def test_learning_adapter_rows_pair_ratios_by_seed_and_name_the_pretraining(monk
                                  "total": 1000, "trained": "adapters on policy_head"}}}
     args = argparse.Namespace(finetune_seeds=2, first_finetune_seed=0, pretrain_seeds=[0, 3], adapter_framework="rllib",
                               d_model=256, n_layers=1, full_lr=1e-3, adapter_lr=1e-2, adapter_eval_episodes=1000,
-                              full_epochs=4, adapter_epochs=16)
+                              full_epochs=4, adapter_epochs=16, full_batch=8192, adapter_batch=2048)
     lines, means = module.adapter_rows(study, args, 3)
     # Paired by seed: 5.7/6.0 = 95% and 6.3/7.0 = 90%, not 12.0/13.0; gain recovered 70% and 65%.
     ratio, recovered = means["beside"]
     assert ratio == pytest.approx(92.5) and recovered == pytest.approx(67.5)
     assert all("[pretraining seed 3]" in line for line in lines)
     assert any("92.5 ± 2.5% / 68 ± " in line for line in lines)
-    assert any("16 PPO epochs per batch" in line for line in lines if "adapters only" in line)
-    assert any("4 PPO epochs per batch" in line for line in lines if "full fine-tuning" in line)
+    assert any("16 PPO epochs per batch of 2,048 steps" in line for line in lines if "adapters only" in line)
+    assert any("4 PPO epochs per batch of 8,192 steps" in line
+               for line in lines if "full fine-tuning" in line)
     args.pretrain_seeds = [3]
     assert not any("pretraining seed 3]" in line for line in module.adapter_rows(study, args, 3)[0])
 

@@ -130,12 +130,13 @@ def test_make_attack_for_uses_the_schedule_an_attack_declares_for_the_dataset():
     colour = make_synthetic(num_classes=3, image_size=32, channels=3, train_per_class=4, test_per_class=2, seed=0)
     assert make_attack_for("sleeper_agent", small).config == SleeperAgentConfig.small_images()
     assert make_attack_for("sleeper_agent", colour).config == SleeperAgentConfig.paper()
-    # The small-image preset is the paper's attack on ART's short schedule (see its docstring).
+    # The small-image preset is the paper's attack on ART's short schedule, matched against two surrogates
+    # (see its docstring).
     assert SleeperAgentConfig.small_images() == SleeperAgentConfig.paper(
-        steps=120, lr_drops=(0.6, 0.8, 0.88), augment=False, retrain_times=0, parametrisation="tanh")
-    # The previous small-image schedule, which the docstring offers for larger eps, is still one call away.
+        steps=120, lr_drops=(0.6, 0.8, 0.88), augment=False, retrain_times=0, parametrisation="tanh", ensemble=2)
+    # The longer schedule, which the docstring offers for larger eps, is still one call away.
     assert SleeperAgentConfig.small_images(steps=250, lr_drops=SleeperAgentConfig.lr_drops, augment=True) == \
-        SleeperAgentConfig.paper(retrain_times=0, parametrisation="tanh")
+        SleeperAgentConfig.paper(retrain_times=0, parametrisation="tanh", ensemble=2)
     tuned = make_attack_for("sleeper_agent", small, steps=9)
     assert tuned.config == SleeperAgentConfig.small_images(steps=9)
     # Witches' Brew inherits Sleeper Agent's config class but not its small-image schedule.
