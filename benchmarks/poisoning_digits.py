@@ -13,8 +13,8 @@ with the same seeds.
     python benchmarks/poisoning_digits.py --variant paper:preset=paper   # the paper's schedule as an extra row
 
 Sleeper Agent runs with ``SleeperAgentConfig.for_dataset`` (on digits ``small_images()``: ART's short
-schedule without retraining or crafting augmentation; see its docstring); ``--variant`` rows change
-fields of that, or of a named preset.
+schedule without retraining or crafting augmentation, matched against two surrogates; see its
+docstring); ``--variant`` rows change fields of that, or of a named preset.
 
 The table is printed and appended to benchmarks/RESULTS.md (unless --no-append).
 """
@@ -77,8 +77,8 @@ def describe(config: SleeperAgentConfig) -> str:
     drops = "/".join(f"{round(f * config.steps)}" for f in config.lr_drops)
     augment = "differentiable crop augmentation while crafting" if config.augment else "no augmentation while crafting"
     return (f"{config.steps} steps, signed Adam ({config.parametrisation} parametrisation, lr {lr}, divided by 10 "
-            f"at steps {drops}), {config.retrain_times} surrogate retrainings, {config.restarts} restart(s), poisons "
-            f"chosen by gradient norm, {augment}")
+            f"at steps {drops}), matched against {config.ensemble} surrogate(s), {config.retrain_times} surrogate "
+            f"retrainings, {config.restarts} restart(s), poisons chosen by gradient norm, {augment}")
 
 
 def train_and_measure(dataset, x, y, scenario, recipe, width, seed, device):

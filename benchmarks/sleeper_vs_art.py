@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> str:
 
     n_poison = scenario.max_poisons
     base_config = variants[0][1]
-    ours_text = (f"ours `{s.ours}`: {base_config.steps} steps, {base_config.retrain_times} surrogate retrainings, "
+    ours_text = (f"ours `{s.ours}`: {base_config.steps} steps, {base_config.ensemble} surrogate(s), "
+                 f"{base_config.retrain_times} surrogate retrainings, "
                  f"{base_config.restarts} restart(s), {base_config.parametrisation} parametrisation, crafting "
                  f"augmentation {'on' if base_config.augment else 'off'}, {base_config.trigger_draws} trigger "
                  "placement(s) per source image")

@@ -155,6 +155,7 @@ def test_poisoning_digits_variants_change_the_dataset_schedule_or_a_named_preset
     with pytest.raises(SystemExit, match="LABEL:FIELD=VALUE"):
         module.parse_variant("nolabel", small)
     assert "no augmentation while crafting" in module.describe(SleeperAgentConfig.small_images())
+    assert "matched against 2 surrogate(s)" in module.describe(SleeperAgentConfig.small_images())
     assert "divided by 10 at steps 93/156/218" in module.describe(SleeperAgentConfig.paper())
 
 
