@@ -77,8 +77,8 @@ def describe(config: SleeperAgentConfig) -> str:
     drops = "/".join(f"{round(f * config.steps)}" for f in config.lr_drops)
     augment = "differentiable crop augmentation while crafting" if config.augment else "no augmentation while crafting"
     return (f"{config.steps} steps, signed Adam ({config.parametrisation} parametrisation, lr {lr}, divided by 10 "
-            f"at steps {drops}), matched against {config.ensemble} surrogate(s), {config.retrain_times} surrogate "
-            f"retrainings, {config.restarts} restart(s), poisons chosen by gradient norm, {augment}")
+            f"at steps {drops}), matched against {config.ensemble} surrogate(s), {config.retrain_times} "
+            f"surrogate retrainings, {config.restarts} restart(s), poisons chosen by gradient norm, {augment}")
 
 
 def train_and_measure(dataset, x, y, scenario, recipe, width, seed, device):
