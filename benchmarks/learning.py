@@ -29,8 +29,11 @@ Parts, all in one run so the ratios are measured side by side:
               every fine-tuning with N seeds (from ``--first-finetune-seed``) and reports mean +- standard
               error, ratios paired by seed. ``--pretrain-seeds 0 1 2 3`` runs the whole study from
               several pretrained policies (pretrained policies differ more than fine-tuning seeds do)
-              and adds each arm's mean over them. Full fine-tuning is deterministic given its seeds:
-              ``--full-scores`` passes scores measured before instead of rerunning it.
+              and adds each arm's mean over them. Fine-tuning is deterministic given its seeds: with
+              ``--pretrain-dir DIR`` each pretraining is kept in DIR/seed-S and every finished fine-tuning
+              beside it (``finetune_results.json``), and a later study reuses those with the same
+              settings instead of rerunning them; ``--full-scores`` passes full fine-tuning's scores
+              measured before.
               ``--full-epochs`` and ``--adapter-epochs`` set each arm's PPO epochs per batch (default 4;
               at 16 both arms score higher, full fine-tuning by more, see docs/training.md);
               ``--full-batch`` and ``--adapter-batch`` set each arm's env steps per PPO batch (default
@@ -42,6 +45,7 @@ The table is appended to ``benchmarks/RESULTS.md`` with the date, command and ma
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -144,9 +148,10 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
             "score": score}
 
 
-def finished_pretraining(directory: Path, steps: int, seed: int):
-    """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed``, else
-    None (an interrupted one, or one from another seed, does not count)."""
+def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config: dict):
+    """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed`` and
+    the transformer shape ``backbone_config``, else None (an interrupted one, or one from another seed
+    or of another shape, does not count)."""
     from parley.agents.torch_policy import load_policy
 
     try:
@@ -154,7 +159,7 @@ def finished_pretraining(directory: Path, steps: int, seed: int):
         config = TrainConfig.from_yaml(directory / CONFIG_FILE)
     except (FileNotFoundError, ValueError):
         return None
-    if config.seed != seed:
+    if config.seed != seed or any(config.backbone_config.get(k) != v for k, v in backbone_config.items()):
         return None
     return policy if policy.metadata.get("env_steps", 0) >= steps else None
 
@@ -190,6 +195,61 @@ def ppo_batches(epochs: int, batch: int) -> dict:
             "minibatch_size": min(TrainConfig.minibatch_size, batch)}
 
 
+class FinetuneCache:
+    """Fine-tuning results kept beside a pretraining (``--pretrain-dir``), keyed by every setting that
+    changes them, so that a rerun or a second study from the same pretraining reuses finished arms.
+    Fine-tuning is deterministic given its seeds, so a kept result is what a rerun would measure."""
+
+    FILE = "finetune_results.json"
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def _load(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+
+    @staticmethod
+    def _key(settings: dict) -> str:
+        return json.dumps(settings, sort_keys=True)
+
+    def get(self, settings: dict) -> dict | None:
+        return self._load().get(self._key(settings))
+
+    def put(self, settings: dict, result: dict) -> None:
+        if self.path is None:
+            return
+        # Read again before writing: another study may have added results from the same pretraining.
+        results = {**self._load(), self._key(settings): result}
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(results, indent=1))
+        partial.replace(self.path)
+
+
+def finetune_once(study: AdapterStudy, pretrain_out: Path, out: Path, seed: int, extra: dict) -> dict:
+    """Fine-tune the pretrained policy against NEW_POOL once (``extra``: the arm's TrainConfig settings)
+    and measure it: score against the new pool, wall time, env steps, and the trainable count read off
+    the fine-tuned network with exactly the freezing training applied."""
+    from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
+    from parley.agents.rllib_module import freeze_all_but_adapters
+    from parley.agents.torch_policy import TorchPolicy
+
+    start = time.perf_counter()
+    tuned = train(TrainConfig(framework=study.framework, partners=NEW_POOL, init_from=str(pretrain_out),
+                              timesteps=study.finetune_steps, seed=seed, out=str(out),
+                              checkpoint_every=10_000, live=False, **extra), evaluate=False)
+    policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
+    result = {"score": suite_score(policy, study.episodes, NEW_POOL), "wall": time.perf_counter() - start,
+              "steps": tuned.env_steps}
+    if "adapters" in extra:
+        freeze_all_but_adapters(policy.model)
+        adapted = [name for name, _ in adapter_modules(policy.model)]
+        also = trained_beside_adapters(policy.model)
+        result["trained"] = (f"adapters on {', '.join(adapted)} (PHM fast weights and biases, shared slow "
+                             "weights)" + (f", plus {', '.join(also)} trained in full" if also else ""))
+    result["trainable"], result["total"] = count_parameters(policy.model)
+    return result
+
+
 def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
     weight trained (unless ``study.full_scores`` gives its scores), then once per adapter arm, each with
@@ -200,17 +260,19 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     trainable count is read off each fine-tuned adapter network itself, with exactly the freezing
     training applied, over every parameter of the policy (backbone, policy and value heads).
     """
-    from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
-    from parley.agents.rllib_module import freeze_all_but_adapters
+    from parley.agents.compacter import count_parameters
     from parley.agents.torch_policy import TorchPolicy
 
     start = time.perf_counter()
     pretrain_out = study.pretrain_dir or workdir / "pretrain"
-    base_policy = finished_pretraining(pretrain_out, study.pretrain_steps, study.pretrain_seed)
+    base_policy = finished_pretraining(pretrain_out, study.pretrain_steps, study.pretrain_seed,
+                                       study.backbone_config)
     reused = base_policy is not None
     if reused:
         print(f"reusing the pretraining in {pretrain_out}", flush=True)
     else:
+        # Results kept beside an earlier pretraining in this folder do not belong to the new one.
+        (pretrain_out / FinetuneCache.FILE).unlink(missing_ok=True)
         base = train(TrainConfig(framework=study.framework, backbone="transformer",
                                  backbone_config=study.backbone_config, partners=OLD_POOL,
                                  timesteps=study.pretrain_steps, seed=study.pretrain_seed, out=str(pretrain_out),
@@ -230,32 +292,30 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr,
                          **ppo_batches(study.adapter_epochs, study.adapter_batch)}
                  for label, options in study.arms.items()})
+    cache = FinetuneCache(pretrain_out / FinetuneCache.FILE if study.pretrain_dir else None)
     for index, (label, extra) in enumerate(arms.items()):
-        scores, walls, steps = [], [], []
+        runs, kept = [], 0
         for seed in range(study.first_seed, study.first_seed + study.finetune_seeds):
-            start = time.perf_counter()
-            tuned = train(TrainConfig(framework=study.framework, partners=NEW_POOL, init_from=str(pretrain_out),
-                                      timesteps=study.finetune_steps, seed=seed, out=str(workdir / f"ft-{index}-{seed}"),
-                                      checkpoint_every=10_000, live=False, **extra),
-                          evaluate=False)
-            policy = TorchPolicy.load(tuned.policy_dir, device="cpu")
-            scores.append(suite_score(policy, study.episodes, NEW_POOL))
-            walls.append(time.perf_counter() - start)
-            steps.append(tuned.env_steps)
-            print(f"{label} seed {seed}: {scores[-1]:.3f}", flush=True)
-        arm = {"score": float(np.mean(scores)), "scores": scores, "wall": float(np.mean(walls)),
-               "steps": int(np.mean(steps))}
+            key = {"arm": label, **extra, "finetune_steps": study.finetune_steps, "seed": seed,
+                   "framework": study.framework, "episodes": study.episodes}
+            run = cache.get(key)
+            if run is None:
+                run = finetune_once(study, pretrain_out, workdir / f"ft-{index}-{seed}", seed, extra)
+                cache.put(key, run)
+            else:
+                kept += 1
+                print(f"reusing {label} seed {seed} from {cache.path}", flush=True)
+            runs.append(run)
+            print(f"{label} seed {seed}: {run['score']:.3f}", flush=True)
+        scores = [r["score"] for r in runs]
+        arm = {"score": float(np.mean(scores)), "scores": scores, "kept": kept,
+               "wall": float(np.mean([r["wall"] for r in runs])),
+               "steps": int(np.mean([r["steps"] for r in runs])),
+               "trainable": runs[-1]["trainable"], "total": runs[-1]["total"]}
         if label == "full":
-            arm["trainable"], arm["total"] = count_parameters(policy.model)
             rows["full"] = arm
-            continue
-        freeze_all_but_adapters(policy.model)
-        arm["trainable"], arm["total"] = count_parameters(policy.model)
-        adapted = [name for name, _ in adapter_modules(policy.model)]
-        also = trained_beside_adapters(policy.model)
-        arm["trained"] = (f"adapters on {', '.join(adapted)} (PHM fast weights and biases, shared slow weights)"
-                          + (f", plus {', '.join(also)} trained in full" if also else ""))
-        rows["arms"][label] = arm
+        else:
+            rows["arms"][label] = {**arm, "trained": runs[-1]["trained"]}
     return rows
 
 
@@ -264,6 +324,13 @@ def mean_se(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.{digits}f}"
+
+
+def kept_text(arm: dict) -> str:
+    """Says how many of an arm's runs were kept from an earlier study from the same pretraining."""
+    if not arm.get("kept"):
+        return ""
+    return f" ({arm['kept']} of {len(arm['scores'])} run(s) kept from an earlier study, {FinetuneCache.FILE})"
 
 
 def adapter_rows(ad: dict, args: argparse.Namespace,
@@ -282,7 +349,8 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
              f"pool {','.join(NEW_POOL)}; {100 * before / full['score']:.1f}% of full fine-tuning's score already |",
              f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | "
              + ("given with --full-scores (measured before with the same pretraining and seeds); "
-                if full.get("reused") else f"{full['steps']:,} env steps, {full['wall']:.0f} s; ")
+                if full.get("reused")
+                else f"{full['steps']:,} env steps, {full['wall']:.0f} s{kept_text(full)}; ")
              + f"lr {args.full_lr:g}, {args.full_epochs} PPO epochs per batch of {args.full_batch:,} steps; "
                f"all {full['trainable']:,} parameters |"]
     means = {}
@@ -293,7 +361,8 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
                      for a, f in zip(arm["scores"], full["scores"])]
         means[label] = (float(np.mean(ratios)), float(np.mean(recovered)))
         lines.append(f"| {label}, adapters only: score vs new pool{tag} | {mean_se(arm['scores'])} | "
-                     f"{arm['steps']:,} env steps, {arm['wall']:.0f} s; lr {args.adapter_lr:g}, "
+                     f"{arm['steps']:,} env steps, {arm['wall']:.0f} s{kept_text(arm)}; "
+                     f"lr {args.adapter_lr:g}, "
                      f"{args.adapter_epochs} PPO epochs per batch of {args.adapter_batch:,} steps; same "
                      "seed(s) and other PPO settings; "
                      f"{arm['trained']} |")

@@ -232,3 +232,43 @@ def test_learning_full_scores_must_match_the_fine_tuning_seeds(monkeypatch):
                                      "--full-scores", "6.2", "--no-append"])
     with pytest.raises(SystemExit, match="one pretraining seed"):
         module.main()
+
+
+def test_learning_keeps_finished_fine_tunings_beside_the_pretraining_and_reuses_only_identical_ones(
+        monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    module = load_benchmark("learning", monkeypatch)
+    calls = []
+
+    def fake_finetune(study, pretrain_out, out, seed, extra):
+        calls.append((extra.get("adapters"), extra["num_epochs"], seed))
+        result = {"score": 6.0 + 0.1 * seed + 0.01 * extra["num_epochs"], "wall": 1.0,
+                  "steps": study.finetune_steps, "trainable": 10, "total": 1000}
+        return {**result, "trained": "adapters on policy_head"} if "adapters" in extra else result
+
+    monkeypatch.setattr(module, "finished_pretraining",
+                        lambda *args: SimpleNamespace(metadata={"env_steps": 80_000}))
+    monkeypatch.setattr(module, "suite_score", lambda *args: 5.0)
+    monkeypatch.setattr(module, "finetune_once", fake_finetune)
+
+    def study(**changes):
+        settings = dict(pretrain_steps=80_000, finetune_steps=40_000, episodes=10,
+                        backbone_config={"d_model": 8}, arms={"beside": {"target_modules": ["policy_head"]}},
+                        full_lr=1e-3, adapter_lr=1e-2, finetune_seeds=2, pretrain_dir=tmp_path)
+        return module.AdapterStudy(**{**settings, **changes})
+
+    first = module.adapters_run(tmp_path / "work", study())
+    assert len(calls) == 4 and (tmp_path / module.FinetuneCache.FILE).is_file()
+    again = module.adapters_run(tmp_path / "work", study())
+    assert len(calls) == 4  # every run was kept
+    assert again["arms"]["beside"]["scores"] == first["arms"]["beside"]["scores"]
+    assert again["full"]["kept"] == 2 and first["full"]["kept"] == 0
+    # Another epoch count is another fine-tuning: only the adapters are trained again.
+    changed = module.adapters_run(tmp_path / "work", study(adapter_epochs=16))
+    assert calls[4:] == [("compacter", 16, 0), ("compacter", 16, 1)]
+    assert changed["full"]["scores"] == first["full"]["scores"]
+    assert changed["arms"]["beside"]["scores"] != first["arms"]["beside"]["scores"]
+    # Without --pretrain-dir nothing is kept.
+    module.adapters_run(tmp_path / "other", study(pretrain_dir=None))
+    assert len(calls) == 10
