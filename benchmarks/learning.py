@@ -326,6 +326,11 @@ def mean_se(values: list[float], digits: int = 2) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1) / np.sqrt(len(values)):.{digits}f}"
 
 
+def ppo_text(epochs: int, batch: int) -> str:
+    """One arm's PPO settings in words, for its table row."""
+    return f"{epochs} PPO epochs per batch of {batch:,} steps"
+
+
 def kept_text(arm: dict) -> str:
     """Says how many of an arm's runs were kept from an earlier study from the same pretraining."""
     if not arm.get("kept"):
@@ -351,7 +356,7 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
              + ("given with --full-scores (measured before with the same pretraining and seeds); "
                 if full.get("reused")
                 else f"{full['steps']:,} env steps, {full['wall']:.0f} s{kept_text(full)}; ")
-             + f"lr {args.full_lr:g}, {args.full_epochs} PPO epochs per batch of {args.full_batch:,} steps; "
+             + f"lr {args.full_lr:g}, {ppo_text(args.full_epochs, args.full_batch)}; "
                f"all {full['trainable']:,} parameters |"]
     means = {}
     for label, arm in ad["arms"].items():
@@ -362,10 +367,8 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
         means[label] = (float(np.mean(ratios)), float(np.mean(recovered)))
         lines.append(f"| {label}, adapters only: score vs new pool{tag} | {mean_se(arm['scores'])} | "
                      f"{arm['steps']:,} env steps, {arm['wall']:.0f} s{kept_text(arm)}; "
-                     f"lr {args.adapter_lr:g}, "
-                     f"{args.adapter_epochs} PPO epochs per batch of {args.adapter_batch:,} steps; same "
-                     "seed(s) and other PPO settings; "
-                     f"{arm['trained']} |")
+                     f"lr {args.adapter_lr:g}, {ppo_text(args.adapter_epochs, args.adapter_batch)}; "
+                     f"same seed(s) and other PPO settings; {arm['trained']} |")
         lines.append(f"| {label}: return ratio (adapters / full) / gain recovered{tag} | {mean_se(ratios, 1)}% / "
                      f"{mean_se(recovered, 0)}% | target >= 95% return ratio; gain recovered = (adapters - "
                      f"before) / (full - before); {args.adapter_eval_episodes} games per new-pool partner"
