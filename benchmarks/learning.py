@@ -148,10 +148,11 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
             "score": score}
 
 
-def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config: dict):
-    """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed`` and
-    the transformer shape ``backbone_config``, else None (an interrupted one, or one from another seed
-    or of another shape, does not count)."""
+def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config: dict,
+                         lr: float = DEFAULT_LR):
+    """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed``,
+    learning rate ``lr`` and the transformer shape ``backbone_config``, else None (an interrupted one,
+    or one from another seed, rate or shape, does not count)."""
     from parley.agents.torch_policy import load_policy
 
     try:
@@ -159,7 +160,9 @@ def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config
         config = TrainConfig.from_yaml(directory / CONFIG_FILE)
     except (FileNotFoundError, ValueError):
         return None
-    if config.seed != seed or any(config.backbone_config.get(k) != v for k, v in backbone_config.items()):
+    if config.seed != seed or config.lr != lr:
+        return None
+    if any(config.backbone_config.get(k) != v for k, v in backbone_config.items()):
         return None
     return policy if policy.metadata.get("env_steps", 0) >= steps else None
 
@@ -184,6 +187,7 @@ class AdapterStudy:
     finetune_seeds: int = 1
     first_seed: int = 0
     pretrain_seed: int = 0
+    pretrain_lr: float = DEFAULT_LR
     pretrain_dir: Path | None = None  # keep the pretraining here, and reuse a finished one found here
     full_scores: list[float] | None = None  # full fine-tuning's scores per seed, measured before: not rerun
 
@@ -223,6 +227,22 @@ class FinetuneCache:
         partial = self.path.with_suffix(".partial")
         partial.write_text(json.dumps(results, indent=1))
         partial.replace(self.path)
+
+
+def finetune_key(study: AdapterStudy, label: str, extra: dict, seed: int) -> dict:
+    """Every setting that changes one fine-tuning's result: what a kept result is found by. A second
+    process may fine-tune some arms from the same ``--pretrain-dir`` and keep them under this key."""
+    return {"arm": label, **extra, "finetune_steps": study.finetune_steps, "seed": seed,
+            "framework": study.framework, "episodes": study.episodes}
+
+
+def finetune_arms(study: AdapterStudy) -> dict[str, dict]:
+    """The study's fine-tuning arms, full fine-tuning first: label -> its TrainConfig settings."""
+    arms = {"full": {"lr": study.full_lr, **ppo_batches(study.full_epochs, study.full_batch)}}
+    arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr,
+                         **ppo_batches(study.adapter_epochs, study.adapter_batch)}
+                 for label, options in study.arms.items()})
+    return arms
 
 
 def finetune_once(study: AdapterStudy, pretrain_out: Path, out: Path, seed: int, extra: dict) -> dict:
@@ -266,7 +286,7 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     start = time.perf_counter()
     pretrain_out = study.pretrain_dir or workdir / "pretrain"
     base_policy = finished_pretraining(pretrain_out, study.pretrain_steps, study.pretrain_seed,
-                                       study.backbone_config)
+                                       study.backbone_config, study.pretrain_lr)
     reused = base_policy is not None
     if reused:
         print(f"reusing the pretraining in {pretrain_out}", flush=True)
@@ -275,29 +295,24 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
         (pretrain_out / FinetuneCache.FILE).unlink(missing_ok=True)
         base = train(TrainConfig(framework=study.framework, backbone="transformer",
                                  backbone_config=study.backbone_config, partners=OLD_POOL,
-                                 timesteps=study.pretrain_steps, seed=study.pretrain_seed, out=str(pretrain_out),
-                                 checkpoint_every=10_000, live=False), evaluate=False)
+                                 timesteps=study.pretrain_steps, seed=study.pretrain_seed, lr=study.pretrain_lr,
+                                 out=str(pretrain_out), checkpoint_every=10_000, live=False), evaluate=False)
         base_policy = TorchPolicy.load(base.policy_dir, device="cpu")
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
             "pretrain_steps": base_policy.metadata.get("env_steps", study.pretrain_steps)}
     rows["before"] = suite_score(base_policy, study.episodes, NEW_POOL)
+    arms = finetune_arms(study)
     if study.full_scores:
         # Full fine-tuning is deterministic given the pretraining and seeds, so its earlier scores stand.
         trainable, _ = count_parameters(base_policy.model)
         rows["full"] = {"score": float(np.mean(study.full_scores)), "scores": list(study.full_scores),
                         "wall": float("nan"), "steps": study.finetune_steps, "trainable": trainable, "reused": True}
-        arms = {}
-    else:
-        arms = {"full": {"lr": study.full_lr, **ppo_batches(study.full_epochs, study.full_batch)}}
-    arms.update({label: {"adapters": "compacter", "backbone_config": options, "lr": study.adapter_lr,
-                         **ppo_batches(study.adapter_epochs, study.adapter_batch)}
-                 for label, options in study.arms.items()})
+        del arms["full"]
     cache = FinetuneCache(pretrain_out / FinetuneCache.FILE if study.pretrain_dir else None)
     for index, (label, extra) in enumerate(arms.items()):
         runs, kept = [], 0
         for seed in range(study.first_seed, study.first_seed + study.finetune_seeds):
-            key = {"arm": label, **extra, "finetune_steps": study.finetune_steps, "seed": seed,
-                   "framework": study.framework, "episodes": study.episodes}
+            key = finetune_key(study, label, extra, seed)
             run = cache.get(key)
             if run is None:
                 run = finetune_once(study, pretrain_out, workdir / f"ft-{index}-{seed}", seed, extra)
@@ -350,7 +365,8 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
     pretrain_time = "reused from --pretrain-dir" if ad["pretrain_reused"] else f"{ad['pretrain_wall']:.0f} s"
     lines = [f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
              f"{args.n_layers} layer(s): score vs new pool before fine-tuning{tag} | {before:.2f} | pretrained "
-             f"{ad['pretrain_steps']:,} steps (seed {pretrain_seed}) vs {','.join(OLD_POOL)} ({pretrain_time}); new "
+             f"{ad['pretrain_steps']:,} steps (seed {pretrain_seed}, lr {args.pretrain_lr:g}) vs "
+             f"{','.join(OLD_POOL)} ({pretrain_time}); new "
              f"pool {','.join(NEW_POOL)}; {100 * before / full['score']:.1f}% of full fine-tuning's score already |",
              f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | "
              + ("given with --full-scores (measured before with the same pretraining and seeds); "
@@ -428,6 +444,9 @@ def main() -> None:
                         help="trainers raced against the best scripted partner in the 'beat' part")
     parser.add_argument("--pretrain-steps", type=int, default=80_000,
                         help="adapters part: env steps of the transformer pretraining against the first pool")
+    parser.add_argument("--pretrain-lr", type=float, default=DEFAULT_LR,
+                        help="adapters part: learning rate of the pretraining (wider transformers need a smaller "
+                             "one: d_model 512 unlearns at 1e-3, see docs/training.md)")
     parser.add_argument("--finetune-steps", type=int, default=40_000,
                         help="adapters part: env steps of each fine-tuning arm (the same for both)")
     parser.add_argument("--pretrain-dir", default=None,
@@ -543,7 +562,8 @@ def main() -> None:
                     adapter_lr=args.adapter_lr, full_epochs=args.full_epochs, adapter_epochs=args.adapter_epochs,
                     full_batch=args.full_batch, adapter_batch=args.adapter_batch,
                     framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
-                    first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed, full_scores=args.full_scores,
+                    first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed, pretrain_lr=args.pretrain_lr,
+                    full_scores=args.full_scores,
                     pretrain_dir=Path(args.pretrain_dir) / f"seed-{pretrain_seed}" if args.pretrain_dir else None))
                 study_lines, study_means = adapter_rows(ad, args, pretrain_seed)
                 lines.extend(study_lines)
