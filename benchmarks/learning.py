@@ -38,6 +38,9 @@ Parts, all in one run so the ratios are measured side by side:
               at 16 both arms score higher, full fine-tuning by more, see docs/training.md);
               ``--full-batch`` and ``--adapter-batch`` set each arm's env steps per PPO batch (default
               8,192; a smaller batch means more policy updates from the same env steps).
+              ``--d-model`` widens the transformer; ``--pretrain-lr`` sets the pretraining's learning
+              rate (default 1e-3, at which a d_model 512 policy unlearns; 3e-4 trains it, see
+              docs/training.md).
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
