@@ -151,8 +151,7 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
             "score": score}
 
 
-def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config: dict,
-                         lr: float = DEFAULT_LR):
+def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config: dict, lr: float):
     """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed``,
     learning rate ``lr`` and the transformer shape ``backbone_config``, else None (an interrupted one,
     or one from another seed, rate or shape, does not count)."""
@@ -298,8 +297,9 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
         (pretrain_out / FinetuneCache.FILE).unlink(missing_ok=True)
         base = train(TrainConfig(framework=study.framework, backbone="transformer",
                                  backbone_config=study.backbone_config, partners=OLD_POOL,
-                                 timesteps=study.pretrain_steps, seed=study.pretrain_seed, lr=study.pretrain_lr,
-                                 out=str(pretrain_out), checkpoint_every=10_000, live=False), evaluate=False)
+                                 timesteps=study.pretrain_steps, seed=study.pretrain_seed,
+                                 lr=study.pretrain_lr, out=str(pretrain_out), checkpoint_every=10_000,
+                                 live=False), evaluate=False)
         base_policy = TorchPolicy.load(base.policy_dir, device="cpu")
     rows = {"pretrain_wall": time.perf_counter() - start, "pretrain_reused": reused, "arms": {},
             "pretrain_steps": base_policy.metadata.get("env_steps", study.pretrain_steps)}
@@ -448,8 +448,8 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=80_000,
                         help="adapters part: env steps of the transformer pretraining against the first pool")
     parser.add_argument("--pretrain-lr", type=float, default=DEFAULT_LR,
-                        help="adapters part: learning rate of the pretraining (wider transformers need a smaller "
-                             "one: d_model 512 unlearns at 1e-3, see docs/training.md)")
+                        help="adapters part: learning rate of the pretraining (wider transformers need a "
+                             "smaller one: d_model 512 unlearns at 1e-3, see docs/training.md)")
     parser.add_argument("--finetune-steps", type=int, default=40_000,
                         help="adapters part: env steps of each fine-tuning arm (the same for both)")
     parser.add_argument("--pretrain-dir", default=None,
@@ -565,8 +565,8 @@ def main() -> None:
                     adapter_lr=args.adapter_lr, full_epochs=args.full_epochs, adapter_epochs=args.adapter_epochs,
                     full_batch=args.full_batch, adapter_batch=args.adapter_batch,
                     framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
-                    first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed, pretrain_lr=args.pretrain_lr,
-                    full_scores=args.full_scores,
+                    first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed,
+                    pretrain_lr=args.pretrain_lr, full_scores=args.full_scores,
                     pretrain_dir=Path(args.pretrain_dir) / f"seed-{pretrain_seed}" if args.pretrain_dir else None))
                 study_lines, study_means = adapter_rows(ad, args, pretrain_seed)
                 lines.extend(study_lines)
