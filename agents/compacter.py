@@ -422,8 +422,9 @@ def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf1
 def trained_beside_adapters(network: nn.Module) -> list[str]:
     """Names of ``network``'s parameters that its ``compacter`` backbone's ``also_train`` selects.
 
-    An entry selects the parameter of that name or every parameter under that module. Raises when an
-    entry selects nothing, listing the names that exist.
+    An entry selects the parameter of that name or every parameter under that module; adapter
+    parameters under it are left out, since they train anyway. Raises when an entry selects nothing,
+    listing the names that exist.
     """
     backbone = getattr(network, "backbone", None)
     entries = list(getattr(backbone, "also_train", None) or [])
@@ -435,7 +436,7 @@ def trained_beside_adapters(network: nn.Module) -> list[str]:
             heads = sorted({n for n in names if not n.startswith("backbone.") and "adapter" not in n})
             raise ValueError(f"also_train entry {entry!r} names no parameter of {type(network).__name__}; "
                              f"the heads' parameters are {', '.join(heads)} (backbone ones start with 'backbone.')")
-        selected.extend(m for m in matches if m not in selected)
+        selected.extend(m for m in matches if m not in selected and "adapter" not in m.lower())
     return selected
 
 

@@ -310,6 +310,11 @@ def test_also_train_keeps_named_head_parameters_trainable_and_counts_them(observ
     assert counts[1] == counts[0] + 1
     assert counts[2] == counts[0] + SMALL["d_model"] + 1
     assert trained_beside_adapters(with_critic) == ["value_head.weight", "value_head.bias"]
+    # Naming the adapted head trains its own weights; its adapter trains anyway and is not listed again.
+    with_policy_head = network(["policy_head"])
+    assert trained_beside_adapters(with_policy_head) == ["policy_head.base.weight", "policy_head.base.bias"]
+    head_size = with_policy_head.policy_head.base.weight.numel() + with_policy_head.policy_head.base.bias.numel()
+    assert freeze_all_but_adapters(with_policy_head) == counts[0] + head_size
     assert with_bias.value_head.bias.requires_grad and not with_bias.value_head.weight.requires_grad
     assert count_parameters(with_bias)[0] == counts[1]
     # The critic's bias learns a new level of returns while the rest of the critic stays as it was.
