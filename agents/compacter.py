@@ -419,6 +419,11 @@ def _build_compacter(spec: ObservationSpec, config: CompacterBackboneConfig, bf1
     return model
 
 
+def is_adapter_parameter(name: str) -> bool:
+    """Whether the parameter called ``name`` belongs to a Compacter adapter (those always train)."""
+    return "adapter" in name.lower()
+
+
 def trained_beside_adapters(network: nn.Module) -> list[str]:
     """Names of ``network``'s parameters that its ``compacter`` backbone's ``also_train`` selects.
 
@@ -433,10 +438,10 @@ def trained_beside_adapters(network: nn.Module) -> list[str]:
     for entry in entries:
         matches = [n for n in names if n == entry or n.startswith(entry + ".")]
         if not matches:
-            heads = sorted({n for n in names if not n.startswith("backbone.") and "adapter" not in n})
+            heads = sorted({n for n in names if not n.startswith("backbone.") and not is_adapter_parameter(n)})
             raise ValueError(f"also_train entry {entry!r} names no parameter of {type(network).__name__}; "
                              f"the heads' parameters are {', '.join(heads)} (backbone ones start with 'backbone.')")
-        selected.extend(m for m in matches if m not in selected and "adapter" not in m.lower())
+        selected.extend(m for m in matches if m not in selected and not is_adapter_parameter(m))
     return selected
 
 
@@ -477,6 +482,7 @@ __all__ = [
     "trained_beside_adapters",
     "bottleneck_width",
     "count_parameters",
+    "is_adapter_parameter",
     "load_adapters",
     "merge_adapters",
     "remove_adapters",

@@ -61,12 +61,12 @@ def freeze_all_but_adapters(model: torch.nn.Module) -> int:
     its layer norms, the policy and value heads -- is frozen: fine-tuning changes nothing but the adapters,
     and the parameters the backbone's ``also_train`` names (see ``CompacterBackboneConfig``).
     """
-    from parley.agents.compacter import trained_beside_adapters
+    from parley.agents.compacter import is_adapter_parameter, trained_beside_adapters
 
     also = set(trained_beside_adapters(model))
     trainable = 0
     for name, param in model.named_parameters():
-        keep = "adapter" in name.lower() or name in also
+        keep = is_adapter_parameter(name) or name in also
         param.requires_grad_(keep)
         trainable += param.numel() if keep else 0
     if trainable == 0:
