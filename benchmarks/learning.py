@@ -52,7 +52,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -151,10 +151,11 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
             "score": score}
 
 
-def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config: dict, lr: float):
+def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config: dict, lr: float,
+                         partners: list[str]):
     """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed``,
-    learning rate ``lr`` and the transformer shape ``backbone_config``, else None (an interrupted one,
-    or one from another seed, rate or shape, does not count)."""
+    learning rate ``lr``, the transformer shape ``backbone_config`` and the partner pool ``partners``,
+    else None (an interrupted one, or one from another seed, rate, shape or pool, does not count)."""
     from parley.agents.torch_policy import load_policy
 
     try:
@@ -162,7 +163,7 @@ def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config
         config = TrainConfig.from_yaml(directory / CONFIG_FILE)
     except (FileNotFoundError, ValueError):
         return None
-    if config.seed != seed or config.lr != lr:
+    if config.seed != seed or config.lr != lr or sorted(config.partners) != sorted(partners):
         return None
     if any(config.backbone_config.get(k) != v for k, v in backbone_config.items()):
         return None
@@ -171,8 +172,8 @@ def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config
 
 @dataclass
 class AdapterStudy:
-    """Settings of the adapters part: one pretraining against OLD_POOL, then fine-tuning arms against
-    NEW_POOL from its weights."""
+    """Settings of the adapters part: one pretraining against ``pretrain_partners`` (OLD_POOL unless
+    told), then fine-tuning arms against NEW_POOL from its weights."""
 
     pretrain_steps: int
     finetune_steps: int
@@ -190,6 +191,7 @@ class AdapterStudy:
     first_seed: int = 0
     pretrain_seed: int = 0
     pretrain_lr: float = DEFAULT_LR
+    pretrain_partners: list[str] = field(default_factory=lambda: list(OLD_POOL))
     pretrain_dir: Path | None = None  # keep the pretraining here, and reuse a finished one found here
     full_scores: list[float] | None = None  # full fine-tuning's scores per seed, measured before: not rerun
 
@@ -273,7 +275,7 @@ def finetune_once(study: AdapterStudy, pretrain_out: Path, out: Path, seed: int,
 
 
 def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
-    """Pretrain against OLD_POOL, then fine-tune against NEW_POOL from the same weights: once with every
+    """Pretrain against the study's pretraining pool, then fine-tune against NEW_POOL from the same weights: once with every
     weight trained (unless ``study.full_scores`` gives its scores), then once per adapter arm, each with
     fine-tuning seeds ``study.first_seed .. study.first_seed + study.finetune_seeds - 1``.
 
@@ -288,7 +290,7 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     start = time.perf_counter()
     pretrain_out = study.pretrain_dir or workdir / "pretrain"
     base_policy = finished_pretraining(pretrain_out, study.pretrain_steps, study.pretrain_seed,
-                                       study.backbone_config, study.pretrain_lr)
+                                       study.backbone_config, study.pretrain_lr, study.pretrain_partners)
     reused = base_policy is not None
     if reused:
         print(f"reusing the pretraining in {pretrain_out}", flush=True)
@@ -296,7 +298,7 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
         # Results kept beside an earlier pretraining in this folder do not belong to the new one.
         (pretrain_out / FinetuneCache.FILE).unlink(missing_ok=True)
         base = train(TrainConfig(framework=study.framework, backbone="transformer",
-                                 backbone_config=study.backbone_config, partners=OLD_POOL,
+                                 backbone_config=study.backbone_config, partners=study.pretrain_partners,
                                  timesteps=study.pretrain_steps, seed=study.pretrain_seed,
                                  lr=study.pretrain_lr, out=str(pretrain_out), checkpoint_every=10_000,
                                  live=False), evaluate=False)
@@ -369,7 +371,7 @@ def adapter_rows(ad: dict, args: argparse.Namespace,
     lines = [f"| {FRAMEWORK_LABELS[args.adapter_framework]}, transformer d_model {args.d_model}, 4 heads, "
              f"{args.n_layers} layer(s): score vs new pool before fine-tuning{tag} | {before:.2f} | pretrained "
              f"{ad['pretrain_steps']:,} steps (seed {pretrain_seed}, lr {args.pretrain_lr:g}) vs "
-             f"{','.join(OLD_POOL)} ({pretrain_time}); new "
+             f"{','.join(args.pretrain_partners)} ({pretrain_time}); new "
              f"pool {','.join(NEW_POOL)}; {100 * before / full['score']:.1f}% of full fine-tuning's score already |",
              f"| full fine-tuning: score vs new pool{tag} | {mean_se(full['scores'])} | "
              + ("given with --full-scores (measured before with the same pretraining and seeds); "
@@ -447,6 +449,9 @@ def main() -> None:
                         help="trainers raced against the best scripted partner in the 'beat' part")
     parser.add_argument("--pretrain-steps", type=int, default=80_000,
                         help="adapters part: env steps of the transformer pretraining against the first pool")
+    parser.add_argument("--pretrain-partners", nargs="+", default=OLD_POOL, metavar="PARTNER",
+                        help="adapters part: the pretraining's partner pool (none of the new pool's: the "
+                             "study measures adapting to partners the policy has not met)")
     parser.add_argument("--pretrain-lr", type=float, default=DEFAULT_LR,
                         help="adapters part: learning rate of the pretraining (wider transformers need a "
                              "smaller one: d_model 512 unlearns at 1e-3, see docs/training.md)")
@@ -507,6 +512,15 @@ def main() -> None:
         raise SystemExit(f"--full-scores takes one score per fine-tuning seed ({args.finetune_seeds}) and one "
                          f"pretraining seed; got {len(args.full_scores)} scores for pretraining seeds "
                          f"{args.pretrain_seeds}")
+    from parley.agents.partner_pool import resolve_partner_names
+
+    try:
+        args.pretrain_partners = resolve_partner_names(args.pretrain_partners)
+    except ValueError as error:
+        raise SystemExit(f"--pretrain-partners: {error}") from None
+    if set(args.pretrain_partners) & set(NEW_POOL):
+        raise SystemExit(f"--pretrain-partners may not include the fine-tuning pool ({', '.join(NEW_POOL)}); "
+                         f"got {', '.join(args.pretrain_partners)}")
     where = machine()
     import ray
 
@@ -566,7 +580,8 @@ def main() -> None:
                     full_batch=args.full_batch, adapter_batch=args.adapter_batch,
                     framework=args.adapter_framework, finetune_seeds=args.finetune_seeds,
                     first_seed=args.first_finetune_seed, pretrain_seed=pretrain_seed,
-                    pretrain_lr=args.pretrain_lr, full_scores=args.full_scores,
+                    pretrain_lr=args.pretrain_lr, pretrain_partners=args.pretrain_partners,
+                    full_scores=args.full_scores,
                     pretrain_dir=Path(args.pretrain_dir) / f"seed-{pretrain_seed}" if args.pretrain_dir else None))
                 study_lines, study_means = adapter_rows(ad, args, pretrain_seed)
                 lines.extend(study_lines)
