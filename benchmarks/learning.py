@@ -40,7 +40,9 @@ Parts, all in one run so the ratios are measured side by side:
               8,192; a smaller batch means more policy updates from the same env steps).
               ``--d-model`` widens the transformer; ``--pretrain-lr`` sets the pretraining's learning
               rate (default 1e-3, at which a d_model 512 policy unlearns; 3e-4 trains it, see
-              docs/training.md).
+              docs/training.md); ``--pretrain-steps`` and ``--pretrain-partners`` set how long and
+              against whom the policy is pretrained (never the new pool's partners). A policy pretrained
+              longer against a broader pool gives the adapters more to work with (docs/training.md).
 
 The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
 """
