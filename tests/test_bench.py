@@ -209,13 +209,13 @@ def test_learning_adapter_rows_pair_ratios_by_seed_and_name_the_pretraining(monk
     args = argparse.Namespace(finetune_seeds=2, first_finetune_seed=0, pretrain_seeds=[0, 3], adapter_framework="rllib",
                               d_model=256, n_layers=1, full_lr=1e-3, adapter_lr=1e-2, adapter_eval_episodes=1000,
                               full_epochs=4, adapter_epochs=16, full_batch=8192, adapter_batch=2048,
-                              pretrain_lr=3e-4)
+                              pretrain_lr=3e-4, pretrain_partners=["boulware", "hardliner"])
     lines, means = module.adapter_rows(study, args, 3)
     # Paired by seed: 5.7/6.0 = 95% and 6.3/7.0 = 90%, not 12.0/13.0; gain recovered 70% and 65%.
     ratio, recovered = means["beside"]
     assert ratio == pytest.approx(92.5) and recovered == pytest.approx(67.5)
     assert all("[pretraining seed 3]" in line for line in lines)
-    assert "(seed 3, lr 0.0003)" in lines[0]
+    assert "(seed 3, lr 0.0003) vs boulware,hardliner" in lines[0]
     assert any("92.5 ± 2.5% / 68 ± " in line for line in lines)
     assert any("16 PPO epochs per batch of 2,048 steps" in line for line in lines if "adapters only" in line)
     assert any("4 PPO epochs per batch of 8,192 steps" in line
@@ -236,7 +236,19 @@ def test_learning_full_scores_must_match_the_fine_tuning_seeds(monkeypatch):
         module.main()
 
 
-def test_learning_reuses_a_pretraining_only_with_the_same_seed_rate_shape_and_steps(monkeypatch, tmp_path):
+def test_learning_pretrains_only_against_partners_outside_the_fine_tuning_pool(monkeypatch):
+    module = load_benchmark("learning", monkeypatch)
+    monkeypatch.setattr("sys.argv", ["learning.py", "--parts", "adapters", "--pretrain-partners", "boulware",
+                                     "conceder", "--no-append"])
+    with pytest.raises(SystemExit, match=r"may not include the fine-tuning pool \(conceder, fair_split, pareto\)"):
+        module.main()
+    monkeypatch.setattr("sys.argv", ["learning.py", "--parts", "adapters", "--pretrain-partners", "bulware",
+                                     "--no-append"])
+    with pytest.raises(SystemExit, match="unknown partner 'bulware'; known partners: random"):
+        module.main()
+
+
+def test_learning_reuses_a_pretraining_only_with_the_same_seed_rate_shape_pool_and_steps(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import yaml
@@ -247,18 +259,20 @@ def test_learning_reuses_a_pretraining_only_with_the_same_seed_rate_shape_and_st
     monkeypatch.setattr("parley.agents.torch_policy.load_policy",
                         lambda *args, **kwargs: SimpleNamespace(metadata={"env_steps": 81_920}))
     shape = {"d_model": 512, "n_heads": 4, "n_layers": 1}
-    saved = TrainConfig(backbone="transformer", backbone_config=shape, seed=0, lr=3e-4).to_dict()
+    pool = ["boulware", "linear", "hardliner"]
+    saved = TrainConfig(backbone="transformer", backbone_config=shape, seed=0, lr=3e-4, partners=pool).to_dict()
     (tmp_path / module.CONFIG_FILE).write_text(yaml.safe_dump(saved))
 
-    def found(steps=80_000, seed=0, backbone_config=shape, lr=3e-4):
-        return module.finished_pretraining(tmp_path, steps, seed, backbone_config, lr) is not None
+    def found(steps=80_000, seed=0, backbone_config=shape, lr=3e-4, partners=("hardliner", "boulware", "linear")):
+        return module.finished_pretraining(tmp_path, steps, seed, backbone_config, lr, list(partners)) is not None
 
     assert found()
     assert not found(lr=1e-3)
     assert not found(seed=1)
     assert not found(backbone_config={**shape, "d_model": 256})
+    assert not found(partners=module.OLD_POOL)
     assert not found(steps=100_000)  # interrupted before the requested budget
-    assert not module.finished_pretraining(tmp_path / "empty", 80_000, 0, shape, 3e-4)
+    assert not module.finished_pretraining(tmp_path / "empty", 80_000, 0, shape, 3e-4, pool)
 
 
 def test_learning_keeps_finished_fine_tunings_beside_the_pretraining_and_reuses_only_identical_ones(
