@@ -279,7 +279,8 @@ def finetune_once(study: AdapterStudy, pretrain_out: Path, out: Path, seed: int,
 def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     """Pretrain against ``study.pretrain_partners``, then fine-tune against NEW_POOL from the same
     weights: once with every weight trained (unless ``study.full_scores`` gives its scores), then once
-    per adapter arm, each with fine-tuning seeds ``study.first_seed .. study.first_seed + study.finetune_seeds - 1``.
+    per adapter arm, each with fine-tuning seeds
+    ``study.first_seed .. study.first_seed + study.finetune_seeds - 1``.
 
     Every arm gets the same env-step budget and PPO settings; only the learning rate, the number of PPO
     epochs per batch and the batch size may differ (full fine-tuning its own, adapters theirs). The
