@@ -16,8 +16,8 @@ Parts, all in one run so the ratios are measured side by side:
 ``speed``     RLlib vs Stable-Baselines3 MaskablePPO vs native PPO on the same env-step budget: wall time,
               env steps/s, greedy score against the suite.
 ``adapters``  a transformer policy (d_model 256, one block: wide enough that Compacter++ stays under 0.1%
-              of the policy's parameters) trained against one pool (boulware, linear, tit_for_tat) is
-              fine-tuned against another (conceder, fair_split, pareto) from the same weights, same seed,
+              of the policy's parameters) trained against one pool (by default boulware, linear,
+              tit_for_tat) is fine-tuned against another (conceder, fair_split, pareto) from the same weights, same seed,
               same env-step budget and PPO settings: every weight (lr 1e-3), then Compacter adapters only
               (lr 1e-2; 3e-3 did worse, 3e-2 the same, see docs/training.md), once per ``--adapter-arms``
               placement (by default Compacter++ in the backbone, and an adapter beside the policy head,
