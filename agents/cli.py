@@ -34,7 +34,7 @@ def _parse_agents(spec: str | None) -> list[str] | None:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise typer.BadParameter("give at least one agent, e.g. --partners boulware,conceder")
-    from parley.agents.scripted import PARTNERS
+    from parley.agents.partners.scripted import PARTNERS
 
     for name in names:
         if name not in PARTNERS and not Path(name).exists():
@@ -83,7 +83,7 @@ def tournament(
     no_self_play: bool = typer.Option(False, "--no-self-play", help="Skip pairs of an agent with itself."),
 ) -> None:
     """Play every ordered pair of agents on the same seeded contexts and print the results."""
-    from parley.agents.tournament import run_tournament
+    from parley.agents.partners.tournament import run_tournament
 
     names = _parse_agents(partners)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -114,7 +114,7 @@ COMMANDS = [("tournament", tournament)]
 
 def register(app: typer.Typer) -> None:
     """Add the agents domain's commands to the ``parley`` app."""
-    from parley.agents.training_cli import COMMANDS as TRAINING_COMMANDS
+    from parley.agents.training.cli import COMMANDS as TRAINING_COMMANDS
 
     for name, command in COMMANDS + TRAINING_COMMANDS:
         app.command(name)(command)

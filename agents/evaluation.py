@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from parley.agents.policy import Policy
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, sample_context_arrays
+from parley.envs.policy import Policy
 
 ALL_PARTNERS_ROW = "all"
 
@@ -47,9 +47,9 @@ def _mean(x: np.ndarray) -> float:
 def evaluate_policy(policy: Policy, partners: Sequence[str] | str = "suite", *, episodes: int = 200, seed: int = 0,
                     max_turns: int = DEFAULT_MAX_TURNS) -> list[EvalRow]:
     """Rows for each partner, then the ``"all"`` row; partners are names, ``"suite"`` or Policy objects."""
-    from parley.agents.partner_pool import resolve_partner_names
-    from parley.agents.scripted import make_partner
-    from parley.agents.tournament import play_games
+    from parley.agents.partners.pool import resolve_partner_names
+    from parley.agents.partners.scripted import make_partner
+    from parley.agents.partners.tournament import play_games
 
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")

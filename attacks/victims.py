@@ -6,7 +6,7 @@ Victims
                  sets the first block's channels (default 32). Seconds per epoch on CPU for digits.
 ``resnet18``     a CIFAR-style ResNet-18 (3x3 stem, four stages of two basic blocks, strides 1/2/2/2);
                  ``width`` is the first stage's channels (64 in the paper; 16 makes a fast variant).
-``invertible``   :class:`parley.agents.invertible.InvertibleImageClassifier` (invertible attention
+``invertible``   :class:`parley.agents.nn.invertible.InvertibleImageClassifier` (invertible attention
                  blocks over image patches), registered when that module is importable.
 
 Every victim maps ``(N, C, H, W)`` images in [0, 1] to logits and exposes ``features(x)`` (the
@@ -123,7 +123,7 @@ class ResNet18(nn.Module):
 
 
 def _make_invertible(in_channels: int, num_classes: int, image_size: int, **kwargs) -> nn.Module:
-    module = importlib.import_module("parley.agents.invertible")
+    module = importlib.import_module("parley.agents.nn.invertible")
     cls = module.InvertibleImageClassifier
     try:
         return cls(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
@@ -140,7 +140,7 @@ def _register_optional_victims() -> None:
     if "invertible" in VICTIMS:
         return
     try:
-        module = importlib.import_module("parley.agents.invertible")
+        module = importlib.import_module("parley.agents.nn.invertible")
     except ImportError:
         return
     if hasattr(module, "InvertibleImageClassifier"):
@@ -158,7 +158,7 @@ def make_victim(name: str, dataset=None, *, shape: tuple[int, int, int] | None =
     """Build a freshly initialised victim for ``dataset`` (or for an explicit ``shape`` and ``num_classes``)."""
     _register_optional_victims()
     if name not in VICTIMS:
-        hint = " ('invertible' needs parley.agents.invertible)" if name == "invertible" else ""
+        hint = " ('invertible' needs parley.agents.nn.invertible)" if name == "invertible" else ""
         raise ValueError(f"unknown victim {name!r}; available: {', '.join(VICTIMS)}{hint}")
     if dataset is not None:
         shape, num_classes = dataset.shape, dataset.num_classes

@@ -32,10 +32,10 @@ import torch
 from common import best_time
 from torch import nn
 
-from parley.agents.backbones import make_backbone, sample_observations
-from parley.agents.compacter import merge_adapters
-from parley.agents.compress import model_size_bytes, quantize_int8
-from parley.agents.invertible import (
+from parley.agents.nn.backbones import make_backbone, sample_observations
+from parley.agents.nn.compacter import merge_adapters
+from parley.agents.nn.compress import model_size_bytes, quantize_int8
+from parley.agents.nn.invertible import (
     InvertibleSequential,
     SpectralLinear,
     invertible_attention_blocks,

@@ -28,7 +28,6 @@ import time
 import numpy as np
 from common import append_results, machine
 
-from parley.agents.policy import BatchPolicy
 from parley.envs import negotiation_v0
 from parley.envs.negotiation import (
     AGREE_ACTION,
@@ -42,6 +41,7 @@ from parley.envs.negotiation import (
 )
 from parley.envs.negotiation_gym import NegotiationGymEnv
 from parley.envs.negotiation_vector import NegotiationVectorEnv
+from parley.envs.policy import BatchPolicy
 
 COUNTS = ObservationLayout.counts
 TARGET_AEC = 0.3

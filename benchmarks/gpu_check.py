@@ -98,7 +98,7 @@ def throughput(ctx: CheckContext, step: Callable[[], object], batch: int, repeat
 
 
 # --------------------------------------------------------------------------------------------------
-# Policy backbones (parley.agents.backbones)
+# Policy backbones (parley.agents.nn.backbones)
 # --------------------------------------------------------------------------------------------------
 
 # GPU float32 vs CPU float32 (no TF32: PyTorch keeps it off for matmuls by default), and bf16 autocast
@@ -110,7 +110,7 @@ BF16_TOL = {"forward": 5e-2, "grad": 1.5e-1}
 
 def _backbone_check(name: str, config: dict) -> Callable[[CheckContext], str]:
     def check(ctx: CheckContext) -> str:
-        from parley.agents.backbones import make_backbone, sample_observations
+        from parley.agents.nn.backbones import make_backbone, sample_observations
 
         seed_everything(0)
         reference = make_backbone(name, 36, device="cpu", **config).eval()
@@ -158,7 +158,7 @@ for _name, _config in [
 
 @gpu_check("invertible attention: peak memory with and without memory-saving backprop (depth 16)")
 def check_invertible_memory(ctx: CheckContext) -> str:
-    from parley.agents.invertible import InvertibleSequential, invertible_attention_blocks
+    from parley.agents.nn.invertible import InvertibleSequential, invertible_attention_blocks
 
     seed_everything(0)
     x = (torch.randn(256, 64, 128) / 12).to(ctx.device)
@@ -189,7 +189,7 @@ def check_invertible_memory(ctx: CheckContext) -> str:
 
 @gpu_check("invertible image classifier: reconstruction and training step on the device")
 def check_invertible_image_classifier(ctx: CheckContext) -> str:
-    from parley.agents.invertible import InvertibleImageClassifier
+    from parley.agents.nn.invertible import InvertibleImageClassifier
 
     seed_everything(0)
     model = InvertibleImageClassifier(3, 10, 32).to(ctx.device)
@@ -266,16 +266,17 @@ def check_poisoning_defenses(ctx: CheckContext) -> str:
 def check_tda_learners(ctx: CheckContext) -> str:
     import numpy as np
 
-    from parley.agents.corpus import corpus_dataset, synthetic_corpus
-    from parley.agents.ppo import PPOConfig, train_ppo
-    from parley.agents.scripted import make_partner
-    from parley.agents.supervised import (
+    from parley.agents.partners.scripted import make_partner
+    from parley.agents.partners.synthetic import synthetic_corpus
+    from parley.agents.training.ppo import PPOConfig, train_ppo
+    from parley.agents.training.supervised import (
         SupervisedConfig,
         action_accuracy,
         clone_policy,
         random_policy_accuracy,
         train_supervised,
     )
+    from parley.envs.corpus import corpus_dataset
 
     seed_everything(0)
     data = corpus_dataset(synthetic_corpus(400, seed=0))
@@ -305,8 +306,8 @@ def check_tda_learners(ctx: CheckContext) -> str:
 def check_rllib_learner(ctx: CheckContext) -> str:
     import ray
 
-    from parley.agents import rllib_setups as setups
-    from parley.agents.rllib_training import current_policy
+    from parley.agents.training import rllib_setups as setups
+    from parley.agents.training.rllib import current_policy
     from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
 
     started = not ray.is_initialized()
@@ -345,7 +346,7 @@ def check_native_training(ctx: CheckContext) -> str:
     import tempfile
 
     from parley.agents import load_policy
-    from parley.agents.training import TrainConfig, resolve_train_config, train
+    from parley.agents.training.run import TrainConfig, resolve_train_config, train
 
     with tempfile.TemporaryDirectory() as run:
         config = TrainConfig(framework="native", backbone="transformer", backbone_config={"d_model": 64, "n_layers": 2},

@@ -61,8 +61,8 @@ import numpy as np
 from common import append_results, machine
 
 from parley.agents.evaluation import evaluate_policy
-from parley.agents.scripted import list_partners, make_partner
-from parley.agents.training import CONFIG_FILE, DEFAULT_ADAPTER_LR, DEFAULT_LR, TrainConfig, train
+from parley.agents.partners.scripted import list_partners, make_partner
+from parley.agents.training.run import CONFIG_FILE, DEFAULT_ADAPTER_LR, DEFAULT_LR, TrainConfig, train
 
 DEFAULT_EPOCHS = TrainConfig.num_epochs
 DEFAULT_BATCH = TrainConfig.train_batch_size
@@ -146,7 +146,7 @@ def framework_run(framework: str, workdir: Path, steps: int, episodes: int) -> d
     result = train(TrainConfig(framework=framework, partners=["suite"], timesteps=steps, out=str(workdir / framework),
                                checkpoint_every=10_000, live=False), evaluate=False)
     wall = time.perf_counter() - start
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.torch_policy import TorchPolicy
 
     score = suite_score(TorchPolicy.load(result.policy_dir, device="cpu"), episodes)
     return {"wall": wall, "steps": result.env_steps, "rate": result.env_steps / max(result.elapsed_s, 1e-9),
@@ -158,7 +158,7 @@ def finished_pretraining(directory: Path, steps: int, seed: int, backbone_config
     """The policy of a pretraining in ``directory`` that ran its ``steps`` env steps with ``seed``,
     learning rate ``lr``, the transformer shape ``backbone_config`` and the partner pool ``partners``,
     else None (an interrupted one, or one from another seed, rate, shape or pool, does not count)."""
-    from parley.agents.torch_policy import load_policy
+    from parley.agents.nn.torch_policy import load_policy
 
     try:
         policy = load_policy(directory, device="cpu")
@@ -255,9 +255,9 @@ def finetune_once(study: AdapterStudy, pretrain_out: Path, out: Path, seed: int,
     """Fine-tune the pretrained policy against NEW_POOL once (``extra``: the arm's TrainConfig settings)
     and measure it: score against the new pool, wall time, env steps, and the trainable count read off
     the fine-tuned network with exactly the freezing training applied."""
-    from parley.agents.compacter import adapter_modules, count_parameters, trained_beside_adapters
-    from parley.agents.rllib_module import freeze_all_but_adapters
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.compacter import adapter_modules, count_parameters, trained_beside_adapters
+    from parley.agents.nn.torch_policy import TorchPolicy
+    from parley.agents.training.rllib_module import freeze_all_but_adapters
 
     start = time.perf_counter()
     tuned = train(TrainConfig(framework=study.framework, partners=NEW_POOL, init_from=str(pretrain_out),
@@ -287,8 +287,8 @@ def adapters_run(workdir: Path, study: AdapterStudy) -> dict:
     trainable count is read off each fine-tuned adapter network itself, with exactly the freezing
     training applied, over every parameter of the policy (backbone, policy and value heads).
     """
-    from parley.agents.compacter import count_parameters
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.compacter import count_parameters
+    from parley.agents.nn.torch_policy import TorchPolicy
 
     start = time.perf_counter()
     pretrain_out = study.pretrain_dir or workdir / "pretrain"
@@ -515,7 +515,7 @@ def main() -> None:
         raise SystemExit(f"--full-scores takes one score per fine-tuning seed ({args.finetune_seeds}) and one "
                          f"pretraining seed; got {len(args.full_scores)} scores for pretraining seeds "
                          f"{args.pretrain_seeds}")
-    from parley.agents.partner_pool import resolve_partner_names
+    from parley.agents.partners.pool import resolve_partner_names
 
     try:
         args.pretrain_partners = resolve_partner_names(args.pretrain_partners)

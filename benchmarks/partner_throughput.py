@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from common import best_time
 
-from parley.agents.scripted import list_partners, make_partner
-from parley.agents.tournament import run_tournament
+from parley.agents.partners.scripted import list_partners, make_partner
+from parley.agents.partners.tournament import run_tournament
 from parley.envs.negotiation import WALK_AWAY_ACTION, BatchedNegotiation, sample_context_arrays
 
 BATCHES = (1, 64, 1024, 4096)

@@ -41,15 +41,15 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from parley.agents.corpus import (  # noqa: E402
+from parley.agents.partners.synthetic import synthetic_corpus  # noqa: E402
+from parley.agents.training.ppo import PPOConfig  # noqa: E402
+from parley.agents.training.supervised import SupervisedConfig, clone_policy, train_supervised  # noqa: E402
+from parley.envs.corpus import (  # noqa: E402
     corpus_dataset,
     coverage_report,
     load_corpus,
     split_by_scenario,
-    synthetic_corpus,
 )
-from parley.agents.ppo import PPOConfig  # noqa: E402
-from parley.agents.supervised import SupervisedConfig, clone_policy, train_supervised  # noqa: E402
 from parley.oracles.expert import ScriptedExpert  # noqa: E402
 from parley.oracles.tda import METHODS, TDAConfig, evaluate, evaluate_suite, scripted_suite, train_method  # noqa: E402
 

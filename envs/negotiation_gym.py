@@ -20,8 +20,8 @@
 The game, the action indices and the observation layout are those of :mod:`parley.envs.negotiation_v0`
 (see its env card). Here the learner plays one side -- drawn per episode unless ``learner_side`` fixes
 it -- and a partner policy plays the other: a scripted partner by name (built with
-:func:`parley.agents.scripted.make_partner`) or any object with the
-:class:`~parley.agents.policy.Policy` interface.
+:func:`parley.agents.partners.scripted.make_partner`) or any object with the
+:class:`~parley.envs.policy.Policy` interface.
 
 Each ``step`` applies the learner's act and then, if the game goes on, the partner's reply, so every
 observation is taken when it is the learner's turn. When the partner opens, ``reset`` plays its first
@@ -38,7 +38,7 @@ Arguments
 contexts=None, first_player=None, no_deal_reward=0.0, illegal_action="raise", illegal_penalty=-1.0,
 render_mode=None)``
 
-* ``partner``: a scripted partner's name (``parley.agents.scripted.list_partners()``) or a Policy;
+* ``partner``: a scripted partner's name (``parley.agents.partners.scripted.list_partners()``) or a Policy;
   ``partner_kwargs`` go to ``make_partner``;
 * ``learner_side``: None (drawn per episode), 0 (the learner is ``agent_0``) or 1;
 * ``first_player``: None (drawn per episode) or which side opens (0 or 1);
@@ -64,7 +64,6 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from parley.agents.policy import Policy
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     NUM_ACTIONS,
@@ -81,6 +80,7 @@ from parley.envs.negotiation_v0 import (
     outcome_info,
     resolve_contexts,
 )
+from parley.envs.policy import Policy
 
 __all__ = ["NegotiationGymEnv", "resolve_partner"]
 
@@ -91,7 +91,7 @@ MAX_REPLAYS = 1000
 def resolve_partner(partner: str | Policy, partner_kwargs: dict[str, Any] | None = None) -> Policy:
     """A partner policy from a scripted partner's name or a Policy object."""
     if isinstance(partner, str):
-        from parley.agents.scripted import make_partner  # lazily: the rules do not need the partners
+        from parley.agents.partners.scripted import make_partner  # lazily: the rules do not need the partners
 
         return make_partner(partner, **(partner_kwargs or {}))
     if partner_kwargs:
@@ -109,7 +109,7 @@ def partner_name(partner: Policy) -> str:
 class NegotiationGymEnv(gymnasium.Env):
     """A learner negotiating with a partner policy (see the module docstring for the env card).
 
-    :param partner: a scripted partner's name or a :class:`~parley.agents.policy.Policy`
+    :param partner: a scripted partner's name or a :class:`~parley.envs.policy.Policy`
     :param partner_kwargs: parameters for ``make_partner`` when ``partner`` is a name
     :param learner_side: the learner's side (0 or 1), or None to draw it per episode
     :param max_turns: acts before the game ends without a deal

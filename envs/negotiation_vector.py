@@ -56,7 +56,6 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from parley.agents.policy import Policy
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     NUM_ACTIONS,
@@ -74,6 +73,7 @@ from parley.envs.negotiation import (
 )
 from parley.envs.negotiation_gym import MAX_REPLAYS, partner_name, resolve_partner
 from parley.envs.negotiation_v0 import check_common_args, context_header, observation_space, resolve_contexts
+from parley.envs.policy import Policy
 
 __all__ = ["NegotiationVectorEnv"]
 
@@ -85,7 +85,7 @@ class NegotiationVectorEnv(VectorEnv):
     """``num_envs`` negotiations against a partner policy, batched (see the module docstring).
 
     :param num_envs: number of games run side by side
-    :param partner: a scripted partner's name or a :class:`~parley.agents.policy.Policy` (it acts through
+    :param partner: a scripted partner's name or a :class:`~parley.envs.policy.Policy` (it acts through
         ``act_batch``)
     :param partner_kwargs: parameters for ``make_partner`` when ``partner`` is a name
     :param learner_side: the learner's side (0 or 1), or None to draw it per game

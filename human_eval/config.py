@@ -4,7 +4,7 @@ A study is described by a YAML file (``agents.yaml``)::
 
     study: pilot-2026              # the ``study`` parameter of the participant links
     agents:                        # balanced random assignment over these
-      - {name: boulware, partner: boulware}          # a scripted partner (parley.agents.scripted)
+      - {name: boulware, partner: boulware}          # a scripted partner (parley.agents.partners.scripted)
       - {name: tough, partner: boulware, params: {e: 0.1}}
       - {name: ppo-v3, checkpoint: runs/ppo/final}  # a trained policy (parley.agents.load_policy)
     contexts: {count: 20, seed: 0}  # generated; or a file path readable by load_contexts

@@ -81,7 +81,7 @@ class Conflict(StudyError):
 def build_policy(spec: AgentSpec):
     """Instantiate the agent of a spec: a scripted partner by name, or a checkpoint via ``load_policy``."""
     if spec.partner is not None:
-        from parley.agents.scripted import make_partner
+        from parley.agents.partners.scripted import make_partner
 
         return make_partner(spec.partner, **spec.params)
     from parley.agents import load_policy

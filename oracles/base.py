@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from parley.agents.corpus import ActDataset
+from parley.envs.corpus import ActDataset
 from parley.envs.negotiation import (
     AGREE_ACTION,
     DEFAULT_MAX_TURNS,

@@ -120,7 +120,8 @@ def _make_oracle(spec: str, out: Path, wait_seconds: float):
 
 def load_training_corpus(corpus: Path | None, synthetic_dialogues: int, seed: int, max_turns: int = 10):
     """The parsed corpus (or the synthetic stand-in) as dialogues, with a one-line description."""
-    from parley.agents.corpus import coverage_report, load_corpus, synthetic_corpus
+    from parley.agents.partners.synthetic import synthetic_corpus
+    from parley.envs.corpus import coverage_report, load_corpus
 
     if corpus is None:
         dialogues = synthetic_corpus(synthetic_dialogues, seed=seed, max_turns=max_turns)
@@ -153,9 +154,9 @@ def tda_command(
 
     Per-round logs, checkpoints and final metrics go under --out; rerunning with the same options resumes.
     """
-    from parley.agents.corpus import corpus_dataset
-    from parley.agents.ppo import PPOConfig
-    from parley.agents.supervised import SupervisedConfig
+    from parley.agents.training.ppo import PPOConfig
+    from parley.agents.training.supervised import SupervisedConfig
+    from parley.envs.corpus import corpus_dataset
     from parley.oracles.selection import SELECTIONS
     from parley.oracles.tda import TDAConfig, evaluate, evaluate_suite, run_tda, scripted_suite
 
@@ -200,7 +201,7 @@ def register(app: typer.Typer) -> None:
 @oracle_app.command("coverage")
 def coverage_command(corpus: Path = typer.Argument(..., help="data.txt, val.txt or the corpus directory.")) -> None:
     """Parse a Deal-or-No-Deal file into coarse acts and report the parser's coverage."""
-    from parley.agents.corpus import coverage_report, load_corpus
+    from parley.envs.corpus import coverage_report, load_corpus
 
     if not corpus.exists():
         raise typer.BadParameter(f"no corpus at {corpus}")

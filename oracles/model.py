@@ -1,8 +1,8 @@
 """The model oracle: a stronger held-out policy (an RL or SL checkpoint) answers for the partner's side.
 
 The policy sees exactly what an agent in the game would see -- the responder's observation vector and
-legal-action mask -- so any :class:`~parley.agents.policy.Policy` works, loaded from a path with
-:func:`parley.agents.torch_policy.load_policy` or passed in. Its ``acceptable`` annotation is whether it
+legal-action mask -- so any :class:`~parley.envs.policy.Policy` works, loaded from a path with
+:func:`parley.agents.nn.torch_policy.load_policy` or passed in. Its ``acceptable`` annotation is whether it
 agrees to the standing proposal; it offers no counter-offer annotation.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from parley.agents.policy import Policy
 from parley.envs.negotiation import AGREE_ACTION
+from parley.envs.policy import Policy
 from parley.oracles.base import Oracle, OracleAnswer, OracleQuery
 
 
@@ -23,7 +23,7 @@ class ModelOracle(Oracle):
 
     def __init__(self, policy: Policy | str | Path, name: str | None = None) -> None:
         if isinstance(policy, (str, Path)):
-            from parley.agents.torch_policy import load_policy
+            from parley.agents.nn.torch_policy import load_policy
 
             policy = load_policy(policy)
         if not hasattr(policy, "act_batch"):

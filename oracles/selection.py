@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from parley.agents.policy import Policy
-from parley.agents.supervised import action_log_likelihood, action_probabilities
-from parley.agents.torch_policy import TorchPolicy
+from parley.agents.nn.torch_policy import TorchPolicy
+from parley.agents.training.supervised import action_log_likelihood, action_probabilities
 from parley.envs.negotiation import BatchedNegotiation, ObservationLayout, sample_context_arrays
+from parley.envs.policy import Policy
 from parley.oracles.base import OracleQuery
 
 SELECTIONS = ("likelihood", "novelty", "ensemble", "random")

@@ -8,7 +8,7 @@ the states the learner reached outside the corpus, and updates the partner model
 
 The loop, round ``r = 1 .. rounds`` (:func:`run_tda`):
 
-1. train the RL learner (masked PPO, :mod:`parley.agents.ppo`) against the current partner model;
+1. train the RL learner (masked PPO, :mod:`parley.agents.training.ppo`) against the current partner model;
 2. roll out learner vs partner model and collect the states where the partner answers the learner;
 3. select at most ``queries_per_round`` of them (:mod:`parley.oracles.selection`);
 4. query the oracle; validate every answer (illegal ones are rejected and logged, never used);
@@ -45,12 +45,17 @@ from typing import Any
 
 import numpy as np
 
-from parley.agents.corpus import ActDataset
-from parley.agents.policy import Policy
-from parley.agents.ppo import PPOConfig, train_ppo
-from parley.agents.supervised import SupervisedConfig, action_accuracy, clone_policy, train_supervised
-from parley.agents.torch_policy import TorchPolicy
+from parley.agents.nn.torch_policy import TorchPolicy
+from parley.agents.training.ppo import PPOConfig, train_ppo
+from parley.agents.training.supervised import (
+    SupervisedConfig,
+    action_accuracy,
+    clone_policy,
+    train_supervised,
+)
+from parley.envs.corpus import ActDataset
 from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
+from parley.envs.policy import Policy
 from parley.oracles.base import Oracle, OracleQuery, answers_to_dataset, collect_answers
 from parley.oracles.selection import (
     SELECTIONS,
@@ -326,8 +331,8 @@ def evaluate_suite(policy: Policy, partners: dict[str, Policy], num_games: int, 
 
 
 def scripted_suite(seed: int = 0, names: Sequence[str] | None = None) -> dict[str, Policy]:
-    """The scripted partners (:func:`parley.agents.scripted.list_partners`) built with seeds."""
-    from parley.agents.scripted import list_partners, make_partner
+    """The scripted partners (:func:`parley.agents.partners.scripted.list_partners`) built with seeds."""
+    from parley.agents.partners.scripted import list_partners, make_partner
 
     names = list(names or list_partners())
     return {name: make_partner(name, seed=seed + k) for k, name in enumerate(names)}

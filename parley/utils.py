@@ -1,9 +1,13 @@
-"""Small utilities shared across parley: device choice, seeding, lazy package exports."""
+"""Small utilities shared across parley: device choice, seeding, lazy package exports, moved-module aliases."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import random
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -56,3 +60,36 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+class _ModuleAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import finder that answers an old module path with the module now at its new path."""
+
+    def __init__(self, aliases: dict[str, str]) -> None:
+        self.aliases = aliases
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname in self.aliases:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None  # the default empty module; exec_module swaps in the real one
+
+    def exec_module(self, module: Any) -> None:
+        # The import system returns whatever sys.modules holds under the name once exec_module returns,
+        # so the old name resolves to the very module object at the new path (same classes, same state).
+        sys.modules[module.__name__] = importlib.import_module(self.aliases[module.__name__])
+
+
+def alias_modules(aliases: dict[str, str]) -> None:
+    """Make each old module path in ``aliases`` import the module at its new path.
+
+    Used for modules that moved inside a package, so code and pickles that name the old path (saved
+    checkpoints record their classes' modules) keep working. Safe to call more than once.
+    """
+    for finder in sys.meta_path:
+        if isinstance(finder, _ModuleAlias):
+            finder.aliases.update(aliases)
+            return
+    sys.meta_path.append(_ModuleAlias(dict(aliases)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from parley.agents.backbones import (
+from parley.agents.nn.backbones import (
     list_backbones,
     make_backbone,
     observation_spec,

@@ -180,7 +180,7 @@ def test_sleeper_vs_art_reads_variants_and_pairs_and_refuses_bad_ones(monkeypatc
 
 
 def test_learning_adapter_arms_become_compacter_options_the_backbone_accepts(monkeypatch):
-    from parley.agents.compacter import CompacterBackboneConfig
+    from parley.agents.nn.compacter import CompacterBackboneConfig
 
     module = load_benchmark("learning", monkeypatch)
     label, options = module.adapter_arm("policy_head@parallel:16+value_head.bias", "compacter++", 4, 1, 32)
@@ -253,10 +253,10 @@ def test_learning_reuses_a_pretraining_only_with_the_same_seed_rate_shape_pool_a
 
     import yaml
 
-    from parley.agents.training import TrainConfig
+    from parley.agents.training.run import TrainConfig
 
     module = load_benchmark("learning", monkeypatch)
-    monkeypatch.setattr("parley.agents.torch_policy.load_policy",
+    monkeypatch.setattr("parley.agents.nn.torch_policy.load_policy",
                         lambda *args, **kwargs: SimpleNamespace(metadata={"env_steps": 81_920}))
     shape = {"d_model": 512, "n_heads": 4, "n_layers": 1}
     pool = ["boulware", "linear", "hardliner"]

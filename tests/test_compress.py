@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from parley.agents.backbones import make_backbone, sample_observations
-from parley.agents.compacter import merge_adapters
-from parley.agents.compress import (
+from parley.agents.nn.backbones import make_backbone, sample_observations
+from parley.agents.nn.compacter import merge_adapters
+from parley.agents.nn.compress import (
     collect_observations,
     distill,
     make_pruning_permanent,

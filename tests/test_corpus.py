@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from parley.agents.corpus import (
+from parley.agents.partners.synthetic import synthetic_corpus
+from parley.envs.corpus import (
     ParsedAct,
     corpus_dataset,
     coverage_report,
@@ -14,7 +15,6 @@ from parley.agents.corpus import (
     parse_tagged_line,
     parse_utterance,
     split_by_scenario,
-    synthetic_corpus,
 )
 from parley.envs.negotiation import encode_act
 

@@ -103,8 +103,8 @@ def test_second_session_meets_the_other_agent_and_limit_holds(tmp_path):
 
 
 def test_checkpoint_agents_load_lazily_through_load_policy(tmp_path, monkeypatch):
-    from parley.agents import torch_policy
-    from parley.agents.scripted import make_partner
+    from parley.agents.nn import torch_policy
+    from parley.agents.partners.scripted import make_partner
 
     calls = []
 
@@ -290,7 +290,7 @@ def test_tables_of_one_study_leave_other_studies_out(tmp_path):
 def test_a_saved_torch_policy_serves_as_study_agent_and_terminal_partner(tmp_path):
     from fastapi.testclient import TestClient
 
-    from parley.agents import torch_policy
+    from parley.agents.nn import torch_policy
     from parley.cli import app as cli_app
     from parley.human_eval.app import create_app
 

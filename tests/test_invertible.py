@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from parley.agents.backbones import make_backbone, sample_observations
-from parley.agents.invertible import (
+from parley.agents.nn.backbones import make_backbone, sample_observations
+from parley.agents.nn.invertible import (
     InvertibleImageClassifier,
     InvertibleResidualBlock,
     InvertibleSequential,

@@ -1,5 +1,5 @@
 """``parley train --framework native``: parley's own PPO against a partner pool, its run directory,
-checkpoints, resume, adapters, and the pool dispatch inside :func:`parley.agents.ppo.train_ppo`."""
+checkpoints, resume, adapters, and the pool dispatch inside :func:`parley.agents.training.ppo.train_ppo`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ import pytest
 import torch
 
 from parley.agents import load_policy
-from parley.agents.compacter import adapter_modules
-from parley.agents.policy import BatchPolicy
-from parley.agents.ppo import PPOConfig, partner_actions, train_ppo
-from parley.agents.scripted import make_partner
-from parley.agents.torch_policy import TorchPolicy
-from parley.agents.training import TrainConfig, TrainConfigError, read_progress, resolve_train_config, train
+from parley.agents.nn.compacter import adapter_modules
+from parley.agents.nn.torch_policy import TorchPolicy
+from parley.agents.partners.scripted import make_partner
+from parley.agents.training.ppo import PPOConfig, partner_actions, train_ppo
+from parley.agents.training.run import (
+    TrainConfig,
+    TrainConfigError,
+    read_progress,
+    resolve_train_config,
+    train,
+)
 from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
+from parley.envs.policy import BatchPolicy
 
 SMALL = dict(framework="native", backbone_config={"hidden_sizes": [32]}, train_batch_size=2048, minibatch_size=512,
              num_epochs=4, eval_episodes=10, live=False, partners=["boulware", "conceder", "linear"])
@@ -76,7 +82,7 @@ def test_an_illegal_partner_act_is_reported_by_name():
 
 
 def test_native_run_learns_checkpoints_resumes_and_loads_everywhere(tmp_path):
-    from parley.agents.tournament import run_tournament
+    from parley.agents.partners.tournament import run_tournament
 
     run = tmp_path / "run"
     result = train(TrainConfig(iterations=8, checkpoint_every=4, out=str(run), **SMALL))

@@ -12,7 +12,6 @@ from gymnasium.utils.env_checker import check_env
 from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test
 
 import parley  # noqa: F401 -- registers the ids
-from parley.agents.policy import BatchPolicy
 from parley.envs import negotiation_v0
 from parley.envs.negotiation import (
     AGREE_ACTION,
@@ -26,6 +25,7 @@ from parley.envs.negotiation import (
 )
 from parley.envs.negotiation_gym import NegotiationGymEnv
 from parley.envs.negotiation_vector import NegotiationVectorEnv
+from parley.envs.policy import BatchPolicy
 
 CTX = Context(counts=(3, 1, 2), values=((1, 3, 2), (2, 0, 2)))
 LAYOUT = ObservationLayout(10)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from parley.agents.scripted import make_partner
+from parley.agents.partners.scripted import make_partner
 from parley.cli import app
 from parley.envs.negotiation import (
     AGREE_ACTION,

@@ -235,7 +235,7 @@ def test_recipe_scaling_and_validation():
 def test_invertible_victim_is_registered_and_trains():
     ds = make_synthetic(num_classes=3, image_size=8, channels=1, train_per_class=10, test_per_class=3)
     assert "invertible" in available_victims()
-    from parley.agents.invertible import InvertibleImageClassifier
+    from parley.agents.nn.invertible import InvertibleImageClassifier
 
     model = make_victim("invertible", ds, patch_size=4, depth=1)
     assert isinstance(model, InvertibleImageClassifier) and model(ds.x_test).shape == (9, 3)

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley.agents.policy import Policy
-from parley.agents.scripted import (
+from parley.agents.partners.scripted import (
     ObservationView,
     ParetoPartner,
     TimeDependentPartner,
@@ -30,6 +29,7 @@ from parley.envs.negotiation import (
     sample_context,
     sample_context_arrays,
 )
+from parley.envs.policy import Policy
 
 NAMES = list(list_partners())
 DETERMINISTIC = [n for n in NAMES if n != "random"]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from parley.agents.corpus import corpus_dataset, load_corpus, split_by_scenario, synthetic_corpus
-from parley.agents.supervised import (
+from parley.agents.nn.torch_policy import TorchPolicy, load_policy
+from parley.agents.partners.synthetic import synthetic_corpus
+from parley.agents.training.supervised import (
     SupervisedConfig,
     action_accuracy,
     action_probabilities,
@@ -15,7 +16,7 @@ from parley.agents.supervised import (
     random_policy_accuracy,
     train_supervised,
 )
-from parley.agents.torch_policy import TorchPolicy, load_policy
+from parley.envs.corpus import corpus_dataset, load_corpus, split_by_scenario
 
 SMALL = SupervisedConfig(epochs=6, backbone_config={"hidden_sizes": (64, 64)}, device="cpu", seed=0)
 
@@ -84,7 +85,7 @@ def test_datasets_with_illegal_labels_are_refused(synthetic_split):
 def test_training_continues_from_a_given_policy(trained, synthetic_split):
     train, _ = synthetic_split
     before = [p.detach().clone() for p in trained.policy.model.parameters()]
-    from parley.agents.supervised import clone_policy
+    from parley.agents.training.supervised import clone_policy
 
     copy = clone_policy(trained.policy)
     train_supervised(train.subset(np.arange(64)), SupervisedConfig(epochs=1, device="cpu"), policy=copy)

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from parley.agents.corpus import corpus_dataset, synthetic_corpus
-from parley.agents.ppo import PPOConfig, shaped_reward, train_ppo
-from parley.agents.scripted import make_partner
-from parley.agents.supervised import SupervisedConfig, clone_policy, new_policy, train_supervised
-from parley.agents.torch_policy import load_policy
+from parley.agents.nn.torch_policy import load_policy
+from parley.agents.partners.scripted import make_partner
+from parley.agents.partners.synthetic import synthetic_corpus
+from parley.agents.training.ppo import PPOConfig, shaped_reward, train_ppo
+from parley.agents.training.supervised import SupervisedConfig, clone_policy, new_policy, train_supervised
 from parley.cli import app
+from parley.envs.corpus import corpus_dataset
 from parley.envs.negotiation import encode_act
 from parley.oracles.base import Oracle, OracleAnswer
 from parley.oracles.expert import ScriptedExpert

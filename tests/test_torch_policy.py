@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from parley.agents import load_policy
-from parley.agents.torch_policy import TorchPolicy, mask_logits, register_policy_loader
+from parley.agents.nn.torch_policy import TorchPolicy, mask_logits, register_policy_loader
 from parley.envs.negotiation import NUM_ACTIONS, BatchedNegotiation, sample_context_arrays
 
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from parley.agents.policy import BatchPolicy
-from parley.agents.scripted import make_partner
-from parley.agents.tournament import run_tournament
+from parley.agents.partners.scripted import make_partner
+from parley.agents.partners.tournament import run_tournament
 from parley.cli import app
 from parley.envs.negotiation import (
     WALK_AWAY_ACTION,
     NegotiationState,
     sample_context,
 )
+from parley.envs.policy import BatchPolicy
 
 
 class WalkAway(BatchPolicy):

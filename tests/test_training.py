@@ -15,10 +15,16 @@ pytest.importorskip("sb3_contrib")
 from ray.rllib.core.columns import Columns  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from parley.agents.partner_pool import PartnerPoolVectorEnv, resolve_partner_names  # noqa: E402
-from parley.agents.rllib_envs import NegotiationMultiAgentEnv  # noqa: E402
-from parley.agents.rllib_module import export_policy, module_spec  # noqa: E402
-from parley.agents.training import TrainConfig, TrainConfigError, read_progress, resolve_train_config, train  # noqa: E402
+from parley.agents.partners.pool import PartnerPoolVectorEnv, resolve_partner_names  # noqa: E402
+from parley.agents.training.rllib_envs import NegotiationMultiAgentEnv  # noqa: E402
+from parley.agents.training.rllib_module import export_policy, module_spec  # noqa: E402
+from parley.agents.training.run import (  # noqa: E402
+    TrainConfig,
+    TrainConfigError,
+    read_progress,
+    resolve_train_config,
+    train,
+)
 from parley.envs.negotiation import NUM_ACTIONS, BatchedNegotiation, sample_context_arrays  # noqa: E402
 from parley.envs.negotiation_v0 import observation_space  # noqa: E402
 
@@ -213,7 +219,7 @@ def ray_session():
 
 @pytest.mark.parametrize("setup", ["partners", "self-play", "independent"])
 def test_one_ppo_iteration_per_setup(setup, ray_session):
-    from parley.agents import rllib_setups as setups
+    from parley.agents.training import rllib_setups as setups
 
     settings = setups.PPOSettings(train_batch_size=512, minibatch_size=256, num_epochs=1, num_envs_per_env_runner=8)
     if setup == "partners":
@@ -247,7 +253,7 @@ def test_one_ppo_iteration_per_setup(setup, ray_session):
 
 @pytest.mark.parametrize("backbone", ["transformer", "compacter", "invertible_attention"])
 def test_one_ppo_iteration_per_backbone(backbone, ray_session):
-    from parley.agents import rllib_setups as setups
+    from parley.agents.training import rllib_setups as setups
 
     settings = setups.PPOSettings(train_batch_size=256, minibatch_size=128, num_epochs=1, num_envs_per_env_runner=8)
     algo = setups.partner_pool_config(["conceder"], backbone=backbone, backbone_config=BACKBONES[backbone],
@@ -260,7 +266,7 @@ def test_one_ppo_iteration_per_backbone(backbone, ray_session):
         changed = [k for k in before if not np.allclose(np.asarray(before[k]), np.asarray(after[k]))]
         assert changed, "one PPO update changed no weight"
         if backbone == "compacter":  # frozen transformer weights stay put; adapters move
-            from parley.agents.rllib_module import build_network
+            from parley.agents.training.rllib_module import build_network
 
             net = build_network(backbone, 36, BACKBONES[backbone])
             trainable = {"model." + n for n, p in net.named_parameters(remove_duplicate=False) if p.requires_grad}
@@ -272,8 +278,8 @@ def test_one_ppo_iteration_per_backbone(backbone, ray_session):
 
 def test_checkpoint_resume_and_load_policy(ray_session, tmp_path):
     from parley.agents import load_policy
-    from parley.agents.rllib_training import build_algorithm_config
-    from parley.agents.tournament import run_tournament
+    from parley.agents.partners.tournament import run_tournament
+    from parley.agents.training.rllib import build_algorithm_config
 
     run = tmp_path / "run"
     config = TrainConfig(iterations=2, checkpoint_every=1, out=str(run), backbone_config=BACKBONES["mlp"], **TINY)
@@ -323,7 +329,7 @@ def test_checkpoint_resume_and_load_policy(ray_session, tmp_path):
                                               "also_train": ["value_head.bias"]}])
 def test_compacter_fine_tuning_trains_only_adapters(adapter_options, ray_session, tmp_path):
     from parley.agents import load_policy
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.torch_policy import TorchPolicy
 
     base = TorchPolicy("transformer", 36, BACKBONES["transformer"], device="cpu", seed=0)
     base.save(tmp_path / "base")
@@ -348,7 +354,7 @@ def test_sb3_tiny_run_loads_through_load_policy(tmp_path, monkeypatch):
     import tempfile
 
     from parley.agents import load_policy
-    from parley.agents.tournament import play_games
+    from parley.agents.partners.tournament import play_games
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()

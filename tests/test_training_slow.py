@@ -9,13 +9,13 @@ pytest.importorskip("ray")
 from typer.testing import CliRunner  # noqa: E402
 
 from parley.agents.evaluation import evaluate_policy  # noqa: E402
-from parley.agents.training import read_progress  # noqa: E402
+from parley.agents.training.run import read_progress  # noqa: E402
 
 
 @pytest.mark.slow
 def test_default_parley_train_learns_and_ends_with_table_and_checkpoint(tmp_path):
     from parley.agents import load_policy
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.torch_policy import TorchPolicy
     from parley.cli import app
 
     run = tmp_path / "default"

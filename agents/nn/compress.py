@@ -15,7 +15,7 @@ activations (and embedding tables to 8-bit rows), for CPU inference. Two backend
   on CPU it measured slower than float32, so it is opt-in.
 
 Other layers (layer norms, spectrally normalised or PHM layers) stay in float32;
-call :func:`parley.agents.compacter.merge_adapters` first to turn PHM layers into ``nn.Linear``.
+call :func:`parley.agents.nn.compacter.merge_adapters` first to turn PHM layers into ``nn.Linear``.
 
 Pruning
 -------
@@ -27,7 +27,7 @@ Both keep a mask (``torch.nn.utils.prune``) until :func:`make_pruning_permanent`
 Distillation
 ------------
 :func:`distill` trains a student to match a teacher's action distribution on collected observations
-(:func:`collect_observations` plays games with any :class:`~parley.agents.policy.Policy`), minimising
+(:func:`collect_observations` plays games with any :class:`~parley.envs.policy.Policy`), minimising
 KL(teacher || student) over the LEGAL actions only (:func:`masked_kl`), with Hinton et al.'s
 temperature and its T^2 gradient scale.
 """

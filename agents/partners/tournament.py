@@ -7,14 +7,14 @@ per context from the seed, so seats matter little and each unordered pair is pla
 
 ::
 
-    from parley.agents.tournament import run_tournament
+    from parley.agents.partners.tournament import run_tournament
     result = run_tournament(["boulware", "conceder", "pareto"], contexts=200, seed=0)
     for row in result.agents:
         print(row.agent, row.score, row.agreement, row.pareto)
     result.write_csv("results.csv")
 
-Agents are scripted partner names (see :func:`parley.agents.scripted.list_partners`), any object
-implementing :class:`~parley.agents.policy.Policy`, or a path to a saved policy (loaded with
+Agents are scripted partner names (see :func:`parley.agents.partners.scripted.list_partners`), any object
+implementing :class:`~parley.envs.policy.Policy`, or a path to a saved policy (loaded with
 :func:`parley.agents.load_policy`).
 
 Measures, per pair (from the first agent's side) and per agent (over all its games, in both seats):
@@ -33,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parley.agents.policy import Policy
-from parley.agents.scripted import PARTNERS, make_partner
+from parley.agents.partners.scripted import PARTNERS, make_partner
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     WALK_AWAY_ACTION,
@@ -43,6 +42,7 @@ from parley.envs.negotiation import (
     contexts_to_arrays,
     sample_context_arrays,
 )
+from parley.envs.policy import Policy
 
 __all__ = ["PairResult", "AgentResult", "TournamentResult", "play_games", "resolve_agent", "run_tournament"]
 
@@ -207,7 +207,7 @@ def run_tournament(
 
     ``contexts`` is a number of contexts to sample (seeded by ``seed``) or a list of contexts. Scripted
     partners named by string are built once per pair and seat with seeds derived from ``seed``; agent
-    objects with a ``seed(int)`` method (every :class:`~parley.agents.policy.BatchPolicy`) are reseeded
+    objects with a ``seed(int)`` method (every :class:`~parley.envs.policy.BatchPolicy`) are reseeded
     the same way, so a tournament is reproducible. ``first_player`` fixes which seat moves first (None:
     drawn per context). ``progress(done, total, agent, partner)`` is called after each pair.
     """

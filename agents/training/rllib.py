@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from parley.agents.training import (
+from parley.agents.training.run import (
     CHECKPOINTS,
     POLICY_DIR,
     LiveView,
@@ -52,7 +52,7 @@ def start_ray(address: str | None) -> bool:
 
 def build_algorithm_config(config: TrainConfig, backbone: str, backbone_config: dict[str, Any], trainable: str):
     """The PPOConfig of the configured setup."""
-    from parley.agents import rllib_setups as setups
+    from parley.agents.training import rllib_setups as setups
     from parley.utils import resolve_device
 
     settings = setups.PPOSettings(
@@ -99,7 +99,7 @@ def set_module_state(algo, module_ids: list[str], state: dict[str, torch.Tensor]
 def current_policy(algo, module_id: str, backbone: str, backbone_config: dict[str, Any], obs_size: int,
                    *, name: str | None = None, metadata: dict[str, Any] | None = None):
     """The module's current weights as a TorchPolicy (CPU, greedy)."""
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.torch_policy import TorchPolicy
 
     saved_config = {k: v for k, v in backbone_config.items() if k != "pretrained"}
     policy = TorchPolicy(backbone, obs_size, saved_config, device="cpu", name=name, metadata=metadata)
@@ -115,7 +115,7 @@ def export_module(algo, module_id: str, backbone: str, backbone_config: dict[str
 
 
 def _league_callback(algo):
-    from parley.agents.rllib_setups import LeagueCallback
+    from parley.agents.training.rllib_setups import LeagueCallback
 
     callbacks = getattr(algo, "callbacks", None)
     for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
@@ -146,7 +146,7 @@ def train_rllib(config: TrainConfig, run: Path, *, console=None, on_iteration=No
             if league is not None:
                 league.snapshots = int(meta.get("league_snapshots", 0))
         elif init_policy is not None:
-            from parley.agents.rllib_module import build_network
+            from parley.agents.training.rllib_module import build_network
 
             network = build_network(backbone, obs_size, backbone_config)
             state = transfer_weights(init_policy.model.state_dict(), network)

@@ -17,7 +17,7 @@ A run directory (``--out runs/NAME``) holds::
 Setups (RLlib): ``partners`` -- one learner against scripted partners drawn per episode (default);
 ``self-play`` -- against a league of frozen snapshots; ``independent`` -- two learners, one per seat.
 Stable-Baselines3 trains ``MaskablePPO`` against the partner pool only; so does ``native``, parley's own
-single-process masked PPO on the batched rules (:mod:`parley.agents.native_training`), the fastest
+single-process masked PPO on the batched rules (:mod:`parley.agents.training.native`), the fastest
 on one machine.
 """
 
@@ -134,8 +134,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every setting; return a copy with defaults filled in (partners expanded, out chosen)."""
-        from parley.agents.backbones import backbone_config, list_backbones
-        from parley.agents.partner_pool import resolve_partner_names
+        from parley.agents.nn.backbones import backbone_config, list_backbones
+        from parley.agents.partners.pool import resolve_partner_names
         from parley.utils import resolve_device
 
         if self.framework not in FRAMEWORKS:
@@ -193,7 +193,7 @@ class TrainConfig:
                 raise TrainConfigError(f"unknown adapters {self.adapters!r}; use one of {', '.join(ADAPTERS)}")
             if self.init_from is None:
                 raise TrainConfigError("--adapters fine-tunes a trained policy: give it with --init-from CHECKPOINT")
-            from parley.agents.compacter import HEAD_TARGETS
+            from parley.agents.nn.compacter import HEAD_TARGETS
 
             head_targets = [t for t in self.backbone_config.get("target_modules") or [] if t in HEAD_TARGETS]
             if head_targets and self.framework == "sb3":
@@ -419,20 +419,20 @@ def train(config: TrainConfig, *, console=None, evaluate: bool = True,
     run.mkdir(parents=True, exist_ok=True)
     (run / CONFIG_FILE).write_text(yaml.safe_dump({**config.to_dict(), "resume": False}, sort_keys=False))
     if config.framework == "rllib":
-        from parley.agents.rllib_training import train_rllib
+        from parley.agents.training.rllib import train_rllib
 
         result = train_rllib(config, run, console=console, on_iteration=on_iteration)
     elif config.framework == "sb3":
-        from parley.agents.sb3_training import train_sb3
+        from parley.agents.training.sb3 import train_sb3
 
         result = train_sb3(config, run, console=console, on_iteration=on_iteration)
     else:
-        from parley.agents.native_training import train_native
+        from parley.agents.training.native import train_native
 
         result = train_native(config, run, console=console, on_iteration=on_iteration)
     if evaluate:
         from parley.agents.evaluation import evaluate_policy, write_eval_csv
-        from parley.agents.torch_policy import TorchPolicy
+        from parley.agents.nn.torch_policy import TorchPolicy
 
         policy = TorchPolicy.load(result.policy_dir, device="cpu")
         result.eval_rows = evaluate_policy(policy, config.eval_partners, episodes=config.eval_episodes,
@@ -475,7 +475,7 @@ def init_policy_for(config: TrainConfig):
     """The policy ``--init-from`` names, as a TorchPolicy (CPU), or None."""
     if config.init_from is None:
         return None
-    from parley.agents.torch_policy import TorchPolicy, load_policy
+    from parley.agents.nn.torch_policy import TorchPolicy, load_policy
 
     policy = load_policy(config.init_from, device="cpu")
     if not isinstance(policy, TorchPolicy):
@@ -493,8 +493,8 @@ def network_plan(config: TrainConfig, init_policy) -> tuple[str, dict[str, Any],
     if init_policy.backbone_name != "transformer":
         raise TrainConfigError(f"--adapters compacter fine-tunes a transformer policy; {config.init_from} has "
                                f"backbone {init_policy.backbone_name!r}")
-    from parley.agents.backbones import TransformerConfig
-    from parley.agents.compacter import CompacterBackboneConfig
+    from parley.agents.nn.backbones import TransformerConfig
+    from parley.agents.nn.compacter import CompacterBackboneConfig
 
     # The adapters' own options come from --backbone-config; the transformer's shape comes from the policy,
     # its layer norms stay frozen and its weights are loaded by transfer_weights, not by ``pretrained``.

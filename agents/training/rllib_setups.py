@@ -7,7 +7,7 @@ Three setups, each a function returning a ready :class:`~ray.rllib.algorithms.pp
    partner inside, batched (``num_envs_per_env_runner`` games per env runner in one numpy vector env),
    which is where RLlib's per-step cost is smallest.
 2. :func:`self_play_config` -- self-play against a league of frozen snapshots on the PettingZoo AEC
-   env (through :class:`~parley.agents.rllib_envs.NegotiationMultiAgentEnv`). Every episode the
+   env (through :class:`~parley.agents.training.rllib_envs.NegotiationMultiAgentEnv`). Every episode the
    ``learner`` module takes a random seat and faces one of ``league_size`` frozen ``league_i`` modules.
    All league slots start as copies of the initial learner; whenever the learner's mean score in an
    iteration reaches ``league_threshold``, :class:`LeagueCallback` copies its weights into the oldest
@@ -15,7 +15,7 @@ Three setups, each a function returning a ready :class:`~ray.rllib.algorithms.pp
 3. :func:`independent_learners_config` -- two learners, ``learner_0`` in seat ``agent_0`` and
    ``learner_1`` in seat ``agent_1``, each trained on its own experience.
 
-Every setup uses :class:`~parley.agents.rllib_module.NegotiationRLModule` with the same backbone, and
+Every setup uses :class:`~parley.agents.training.rllib_module.NegotiationRLModule` with the same backbone, and
 :class:`NegotiationMetricsCallback` adds ``score``, ``agreement`` and ``pareto`` (fraction of deals that
 are Pareto-optimal) to the env-runner results.
 """
@@ -31,8 +31,8 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
-from parley.agents.rllib_envs import MULTI_AGENT_ENV, PARTNER_POOL_ENV, register_rllib_envs
-from parley.agents.rllib_module import module_spec
+from parley.agents.training.rllib_envs import MULTI_AGENT_ENV, PARTNER_POOL_ENV, register_rllib_envs
+from parley.agents.training.rllib_module import module_spec
 
 SETUPS = ("partners", "self-play", "independent")
 LEARNER = "learner"

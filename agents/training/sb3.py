@@ -2,12 +2,12 @@
 
 The backbone is SB3's features extractor (:class:`BackboneExtractor`) and the policy has no extra MLP
 layers (``net_arch=[]``), so SB3's ``action_net`` and ``value_net`` sit directly on the backbone's
-features -- exactly the :class:`~parley.agents.torch_policy.ActorCritic` layout. That is what lets a
+features -- exactly the :class:`~parley.agents.nn.torch_policy.ActorCritic` layout. That is what lets a
 MaskablePPO model export to a TorchPolicy directory (:func:`export_sb3_policy`) and lets
 ``load_policy("model.zip")`` return a TorchPolicy (the loader registered here).
 
 Training runs on ``parley/Negotiation-v0`` with the partner drawn per episode from the pool
-(:class:`~parley.agents.partner_pool.PartnerPoolEnv`); MaskablePPO reads the env's ``action_masks()``.
+(:class:`~parley.agents.partners.pool.PartnerPoolEnv`); MaskablePPO reads the env's ``action_masks()``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from parley.agents.torch_policy import TorchPolicy, register_policy_loader
-from parley.agents.training import (
+from parley.agents.nn.torch_policy import TorchPolicy, register_policy_loader
+from parley.agents.training.run import (
     CHECKPOINTS,
     POLICY_DIR,
     LiveView,
@@ -54,7 +54,7 @@ class BackboneExtractor(BaseFeaturesExtractor):
 
     def __init__(self, observation_space: gym.spaces.Dict, backbone: str = "mlp",
                  backbone_config: dict[str, Any] | None = None) -> None:
-        from parley.agents.backbones import make_backbone
+        from parley.agents.nn.backbones import make_backbone
 
         # Built from the vector size, as TorchPolicy builds it, so the two networks match exactly.
         size = int(np.prod(observation_space["observation"].shape))
@@ -223,7 +223,7 @@ class _SB3Run:
 
 
 def make_sb3_env(config: TrainConfig) -> DummyVecEnv:
-    from parley.agents.partner_pool import make_pool_env
+    from parley.agents.partners.pool import make_pool_env
 
     def make(index: int):
         def build():
@@ -261,7 +261,7 @@ def train_sb3(config: TrainConfig, run: Path, *, console=None, on_iteration=None
                 gae_lambda=0.95, clip_range=0.2, ent_coef=config.entropy_coeff, vf_coef=0.5, max_grad_norm=0.5,
                 policy_kwargs=policy_kwargs(backbone, backbone_config), seed=config.seed, device=device, verbose=0)
             if init_policy is not None:
-                from parley.agents.rllib_module import freeze_all_but_adapters
+                from parley.agents.training.rllib_module import freeze_all_but_adapters
 
                 load_network_state(model, transfer_weights(init_policy.model.state_dict(), _actor_critic_view(model)))
                 if trainable == "adapters":

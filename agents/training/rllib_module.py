@@ -1,7 +1,7 @@
 """The RLlib module for negotiation: any parley backbone, masked logits, a value head (new API stack).
 
-:class:`NegotiationRLModule` wraps exactly the network a :class:`~parley.agents.torch_policy.TorchPolicy`
-holds (:class:`~parley.agents.torch_policy.ActorCritic`: backbone -> policy head and value head), so a
+:class:`NegotiationRLModule` wraps exactly the network a :class:`~parley.agents.nn.torch_policy.TorchPolicy`
+holds (:class:`~parley.agents.nn.torch_policy.ActorCritic`: backbone -> policy head and value head), so a
 trained module exports to a TorchPolicy directory with :func:`export_policy` and then plays everywhere
 in parley without Ray.
 
@@ -11,7 +11,7 @@ greedy play and the PPO loss all ignore them.
 
 The module's ``model_config`` (a plain dict) says what to build:
 
-``backbone``          a name from :func:`parley.agents.backbones.list_backbones` (default ``"mlp"``)
+``backbone``          a name from :func:`parley.agents.nn.backbones.list_backbones` (default ``"mlp"``)
 ``backbone_config``   keyword arguments for that backbone
 ``trainable``         ``"all"`` (default) or ``"adapters"``: train only Compacter adapter parameters
 """
@@ -29,7 +29,7 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
-from parley.agents.torch_policy import ActorCritic, TorchPolicy, mask_logits
+from parley.agents.nn.torch_policy import ActorCritic, TorchPolicy, mask_logits
 
 OBSERVATION_KEY = "observation"
 MASK_KEY = "action_mask"
@@ -48,7 +48,7 @@ def observation_size_of(observation_space: gym.Space) -> int:
 
 def build_network(backbone: str, observation_size: int, backbone_config: dict[str, Any] | None = None) -> ActorCritic:
     """The actor-critic network a TorchPolicy with these settings would hold."""
-    from parley.agents.backbones import make_backbone
+    from parley.agents.nn.backbones import make_backbone
 
     config = {k: v for k, v in dict(backbone_config or {}).items() if k != "device"}
     return ActorCritic(make_backbone(backbone, int(observation_size), device="cpu", **config))
@@ -61,7 +61,7 @@ def freeze_all_but_adapters(model: torch.nn.Module) -> int:
     its layer norms, the policy and value heads -- is frozen: fine-tuning changes nothing but the adapters,
     and the parameters the backbone's ``also_train`` names (see ``CompacterBackboneConfig``).
     """
-    from parley.agents.compacter import is_adapter_parameter, trained_beside_adapters
+    from parley.agents.nn.compacter import is_adapter_parameter, trained_beside_adapters
 
     also = set(trained_beside_adapters(model))
     trainable = 0

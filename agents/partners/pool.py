@@ -15,13 +15,13 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from parley.agents.policy import Policy
 from parley.envs.negotiation_vector import NegotiationVectorEnv
+from parley.envs.policy import Policy
 
 
 def resolve_partner_names(partners: str | Sequence[str]) -> list[str]:
     """Partner names from ``"a,b"``, ``"suite"``/``"all"`` (every scripted partner) or a list; checked."""
-    from parley.agents.scripted import list_partners
+    from parley.agents.partners.scripted import list_partners
 
     known = list(list_partners())
     if isinstance(partners, str):
@@ -64,7 +64,7 @@ class PartnerPoolEnv(gymnasium.Wrapper):
 
 def make_pool_env(partners: str | Sequence[str], **env_kwargs: Any) -> PartnerPoolEnv:
     """``parley/Negotiation-v0`` against a partner drawn per episode from ``partners`` (names)."""
-    from parley.agents.scripted import make_partner
+    from parley.agents.partners.scripted import make_partner
     from parley.envs.negotiation_gym import NegotiationGymEnv
 
     names = resolve_partner_names(partners)
@@ -114,7 +114,7 @@ class PartnerPoolVectorEnv(NegotiationVectorEnv):
 
     def __init__(self, num_envs: int, partners: Sequence[str | Policy], reward_scale: float = 1.0,
                  **kwargs: Any) -> None:
-        from parley.agents.scripted import make_partner
+        from parley.agents.partners.scripted import make_partner
 
         self.reward_scale = float(reward_scale)
 

@@ -2,12 +2,12 @@
 
 A compact, single-file PPO in the manner of CleanRL, written for the targeted-data-acquisition loop
 (:mod:`parley.oracles.tda`), which retrains its learner every round and so needs something that runs
-thousands of game steps per second on a CPU. It trains a :class:`~parley.agents.torch_policy.TorchPolicy`
+thousands of game steps per second on a CPU. It trains a :class:`~parley.agents.nn.torch_policy.TorchPolicy`
 directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
 
 * every iteration plays ``games_per_iteration`` complete games at once; in each game the learner's seat
   and the first mover are drawn at random, the other seat is played by ``partner`` (any batched
-  :class:`~parley.agents.policy.Policy`: a scripted partner, a supervised partner model, ...) or, given
+  :class:`~parley.envs.policy.Policy`: a scripted partner, a supervised partner model, ...) or, given
   a list of policies, by one of them drawn uniformly per game (a partner pool);
 * the learner's decisions form short episodes (at most ``ceil(max_turns / 2)`` steps) whose only
   reward comes at the end of the game; advantages use GAE over the learner's own steps;
@@ -25,7 +25,7 @@ checkpoints, and ``start_iteration``/``optimizer_state`` for ``--resume``.
 
 Usage::
 
-    from parley.agents.ppo import PPOConfig, train_ppo
+    from parley.agents.training.ppo import PPOConfig, train_ppo
     result = train_ppo(learner, partner, PPOConfig(total_games=20_000, reward="utility"))
 """
 
@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from parley.agents.corpus import ActDataset
-from parley.agents.policy import Policy
-from parley.agents.supervised import behaviour_cloning_loss
-from parley.agents.torch_policy import TorchPolicy, mask_logits
+from parley.agents.nn.torch_policy import TorchPolicy, mask_logits
+from parley.agents.training.supervised import behaviour_cloning_loss
+from parley.envs.corpus import ActDataset
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, BatchedNegotiation, sample_context_arrays
+from parley.envs.policy import Policy
 
 #: Reward names and what they pay the learner at the end of a game (own/partner are points, 0..10).
 REWARDS: dict[str, str] = {

@@ -1,6 +1,6 @@
 """The native side of ``parley train``: parley's own masked PPO on the batched rules, no Ray, no SB3.
 
-``--framework native`` runs :func:`parley.agents.ppo.train_ppo` -- a single-process PPO that plays
+``--framework native`` runs :func:`parley.agents.training.ppo.train_ppo` -- a single-process PPO that plays
 whole games in lockstep on :class:`~parley.envs.negotiation.BatchedNegotiation` -- against the partner
 pool, with the run directory, logs, checkpoints, ``--resume``, ``--init-from`` and ``--adapters`` of
 the other frameworks. It is the fastest way to train on one machine (see ``benchmarks/RESULTS.md``);
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from parley.agents.training import (
+from parley.agents.training.run import (
     CHECKPOINTS,
     POLICY_DIR,
     LiveView,
@@ -55,8 +55,8 @@ UNLIMITED_GAMES = 2**40
 
 
 def ppo_config_for(config: TrainConfig):
-    """The :class:`~parley.agents.ppo.PPOConfig` of a native run."""
-    from parley.agents.ppo import PPOConfig
+    """The :class:`~parley.agents.training.ppo.PPOConfig` of a native run."""
+    from parley.agents.training.ppo import PPOConfig
 
     return PPOConfig(
         total_games=UNLIMITED_GAMES,
@@ -73,8 +73,8 @@ def ppo_config_for(config: TrainConfig):
 
 def build_learner(config: TrainConfig, device: str):
     """The policy to train: fresh, from ``--init-from``, or with Compacter adapters on it."""
-    from parley.agents.rllib_module import freeze_all_but_adapters
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.torch_policy import TorchPolicy
+    from parley.agents.training.rllib_module import freeze_all_but_adapters
 
     init_policy = init_policy_for(config)
     backbone, backbone_config, trainable = network_plan(config, init_policy)
@@ -89,9 +89,9 @@ def build_learner(config: TrainConfig, device: str):
 
 
 def train_native(config: TrainConfig, run: Path, *, console=None, on_iteration=None) -> TrainResult:
-    from parley.agents.ppo import train_ppo
-    from parley.agents.scripted import make_partner
-    from parley.agents.torch_policy import TorchPolicy
+    from parley.agents.nn.torch_policy import TorchPolicy
+    from parley.agents.partners.scripted import make_partner
+    from parley.agents.training.ppo import train_ppo
     from parley.utils import resolve_device
 
     device = resolve_device(config.device)

@@ -1,13 +1,13 @@
 """Scripted negotiation partners: rule-based opponents for training, evaluation and tournaments.
 
-Every partner implements the :class:`~parley.agents.policy.Policy` interface (``act`` and a batched
+Every partner implements the :class:`~parley.envs.policy.Policy` interface (``act`` and a batched
 ``act_batch`` written with numpy array operations) and reads **only** the observation vector of
 :mod:`parley.envs.negotiation` -- item counts, its own values, the partner's standing proposal, its own
 last proposal, the turn fraction and the act history. None of them ever sees the partner's values.
 
 Build them by name::
 
-    from parley.agents.scripted import make_partner, list_partners
+    from parley.agents.partners.scripted import make_partner, list_partners
     partner = make_partner("boulware", reservation=4)
     action = partner.act(observation, action_mask)
 
@@ -54,7 +54,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parley.agents.policy import BatchPolicy
 from parley.envs.negotiation import (
     AGREE_ACTION,
     ALL_SPLITS,
@@ -70,6 +69,7 @@ from parley.envs.negotiation import (
     _valuations,
     valid_value_pairs,
 )
+from parley.envs.policy import BatchPolicy
 
 __all__ = [
     "ScriptedPartner",

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from parley.agents.backbones import (
+from parley.agents.nn.backbones import (
     ACTIVATIONS,
     Backbone,
     ObservationSpec,

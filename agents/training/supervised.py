@@ -1,15 +1,15 @@
 """Supervised (behaviour-cloning) negotiation policies.
 
-A :class:`~parley.agents.torch_policy.TorchPolicy` with any backbone is fitted to (observation, legal
-mask, action) examples -- parsed corpus dialogues (:mod:`parley.agents.corpus`), a synthetic corpus, or
+A :class:`~parley.agents.nn.torch_policy.TorchPolicy` with any backbone is fitted to (observation, legal
+mask, action) examples -- parsed corpus dialogues (:mod:`parley.envs.corpus`), a synthetic corpus, or
 oracle answers -- by masked cross-entropy: illegal actions get no probability mass, so the loss only
 compares the recorded act with the other acts that were legal at that moment.
 
 The result serves twice in targeted data acquisition (Kwon et al. 2021): as the **SL baseline agent**
 and as the **partner model** an RL learner trains against. It saves and loads like any other policy::
 
-    from parley.agents.corpus import corpus_dataset, load_corpus
-    from parley.agents.supervised import SupervisedConfig, train_supervised
+    from parley.envs.corpus import corpus_dataset, load_corpus
+    from parley.agents.training.supervised import SupervisedConfig, train_supervised
 
     data = corpus_dataset(load_corpus("path/to/dealornodeal/data.txt"))
     result = train_supervised(data, SupervisedConfig(epochs=10))
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from parley.agents.corpus import ActDataset
-from parley.agents.torch_policy import TorchPolicy, mask_logits
+from parley.agents.nn.torch_policy import TorchPolicy, mask_logits
+from parley.envs.corpus import ActDataset
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, ObservationLayout
 
 
@@ -57,7 +57,7 @@ def new_policy(config: SupervisedConfig, name: str = "sl", deterministic: bool =
     """An untrained TorchPolicy shaped for negotiation observations with ``config.max_turns``."""
     return TorchPolicy(config.backbone, ObservationLayout(config.max_turns).size, dict(config.backbone_config),
                        deterministic=deterministic, device=config.device, seed=config.seed, name=name,
-                       metadata={"trained_by": "parley.agents.supervised"})
+                       metadata={"trained_by": "parley.agents.training.supervised"})
 
 
 def clone_policy(policy: TorchPolicy, name: str | None = None, deterministic: bool | None = None,

@@ -2,7 +2,7 @@
 
 :class:`TorchPolicy` is the one neural policy object parley passes around: an actor-critic network
 (any registered backbone, a policy head over the 252 actions, a value head) behind the common
-:class:`~parley.agents.policy.Policy` interface. RLlib and Stable-Baselines3 training, behaviour
+:class:`~parley.envs.policy.Policy` interface. RLlib and Stable-Baselines3 training, behaviour
 cloning and the targeted-data-acquisition learner all save their result as a TorchPolicy directory:
 
 ``policy.json``  what to rebuild: backbone name and config, observation size, metadata
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from parley.agents.policy import BatchPolicy, Policy
 from parley.envs.negotiation import NUM_ACTIONS
+from parley.envs.policy import BatchPolicy, Policy
 from parley.utils import resolve_device
 
 POLICY_FILE = "policy.json"
@@ -57,7 +57,7 @@ class ActorCritic(nn.Module):
         nn.init.orthogonal_(self.value_head.weight, gain=1.0)
         nn.init.zeros_(self.value_head.bias)
         if getattr(backbone, "head_adapter_targets", None):
-            from parley.agents.compacter import adapt_heads
+            from parley.agents.nn.compacter import adapt_heads
 
             adapt_heads(self, backbone)
 
@@ -70,7 +70,7 @@ class TorchPolicy(BatchPolicy):
     """A neural negotiation policy: any backbone with policy and value heads.
 
     Args:
-        backbone: a name from :func:`parley.agents.backbones.list_backbones`.
+        backbone: a name from :func:`parley.agents.nn.backbones.list_backbones`.
         observation_size: length D of the observation vector (``16 + 2 * max_turns``).
         backbone_config: keyword arguments for the backbone.
         deterministic: act greedily (highest legal logit) when True, else sample.
@@ -93,7 +93,7 @@ class TorchPolicy(BatchPolicy):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(seed)
-        from parley.agents.backbones import make_backbone
+        from parley.agents.nn.backbones import make_backbone
 
         self.backbone_name = backbone
         self.observation_size = int(observation_size)
@@ -234,7 +234,7 @@ def load_policy(path: str | Path, **kwargs: Any) -> Policy:
 
 
 #: Modules that register loaders for optional formats when imported (SB3 zips, RLlib checkpoints).
-OPTIONAL_LOADER_MODULES: tuple[str, ...] = ("parley.agents.sb3_training",)
+OPTIONAL_LOADER_MODULES: tuple[str, ...] = ("parley.agents.training.sb3",)
 
 
 def _import_optional_loaders() -> None:

@@ -2,7 +2,7 @@
 
 Every ``train`` flag defaults to None here so that only flags given on the command line override the
 ``--config`` YAML file (or, with ``--resume``, the run's saved configuration); the real defaults live
-in :class:`parley.agents.training.TrainConfig`.
+in :class:`parley.agents.training.run.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def train_command(
     """Train a negotiation policy with PPO; ends with an evaluation table and the checkpoint path."""
     import yaml
 
-    from parley.agents.training import TrainConfigError, resolve_train_config, train
+    from parley.agents.training.run import TrainConfigError, resolve_train_config, train
 
     parsed_backbone_config = None
     if backbone_config is not None:
@@ -105,8 +105,8 @@ def eval_command(
 ) -> None:
     """Evaluate a trained policy against scripted partners: score, agreement, Pareto, Nash product."""
     from parley.agents.evaluation import eval_table, evaluate_policy, write_eval_csv
-    from parley.agents.partner_pool import resolve_partner_names
-    from parley.agents.torch_policy import load_policy
+    from parley.agents.nn.torch_policy import load_policy
+    from parley.agents.partners.pool import resolve_partner_names
 
     try:
         names = resolve_partner_names(partners)

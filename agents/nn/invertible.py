@@ -49,7 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from parley.agents.backbones import (
+from parley.agents.nn.backbones import (
     Backbone,
     NegotiationTokenizer,
     ObservationSpec,

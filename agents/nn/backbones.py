@@ -2,7 +2,7 @@
 
 Every backbone is built through one registry::
 
-    from parley.agents.backbones import make_backbone, list_backbones
+    from parley.agents.nn.backbones import make_backbone, list_backbones
 
     net = make_backbone("transformer", env.observation_space, d_model=64, n_layers=2)
     features = net(observations)          # (B, D) float observations -> (B, net.out_dim)
@@ -22,10 +22,10 @@ Backbones
                           and the padded act history (act + speaker + position embeddings, pads masked
                           out of attention); pre-LayerNorm blocks; masked mean pooling.
 ``compacter``             the transformer with Compacter adapters (Mahabadi et al. 2021) injected and
-                          everything else frozen; see :mod:`parley.agents.compacter`.
+                          everything else frozen; see :mod:`parley.agents.nn.compacter`.
 ``invertible_attention``  the same tokens fed through invertible residual attention blocks
                           (Zha et al. 2021) with memory-saving backprop; see
-                          :mod:`parley.agents.invertible`.
+                          :mod:`parley.agents.nn.invertible`.
 
 Common options accepted by every backbone: ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``),
 ``bf16`` (run the forward pass under bfloat16 autocast; features come back as float32) and
@@ -223,7 +223,7 @@ def make_backbone(name: str, observation_space: Any, *, device: str = "auto", bf
     return net.to(resolve_device(device))
 
 
-_BACKBONE_MODULES = ("parley.agents.compacter", "parley.agents.invertible")
+_BACKBONE_MODULES = ("parley.agents.nn.compacter", "parley.agents.nn.invertible")
 
 
 def _load_optional_backbones() -> None:
@@ -521,7 +521,7 @@ class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: ``x + attn(ln1(x))`` then ``x + ff(ln2(x))``.
 
     ``attn`` and ``ff`` return the sublayer output before the residual add, which is where Compacter
-    adapters go (:func:`parley.agents.compacter.add_adapters` wraps these two modules by name).
+    adapters go (:func:`parley.agents.nn.compacter.add_adapters` wraps these two modules by name).
     """
 
     def __init__(self, config: TransformerConfig) -> None:

@@ -96,7 +96,7 @@ def multi_agent_env_creator(config: dict[str, Any]) -> NegotiationMultiAgentEnv:
 
 def partner_pool_env_creator(config: dict[str, Any]) -> gym.Env | gym.vector.VectorEnv:
     """The learner-vs-scripted-partners env; the batched vector env of ``num_envs`` games when RLlib asks."""
-    from parley.agents.partner_pool import make_pool_env
+    from parley.agents.partners.pool import make_pool_env
 
     config = dict(config)
     partners = config.pop("partners")
@@ -104,7 +104,7 @@ def partner_pool_env_creator(config: dict[str, Any]) -> gym.Env | gym.vector.Vec
     if num_envs is None:
         config.pop("reward_scale", None)  # RLlib only probes the single env for its spaces
         return make_pool_env(partners, **config)
-    from parley.agents.partner_pool import PartnerPoolVectorEnv, resolve_partner_names
+    from parley.agents.partners.pool import PartnerPoolVectorEnv, resolve_partner_names
 
     return PartnerPoolVectorEnv(int(num_envs), resolve_partner_names(partners), **config)
 
