@@ -210,8 +210,8 @@ def test_an_adapter_can_sit_on_the_final_layer_norm(observations):
 def test_an_adapter_on_the_policy_head_shares_the_rule_and_trains_alone(targets, placement, observations):
     """``target_modules: [policy_head]`` adapts the 252 action logits of the actor-critic network; a
     parallel adapter maps the head's input features to a change of the logits."""
+    from parley.agents.nn.compacter import freeze_all_but_adapters
     from parley.agents.nn.torch_policy import ActorCritic
-    from parley.agents.training.rllib_module import freeze_all_but_adapters
 
     torch.manual_seed(0)
     plain = ActorCritic(make_backbone("transformer", SPACE, device="cpu", **SMALL))
@@ -295,9 +295,8 @@ def test_head_adapters_refuse_what_they_cannot_adapt():
 
 def test_also_train_keeps_named_head_parameters_trainable_and_counts_them(observations):
     """``also_train`` trains named parameters in full beside the adapters (peft's ``modules_to_save``)."""
-    from parley.agents.nn.compacter import trained_beside_adapters
+    from parley.agents.nn.compacter import freeze_all_but_adapters, trained_beside_adapters
     from parley.agents.nn.torch_policy import ActorCritic
-    from parley.agents.training.rllib_module import freeze_all_but_adapters
 
     def network(also_train):
         return ActorCritic(make_backbone("compacter", SPACE, device="cpu", reduction=4, train_layer_norms=False,

@@ -445,6 +445,25 @@ def trained_beside_adapters(network: nn.Module) -> list[str]:
     return selected
 
 
+def freeze_all_but_adapters(model: nn.Module) -> int:
+    """Leave only Compacter adapter parameters trainable; return how many parameters stay trainable.
+
+    Adapter parameters are those :func:`is_adapter_parameter` names. Everything else -- the transformer,
+    its layer norms, the policy and value heads -- is frozen: fine-tuning changes nothing but the adapters,
+    and the parameters the backbone's ``also_train`` names (see :class:`CompacterBackboneConfig`).
+    Raises ``ValueError`` when nothing would train.
+    """
+    also = set(trained_beside_adapters(model))
+    trainable = 0
+    for name, param in model.named_parameters():
+        keep = is_adapter_parameter(name) or name in also
+        param.requires_grad_(keep)
+        trainable += param.numel() if keep else 0
+    if trainable == 0:
+        raise ValueError("the network has no adapter parameters to train; use the 'compacter' backbone")
+    return trainable
+
+
 def adapt_heads(network: nn.Module, backbone: nn.Module) -> nn.Module:
     """Give ``network``'s heads the Compacter adapters the ``compacter`` backbone was configured with.
 

@@ -73,8 +73,8 @@ def ppo_config_for(config: TrainConfig):
 
 def build_learner(config: TrainConfig, device: str):
     """The policy to train: fresh, from ``--init-from``, or with Compacter adapters on it."""
+    from parley.agents.nn.compacter import freeze_all_but_adapters
     from parley.agents.nn.torch_policy import TorchPolicy
-    from parley.agents.training.rllib_module import freeze_all_but_adapters
 
     init_policy = init_policy_for(config)
     backbone, backbone_config, trainable = network_plan(config, init_policy)
@@ -143,7 +143,7 @@ def train_native(config: TrainConfig, run: Path, *, console=None, on_iteration=N
         state["iteration"] += 1
         steps = int(ppo_row["learner_steps_this_iteration"])
         state["env_steps"] += steps
-        metrics = {"score": ppo_row["own_score"], "partner_score": ppo_row["partner_score"],
+        metrics = {"score": ppo_row["score"], "partner_score": ppo_row["partner_score"],
                    "agreement": ppo_row["agreement"], "pareto": ppo_row["pareto"],
                    "episodes": ppo.games_per_iteration}
         row = make_row(state["iteration"], state["env_steps"], steps, ppo_row["iteration_seconds"],

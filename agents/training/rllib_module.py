@@ -29,6 +29,7 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
+from parley.agents.nn.compacter import freeze_all_but_adapters
 from parley.agents.nn.torch_policy import ActorCritic, TorchPolicy, mask_logits
 
 OBSERVATION_KEY = "observation"
@@ -52,26 +53,6 @@ def build_network(backbone: str, observation_size: int, backbone_config: dict[st
 
     config = {k: v for k, v in dict(backbone_config or {}).items() if k != "device"}
     return ActorCritic(make_backbone(backbone, int(observation_size), device="cpu", **config))
-
-
-def freeze_all_but_adapters(model: torch.nn.Module) -> int:
-    """Leave only Compacter adapter parameters trainable; return how many parameters stay trainable.
-
-    Adapter parameters are those with ``adapter`` in their name. Everything else -- the transformer,
-    its layer norms, the policy and value heads -- is frozen: fine-tuning changes nothing but the adapters,
-    and the parameters the backbone's ``also_train`` names (see ``CompacterBackboneConfig``).
-    """
-    from parley.agents.nn.compacter import is_adapter_parameter, trained_beside_adapters
-
-    also = set(trained_beside_adapters(model))
-    trainable = 0
-    for name, param in model.named_parameters():
-        keep = is_adapter_parameter(name) or name in also
-        param.requires_grad_(keep)
-        trainable += param.numel() if keep else 0
-    if trainable == 0:
-        raise ValueError("the network has no adapter parameters to train; use the 'compacter' backbone")
-    return trainable
 
 
 class NegotiationRLModule(TorchRLModule, ValueFunctionAPI):

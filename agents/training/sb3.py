@@ -261,7 +261,7 @@ def train_sb3(config: TrainConfig, run: Path, *, console=None, on_iteration=None
                 gae_lambda=0.95, clip_range=0.2, ent_coef=config.entropy_coeff, vf_coef=0.5, max_grad_norm=0.5,
                 policy_kwargs=policy_kwargs(backbone, backbone_config), seed=config.seed, device=device, verbose=0)
             if init_policy is not None:
-                from parley.agents.training.rllib_module import freeze_all_but_adapters
+                from parley.agents.nn.compacter import freeze_all_but_adapters
 
                 load_network_state(model, transfer_weights(init_policy.model.state_dict(), _actor_critic_view(model)))
                 if trainable == "adapters":
