@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, which puts this folder
-on the import path): the machine line and the appending of a RESULTS.md section, best-of-N timing."""
+on the import path): the machine line, writing a benchmark's section of RESULTS.md, best-of-N timing."""
 
 from __future__ import annotations
 
@@ -43,14 +43,51 @@ def best_time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return min(times)
 
 
-def append_results(title: str, where: str, note: str, table: str) -> None:
-    """Append a dated section -- the exact command, the machine, a note, the table -- to RESULTS.md."""
+# A section heading is "## Title (YYYY-MM-DD HH:MM UTC)"; the title alone names the benchmark.
+_HEADING_DATE = re.compile(r" \(\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\)\s*$")
+
+
+def section_title(heading: str) -> str:
+    """The title of a ``## Title (date)`` heading line, without the ``## `` and the date."""
+    return _HEADING_DATE.sub("", heading[3:]).strip()
+
+
+def replace_section(text: str, title: str, section: str) -> str:
+    """``text`` (a RESULTS.md) with every section titled ``title`` replaced by ``section``, in the place
+    of the first one; ``section`` is appended when no section has that title. A section runs from its
+    ``## `` heading to the next ``## `` heading or the end."""
+    if not section.startswith("## ") or section_title(section.split("\n", 1)[0]) != title:
+        raise ValueError(f"section must start with a '## {title}' heading; got {section[:60]!r}")
+    lines = text.rstrip("\n").split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")] + [len(lines)]
+    kept, placed = lines[:starts[0]], False
+    for begin, end in zip(starts, starts[1:]):
+        if section_title(lines[begin]) != title:
+            kept += lines[begin:end]
+        elif not placed:
+            kept += section.rstrip("\n").split("\n") + [""]
+            placed = True
+    if not placed:
+        kept += ["", *section.rstrip("\n").split("\n")]
+    return "\n".join(kept).rstrip("\n") + "\n"
+
+
+def write_results_section(title: str, where: str, note: str, table: str, results: Path | None = None) -> None:
+    """Write a dated section -- the exact command, the machine, a note, the table -- to ``results``
+    (default RESULTS.md), replacing the section with the same title, so that the file holds the latest
+    run of each benchmark."""
+    results = RESULTS if results is None else results
     command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *(shlex.quote(a) for a in sys.argv[1:])])
-    section = (f"\n## {title} ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
+    section = (f"## {title} ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
                f"Command: `{command}`  \nMachine: {where}  \n{note}\n\n{table}\n")
-    with RESULTS.open("a") as handle:
-        handle.write(section)
-    print(f"appended to {RESULTS}")
+    text = results.read_text() if results.exists() else "# Benchmark results\n"
+    partial = results.with_name(results.name + ".partial")
+    partial.write_text(replace_section(text, title, section))
+    partial.replace(results)
+    print(f"wrote the section '{title}' of {results}")
+
+
+append_results = write_results_section  # the name the benchmark scripts have used
 
 
 def parse_overrides(text: str, config_class: type, option: str) -> dict:

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import append_results, machine
+from common import machine, write_results_section
 
 from parley.agents.evaluation import evaluate_policy
 from parley.agents.partners.scripted import list_partners, make_partner
@@ -72,6 +72,10 @@ CURVE = HERE / "learning_curve.png"
 EVAL_SEED = 777  # contexts for every comparison against the suite (never the corpus test split)
 OLD_POOL = ["boulware", "linear", "tit_for_tat"]
 NEW_POOL = ["conceder", "fair_split", "pareto"]
+# Each part writes its own section of RESULTS.md, replaced when that part runs again.
+PART_TITLES = {"beat": "Learning: time to beat the best scripted partner",
+               "speed": "Learning: RLlib vs SB3 vs native PPO on one env-step budget",
+               "adapters": "Learning: Compacter vs full fine-tuning"}
 
 
 def suite_score(policy, episodes: int, partners="suite") -> float:
@@ -533,11 +537,13 @@ def main() -> None:
 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     workdir = Path(tempfile.mkdtemp(prefix="parley-learning-"))
-    lines = ["| measure | value | target / note |", "|---|---:|---|"]
+    tables: dict[str, list[str]] = {}  # part -> its table's lines, each part its own RESULTS.md section
     try:
         best_name, target = best_scripted(args.eval_episodes)
-        lines.append(f"| best scripted partner vs suite (mean score) | {target:.2f} | {best_name} |")
+        head = ["| measure | value | target / note |", "|---|---:|---|",
+                f"| best scripted partner vs suite (mean score) | {target:.2f} | {best_name} |"]
         if "beat" in args.parts:
+            lines = tables["beat"] = list(head)
             curves = {}
             for framework in args.frameworks:
                 label = FRAMEWORK_LABELS[framework]
@@ -561,6 +567,7 @@ def main() -> None:
             plot_curve(curves, target, best_name)
             lines.append(f"| learning curve | `benchmarks/{CURVE.name}` | |")
         if "speed" in args.parts:
+            lines = tables["speed"] = list(head)
             print("RLlib vs SB3 vs native on the same budget ...", flush=True)
             rl = framework_run("rllib", workdir, args.speed_steps, args.eval_episodes)
             sb = framework_run("sb3", workdir, args.speed_steps, args.eval_episodes)
@@ -574,6 +581,7 @@ def main() -> None:
             lines.append(f"| RLlib / SB3 steps/s | {rl['rate'] / sb['rate']:.2f}x | same budget, same backbone |")
             lines.append(f"| native / RLlib steps/s | {na['rate'] / rl['rate']:.2f}x | same budget, same backbone |")
         if "adapters" in args.parts:
+            lines = tables["adapters"] = list(head)
             print("Compacter vs full fine-tuning ...", flush=True)
             cfg = {"d_model": args.d_model, "n_heads": 4, "n_layers": args.n_layers}
             arms = dict(adapter_arm(spec, args.adapter_variant, args.adapter_n, args.adapter_rank,
@@ -605,14 +613,16 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         ray.shutdown()
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_append:
-        append_results("Learning: PPO vs scripted partners, RLlib vs SB3, Compacter fine-tuning", where,
-                       f"Scores are points out of 10, greedy policy, {args.eval_episodes} seeded games per scripted "
-                       f"partner (contexts sampled from the rules, seed {EVAL_SEED}); steps/s counts the learner's "
-                       "env steps including the PPO updates. The machine is shared, so throughput varies with load.",
-                       table)
+    for part, lines in tables.items():
+        table = "\n".join(lines)
+        print(table)
+        if not args.no_append:
+            write_results_section(
+                PART_TITLES[part], where,
+                f"Scores are points out of 10, greedy policy, {args.eval_episodes} seeded games per scripted "
+                f"partner (contexts sampled from the rules, seed {EVAL_SEED}); steps/s counts the learner's "
+                "env steps including the PPO updates. The machine is shared, so throughput varies with load.",
+                table)
 
 
 if __name__ == "__main__":
