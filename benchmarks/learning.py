@@ -1,50 +1,37 @@
-"""Learning benchmark: how fast PPO learns to negotiate, RLlib vs SB3, Compacter vs full fine-tuning.
+"""Learning benchmark: how fast PPO learns to negotiate, RLlib vs SB3 vs native PPO, Compacter vs full
+fine-tuning.
 
-    python benchmarks/learning.py                       # everything (about 30 minutes on 2 CPU cores)
+    python benchmarks/learning.py                       # every part
     python benchmarks/learning.py --parts beat speed    # only some parts
     python benchmarks/learning.py --no-append           # print only
 
-Parts, all in one run so the ratios are measured side by side:
-
 ``beat``      PPO (RLlib, then parley's native trainer), mlp backbone, against the whole scripted suite
-              (partner drawn per episode).
-              After every iteration (at most every 5 training seconds) the greedy policy plays ``--eval-episodes`` games against each
-              scripted partner; the clock stops when its mean score beats the best scripted partner's
-              mean score against the same suite on the same contexts (target <= 15 minutes). Evaluation
-              time is left out of the clock. Also reports env steps/s during training (target >= 5k/s).
-              Writes the learning curve to ``benchmarks/learning_curve.png``.
+              (partner drawn per episode). After every iteration (at most every 5 training seconds)
+              the greedy policy plays ``--eval-episodes`` games against each scripted partner; the clock
+              stops when its mean score beats the best scripted partner's mean score against the same
+              suite on the same contexts. Evaluation time is left out of the clock. Also reports env
+              steps/s during training and writes the learning curve to ``benchmarks/learning_curve.png``.
 ``speed``     RLlib vs Stable-Baselines3 MaskablePPO vs native PPO on the same env-step budget: wall time,
               env steps/s, greedy score against the suite.
-``adapters``  a transformer policy (d_model 256, one block: wide enough that Compacter++ stays under 0.1%
-              of the policy's parameters) trained against one pool (by default boulware, linear,
-              tit_for_tat) is fine-tuned against another (conceder, fair_split, pareto) from the same weights, same seed,
-              same env-step budget and PPO settings: every weight (lr 1e-3), then Compacter adapters only
-              (lr 1e-2; 3e-3 did worse, 3e-2 the same, see docs/training.md), once per ``--adapter-arms``
-              placement (by default Compacter++ in the backbone, and an adapter beside the policy head,
-              reduction 16).
-              Reports, per arm, the return ratio (adapters / full, greedy score against the new pool over
-              ``--adapter-eval-episodes`` games per partner), the share of full fine-tuning's gain it
-              recovers, and the trainable fraction over every parameter of the policy, heads included
-              (target >= 95% at <= 0.1%). About 25 minutes on 2 busy cores. ``--finetune-seeds N`` repeats
-              every fine-tuning with N seeds (from ``--first-finetune-seed``) and reports mean +- standard
-              error, ratios paired by seed. ``--pretrain-seeds 0 1 2 3`` runs the whole study from
-              several pretrained policies (pretrained policies differ more than fine-tuning seeds do)
-              and adds each arm's mean over them. Fine-tuning is deterministic given its seeds: with
-              ``--pretrain-dir DIR`` each pretraining is kept in DIR/seed-S and every finished fine-tuning
-              beside it (``finetune_results.json``), and a later study reuses those with the same
-              settings instead of rerunning them; ``--full-scores`` passes full fine-tuning's scores
-              measured before.
-              ``--full-epochs`` and ``--adapter-epochs`` set each arm's PPO epochs per batch (default 4;
-              at 16 both arms score higher, full fine-tuning by more, see docs/training.md);
-              ``--full-batch`` and ``--adapter-batch`` set each arm's env steps per PPO batch (default
-              8,192; a smaller batch means more policy updates from the same env steps).
-              ``--d-model`` widens the transformer; ``--pretrain-lr`` sets the pretraining's learning
-              rate (default 1e-3, at which a d_model 512 policy unlearns; 3e-4 trains it, see
-              docs/training.md); ``--pretrain-steps`` and ``--pretrain-partners`` set how long and
-              against whom the policy is pretrained (never the new pool's partners). A policy pretrained
-              longer against a broader pool gives the adapters more to work with (docs/training.md).
+``adapters``  a transformer policy (d_model ``--d-model``, ``--n-layers`` blocks) pretrained against
+              ``--pretrain-partners`` (by default boulware, linear, tit_for_tat; never the new pool) is
+              fine-tuned against conceder, fair_split and pareto from the same weights, with the same
+              seed, env-step budget and PPO settings: once with every weight trained, then once per
+              ``--adapter-arms`` placement with Compacter adapters only. Reports per arm the return
+              ratio (adapters / full), the gain recovered ((adapters - before) / (full - before)) and the
+              trainable fraction over every parameter of the policy, heads included; greedy score over
+              ``--adapter-eval-episodes`` games per new-pool partner. ``--finetune-seeds N`` repeats each
+              fine-tuning with N seeds and reports mean +- standard error, ratios paired by seed;
+              ``--pretrain-seeds`` repeats the study from several pretrained policies and adds each arm's
+              mean over them. ``--pretrain-dir DIR`` keeps each pretraining in DIR/seed-S with its
+              finished fine-tunings (``finetune_results.json``), which a later run with the same
+              settings reuses (fine-tuning is deterministic given its seeds); ``--full-scores`` passes
+              full fine-tuning's scores measured before. ``--full-epochs``/``--adapter-epochs`` and
+              ``--full-batch``/``--adapter-batch`` set each arm's PPO epochs per batch and env steps per
+              batch; ``--pretrain-lr`` and ``--pretrain-steps`` the pretraining's rate and length.
 
-The table is appended to ``benchmarks/RESULTS.md`` with the date, command and machine.
+Each part writes its own section of ``benchmarks/RESULTS.md`` (date, command, machine, table), replacing
+the section an earlier run of that part wrote. docs/studies/compacter.md reports the adapters study.
 """
 
 from __future__ import annotations
@@ -464,8 +451,8 @@ def main() -> None:
                         help="adapters part: the pretraining's partner pool (none of the new pool's: the "
                              "study measures adapting to partners the policy has not met)")
     parser.add_argument("--pretrain-lr", type=float, default=DEFAULT_LR,
-                        help="adapters part: learning rate of the pretraining (wider transformers need a "
-                             "smaller one: d_model 512 unlearns at 1e-3, see docs/training.md)")
+                        help="adapters part: learning rate of the pretraining (wider transformers may need a "
+                             "smaller one)")
     parser.add_argument("--finetune-steps", type=int, default=40_000,
                         help="adapters part: env steps of each fine-tuning arm (the same for both)")
     parser.add_argument("--pretrain-dir", default=None,
