@@ -44,7 +44,7 @@ ADAPTERS = ("compacter",)
 DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto")
 DEFAULT_ITERATIONS = 15
 DEFAULT_LR = 1e-3
-# A few hundred adapter weights want a larger step than a whole network (docs/training.md measures it).
+# A few hundred adapter weights want a larger step than a whole network (docs/studies/compacter.md).
 DEFAULT_ADAPTER_LR = 1e-2
 CHECKPOINTS = "checkpoints"
 POLICY_DIR = "policy"
