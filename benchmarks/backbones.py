@@ -1,6 +1,7 @@
 """Benchmark the policy backbones, invertible attention and int8 compression on CPU.
 
-Prints four tables and appends them to benchmarks/RESULTS.md with the date, the command and the machine:
+Prints four tables and writes them to its section of benchmarks/RESULTS.md with the date, the command
+and the machine:
 
 1. per backbone and size: parameters, trainable parameters, forward and forward+backward latency,
    activation memory (bytes of tensors saved for backward, counted with saved_tensors_hooks);
@@ -29,7 +30,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import best_time
+from common import best_time, save_results_section
 from torch import nn
 
 from parley.agents.nn.backbones import make_backbone, sample_observations
@@ -44,7 +45,6 @@ from parley.agents.nn.invertible import (
 )
 from parley.envs.negotiation import NUM_ACTIONS
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BATCH = 64
 
 SIZES: dict[str, list[tuple[str, dict]]] = {
@@ -214,8 +214,7 @@ def main() -> None:
                f"torch threads {torch.get_num_threads()}")
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     now = datetime.datetime.now(datetime.timezone.utc)
-    with RESULTS.open("a") as handle:
-        handle.write(
+    save_results_section(
             f"\n## Policy backbones, invertible attention, int8 ({now:%Y-%m-%d %H:%M} UTC)\n\n"
             f"Command: `{command}`  \nMachine: {machine}  \n"
             f"Batch {BATCH} negotiation observations (max_turns 10); best of {repeats} timings; activation memory = "
@@ -230,7 +229,6 @@ def main() -> None:
             + "\n".join(t3)
             + "\n\nint8 dynamic quantization vs float32 (CPU inference):\n\n"
             + "\n".join(t4) + "\n")
-    print(f"appended to {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -72,19 +72,26 @@ def replace_section(text: str, title: str, section: str) -> str:
     return "\n".join(kept).rstrip("\n") + "\n"
 
 
-def write_results_section(title: str, where: str, note: str, table: str, results: Path | None = None) -> None:
-    """Write a dated section -- the exact command, the machine, a note, the table -- to ``results``
-    (default RESULTS.md), replacing the section with the same title, so that the file holds the latest
-    run of each benchmark."""
+def save_results_section(section: str, results: Path | None = None) -> None:
+    """Put ``section`` (a ``## Title (date)`` heading and its text) into ``results`` (default RESULTS.md),
+    replacing the section with the same title, or after the last section if there is none."""
     results = RESULTS if results is None else results
-    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *(shlex.quote(a) for a in sys.argv[1:])])
-    section = (f"## {title} ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
-               f"Command: `{command}`  \nMachine: {where}  \n{note}\n\n{table}\n")
+    section = section.lstrip("\n")
+    title = section_title(section.split("\n", 1)[0])
     text = results.read_text() if results.exists() else "# Benchmark results\n"
     partial = results.with_name(results.name + ".partial")
     partial.write_text(replace_section(text, title, section))
     partial.replace(results)
     print(f"wrote the section '{title}' of {results}")
+
+
+def write_results_section(title: str, where: str, note: str, table: str, results: Path | None = None) -> None:
+    """Write a dated section -- the exact command, the machine, a note, the table -- to ``results``
+    (default RESULTS.md), replacing the section with the same title, so that the file holds the latest
+    run of each benchmark."""
+    command = "python benchmarks/" + " ".join([Path(sys.argv[0]).name, *(shlex.quote(a) for a in sys.argv[1:])])
+    save_results_section(f"## {title} ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
+                         f"Command: `{command}`  \nMachine: {where}  \n{note}\n\n{table}\n", results)
 
 
 append_results = write_results_section  # the name the benchmark scripts have used

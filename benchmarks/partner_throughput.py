@@ -4,7 +4,7 @@ For each partner: rows per second of ``act_batch`` at batch 1, 64, 1024 and 4096
 real games (a random mix of partners drives them), next to the batched rules' own cost per step
 (observations + legality masks + applying the acts) at the same batch, as a ratio. Then the time of
 ``run_tournament`` over every scripted partner at the given number of contexts. Prints a table and
-appends it to benchmarks/RESULTS.md with the date, the command and the machine.
+writes it to its section of benchmarks/RESULTS.md with the date, the command and the machine.
 
     python benchmarks/partner_throughput.py [--contexts 200] [--repeats 7] [--no-append]
 """
@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import best_time
+from common import best_time, save_results_section
 
 from parley.agents.partners.scripted import list_partners, make_partner
 from parley.agents.partners.tournament import run_tournament
 from parley.envs.negotiation import WALK_AWAY_ACTION, BatchedNegotiation, sample_context_arrays
 
 BATCHES = (1, 64, 1024, 4096)
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def sample_states(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, BatchedNegotiation]:
@@ -100,8 +99,7 @@ def main() -> None:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores visible, Python {platform.python_version()}, "
                f"numpy {np.__version__}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    with RESULTS.open("a") as handle:
-        handle.write(f"\n## Scripted partner throughput ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
+    save_results_section(f"\n## Scripted partner throughput ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
                      f"Command: `{command}`  \nMachine: {machine}  \n"
                      "Best of repeated timings of `act_batch` on live game states; the last column divides a "
                      "partner's time by one step of the batched rules (observations + masks + apply) at 4096.\n\n"

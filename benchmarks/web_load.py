@@ -12,7 +12,7 @@ Example::
 
     python benchmarks/web_load.py --sessions 10 50 --games 2 --pause 1.0 --ramp 10 --synchronous FULL NORMAL
 
-Prints a table and appends it to benchmarks/RESULTS.md with the date, the command and the machine.
+Prints a table and writes it to its section of benchmarks/RESULTS.md with the date, the command and the machine.
 Only loopback traffic: the server binds 127.0.0.1 and the client talks to nothing else.
 """
 
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import save_results_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ADMIN = "web-load-admin-token-0123456789"
 MAX_SESSIONS = 500
 
@@ -287,8 +287,7 @@ def main() -> None:
                f"The load average before each run shows how busy the shared machine was. SQLite sync FULL (the "
                f"default) makes each commit survive power loss; NORMAL survives process crashes. Target: p99 <= 50 "
                f"ms at 50 sessions, 0 errors.\n\n{table}\n")
-    with RESULTS.open("a") as handle:
-        handle.write(section)
+    save_results_section(section)
 
 
 if __name__ == "__main__":
