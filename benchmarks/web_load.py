@@ -37,7 +37,12 @@ import httpx
 import numpy as np
 from common import save_results_section
 
+from parley.human_eval.security import TokenSigner
+
 ADMIN = "web-load-admin-token-0123456789"
+# The server's token secret, so the simulated participants can sign their own recruitment links.
+SECRET = "web-load-secret-0123456789abcdef"
+LINKS = TokenSigner(SECRET)
 MAX_SESSIONS = 500
 
 
@@ -56,7 +61,7 @@ def start_server(folder: Path, agent: str, games: int, synchronous: str) -> tupl
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PARLEY_LOG_LEVEL": "warning"}
     proc = subprocess.Popen([sys.executable, "-m", "parley.cli", "serve", "--agents", str(config), "--db",
                              f"sqlite:///{folder / 'study.db'}", "--host", "127.0.0.1", "--port", str(port),
-                             "--admin-token", ADMIN, "--sqlite-synchronous", synchronous],
+                             "--admin-token", ADMIN, "--secret", SECRET, "--sqlite-synchronous", synchronous],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -160,7 +165,8 @@ async def participant(port: int, index: int, games: int, pause: float, ramp: flo
 
     await asyncio.sleep(rng.random() * ramp)  # participants arrive spread over the ramp, not in lock-step
     try:
-        entered = await call("POST", "/api/enter", {"study": "load", "pid": f"sim-{index}"})
+        pid = f"sim-{index}"
+        entered = await call("POST", "/api/enter", {"study": "load", "pid": pid, "sig": LINKS.sign_link("load", pid)})
         if entered is None:
             return
         h = {"X-Session-Token": entered["token"]}

@@ -28,24 +28,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.engine import Engine
 
 from parley.envs.negotiation import IllegalActionError
 from parley.human_eval import report
 from parley.human_eval.config import StudyConfig
 from parley.human_eval.db import Setting, make_engine
-from parley.human_eval.security import RateLimiter, TokenError, TokenSigner, new_secret
-from parley.human_eval.service import NotFound, StudyError, StudyService
+from parley.human_eval.security import Allowlist, RateLimiter, TokenError, TokenSigner, new_secret
+from parley.human_eval.service import NotAllowed, NotFound, StudyError, StudyService
 
 log = logging.getLogger("parley.human_eval")
 
@@ -68,6 +72,20 @@ class _Body(BaseModel):
 class EnterRequest(_Body):
     study: str = Field(min_length=1, max_length=64)
     pid: str = Field(min_length=1, max_length=128)
+    # The recruitment link's signature (entry: signed), and a crowd platform's study and session ids
+    # (Prolific's STUDY_ID and SESSION_ID, MTurk's hitId and assignmentId).
+    sig: str | None = Field(default=None, max_length=64)
+    study_id: str | None = Field(default=None, max_length=64)
+    session_id: str | None = Field(default=None, max_length=64)
+
+
+class LinksRequest(_Body):
+    pids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(min_length=1, max_length=10_000)
+    base_url: str = Field(default="", max_length=512)
+
+
+class ComprehensionRequest(_Body):
+    answers: dict[Annotated[str, Field(max_length=32)], StrictInt] = Field(max_length=16)
 
 
 class EmptyRequest(_Body):
@@ -78,8 +96,10 @@ class ActRequest(_Body):
     kind: Literal["propose", "insist", "agree", "walk_away"]
     split: list[StrictInt] | None = Field(default=None, max_length=3)
     message: str | None = Field(default=None, max_length=2000)
-    turn: StrictInt | None = None
-    client_ts: StrictFloat | StrictInt | None = None
+    # The turn the act is meant for (the view's ``turn``): a retried act is then recorded once.
+    turn: StrictInt = Field(ge=0, le=1000)
+    # The page's clock, seconds since the epoch.
+    client_ts: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1e11)] | None = None
 
 
 class SurveyRequest(_Body):
@@ -87,6 +107,52 @@ class SurveyRequest(_Body):
     human_like: StrictInt = Field(ge=1, le=5)
     negotiate_again: StrictInt = Field(ge=1, le=5)
     comment: str = Field(default="", max_length=4000)
+    attention: StrictInt | None = Field(default=None, ge=1, le=5)
+
+
+# Game ids are row ids: anything outside a 63-bit signed integer cannot name a game (and would
+# overflow the database's integer), so the path parameter is bounded.
+GameId = Annotated[int, PathParam(ge=1, le=2**62)]
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
+def strict_json(body: bytes):
+    """Parse a request body as strict JSON: no Infinity, NaN or numbers that overflow to infinity."""
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as err:  # raised by the hooks above, or an int over 4300 digits
+        raise json.JSONDecodeError(str(err), body.decode("utf-8", "replace")[:200], 0) from None
+
+
+class _StrictJSONRequest(Request):
+    async def json(self):
+        if not hasattr(self, "_json"):
+            self._json = strict_json(await self.body())
+        return self._json
+
+
+class _StrictJSONRoute(APIRoute):
+    """Routes whose JSON bodies are parsed strictly (see :func:`strict_json`)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request):
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler
 
 
 def _static_dir():
@@ -165,6 +231,8 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
 
     app = FastAPI(title=f"parley study {config.study}", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
+    app.router.route_class = _StrictJSONRoute
+    allowlist = Allowlist(config.allowlist) if config.allowlist is not None else None
     app.state.service = service
     app.state.signer = signer
 
@@ -235,7 +303,19 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
         client = request.client.host if request.client else "unknown"
         if not enter_limits.allow(client):
             raise _RateLimited()
-        participant_id = service.enter(body.study, body.pid)
+        if body.study != config.study:
+            raise NotFound(f"unknown study {body.study!r}")
+        service.check_pid(body.pid)
+        # The link must prove it was issued for this pid: signed by the server's secret, or the pid on
+        # the study's allowlist. Only "entry: open" lets any well-formed id in.
+        if config.entry == "signed" and not signer.check_link(config.study, body.pid, body.sig):
+            raise NotAllowed("this study link is not valid for this participant id; use the exact link you "
+                             "were given")
+        if config.entry == "allowlist" and body.pid not in allowlist:
+            raise NotAllowed("this participant id is not on the study's list; open the study from the "
+                             "platform again, or contact the researcher")
+        participant_id = service.enter(body.study, body.pid, platform_study_id=body.study_id,
+                                       platform_session_id=body.session_id)
         return JSONResponse({"token": signer.issue(participant_id, config.study),
                              "state": service.participant_state(participant_id)})
 
@@ -253,17 +333,27 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
         service.record_step(pid, "instructions")
         return JSONResponse(service.participant_state(pid))
 
+    @app.post("/api/comprehension")
+    def comprehension(body: ComprehensionRequest, pid: int = Depends(participant)) -> JSONResponse:
+        result = service.answer_comprehension(pid, body.answers)
+        return JSONResponse({**result, "state": service.participant_state(pid)})
+
+    @app.post("/api/leave")
+    def leave(pid: int = Depends(participant), _body: EmptyRequest | None = None) -> JSONResponse:
+        result = service.leave(pid)
+        return JSONResponse({**result, "state": service.participant_state(pid)})
+
     @app.post("/api/games")
     def start(pid: int = Depends(participant), _body: EmptyRequest | None = None) -> JSONResponse:
         service.start_game(pid)
         return JSONResponse(service.participant_state(pid))
 
     @app.get("/api/games/{game_id}")
-    def game(game_id: int, pid: int = Depends(participant)) -> JSONResponse:
+    def game(game_id: GameId, pid: int = Depends(participant)) -> JSONResponse:
         return JSONResponse(service.advance(pid, game_id))
 
     @app.post("/api/games/{game_id}/act")
-    async def act(game_id: int, body: ActRequest, pid: int = Depends(participant)) -> JSONResponse:
+    async def act(game_id: GameId, body: ActRequest, pid: int = Depends(participant)) -> JSONResponse:
         # Without think time the agent's reply is stored with the person's act in one transaction.
         view = await run_in_threadpool(service.act, pid, game_id, body.kind, body.split, message=body.message,
                                        client_ts=None if body.client_ts is None else float(body.client_ts),
@@ -276,9 +366,9 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
         return JSONResponse(view)
 
     @app.post("/api/games/{game_id}/survey")
-    def survey(game_id: int, body: SurveyRequest, pid: int = Depends(participant)) -> JSONResponse:
-        code = service.submit_survey(pid, game_id, body.model_dump())
-        return JSONResponse({"completion_code": code, "state": service.participant_state(pid)})
+    def survey(game_id: GameId, body: SurveyRequest, pid: int = Depends(participant)) -> JSONResponse:
+        service.submit_survey(pid, game_id, body.model_dump(exclude_none=True))
+        return JSONResponse({**service.completion(pid, game_id), "state": service.participant_state(pid)})
 
     # ------------------------------------------------------------------------------------- admin
 
@@ -298,6 +388,27 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
         media = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
         return Response(body, media_type=media, headers={
             "Content-Disposition": f'attachment; filename="{config.study}-{table}.{fmt}"'})
+
+    @app.post("/api/admin/links", dependencies=[Depends(admin)])
+    def links(body: LinksRequest) -> dict:
+        """Signed recruitment links, one per pid: ``{base_url}/?study=..&pid=..&sig=..``."""
+        out = []
+        for pid in body.pids:
+            service.check_pid(pid)
+            query = urlencode({"study": config.study, "pid": pid, "sig": signer.sign_link(config.study, pid)})
+            out.append({"pid": pid, "url": f"{body.base_url.rstrip('/')}/?{query}"})
+        return {"study": config.study, "links": out}
+
+    @app.get("/api/admin/bonuses.csv", dependencies=[Depends(admin)])
+    def bonuses() -> Response:
+        """Bonuses in the bulk-bonus format of Prolific: ``participant id,amount`` a line, no header."""
+        service.expire_idle_games()
+        rows = service.bonuses()
+        total = sum(r["amount"] for r in rows)
+        body = "".join(f"{r['pid']},{r['amount']:.2f}\n" for r in rows)
+        return Response(body, media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{config.study}-bonuses.csv"',
+            "X-Bonus-Total": f"{total:.2f} {config.bonus_currency}", "X-Bonus-Participants": str(len(rows))})
 
     @app.get("/api/admin/results", dependencies=[Depends(admin)])
     def results() -> dict:

@@ -14,12 +14,25 @@ A study is described by a YAML file (``agents.yaml``)::
     session_time_s: 1200           # a whole negotiation may take at most this long
     sessions_per_participant: 1
     pages_dir: pages               # optional: your own index.html (consent, instructions), style.css, ...
+    entry: signed                  # signed (default): links carry sig=...; allowlist: ids in a file; open
+    allowlist: ids.txt             # with entry: allowlist, the ids allowed in, one a line
+    platform:                      # optional: a crowd platform's link parameters, codes and redirect
+      name: prolific               # prolific (PROLIFIC_PID, STUDY_ID, SESSION_ID) or mturk (workerId, ...)
+      study_id: 65f0c0ffee0123456789abcd   # the STUDY_ID / hitId the links must carry (optional)
+      completion_code: C1A2B3C4
+      timeout_code: C5TIMEOUT      # optional: for a negotiation that timed out
+      returned_code: C6RETURN      # optional: for a participant who leaves the study early
+    exclude_studies: [pilot-2025]  # refuse participants who took part in these studies (same database)
+    bonus: {per_point: 0.05, max: 0.5, currency: GBP}   # paid per point the participant scores
+    comprehension_attempts: 3      # rules questions before play, this many tries (0: no check)
+    attention_check: true          # an instructed-response item in the survey
 
 Every field except ``agents`` has a default; :data:`DEFAULT_STUDY` needs no file at all.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +42,17 @@ import numpy as np
 from parley.envs.negotiation import Context, load_contexts, sample_context
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+ENTRY_MODES = ("signed", "allowlist", "open")
+PLATFORMS = ("prolific", "mturk")
+# The ids each platform puts in its links: Prolific ids are 24 hex digits; MTurk ids are upper-case
+# letters and digits. Any other study takes pids of letters, digits, '-', '_' and '.'.
+PID_PATTERNS = {
+    None: re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"),
+    "prolific": re.compile(r"[0-9a-f]{24}"),
+    "mturk": re.compile(r"A[A-Z0-9]{5,63}"),
+}
+SESSION_PATTERNS = {"prolific": re.compile(r"[0-9a-zA-Z]{1,64}"), "mturk": re.compile(r"[A-Z0-9]{1,64}")}
+_CODE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class StudyConfigError(ValueError):
@@ -72,6 +96,47 @@ class AgentSpec:
 
 
 @dataclass(frozen=True)
+class PlatformSpec:
+    """A crowd platform: which link parameters carry the ids, and the codes that send people back."""
+
+    name: str
+    completion_code: str
+    study_id: str | None = None
+    timeout_code: str | None = None
+    returned_code: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> PlatformSpec:
+        if not isinstance(raw, dict):
+            raise StudyConfigError(f"platform must be a mapping like {{name: prolific, completion_code: C1A2B3C4}}, "
+                                   f"got {raw!r}")
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(raw) - allowed
+        if unknown:
+            raise StudyConfigError(f"platform: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if raw.get("name") not in PLATFORMS:
+            raise StudyConfigError(f"platform.name must be one of {', '.join(PLATFORMS)}, got {raw.get('name')!r}")
+        if raw.get("completion_code") is None:
+            raise StudyConfigError("platform.completion_code is required: the code the platform gives you for "
+                                   "this study")
+        values = {}
+        for key in ("completion_code", "timeout_code", "returned_code", "study_id"):
+            value = raw.get(key)
+            if value is not None:
+                value = str(value)
+                if not _CODE_PATTERN.fullmatch(value):
+                    raise StudyConfigError(f"platform.{key} must be 1-64 letters, digits, '-' or '_', got {value!r}")
+            values[key] = value
+        return cls(name=raw["name"], **values)
+
+    def completion_url(self, code: str) -> str | None:
+        """Where the page sends the participant with ``code``; None where the code is typed in instead."""
+        if self.name == "prolific":
+            return f"https://app.prolific.com/submissions/complete?cc={code}"
+        return None  # MTurk: the participant pastes the code into the HIT
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything that defines a study. Build with :meth:`from_dict` / :meth:`from_yaml` to validate."""
 
@@ -92,6 +157,20 @@ class StudyConfig:
     # A folder whose files replace the packaged pages and assets of the same name (index.html holds the
     # consent and instruction texts); relative paths are resolved against the config file's folder.
     pages_dir: str | None = None
+    # Who may enter: "signed" links (``sig`` made by the admin's link endpoint), ids in ``allowlist``
+    # (a file, re-read when it changes), or anyone with a well-formed id ("open").
+    entry: str = "signed"
+    allowlist: str | None = None
+    platform: PlatformSpec | None = None
+    # Studies (in the same database) whose participants may not take part in this one.
+    exclude_studies: tuple[str, ...] = ()
+    # Bonus paid per point the participant scores, capped at bonus_max per game (None: no cap).
+    bonus_per_point: float = 0.0
+    bonus_max: float | None = None
+    bonus_currency: str = "GBP"
+    # Tries at the rules questions before play (0: no comprehension check).
+    comprehension_attempts: int = 0
+    attention_check: bool = False
 
     def __post_init__(self) -> None:
         _check_name(self.study, "study")
@@ -111,9 +190,26 @@ class StudyConfig:
                   ("max_message_chars", self.max_message_chars >= 0, ">= 0"),
                   ("rate_per_s", self.rate_per_s > 0, "> 0"),
                   ("rate_burst", self.rate_burst >= 1, "at least 1")]
+        checks += [("bonus_per_point", self.bonus_per_point >= 0, ">= 0"),
+                   ("bonus_max", self.bonus_max is None or self.bonus_max >= 0, ">= 0"),
+                   ("comprehension_attempts", self.comprehension_attempts >= 0, ">= 0")]
         for name, ok, rule in checks:
             if not ok:
                 raise StudyConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        if self.entry not in ENTRY_MODES:
+            raise StudyConfigError(f"entry must be one of {', '.join(ENTRY_MODES)}, got {self.entry!r}")
+        if (self.entry == "allowlist") != (self.allowlist is not None):
+            raise StudyConfigError("entry: allowlist needs an allowlist file, and an allowlist file needs "
+                                   "entry: allowlist")
+        for name in self.exclude_studies:
+            _check_name(name, "exclude_studies[]")
+        if not isinstance(self.bonus_currency, str) or not re.fullmatch(r"[A-Z]{3}", self.bonus_currency):
+            raise StudyConfigError(f"bonus.currency must be a three-letter code like GBP, got {self.bonus_currency!r}")
+
+    @property
+    def pid_pattern(self) -> re.Pattern:
+        """The form participant ids take in this study's links."""
+        return PID_PATTERNS[None if self.platform is None else self.platform.name]
 
     def agent(self, name: str) -> AgentSpec:
         for spec in self.agents:
@@ -127,7 +223,8 @@ class StudyConfig:
             raw = {"agents": raw}
         if not isinstance(raw, dict):
             raise StudyConfigError(f"a study config is a mapping of settings, got {type(raw).__name__}")
-        allowed = {f.name for f in fields(cls)}
+        # The bonus is one mapping in YAML (bonus: {per_point, max, currency}) and three fields here.
+        allowed = {f.name for f in fields(cls) if not f.name.startswith("bonus_")} | {"bonus"}
         unknown = set(raw) - allowed
         if unknown:
             raise StudyConfigError(f"unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -147,6 +244,29 @@ class StudyConfig:
                 kwargs[key] = _number(kwargs[key], key, int)
         if "study" in kwargs:
             kwargs["study"] = str(kwargs["study"])
+        if "platform" in kwargs:
+            kwargs["platform"] = None if kwargs["platform"] is None else PlatformSpec.from_dict(kwargs["platform"])
+        if "exclude_studies" in kwargs:
+            excluded = kwargs["exclude_studies"]
+            if not isinstance(excluded, list):
+                raise StudyConfigError(f"exclude_studies must be a list of study names, got {excluded!r}")
+            kwargs["exclude_studies"] = tuple(str(x) for x in excluded)
+        if "bonus" in kwargs:
+            kwargs.update(_parse_bonus(kwargs.pop("bonus")))
+        for key in ("comprehension_attempts",):
+            if key in kwargs:
+                kwargs[key] = _number(kwargs[key], key, int)
+        if "attention_check" in kwargs and not isinstance(kwargs["attention_check"], bool):
+            raise StudyConfigError(f"attention_check must be true or false, got {kwargs['attention_check']!r}")
+        if "entry" in kwargs:
+            kwargs["entry"] = str(kwargs["entry"])
+        if kwargs.get("allowlist") is not None:
+            allowlist = Path(str(kwargs["allowlist"]))
+            if not allowlist.is_absolute() and base_dir is not None:
+                allowlist = base_dir / allowlist
+            if not allowlist.is_file():
+                raise StudyConfigError(f"allowlist {allowlist} is not a file (one participant id a line)")
+            kwargs["allowlist"] = str(allowlist.resolve())
         if kwargs.get("pages_dir") is not None:
             pages = Path(str(kwargs["pages_dir"]))
             if not pages.is_absolute() and base_dir is not None:
@@ -177,6 +297,20 @@ def _number(value: Any, key: str, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value):
         raise StudyConfigError(f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     return kind(value)
+
+
+def _parse_bonus(raw: Any) -> dict:
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"bonus must be a mapping like {{per_point: 0.05, max: 0.5, currency: GBP}}, got {raw!r}")
+    unknown = set(raw) - {"per_point", "max", "currency"}
+    if unknown:
+        raise StudyConfigError(f"bonus: unknown keys {sorted(unknown)}; allowed: currency, max, per_point")
+    out = {"bonus_per_point": _number(raw.get("per_point", 0.0), "bonus.per_point", float)}
+    if raw.get("max") is not None:
+        out["bonus_max"] = _number(raw["max"], "bonus.max", float)
+    if "currency" in raw:
+        out["bonus_currency"] = raw["currency"]
+    return out
 
 
 def _parse_contexts(raw: Any, base_dir: Path | None, seed: Any) -> tuple[Context, ...]:

@@ -54,6 +54,15 @@ class Participant(Base):
     created_at: Mapped[float] = mapped_column(Float)
     consented_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     instructed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # From a crowd platform's link: its study (Prolific STUDY_ID, MTurk hitId) and session (SESSION_ID,
+    # assignmentId). A second session id for the same person is a repeat attempt and is refused.
+    platform_study_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    platform_session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The comprehension check before play: tries used, and when it was passed.
+    comprehension_tries: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    comprehension_passed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # When the participant left the study early (returned the task on the platform).
+    returned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class GameContextColumns:
@@ -135,6 +144,9 @@ class Survey(Base):
     negotiate_again: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
+    # The attention-check item's answer and whether it was the instructed one (None: no check asked).
+    attention: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attention_passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class Setting(Base):
@@ -178,4 +190,19 @@ def make_engine(db: str, *, synchronous: str = "FULL") -> Engine:
             cur.close()
 
     Base.metadata.create_all(engine)
+    _add_new_columns(engine)
     return engine
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add the nullable columns newer versions introduced to tables of an existing study database."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))

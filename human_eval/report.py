@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,7 +64,12 @@ def load_tables(engine: Engine, study: str | None = None) -> dict[str, list[dict
 
     participant_rows = [{"participant_id": p.id, "study": p.study, "pid": p.external_id, "source": p.source,
                          "created_at": _iso(p.created_at), "consented_at": _iso(p.consented_at),
-                         "instructed_at": _iso(p.instructed_at)} for p in participants]
+                         "instructed_at": _iso(p.instructed_at),
+                         "platform_study_id": p.platform_study_id, "platform_session_id": p.platform_session_id,
+                         "comprehension_tries": p.comprehension_tries,
+                         "comprehension_passed": None if not p.comprehension_tries else
+                         p.comprehension_passed_at is not None,
+                         "returned_at": _iso(p.returned_at)} for p in participants]
     game_rows = []
     for g in games:
         v = by_game_survey.get(g.id)
@@ -82,6 +88,7 @@ def load_tables(engine: Engine, study: str | None = None) -> dict[str, list[dict
             "completion_code": g.completion_code,
             "fair": v.fair if v else None, "human_like": v.human_like if v else None,
             "negotiate_again": v.negotiate_again if v else None, "comment": v.comment if v else None,
+            "attention_passed": v.attention_passed if v else None,
         })
     event_rows = [{"event_id": e.id, "participant_id": e.participant_id, "game_id": e.game_id,
                    "agent": agent_of.get(e.game_id), "seq": e.seq, "kind": e.kind, "actor": e.actor,
@@ -102,13 +109,25 @@ def load_tables(engine: Engine, study: str | None = None) -> dict[str, list[dict
                                                  "human_score", "agent_score")} | {"turns": turns})
     survey_rows = [{"game_id": v.game_id, "participant_id": v.participant_id, "agent": agent_of.get(v.game_id),
                     "fair": v.fair, "human_like": v.human_like, "negotiate_again": v.negotiate_again,
-                    "comment": v.comment, "created_at": _iso(v.created_at)} for v in surveys]
+                    "comment": v.comment, "attention": v.attention, "attention_passed": v.attention_passed,
+                    "created_at": _iso(v.created_at)} for v in surveys]
     return {"games": game_rows, "transcripts": transcripts, "events": event_rows, "surveys": survey_rows,
             "participants": participant_rows}
 
 
+# Characters that must not reach a terminal, spreadsheet or viewer raw from participants' text: the C0
+# and C1 controls and DEL, and Unicode's line separators and bidirectional overrides (which can make
+# text display differently from what it is).
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def to_jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    """One JSON object a line. Text is kept exactly; the characters of ``_UNSAFE_CHARS`` that JSON
+    allows raw are written as ``\\uXXXX`` escapes, so the file holds none of them raw."""
+    def escape(match: re.Match) -> str:
+        return f"\\u{ord(match.group()):04x}"
+
+    return "".join(_UNSAFE_CHARS.sub(escape, json.dumps(r, ensure_ascii=False)) + "\n" for r in rows)
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -117,15 +136,19 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 def _csv_cell(value):
     if isinstance(value, (list, dict)):
         return json.dumps(value)
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        # Participants' free text must not run as a spreadsheet formula; JSONL keeps the exact text.
-        return "'" + value
+    if isinstance(value, str):
+        # Control characters become U+FFFD (JSONL keeps the exact text); tabs and line breaks stay.
+        value = _UNSAFE_CHARS.sub("\ufffd", value.replace("\r\n", "\n").replace("\r", "\n"))
+        if value.startswith(_FORMULA_STARTS):
+            # Participants' free text must not run as a spreadsheet formula; JSONL keeps the exact text.
+            return "'" + value
     return value
 
 
 def to_csv(rows: list[dict]) -> str:
-    """CSV with a header; lists and dicts are written as JSON text, and text cells that a spreadsheet
-    would read as a formula (starting with = + - @) get a leading apostrophe."""
+    """CSV with a header; lists and dicts are written as JSON text, text cells that a spreadsheet
+    would read as a formula (starting with = + - @) get a leading apostrophe, and control characters
+    in text become U+FFFD."""
     out = io.StringIO()
     if not rows:
         return ""
@@ -345,9 +368,19 @@ def markdown_report(tables: dict[str, list[dict]], study: str | None = None) -> 
     if comments:
         lines += ["", "## Comments", ""]
         for v in comments:
-            text = " ".join(v["comment"].split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-            lines.append(f"- ({v['agent']}, game {v['game_id']}) {text}")
+            lines.append(f"- ({v['agent']}, game {v['game_id']}) {markdown_literal(v['comment'])}")
     return "\n".join(lines) + "\n"
+
+
+def markdown_literal(text: str) -> str:
+    """Participant text as a Markdown code span: shown as typed, never as a link, image, HTML or markup.
+
+    Whitespace runs become one space and control characters U+FFFD; the span's backtick fence is
+    longer than any run of backticks in the text, so the text cannot close it.
+    """
+    text = _UNSAFE_CHARS.sub("\ufffd", " ".join(text.split()))
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    return f"{fence} {text} {fence}"
 
 
 def write_report(db: str | Engine, out: str | Path, *, study: str | None = None) -> Path:

@@ -15,6 +15,7 @@ import json
 import secrets
 import threading
 import time
+from pathlib import Path
 
 
 class TokenError(ValueError):
@@ -51,10 +52,12 @@ class TokenSigner:
 
     def verify(self, token: str | None) -> tuple[int, str]:
         """``(participant_id, study)`` of a valid token; :class:`TokenError` otherwise."""
-        if not token or len(token) > 512 or token.count(".") != 1:
+        # Header values arrive as latin-1 text: a non-ASCII character can never be part of a valid token,
+        # and hmac.compare_digest refuses to compare non-ASCII str.
+        if not token or len(token) > 512 or token.count(".") != 1 or not token.isascii():
             raise TokenError("missing or malformed session token")
         payload, signature = token.split(".")
-        if not hmac.compare_digest(self._sign(payload), signature):
+        if not hmac.compare_digest(self._sign(payload).encode(), signature.encode()):
             raise TokenError("invalid session token signature")
         try:
             body = json.loads(_unb64(payload))
@@ -64,6 +67,19 @@ class TokenSigner:
         if time.time() - issued > self.max_age_s:
             raise TokenError("session token expired; open the study link again")
         return participant_id, study
+
+
+    def sign_link(self, study: str, pid: str) -> str:
+        """The ``sig`` of a recruitment link: proof that the link was issued for this study and pid."""
+        # The NUL separators keep (study, pid) pairs apart, and token payloads (base64) never contain NUL.
+        mac = hmac.new(self._secret, f"link\x00{study}\x00{pid}".encode(), hashlib.sha256).digest()
+        return _b64(mac[:18])
+
+    def check_link(self, study: str, pid: str, signature: str | None) -> bool:
+        """Whether ``signature`` is the :meth:`sign_link` of ``(study, pid)``."""
+        if not signature or not signature.isascii() or len(signature) > 64:
+            return False
+        return hmac.compare_digest(self.sign_link(study, pid).encode(), signature.encode())
 
 
 class RateLimiter:
@@ -102,3 +118,27 @@ def new_completion_code() -> str:
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     raw = "".join(secrets.choice(alphabet) for _ in range(12))
     return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
+
+
+class Allowlist:
+    """Participant ids allowed into a study, one a line in a text file (``#`` starts a comment).
+
+    The file is read again when it changes, so ids can be added while the study runs (e.g. from the
+    platform's list of people who accepted the task).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._ids: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def __contains__(self, pid: object) -> bool:
+        with self._lock:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != self._stamp:
+                lines = self.path.read_text(encoding="utf-8").splitlines()
+                self._ids = frozenset(x for x in (line.split("#", 1)[0].strip() for line in lines) if x)
+                self._stamp = stamp
+            return pid in self._ids

@@ -36,7 +36,7 @@ from parley.envs.negotiation import (
     encode_act,
     verbalize_act,
 )
-from parley.human_eval.config import AgentSpec, StudyConfig
+from parley.human_eval.config import SESSION_PATTERNS, AgentSpec, StudyConfig
 from parley.human_eval.db import Event, Game, GameContextColumns, Participant, Survey
 from parley.human_eval.security import new_completion_code
 
@@ -48,6 +48,26 @@ _EVENT_OPTIONAL = ("action", "text", "message", "client_ts", "latency_ms", "data
 LIKERT_QUESTIONS = ("fair", "human_like", "negotiate_again")
 LIKERT_RANGE = (1, 5)
 ACT_KINDS = ("propose", "insist", "agree", "walk_away")
+# The survey's attention check: an item that tells the reader which answer to give.
+ATTENTION_QUESTION = "To show that you are reading carefully, please choose 2 (disagree) here."
+ATTENTION_ANSWER = 2
+# The comprehension check before play: questions about the rules, each with its options and the
+# index of the right one. Participants see the questions and options only.
+COMPREHENSION_QUESTIONS = (
+    {"id": "no_deal", "question": "If you and your partner do not reach a deal, how many points do you get?",
+     "options": ["0 points", "Half of what the items are worth to you", "What your last offer was worth"],
+     "answer": 0},
+    {"id": "values", "question": "Who knows how much each item is worth to you?",
+     "options": ["Only you", "You and your partner", "Nobody"], "answer": 0},
+    {"id": "agree", "question": "How is a deal made?",
+     "options": ["One side agrees to the other side's offer", "Both sides make the same offer twice",
+                 "The turns run out"], "answer": 0},
+)
+
+
+def comprehension_questions() -> list[dict]:
+    """The comprehension check as participants see it: questions and options, not the answers."""
+    return [{k: q[k] for k in ("id", "question", "options")} for q in COMPREHENSION_QUESTIONS]
 
 
 class StudyError(Exception):
@@ -128,7 +148,9 @@ class StudyService:
         self.clock = clock
         self._policies: dict[str, Any] = dict(policies or {})
         self._policy_locks: dict[str, threading.Lock] = {}
-        self._game_locks: dict[int, threading.Lock] = {}
+        # One lock per game with requests in flight, dropped when the last of them finishes, so the
+        # table never holds more entries than there are concurrent requests.
+        self._game_locks: dict[int, list] = {}
         self._guard = threading.Lock()
         self._assign_lock = threading.Lock()
         # SQLite allows one writer at a time; queueing writers here keeps them off its busy-retry loop.
@@ -153,12 +175,22 @@ class StudyService:
             if spec.partner is not None or include_checkpoints:
                 self.policy(spec.name)
 
-    def _game_lock(self, game_id: int) -> threading.Lock:
+    @contextmanager
+    def _game_lock(self, game_id: int) -> Iterator[None]:
+        """Serialise the requests on one game; the entry is removed once no request holds or awaits it."""
         with self._guard:
-            lock = self._game_locks.get(game_id)
-            if lock is None:
-                lock = self._game_locks[game_id] = threading.Lock()
-            return lock
+            entry = self._game_locks.get(game_id)
+            if entry is None:
+                entry = self._game_locks[game_id] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._game_locks[game_id]
 
     def _writing(self):
         return self._write_lock if self._write_lock is not None else nullcontext()
@@ -237,20 +269,51 @@ class StudyService:
 
     # ------------------------------------------------------------------------------------- participants
 
-    def enter(self, study: str, external_id: str, *, source: str = "web") -> int:
-        """The participant row for a study link (created on first visit); returns its id."""
+    def check_pid(self, external_id: str) -> str:
+        """``external_id`` if it has the form of this study's participant ids; InvalidRequest otherwise."""
+        if not isinstance(external_id, str) or not self.config.pid_pattern.fullmatch(external_id):
+            platform = self.config.platform.name if self.config.platform else None
+            form = {"prolific": "24 hexadecimal digits (a Prolific id)",
+                    "mturk": "an MTurk worker id (capital letters and digits, starting with A)"}.get(
+                platform, "1-128 letters, digits, '-', '_' or '.', starting with a letter or digit")
+            raise InvalidRequest(f"the participant id in the link is not valid: it must be {form}")
+        return external_id
+
+    def enter(self, study: str, external_id: str, *, source: str = "web", platform_study_id: str | None = None,
+              platform_session_id: str | None = None) -> int:
+        """The participant row for a study link (created on first visit); returns its id.
+
+        With a crowd platform, ``platform_study_id`` must match the configured study id, and a person
+        who comes back under a new ``platform_session_id`` after playing is refused (a repeat attempt),
+        as is anyone who took part in one of ``exclude_studies``.
+        """
         if study != self.config.study:
             raise NotFound(f"unknown study {study!r}")
-        external_id = external_id.strip()
-        if not external_id or len(external_id) > 128 or not external_id.isprintable():
-            raise InvalidRequest("pid must be 1-128 printable characters")
+        external_id = self.check_pid(external_id)
+        platform = self.config.platform
+        if platform is not None and source == "web":
+            self._check_platform_ids(platform_study_id, platform_session_id)
         with self._session() as s:
             existing = s.scalar(select(Participant).where(Participant.study == study,
                                                           Participant.external_id == external_id))
+            if self.config.exclude_studies and s.scalar(select(Participant.id).where(
+                    Participant.study.in_(self.config.exclude_studies),
+                    Participant.external_id == external_id)) is not None:
+                raise NotAllowed("Thank you for your interest. You took part in an earlier study of this "
+                                 "series, so you cannot take part in this one; please return it.")
             if existing is not None:
+                if platform_session_id and existing.platform_session_id != platform_session_id:
+                    played = s.scalar(select(Game.id).where(Game.participant_id == existing.id).limit(1))
+                    if played is not None or existing.returned_at is not None:
+                        raise NotAllowed("Thank you for your interest. You have already taken part in this "
+                                         "study, and it can be taken only once; please return it.")
+                    with self._writing():
+                        existing.platform_session_id = platform_session_id
+                        s.commit()
                 return existing.id
             with self._writing():
-                p = Participant(study=study, external_id=external_id, source=source, created_at=self.clock())
+                p = Participant(study=study, external_id=external_id, source=source, created_at=self.clock(),
+                                platform_study_id=platform_study_id, platform_session_id=platform_session_id)
                 s.add(p)
                 try:
                     s.flush()
@@ -261,6 +324,16 @@ class StudyService:
                     return s.scalar(select(Participant.id).where(Participant.study == study,
                                                                  Participant.external_id == external_id))
             return p.id
+
+    def _check_platform_ids(self, study_id: str | None, session_id: str | None) -> None:
+        platform = self.config.platform
+        names = {"prolific": ("STUDY_ID", "SESSION_ID"), "mturk": ("hitId", "assignmentId")}[platform.name]
+        if platform.study_id is not None and study_id != platform.study_id:
+            raise NotFound(f"this link is for another study: its {names[0]} is not this study's")
+        if platform.name == "mturk" and session_id == "ASSIGNMENT_ID_NOT_AVAILABLE":
+            raise Conflict("This is a preview of the task: accept the HIT to take part.")
+        if not session_id or not SESSION_PATTERNS[platform.name].fullmatch(session_id):
+            raise InvalidRequest(f"the link lacks a valid {names[1]}; open the study from {platform.name} again")
 
     def record_step(self, participant_id: int, step: str) -> None:
         """Mark ``consent`` or ``instructions`` as done (idempotent; instructions need consent first)."""
@@ -288,17 +361,27 @@ class StudyService:
             p = conn.execute(select(PARTICIPANTS).where(PARTICIPANTS.c.id == participant_id)).first()
             if p is None or p.study != self.config.study:
                 raise NotAllowed("unknown participant for this study; open the study link again")
-            games = conn.execute(select(GAMES.c.id, GAMES.c.outcome, GAMES.c.completion_code)
+            games = conn.execute(select(GAMES.c.id, GAMES.c.outcome)
                                  .where(GAMES.c.participant_id == p.id).order_by(GAMES.c.id)).all()
             surveyed = set(conn.execute(select(SURVEYS.c.game_id).where(SURVEYS.c.participant_id == p.id)).scalars())
-        codes = [g.completion_code for g in games if g.completion_code]
+        # Completion codes are never part of the state: they are given once, in the survey's answer, so
+        # a link (or a token) alone does not reveal them.
         state = {"study": p.study, "pid": p.external_id, "sessions_used": len(games),
-                 "sessions_allowed": self.config.sessions_per_participant, "completion_codes": codes,
-                 "game": None}
-        if p.consented_at is None:
+                 "sessions_allowed": self.config.sessions_per_participant,
+                 "completed": sum(g.id in surveyed for g in games), "game": None,
+                 "platform": self.config.platform.name if self.config.platform else None,
+                 "attention_question": ATTENTION_QUESTION if self.config.attention_check else None}
+        attempts = self.config.comprehension_attempts
+        if p.returned_at is not None:
+            state["stage"] = "returned"
+        elif p.consented_at is None:
             state["stage"] = "consent"
         elif p.instructed_at is None:
             state["stage"] = "instructions"
+        elif attempts and p.comprehension_passed_at is None:
+            tries = p.comprehension_tries or 0
+            state["stage"] = "comprehension" if tries < attempts else "screened_out"
+            state["comprehension"] = {"tries_left": attempts - tries, "questions": comprehension_questions()}
         elif not games:
             state["stage"] = "ready"
         else:
@@ -322,6 +405,10 @@ class StudyService:
             p = self._participant(s, participant_id)
             if require_flow and (p.consented_at is None or p.instructed_at is None):
                 raise Conflict("consent and instructions come before the negotiation")
+            if require_flow and self.config.comprehension_attempts and p.comprehension_passed_at is None:
+                raise Conflict("answer the questions about the rules before the negotiation")
+            if p.returned_at is not None:
+                raise Conflict("you have left this study")
             games = list(s.scalars(select(Game).where(Game.participant_id == p.id)))
             if any(g.outcome is None for g in games):
                 raise Conflict("finish the current negotiation first")
@@ -390,13 +477,6 @@ class StudyService:
         with self._game_lock(game_id), self.engine.connect() as conn:
             game, replay = self._load_game(conn, participant_id, game_id)
             state = replay.state
-            if game.outcome is not None:
-                raise Conflict(f"the negotiation is over ({game.outcome})")
-            if state.current_player != HUMAN:
-                raise Conflict("it is not your turn; wait for your partner's reply")
-            if expected_turn is not None and expected_turn != state.turn:
-                raise Conflict(f"this act was meant for turn {expected_turn}, but the negotiation is at turn "
-                               f"{state.turn}; reload to see the latest state")
             counts = game.counts_list()
             if kind in ("propose", "insist"):
                 if split is None or len(split) != len(counts):
@@ -411,6 +491,21 @@ class StudyService:
             elif split is not None:
                 raise InvalidRequest(f"{kind} takes no split")
             action = encode_act(kind, split)
+            if expected_turn is not None and expected_turn < state.turn:
+                acts = [ev for ev in replay.events if ev.kind == "act"]
+                done = acts[expected_turn] if 0 <= expected_turn < len(acts) else None
+                if done is not None and (done.actor, done.action, done.message) == ("human", action, message):
+                    # A retry of an act already recorded (the answer was lost): the act stands once.
+                    survey_done = game.outcome is not None and conn.execute(
+                        select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
+                    return self._build_view(game, replay, survey_done=survey_done)
+            if game.outcome is not None:
+                raise Conflict(f"the negotiation is over ({game.outcome})")
+            if state.current_player != HUMAN:
+                raise Conflict("it is not your turn; wait for your partner's reply")
+            if expected_turn is not None and expected_turn != state.turn:
+                raise Conflict(f"this act was meant for turn {expected_turn}, but the negotiation is at turn "
+                               f"{state.turn}; reload to see the latest state")
             try:
                 state.apply_action(action)
             except IllegalActionError:
@@ -492,7 +587,10 @@ class StudyService:
         with self._game_lock(game_id), self.engine.connect() as conn:
             game, replay = self._load_game(conn, participant_id, game_id)
             state = replay.state
-            if game.outcome is None and state.current_player == AGENT and not state.is_terminal():
+            # An owed reply is made here only once its think time is over (e.g. after a restart): a read
+            # during the think time must not show the reply before the act's own answer does.
+            if (game.outcome is None and state.current_player == AGENT and not state.is_terminal()
+                    and self.clock() - replay.last_time >= self.config.think_time_s):
                 event, updates = self._agent_move(game, state, replay.events[-1].seq + 1)
                 self._write(conn, game, [event], updates)
                 replay.events.append(_EventRecord(**event))
@@ -562,7 +660,6 @@ class StudyService:
             "think_time_s": self.config.think_time_s,
             "outcome": None,
             "survey_done": survey_done,
-            "completion_code": game.completion_code,
         }
         if not active:
             deal = game.outcome == "deal"
@@ -587,6 +684,16 @@ class StudyService:
         comment = (answers.get("comment") or "").replace("\x00", "").strip()
         if len(comment) > 4000:
             raise InvalidRequest(f"comment too long: {len(comment)} characters, at most 4000")
+        attention = answers.get("attention")
+        if self.config.attention_check:
+            if isinstance(attention, bool) or not isinstance(attention, int) or not (
+                    LIKERT_RANGE[0] <= attention <= LIKERT_RANGE[1]):
+                raise InvalidRequest(f"attention must be an integer {LIKERT_RANGE[0]}-{LIKERT_RANGE[1]}, "
+                                     f"got {attention!r}")
+            clean["attention"] = attention
+            clean["attention_passed"] = attention == ATTENTION_ANSWER
+        elif attention is not None:
+            raise InvalidRequest("this study's survey has no attention item")
         with self._game_lock(game_id), self.engine.connect() as conn:
             for _ in range(3):
                 game = self._owned_game(conn, participant_id, game_id)
@@ -608,6 +715,98 @@ class StudyService:
                     except IntegrityError:  # a colliding code (1 in 32**12) or a concurrent request
                         conn.rollback()
         raise Conflict("the survey could not be stored; reload and try again")
+
+    def completion(self, participant_id: int, game_id: int) -> dict:
+        """What the participant takes back to the platform after a game's survey.
+
+        ``completion_code`` is the game's own code; with a platform configured, ``platform_code`` is the
+        study's code for the platform (its timeout code when the negotiation timed out) and
+        ``redirect_url`` where the page sends the participant (None where the code is pasted instead).
+        """
+        with self.engine.connect() as conn:
+            game = self._owned_game(conn, participant_id, game_id)
+        out = {"completion_code": game.completion_code, "platform_code": None, "redirect_url": None}
+        platform = self.config.platform
+        if platform is not None and game.completion_code is not None:
+            code = platform.timeout_code if game.outcome == "timeout" and platform.timeout_code else \
+                platform.completion_code
+            out.update(platform_code=code, redirect_url=platform.completion_url(code))
+        return out
+
+    def answer_comprehension(self, participant_id: int, answers: dict) -> dict:
+        """Check answers to the rules questions; returns ``{passed, wrong, tries_left}``.
+
+        Each try is logged as an event. Once the tries are used up the participant is screened out.
+        """
+        attempts = self.config.comprehension_attempts
+        if not attempts:
+            raise Conflict("this study has no comprehension check")
+        ids = [q["id"] for q in COMPREHENSION_QUESTIONS]
+        if set(answers) != set(ids):
+            raise InvalidRequest(f"answer every question: {', '.join(ids)}")
+        for q in COMPREHENSION_QUESTIONS:
+            v = answers[q["id"]]
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(q["options"]):
+                raise InvalidRequest(f"{q['id']} must be an option number 0-{len(q['options']) - 1}, got {v!r}")
+        wrong = [q["id"] for q in COMPREHENSION_QUESTIONS if answers[q["id"]] != q["answer"]]
+        with self._session() as s:
+            p = self._participant(s, participant_id)
+            if p.instructed_at is None:
+                raise Conflict("read the instructions before the questions about them")
+            if p.comprehension_passed_at is not None:
+                return {"passed": True, "wrong": [], "tries_left": attempts - (p.comprehension_tries or 0)}
+            tries = p.comprehension_tries or 0
+            if tries >= attempts:
+                raise Conflict("no tries left at the questions about the rules")
+            now = self.clock()
+            with self._writing():
+                p.comprehension_tries = tries + 1
+                if not wrong:
+                    p.comprehension_passed_at = now
+                s.add(Event(participant_id=p.id, kind="comprehension", actor="human", created_at=now,
+                            data=json.dumps({"answers": answers, "wrong": wrong})))
+                s.commit()
+            return {"passed": not wrong, "wrong": wrong, "tries_left": attempts - tries - 1}
+
+    def leave(self, participant_id: int) -> dict:
+        """The participant leaves the study early: an open negotiation ends, and they get the returned code."""
+        with self._session() as s:
+            p = self._participant(s, participant_id)
+            open_game = s.scalar(select(Game.id).where(Game.participant_id == p.id, Game.outcome.is_(None)))
+        if open_game is not None:
+            with self._game_lock(open_game), self.engine.connect() as conn:
+                game, replay = self._load_game(conn, participant_id, open_game)
+                if game.outcome is None:
+                    event = self._event(game, replay.events[-1].seq + 1, "returned", "human")
+                    self._write(conn, game, [event], self._finish(game, replay.state, "returned", "human"))
+        with self._session() as s:
+            p = self._participant(s, participant_id)
+            if p.returned_at is None:
+                with self._writing():
+                    p.returned_at = self.clock()
+                    s.add(Event(participant_id=p.id, kind="returned", actor="human", created_at=p.returned_at))
+                    s.commit()
+        platform = self.config.platform
+        code = platform.returned_code if platform is not None else None
+        return {"platform_code": code, "redirect_url": platform.completion_url(code) if code else None}
+
+    def bonuses(self) -> list[dict]:
+        """The bonus each participant earned: ``bonus_per_point`` per point of each finished game
+        (capped at ``bonus_max`` per game), rounded to cents; participants earning nothing are left out."""
+        rule, cap = self.config.bonus_per_point, self.config.bonus_max
+        if rule <= 0:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(PARTICIPANTS.c.external_id, GAMES.c.human_score)
+                                .join(GAMES, GAMES.c.participant_id == PARTICIPANTS.c.id)
+                                .where(GAMES.c.study == self.config.study, GAMES.c.outcome.is_not(None))
+                                .order_by(PARTICIPANTS.c.id, GAMES.c.id)).all()
+        totals: dict[str, float] = {}
+        for pid, score in rows:
+            amount = rule * (score or 0.0)
+            totals[pid] = totals.get(pid, 0.0) + (amount if cap is None else min(cap, amount))
+        return [{"pid": pid, "amount": round(total + 1e-9, 2)} for pid, total in totals.items()
+                if round(total + 1e-9, 2) > 0]
 
     # ------------------------------------------------------------------------------------------- admin
 
@@ -631,5 +830,10 @@ class StudyService:
                 "mean_human_score": float(np.mean([g.human_score for g in done])) if done else None,
                 "mean_agent_score": float(np.mean([g.agent_score for g in done])) if done else None,
             }
-        return {"study": self.config.study, "participants": n_participants, "games": len(games),
-                "active_games": sum(g.outcome is None for g in games), "surveys": n_surveys, "agents": per_agent}
+        status = {"study": self.config.study, "participants": n_participants, "games": len(games),
+                  "active_games": sum(g.outcome is None for g in games), "surveys": n_surveys, "agents": per_agent}
+        if self.config.bonus_per_point > 0:
+            bonuses = self.bonuses()
+            status["bonus"] = {"participants": len(bonuses), "currency": self.config.bonus_currency,
+                               "total": round(sum(b["amount"] for b in bonuses), 2)}
+        return status

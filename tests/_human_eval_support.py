@@ -19,6 +19,8 @@ from parley.human_eval.app import create_app
 from parley.human_eval.config import AgentSpec, StudyConfig
 
 ADMIN = "admin-token-for-tests-0123456789"
+# The token secret of servers started by start_server, so tests can sign their recruitment links.
+SECRET = "secret-for-tests-0123456789abcdef"
 # The agent values (6, 1, 1) cannot be confused with any split or count (counts are at most 4).
 LEAK_CONTEXT = Context((1, 2, 2), ((2, 2, 2), (6, 1, 1)))
 
@@ -37,17 +39,32 @@ def make_client(tmp_path: Path, config: StudyConfig | None = None, **app_kwargs)
     return TestClient(app)
 
 
-class Participant:
-    """One participant driving the API; keeps every response body it receives."""
+def signed_link(client: TestClient, study: str, pid: str) -> dict:
+    """The body ``/api/enter`` gets from a recruitment link signed by this app's secret."""
+    return {"study": study, "pid": pid, "sig": client.app.state.signer.sign_link(study, pid)}
 
-    def __init__(self, client: TestClient, pid: str, study: str = "teststudy") -> None:
+
+class Participant:
+    """One participant driving the API; keeps every response body it receives and the latest view of
+    each game (whose ``turn`` its acts carry)."""
+
+    def __init__(self, client: TestClient, pid: str, study: str = "teststudy", **link) -> None:
         self.client = client
         self.responses: list[str] = []
-        r = client.post("/api/enter", json={"study": study, "pid": pid})
+        self.views: dict[int, dict] = {}
+        r = client.post("/api/enter", json={**signed_link(client, study, pid), **link})
         assert r.status_code == 200, r.text
         self.responses.append(r.text)
         self.token = r.json()["token"]
         self.state = r.json()["state"]
+        self._remember(self.state)
+
+    def _remember(self, body) -> None:
+        if isinstance(body, dict):
+            game = body.get("game") if "game" in body else None
+            for view in (body, game):
+                if isinstance(view, dict) and "game_id" in view and "turn" in view:
+                    self.views[view["game_id"]] = view
 
     @property
     def headers(self) -> dict:
@@ -57,6 +74,8 @@ class Participant:
         r = self.client.request(method, path, headers=self.headers, json=body)
         self.responses.append(r.text)
         assert r.status_code == expect, (r.status_code, r.text)
+        if r.status_code == 200:
+            self._remember(r.json())
         return r.json()
 
     def begin(self) -> dict:
@@ -66,8 +85,11 @@ class Participant:
         assert self.state["stage"] == "negotiation"
         return self.state["game"]
 
-    def act(self, game_id: int, kind: str, split=None, message=None, expect: int = 200) -> dict:
-        body = {"kind": kind}
+    def act(self, game_id: int, kind: str, split=None, message=None, expect: int = 200, turn=None) -> dict:
+        if turn is None:
+            turn = self.views[game_id]["turn"] if game_id in self.views else self.call(
+                "GET", f"/api/games/{game_id}")["turn"]
+        body = {"kind": kind, "turn": turn}
         if split is not None:
             body["split"] = split
         if message is not None:
@@ -114,7 +136,7 @@ def start_server(config: Path, db: str, log: Path, port: int | None = None) -> t
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PARLEY_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "parley.cli", "serve", "--agents", str(config), "--db", db, "--host", "127.0.0.1",
-         "--port", str(port), "--admin-token", ADMIN],
+         "--port", str(port), "--admin-token", ADMIN, "--secret", SECRET],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -57,7 +57,8 @@ def test_full_session_from_link_to_completion_code(client):
                   {"fair": 4, "human_like": 2, "negotiate_again": 5, "comment": "ok"})
     code = done["completion_code"]
     assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", code)
-    assert done["state"]["stage"] == "done" and done["state"]["completion_codes"] == [code]
+    assert done["state"]["stage"] == "done" and done["state"]["completed"] == 1
+    assert code not in json.dumps(done["state"])  # the code is given once, not kept in the state
     p.call("POST", f"/api/games/{game['game_id']}/survey",
            {"fair": 1, "human_like": 1, "negotiate_again": 1}, expect=409)  # answered once only
     p.call("POST", "/api/games", {}, expect=409)  # one session per participant by default
@@ -75,9 +76,9 @@ def test_full_session_from_link_to_completion_code(client):
         assert json.loads(row.human_gets) == you_get
         assert s.scalar(select(Survey.fair).where(Survey.game_id == row.id)) == 4
 
-    # Opening the link again resumes the same participant at the end of the flow.
+    # Opening the link again resumes the same participant at the end of the flow, without the code.
     again = Participant(client, "worker-1")
-    assert again.state["stage"] == "done" and again.state["completion_codes"] == [code]
+    assert again.state["stage"] == "done" and code not in again.responses[0]
 
 
 def test_link_resumes_an_unfinished_negotiation(client):
@@ -122,14 +123,15 @@ def test_out_of_range_offers_are_rejected_and_not_recorded(client):
     too_many = [counts[0] + 1, 0, 0]
     for split in (too_many, [-1, 0, 0], [99, 0, 0], [1, 1]):
         r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers,
-                        json={"kind": "propose", "split": split})
+                        json={"kind": "propose", "split": split, "turn": game["turn"]})
         assert r.status_code == 422, (split, r.text)
     r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers,
-                    json={"kind": "insist", "split": too_many})
+                    json={"kind": "insist", "split": too_many, "turn": game["turn"]})
     assert "out of range" in r.json()["error"] and f"book: {counts[0] + 1} (0..{counts[0]})" in r.json()["error"]
-    r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers, json={"kind": "propose"})
+    r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers, json={"kind": "propose", "turn": game["turn"]})
     assert r.status_code == 422 and "split" in r.json()["error"]
-    r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers, json={"kind": "walk_away", "split": [0, 0, 0]})
+    r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers,
+                    json={"kind": "walk_away", "split": [0, 0, 0], "turn": game["turn"]})
     assert r.status_code == 422
     assert len(_events(client, game["game_id"])) == n_events
 
@@ -144,7 +146,8 @@ def test_acting_out_of_turn_or_after_the_end(client):
         assert game["transcript"][0]["speaker"] == "partner"
     # The person's act is recorded but the agent has not answered yet: acting again is out of turn.
     service.act(pid, gid, "propose", [i["count"] for i in game["items"]])
-    r = client.post(f"/api/games/{gid}/act", headers=p.headers, json={"kind": "propose", "split": [0, 0, 0]})
+    r = client.post(f"/api/games/{gid}/act", headers=p.headers,
+                    json={"kind": "propose", "split": [0, 0, 0], "turn": game["turn"] + 1})
     assert r.status_code == 409 and "not your turn" in r.json()["error"]
     view = p.call("GET", f"/api/games/{gid}")  # the pending agent reply is made on the next read
     assert view["your_turn"] and view["transcript"][-1]["speaker"] == "partner"
@@ -154,8 +157,9 @@ def test_acting_out_of_turn_or_after_the_end(client):
     assert r.status_code == 409 and "turn" in r.json()["error"]
     p.act(gid, "walk_away")
     n_events = len(_events(client, gid))
+    final = p.call("GET", f"/api/games/{gid}")
     for body in ({"kind": "propose", "split": [0, 0, 0]}, {"kind": "agree"}, {"kind": "walk_away"}):
-        r = client.post(f"/api/games/{gid}/act", headers=p.headers, json=body)
+        r = client.post(f"/api/games/{gid}/act", headers=p.headers, json={**body, "turn": final["turn"]})
         assert r.status_code == 409 and "over" in r.json()["error"]
     assert len(_events(client, gid)) == n_events
 
@@ -168,7 +172,7 @@ def test_agree_without_an_offer_is_refused(tmp_path):
     assert sorted(v["you_move_first"] for _, v in views) == [False, True]
     p, game = next((p, v) for p, v in views if v["you_move_first"])
     assert game["partner_offer"] is None and not game["can_agree"]
-    r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers, json={"kind": "agree"})
+    r = client.post(f"/api/games/{game['game_id']}/act", headers=p.headers, json={"kind": "agree", "turn": 0})
     assert r.status_code == 409 and "no offer" in r.json()["error"]
     assert [e.kind for e in _events(client, game["game_id"])] == ["start"]
 
@@ -180,7 +184,7 @@ def test_forged_or_foreign_tokens_are_rejected(client):
     gid = game["game_id"]
     n_events = len(_events(client, gid))
     url = f"/api/games/{gid}/act"
-    body = {"kind": "propose", "split": [0, 0, 0]}
+    body = {"kind": "propose", "split": [0, 0, 0], "turn": game["turn"]}
     # Bob's valid token cannot touch Alice's game.
     r = client.post(url, headers=bob.headers, json=body)
     assert r.status_code == 403 and "another participant" in r.json()["error"]

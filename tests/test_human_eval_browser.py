@@ -11,10 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _human_eval_support import ADMIN, kill, start_server
+from _human_eval_support import ADMIN, SECRET, kill, start_server
 
 from parley.human_eval.db import make_engine
 from parley.human_eval.report import load_tables
+from parley.human_eval.security import TokenSigner
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -52,7 +53,8 @@ def test_a_whole_session_in_headless_chromium(tmp_path):
                 f"http://127.0.0.1:{port}/") else route.abort())
             dialogs = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(f"http://127.0.0.1:{port}/?study=browser&pid=chromium-1")
+            sig = TokenSigner(SECRET).sign_link("browser", "chromium-1")
+            page.goto(f"http://127.0.0.1:{port}/?study=browser&pid=chromium-1&sig={sig}")
 
             page.wait_for_selector("#stage-consent:not([hidden])")
             assert page.is_disabled("#btn-consent")

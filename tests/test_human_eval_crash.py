@@ -10,11 +10,12 @@ import time
 
 import httpx
 import pytest
-from _human_eval_support import kill, start_server
+from _human_eval_support import SECRET, kill, start_server
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from parley.human_eval.db import Event, make_engine
+from parley.human_eval.security import TokenSigner
 
 _ENGINES: dict = {}
 
@@ -40,9 +41,10 @@ def test_sigkill_mid_session_keeps_every_turn(study):
     config, db, log = study
     proc, port = start_server(config, db, log)
     base = f"http://127.0.0.1:{port}"
+    link = {"study": "crash", "pid": "survivor", "sig": TokenSigner(SECRET).sign_link("crash", "survivor")}
     try:
         with httpx.Client(base_url=base, timeout=30) as http:
-            r = http.post("/api/enter", json={"study": "crash", "pid": "survivor"})
+            r = http.post("/api/enter", json=link)
             token = r.json()["token"]
             h = {"X-Session-Token": token}
             http.post("/api/consent", headers=h, json={})
@@ -53,9 +55,11 @@ def test_sigkill_mid_session_keeps_every_turn(study):
                 game = http.get(f"/api/games/{gid}", headers=h).json()
             counts = [i["count"] for i in game["items"]]
             # Half a session: two full exchanges.
+            view = game
             for message in ("first", "second"):
                 view = http.post(f"/api/games/{gid}/act", headers=h,
-                                 json={"kind": "propose", "split": counts, "message": message}).json()
+                                 json={"kind": "propose", "split": counts, "message": message,
+                                       "turn": view["turn"]}).json()
                 assert view["your_turn"], view
             before = view["transcript"]
             assert len(before) >= 4
@@ -63,7 +67,8 @@ def test_sigkill_mid_session_keeps_every_turn(study):
             stored = len(acts_in_db(db, gid))
             thread = threading.Thread(target=lambda: _ignore_errors(
                 lambda: httpx.post(f"{base}/api/games/{gid}/act", headers=h, timeout=30,
-                                   json={"kind": "insist", "split": counts, "message": "third"})))
+                                   json={"kind": "insist", "split": counts, "message": "third",
+                                         "turn": view["turn"]})))
             thread.start()
             deadline = time.monotonic() + 20
             while len(acts_in_db(db, gid)) == stored and time.monotonic() < deadline:
@@ -76,7 +81,7 @@ def test_sigkill_mid_session_keeps_every_turn(study):
         proc, _ = start_server(config, db, log, port=port)
         with httpx.Client(base_url=base, timeout=30) as http:
             # The study link resumes: a new token for the same participant, the same game, every turn intact.
-            r = http.post("/api/enter", json={"study": "crash", "pid": "survivor"})
+            r = http.post("/api/enter", json=link)
             h = {"X-Session-Token": r.json()["token"]}
             state = r.json()["state"]
             assert state["stage"] == "negotiation" and state["game"]["game_id"] == gid
@@ -90,6 +95,7 @@ def test_sigkill_mid_session_keeps_every_turn(study):
             view = state["game"]
             while view["status"] == "active":
                 body = {"kind": "agree"} if view["can_agree"] else {"kind": "propose", "split": counts}
+                body["turn"] = view["turn"]
                 view = http.post(f"/api/games/{gid}/act", headers=h, json=body).json()
             assert view["outcome"]["result"] in ("deal", "turn_limit")
             r = http.post(f"/api/games/{gid}/survey", headers=h,

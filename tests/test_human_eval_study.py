@@ -246,7 +246,7 @@ def test_report_writes_plots_markdown_and_exports(tmp_path):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({name}.png)" in md
     assert "| boulware |" in md and "| conceder |" in md
-    assert "&lt;b&gt;loud&lt;/b&gt; \\| pipes" in md and "<b>" not in md
+    assert "` <b>loud</b> | pipes `" in md  # a code span: shown as typed, never as markup
     games = [json.loads(x) for x in (out / "games.jsonl").read_text().splitlines()]
     assert len(games) == 6 and all(g["fair"] is not None for g in games)
     assert (out / "events.csv").read_text().startswith("event_id,")

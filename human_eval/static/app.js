@@ -3,14 +3,22 @@
 "use strict";
 
 const ITEM_LABELS = { book: "Books", hat: "Hats", ball: "Balls" };
-const STAGES = ["login", "consent", "instructions", "ready", "negotiation", "survey", "done"];
+const STAGES = ["login", "consent", "instructions", "comprehension", "screened_out", "ready", "negotiation", "survey",
+                "done", "returned", "refused"];
 const $ = (id) => document.getElementById(id);
 
-const app = { token: null, state: null, game: null, timer: null, deadline: 0, busy: false, walkArmed: false };
+const app = { token: null, state: null, game: null, timer: null, deadline: 0, busy: false, walkArmed: false,
+              completion: null };
 
+// The link's parameters: a study link (study, pid, sig) or a crowd platform's (Prolific's PROLIFIC_PID,
+// STUDY_ID and SESSION_ID; MTurk's workerId, hitId and assignmentId).
 function params() {
   const q = new URLSearchParams(window.location.search);
-  return { study: q.get("study"), pid: q.get("pid") };
+  const link = { study: q.get("study"), pid: q.get("pid") || q.get("PROLIFIC_PID") || q.get("workerId") };
+  const extra = { sig: q.get("sig"), study_id: q.get("STUDY_ID") || q.get("hitId"),
+                  session_id: q.get("SESSION_ID") || q.get("assignmentId") };
+  for (const [k, v] of Object.entries(extra)) if (v) link[k] = v;
+  return link;
 }
 
 function showError(text) {
@@ -66,24 +74,104 @@ function render(state) {
   if (state.stage === "survey") {
     const g = state.game;
     $("survey-outcome").textContent = g ? outcomeText(g) : "";
+    $("attention-item").hidden = !state.attention_question;
+    $("attention-question").textContent = state.attention_question || "";
     showStage("survey");
     return;
   }
-  if (state.stage === "done" || (state.stage === "ready" && state.completion_codes.length)) {
-    $("completion-code").textContent = state.completion_codes[state.completion_codes.length - 1] || "";
-    $("btn-again").hidden = !(state.stage === "ready");
-    showStage("done");
+  if (state.stage === "done" || (state.stage === "ready" && state.completed > 0)) {
+    renderDone(state);
     return;
   }
+  if (state.stage === "comprehension") renderComprehension(state.comprehension);
   showStage(state.stage);
 }
 
-async function enter(study, pid) {
-  const key = `parley:${study}:${pid}`;
-  const data = await api("POST", "/api/enter", { study, pid });
-  app.token = data.token;
-  sessionStorage.setItem(key, data.token);
-  render(data.state);
+// The completion code comes once, with the survey's answer; a resumed finished session shows a note.
+function renderDone(state) {
+  const c = app.completion;
+  const code = c ? (c.platform_code || c.completion_code) : "";
+  $("code-box").hidden = !code;
+  $("completion-code").textContent = code;
+  $("code-hint").textContent = state.platform === "mturk" ? "Paste this code into the HIT on Mechanical Turk."
+    : "Copy this code back into the study platform.";
+  $("finished-note").hidden = Boolean(code);
+  $("redirect-note").hidden = !(c && c.redirect_url);
+  if (c && c.redirect_url) {
+    $("redirect-link").href = c.redirect_url;
+    setTimeout(() => window.location.assign(c.redirect_url), 2000);
+  }
+  $("btn-again").hidden = !(state.stage === "ready");
+  showStage("done");
+}
+
+function renderComprehension(info) {
+  const form = $("comprehension-form");
+  $("comprehension-tries").textContent = `Tries left: ${info.tries_left}.`;
+  if (form.childElementCount) return;
+  for (const q of info.questions) {
+    const fs = el("fieldset");
+    fs.dataset.q = q.id;
+    fs.append(el("legend", null, q.question));
+    q.options.forEach((text, i) => {
+      const label = el("label");
+      const input = el("input");
+      input.type = "radio";
+      input.name = `cq-${q.id}`;
+      input.value = String(i);
+      input.id = `cq-${q.id}-${i}`;
+      label.append(input, document.createTextNode(` ${text}`));
+      fs.append(label);
+    });
+    form.append(fs);
+  }
+}
+
+async function submitComprehension(event) {
+  event.preventDefault();
+  const answers = {};
+  for (const fs of $("comprehension-form").querySelectorAll("fieldset")) {
+    const chosen = fs.querySelector("input:checked");
+    if (!chosen) { showError("Please answer every question."); return; }
+    answers[fs.dataset.q] = Number(chosen.value);
+  }
+  try {
+    showError("");
+    const data = await api("POST", "/api/comprehension", { answers });
+    $("comprehension-feedback").textContent = data.passed ? "" :
+      `Not quite: ${data.wrong.length} answer(s) are wrong. Read the rules again and try once more.`;
+    if (!data.passed && data.state.stage === "comprehension") {
+      const rules = $("stage-instructions").querySelector("ul").cloneNode(true);
+      $("comprehension-feedback").append(rules);
+    }
+    render(data.state);
+    if (data.passed && data.state.stage === "ready") await step("/api/games");
+  } catch (e) { showError(e.message); }
+}
+
+async function leaveStudy() {
+  try {
+    const data = await api("POST", "/api/leave", {});
+    $("returned-code").textContent = data.platform_code || "";
+    $("returned-text").textContent = data.platform_code
+      ? "Thank you for your time. Please return the study on the platform with this code:" : "Thank you for your time.";
+    render(data.state);
+  } catch (e) { showError(e.message); }
+}
+
+async function enter(link) {
+  try {
+    const data = await api("POST", "/api/enter", link);
+    app.token = data.token;
+    render(data.state);
+  } catch (e) {
+    if (e.status === 403 || e.status === 409) {  // refused (a repeat, not on the list, a preview): say so politely
+      $("refused-text").textContent = e.message;
+      showStage("refused");
+      return;
+    }
+    throw e;
+  }
 }
 
 // ----------------------------------------------------------------------------------- negotiation
@@ -173,6 +261,7 @@ function renderGame(game) {
   for (let i = 0; i < game.items.length; i++) $(`keep-${i}`).disabled = !mine;
   $("message").disabled = !mine;
   $("status").textContent = active ? (game.your_turn ? "Your move." : "Your partner is thinking…") : "";
+  $("btn-leave").hidden = !(active && app.state && app.state.platform);
 
   const outcome = $("outcome");
   outcome.hidden = active;
@@ -246,9 +335,11 @@ function buildSurvey() {
 async function submitSurvey(event) {
   event.preventDefault();
   const answers = {};
-  for (const q of ["fair", "human_like", "negotiate_again"]) {
+  const questions = ["fair", "human_like", "negotiate_again"];
+  if (app.state.attention_question) questions.push("attention");
+  for (const q of questions) {
     const chosen = document.querySelector(`input[name="${q}"]:checked`);
-    if (!chosen) { showError("Please answer all three questions."); return; }
+    if (!chosen) { showError("Please answer every question."); return; }
     answers[q] = Number(chosen.value);
   }
   answers.comment = $("survey-comment").value;
@@ -256,6 +347,7 @@ async function submitSurvey(event) {
     const data = await api("POST", `/api/games/${app.state.game.game_id}/survey`, answers);
     showError("");
     app.game = null;
+    app.completion = data;
     render(data.state);
   } catch (e) { showError(e.message); }
 }
@@ -271,7 +363,7 @@ function wire() {
   $("btn-consent").addEventListener("click", () => step("/api/consent"));
   $("btn-instructions").addEventListener("click", async () => {
     await step("/api/instructions");
-    if (app.state && app.state.stage === "ready") await step("/api/games");
+    if (app.state && app.state.stage === "ready" && !app.state.completed) await step("/api/games");
   });
   $("btn-start").addEventListener("click", () => step("/api/games"));
   $("btn-again").addEventListener("click", () => step("/api/games"));
@@ -293,6 +385,8 @@ function wire() {
     try { app.game = null; render(await api("GET", "/api/state")); } catch (e) { showError(e.message); }
   });
   $("survey-form").addEventListener("submit", submitSurvey);
+  $("comprehension-form").addEventListener("submit", submitComprehension);
+  $("btn-leave").addEventListener("click", leaveStudy);
   $("login-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const url = new URL(window.location.href);
@@ -305,13 +399,16 @@ function wire() {
 async function main() {
   wire();
   buildSurvey();
-  const { study, pid } = params();
-  if (!study || !pid) {
+  const link = params();
+  if (!link.pid) {
     try { app.defaultStudy = (await api("GET", "/healthz")).study; } catch (_) { app.defaultStudy = "default"; }
     showStage("login");
     return;
   }
-  try { await enter(study, pid); } catch (e) { showError(e.message); }
+  if (!link.study) {  // a platform's link names the study by its own ids only
+    try { link.study = (await api("GET", "/healthz")).study; } catch (e) { showError(e.message); return; }
+  }
+  try { await enter(link); } catch (e) { showError(e.message); }
 }
 
 document.addEventListener("DOMContentLoaded", main);
