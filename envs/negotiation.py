@@ -31,7 +31,8 @@ Action indices (fixed, independent of the context)
 
 A split is legal only when each entry is at most that item's count. Legality lives in
 :func:`legal_action_mask`, which both the scalar :class:`NegotiationState` and the batched
-:class:`BatchedNegotiation` call.
+:class:`BatchedNegotiation` read; the Pareto frontier of a context in :func:`pareto_frontier_masks`, which
+every outcome metric reads. Context files are read by :mod:`parley.envs.contexts`.
 
 Observation vector (float32, observer-relative; see :class:`ObservationLayout`)
 -------------------------------------------------------------------------------
@@ -57,7 +58,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -197,113 +197,6 @@ def contexts_to_arrays(contexts: Sequence[Context]) -> tuple[np.ndarray, np.ndar
     return counts, values
 
 
-def _parse_ints(tokens: Sequence[str], what: str) -> list[int]:
-    try:
-        return [int(t) for t in tokens]
-    except ValueError:
-        raise InvalidContextError(f"expected integers for {what}, got {' '.join(tokens)!r}") from None
-
-
-def _context_from_cnt_val(own: list[int], partner: list[int]) -> Context:
-    if len(own) != 6 or len(partner) != 6:
-        raise InvalidContextError("expected 6 integers per side: count value count value count value")
-    if own[0::2] != partner[0::2]:
-        raise InvalidContextError(f"the two sides disagree on the counts: {own[0::2]} vs {partner[0::2]}")
-    return Context(tuple(own[0::2]), (tuple(own[1::2]), tuple(partner[1::2])))
-
-
-def _detect_format(first_line: str) -> str:
-    if first_line.startswith("<input>"):
-        return "corpus-tagged"
-    if "," in first_line:
-        return "openspiel"
-    tokens = first_line.split()
-    if len(tokens) == 6:
-        return "selfplay"
-    if len(tokens) > 6 and ("YOU:" in tokens or "THEM:" in tokens):
-        return "corpus-raw"
-    raise InvalidContextError(
-        "unrecognised context file format: expected selfplay lines ('cnt val cnt val cnt val'), corpus "
-        "dialogue lines (data.txt or '<input> ...' files) or OpenSpiel instances ('1,2,3 8,1,0 4,0,2')"
-    )
-
-
-def load_contexts(path: str | Path, *, skip_invalid: bool = False) -> list[Context]:
-    """Read contexts from a file, detecting its format from the first non-empty line.
-
-    Formats:
-
-    * ``selfplay.txt``: ``cnt val cnt val cnt val``; consecutive lines are the two sides of one context.
-    * corpus dialogue files: raw ``data.txt`` lines (own context, dialogue, outcome, partner context) and
-      tagged ``val.txt`` / ``test.txt`` lines (``<input> ... </input> ... <partner_input> ...``). One
-      context per line, ``values[0]`` being the line's own side; each dialogue appears in these files
-      once from each side, so a context also appears with its roles swapped.
-    * OpenSpiel instance files: ``pool values0 values1``, comma-separated, e.g. ``1,2,3 8,1,0 4,0,2``.
-
-    An invalid line raises :class:`InvalidContextError` naming the file, the line and the problem; with
-    ``skip_invalid=True`` such lines are left out instead (OpenSpiel's instances include counts of 5,
-    which the Deal-or-No-Deal rules do not allow).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no context file at {path}")
-    lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), start=1)]
-    lines = [(n, line) for n, line in lines if line]
-    if not lines:
-        raise InvalidContextError(f"{path}: the file holds no contexts")
-    try:
-        fmt = _detect_format(lines[0][1])
-    except InvalidContextError as err:
-        raise InvalidContextError(f"{path}, line {lines[0][0]}: {err}") from None
-
-    contexts: list[Context] = []
-
-    def add(line_no: int, build) -> None:
-        try:
-            contexts.append(build())
-        except InvalidContextError as err:
-            if not skip_invalid:
-                raise InvalidContextError(f"{path}, line {line_no}: {err}") from None
-
-    if fmt == "selfplay":
-        if len(lines) % 2:
-            raise InvalidContextError(f"{path}: selfplay files hold pairs of lines, got an odd count ({len(lines)})")
-        for (n0, a), (_, b) in zip(lines[0::2], lines[1::2]):
-            add(n0, lambda a=a, b=b: _context_from_cnt_val(_parse_ints(a.split(), "a context"),
-                                                           _parse_ints(b.split(), "a context")))
-    elif fmt == "openspiel":
-        def openspiel(line: str) -> Context:
-            parts = line.split()
-            if len(parts) != 3:
-                raise InvalidContextError("expected 'pool values0 values1', comma-separated")
-            pool, v0, v1 = (_parse_ints(p.split(","), "an instance") for p in parts)
-            return Context(tuple(pool), (tuple(v0), tuple(v1)))
-        for n, line in lines:
-            add(n, lambda line=line: openspiel(line))
-    elif fmt == "corpus-tagged":
-        def tagged(line: str) -> Context:
-            try:
-                own = line.split("<input>")[1].split("</input>")[0].split()
-                partner = line.split("<partner_input>")[1].split("</partner_input>")[0].split()
-            except IndexError:
-                raise InvalidContextError("expected <input> ... </input> and <partner_input> ... </partner_input>") from None
-            return _context_from_cnt_val(_parse_ints(own, "<input>"), _parse_ints(partner, "<partner_input>"))
-        for n, line in lines:
-            add(n, lambda line=line: tagged(line))
-    else:  # corpus-raw
-        def raw(line: str) -> Context:
-            tokens = line.split()
-            if len(tokens) < 12:
-                raise InvalidContextError("expected own context, dialogue, outcome and partner context")
-            return _context_from_cnt_val(_parse_ints(tokens[:6], "the own context"),
-                                         _parse_ints(tokens[-6:], "the partner context"))
-        for n, line in lines:
-            add(n, lambda line=line: raw(line))
-    if not contexts:
-        raise InvalidContextError(f"{path}: no valid contexts in the file")
-    return contexts
-
-
 # --------------------------------------------------------------------------------------------------
 # Acts
 # --------------------------------------------------------------------------------------------------
@@ -377,21 +270,19 @@ def verbalize_act(action: int, counts: Sequence[int]) -> str:
     return text + (" -- that's my final offer." if kind == "insist" else ".")
 
 
-def _split_fits_direct(counts: np.ndarray) -> np.ndarray:
+def _split_fits(counts: np.ndarray) -> np.ndarray:
     """(..., 125) bool: which splits keep at most ``counts`` of each type."""
     return np.all(ALL_SPLITS <= np.asarray(counts)[..., None, :], axis=-1)
 
 
-def _legal_action_mask_rule(counts: np.ndarray, partner_has_offer: np.ndarray,
-                            done: np.ndarray) -> np.ndarray:
-    """The rule itself: propose/insist of a split within the counts, agree when the partner has a
-    standing proposal, walk away; nothing once the game is over."""
+def _legality_rule(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """The rule itself, evaluated directly (see :func:`legal_action_mask`)."""
     counts = np.asarray(counts)
     shape = np.broadcast_shapes(counts.shape[:-1], np.shape(partner_has_offer), np.shape(done))
     counts = np.broadcast_to(counts, shape + counts.shape[-1:])
     partner_has_offer = np.broadcast_to(np.asarray(partner_has_offer, dtype=bool), shape)
     live = ~np.broadcast_to(np.asarray(done, dtype=bool), shape)
-    split_ok = _split_fits_direct(counts) & live[..., None]
+    split_ok = _split_fits(counts) & live[..., None]
     mask = np.zeros(counts.shape[:-1] + (NUM_ACTIONS,), dtype=np.int8)
     mask[..., PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] = split_ok
     mask[..., INSIST_OFFSET:INSIST_OFFSET + NUM_SPLITS] = split_ok
@@ -402,25 +293,23 @@ def _legal_action_mask_rule(counts: np.ndarray, partner_has_offer: np.ndarray,
 
 # The rule evaluated once for every count vector (a, b, c) with entries 0..4 (row 25 a + 5 b + c), with and
 # without a partner proposal, live and over: masks for whole batches are then a single lookup.
-_MASK_TABLE: np.ndarray = _legal_action_mask_rule(
+_MASK_TABLE: np.ndarray = _legality_rule(
     ALL_SPLITS[:, None, None, :], np.array([False, True])[None, :, None],
     np.array([False, True])[None, None, :])
 _MASK_TABLE.setflags(write=False)  # (125, 2, 2, 252): [count code, partner has offer, done, action]
 _MASK_ROWS = _MASK_TABLE.reshape(-1, NUM_ACTIONS)
 
-
 # Row ``25 a + 5 b + c``: which splits fit within counts (a, b, c).
-_SPLIT_FITS: np.ndarray = _split_fits_direct(ALL_SPLITS)
+_SPLIT_FITS: np.ndarray = _split_fits(ALL_SPLITS)
 _SPLIT_FITS.setflags(write=False)
 
 
-def count_codes(counts: np.ndarray) -> np.ndarray | None:
+def _count_codes(counts: np.ndarray) -> np.ndarray | None:
     """``25 a + 5 b + c`` for each count vector (a, b, c), or None if some count lies outside 0..4."""
     counts = np.asarray(counts, dtype=np.int64)
     if counts.size and (counts.min() < 0 or counts.max() > MAX_ITEM_COUNT):
         return None
     return (counts[..., 0] * _SPLIT_BASE + counts[..., 1]) * _SPLIT_BASE + counts[..., 2]
-
 
 
 def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -429,45 +318,37 @@ def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: n
     ``counts`` (..., 3), ``partner_has_offer`` (...) -- the last proposal on the table is the partner's --
     and ``done`` (...). Returns an int8 mask (..., 252): propose/insist of a split within the counts,
     agree when the partner has a standing proposal, walk away; nothing once the game is over.
-    :func:`legal_actions_taken` answers the same question for one chosen action per game; both read
-    the same precomputed table of this rule.
+
+    :meth:`NegotiationState.legal_action_mask`, :meth:`BatchedNegotiation.legal_masks` and
+    :meth:`BatchedNegotiation.legal_taken` answer this question for their games; all of them read one
+    table of this rule precomputed for every count vector.
     """
-    codes = count_codes(counts)
+    codes = _count_codes(counts)
     if codes is None:
-        return _legal_action_mask_rule(counts, partner_has_offer, done)
+        return _legality_rule(counts, partner_has_offer, done)
     return _MASK_TABLE[codes, np.asarray(partner_has_offer, dtype=np.int64), np.asarray(done, dtype=np.int64)]
 
 
-def legal_masks_from_codes(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
-    """:func:`legal_action_mask` for count codes (see :func:`count_codes`) computed beforehand."""
+def _masks_from_codes(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """:func:`legal_action_mask` for count codes (see :func:`_count_codes`) computed beforehand."""
     # One row index into the flattened table: a single take is much cheaper than a three-array gather.
     row = codes * 4 + partner_has_offer.astype(np.int64) * 2 + done.astype(np.int64)
     return np.take(_MASK_ROWS, row, axis=0)
 
 
-def legal_actions_taken(counts: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray,
-                        actions: np.ndarray, *, codes: np.ndarray | None = None) -> np.ndarray:
-    """Whether each game's chosen action is legal: ``legal_action_mask(...)[..., action]`` without
-    building the full masks (the batched rules check one action per game at every step).
-
-    Out-of-range indices are illegal. Shapes as in :func:`legal_action_mask`, ``actions`` (...);
-    ``codes`` may pass precomputed :func:`count_codes`.
-    """
+def _legal_taken(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray,
+                 actions: np.ndarray) -> np.ndarray:
+    """``legal_action_mask(...)[i, actions[i]]`` for count codes, without building the full masks (the
+    batched rules check one action per game at every step). Out-of-range indices are illegal."""
     actions = np.asarray(actions, dtype=np.int64)
     in_range = (actions >= 0) & (actions < NUM_ACTIONS)
-    if codes is None:
-        codes = count_codes(counts)
-    if codes is None:
-        mask = _legal_action_mask_rule(counts, partner_has_offer, done)
-        picked = np.take_along_axis(mask, np.where(in_range, actions, 0)[..., None], -1)[..., 0]
-        return in_range & picked.astype(bool)
-    offer = np.asarray(partner_has_offer, dtype=np.int64)
-    over = np.asarray(done, dtype=np.int64)
-    return in_range & _MASK_TABLE[codes, offer, over, np.where(in_range, actions, 0)].astype(bool)
+    row = codes * 4 + partner_has_offer.astype(np.int64) * 2 + done.astype(np.int64)
+    return in_range & _MASK_ROWS[row, np.where(in_range, actions, 0)].astype(bool)
 
 
 @functools.lru_cache(maxsize=4096)
-def _cached_scalar_mask(counts: tuple[int, int, int], partner_has_offer: bool, done: bool) -> np.ndarray:
+def _scalar_mask(counts: tuple[int, int, int], partner_has_offer: bool, done: bool) -> np.ndarray:
+    # A read-only cached array: one game's states repeat a handful of (counts, offer, done) combinations.
     mask = legal_action_mask(np.array(counts), np.array(partner_has_offer), np.array(done)).copy()
     mask.setflags(write=False)
     return mask
@@ -492,12 +373,30 @@ def describe_legal(mask: np.ndarray, counts: Sequence[int]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _frontier_direct(all_s0: np.ndarray, all_s1: np.ndarray, feasible: np.ndarray) -> np.ndarray:
-    """(B, 125) bool: feasible splits that no feasible split dominates."""
-    dom_pairs = ((all_s0[:, None, :] >= all_s0[:, :, None]) & (all_s1[:, None, :] >= all_s1[:, :, None])
-                 & ((all_s0[:, None, :] > all_s0[:, :, None]) | (all_s1[:, None, :] > all_s1[:, :, None]))
-                 & feasible[:, None, :])
-    return feasible & ~np.any(dom_pairs, axis=2)
+def _pareto_frontier(all_s0: np.ndarray, all_s1: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+    """(B, 125) bool: the feasible splits that no feasible split dominates (at least as good for both
+    sides and better for one). The one Pareto computation; everything else reads its results.
+
+    A sweep rather than a comparison of every pair: with the splits sorted by (s0, s1), both descending,
+    a split is undominated when its s1 is the best among the splits with the same s0 and beats the s1 of
+    every split with a larger s0.
+    """
+    s0 = np.where(feasible, all_s0, -np.inf)
+    s1 = np.where(feasible, all_s1, -np.inf)
+    order = np.lexsort((-s1, -s0), axis=-1)  # infeasible splits (-inf) sort last
+    s0 = np.take_along_axis(s0, order, -1)
+    s1 = np.take_along_axis(s1, order, -1)
+    new_group = np.ones(s0.shape, dtype=bool)
+    new_group[:, 1:] = s0[:, 1:] != s0[:, :-1]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(s0.shape[1]), 0), axis=-1)
+    best_before = np.full(s1.shape, -np.inf)
+    best_before[:, 1:] = np.maximum.accumulate(s1, axis=-1)[:, :-1]
+    group_best = np.take_along_axis(s1, group_start, -1)
+    best_with_larger_s0 = np.take_along_axis(best_before, group_start, -1)
+    undominated = (s1 == group_best) & (s1 > best_with_larger_s0)
+    frontier = np.zeros(feasible.shape, dtype=bool)
+    np.put_along_axis(frontier, order, undominated, -1)
+    return frontier & feasible
 
 
 def _context_keys(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -532,8 +431,8 @@ def context_ids(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def _split_scores(counts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores of every split for both sides, (B, 125) each, and which splits are feasible (B, 125)."""
-    codes = count_codes(counts)
-    feasible = _split_fits_direct(counts) if codes is None else _SPLIT_FITS[codes]
+    codes = _count_codes(counts)
+    feasible = _split_fits(counts) if codes is None else _SPLIT_FITS[codes]
     # Small matrix products, exact in float64.
     splits_t = ALL_SPLITS.T.astype(np.float64)
     all_s0 = values[:, 0].astype(np.float64) @ splits_t
@@ -568,7 +467,7 @@ class _FrontierCache:
         if missing.any():
             new_ids, first = np.unique(ids[missing], return_index=True)
             rows = np.flatnonzero(missing)[first]
-            self.frontier[new_ids] = _frontier_direct(*_split_scores(counts[rows], values[rows]))
+            self.frontier[new_ids] = _pareto_frontier(*_split_scores(counts[rows], values[rows]))
             self.known[new_ids] = True
 
 
@@ -589,24 +488,28 @@ def pareto_frontier_masks(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
     out = np.zeros((len(ids), NUM_SPLITS), dtype=bool)
     if valid.any():
         out[valid] = _FRONTIERS.lookup(ids[valid], counts[valid], values[valid])
-    out[~valid] = _frontier_direct(*_split_scores(counts[~valid], values[~valid]))
+    out[~valid] = _pareto_frontier(*_split_scores(counts[~valid], values[~valid]))
     return out
+
+
+def _split_indices(splits: np.ndarray) -> np.ndarray:
+    """(B,) position of each split among :data:`ALL_SPLITS`; entries are clipped to 0..4 so that rows
+    without a deal (whose split is ignored) still index safely."""
+    kept = np.clip(np.asarray(splits, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES), 0, MAX_ITEM_COUNT)
+    return (kept[:, 0] * _SPLIT_BASE + kept[:, 1]) * _SPLIT_BASE + kept[:, 2]
 
 
 def pareto_optimal_batch(counts: np.ndarray, values: np.ndarray, splits: np.ndarray,
                          agreed: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-    """(B,) bool: agreed deals on the Pareto frontier.
+    """(B,) bool: agreed deals on the Pareto frontier of :func:`pareto_frontier_masks`.
 
-    The same answer as ``outcome_metrics_batch(...)["pareto_optimal"]`` (a split that nothing dominates
-    is itself a frontier split), at the cost of one lookup per game. ``ids``, optional, are the
-    contexts' :func:`context_ids` when the caller keeps them.
+    ``outcome_metrics_batch(...)["pareto_optimal"]`` without the other metrics: one lookup per game.
+    ``ids``, optional, are the contexts' :func:`context_ids` when the caller keeps them.
     """
     counts = np.asarray(counts, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
     values = np.asarray(values, dtype=np.int64).reshape(-1, 2, NUM_ITEM_TYPES)
-    splits = np.asarray(splits, dtype=np.int64).reshape(-1, NUM_ITEM_TYPES)
     agreed = np.asarray(agreed, dtype=bool).reshape(-1)
-    clipped = np.clip(splits, 0, MAX_ITEM_COUNT)
-    idx = (clipped[:, 0] * _SPLIT_BASE + clipped[:, 1]) * _SPLIT_BASE + clipped[:, 2]
+    idx = _split_indices(splits)
     if ids is None:
         return agreed & pareto_frontier_masks(counts, values)[np.arange(len(idx)), idx]
     ids = np.asarray(ids, dtype=np.int64)
@@ -643,11 +546,8 @@ def outcome_metrics_batch(
     s0 = (splits * values[:, 0]).sum(-1)
     s1 = ((counts - splits) * values[:, 1]).sum(-1)
 
-    weakly_better = (all_s0 >= s0[:, None]) & (all_s1 >= s1[:, None])
-    strictly = (all_s0 > s0[:, None]) | (all_s1 > s1[:, None])
-    dominated = np.any(feasible & weakly_better & strictly, axis=1)
-
     on_frontier = pareto_frontier_masks(counts, values)
+    split_idx = _split_indices(splits)
 
     d = float(no_deal_reward)
     score0 = np.where(agreed, s0, d).astype(np.float64)
@@ -659,7 +559,7 @@ def outcome_metrics_batch(
     return {
         "scores": np.stack([score0, score1], axis=1),
         "joint": score0 + score1,
-        "pareto_optimal": agreed & ~dominated,
+        "pareto_optimal": agreed & on_frontier[np.arange(len(split_idx)), split_idx],
         "pareto_distance": pareto_distance,
         "nash_product": nash,
         "max_nash_product": all_nash,
@@ -710,34 +610,15 @@ def _max_nash_product(ctx: Context, no_deal_reward: float) -> float:
 @functools.lru_cache(maxsize=8192)
 def _context_outcomes(ctx: Context) -> tuple[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...],
                                              frozenset[tuple[int, int, int]]]:
-    """Score pairs of all feasible splits, of the frontier splits, and the frontier splits themselves.
-
-    Plain Python: for one context this is quicker than the batched numpy path (which the tests check it
-    against, together with a brute-force enumeration).
-    """
-    (c0, c1, c2), (v0, v1) = ctx.counts, ctx.values
-    total1 = c0 * v1[0] + c1 * v1[1] + c2 * v1[2]
-    splits_at: dict[tuple[float, float], list[tuple[int, int, int]]] = {}
-    for a in range(c0 + 1):
-        for b in range(c1 + 1):
-            for c in range(c2 + 1):
-                s0 = a * v0[0] + b * v0[1] + c * v0[2]
-                s1 = total1 - (a * v1[0] + b * v1[1] + c * v1[2])
-                splits_at.setdefault((float(s0), float(s1)), []).append((a, b, c))
-    # A score pair is on the frontier when its s1 is the best among pairs with the same s0 and beats every
-    # pair with a larger s0. Sorting by s0 then s1, both descending, puts each group's best first.
-    frontier = []
-    best_s1_above = -math.inf
-    previous_s0 = None
-    for s0, s1 in sorted(splits_at, reverse=True):
-        if s0 == previous_s0:
-            continue
-        previous_s0 = s0
-        if s1 > best_s1_above:
-            frontier.append((s0, s1))
-            best_s1_above = s1
-    pareto_splits = frozenset(split for point in frontier for split in splits_at[point])
-    return tuple(sorted(splits_at)), tuple(sorted(frontier)), pareto_splits
+    """Score pairs of all feasible splits, of the frontier splits, and the frontier splits themselves,
+    for one context: :func:`pareto_frontier_masks` read into Python values once per context."""
+    counts, values = contexts_to_arrays([ctx])
+    all_s0, all_s1, feasible = _split_scores(counts, values)
+    frontier = pareto_frontier_masks(counts, values)[0]
+    points = {(float(a), float(b)) for a, b in zip(all_s0[0, feasible[0]], all_s1[0, feasible[0]])}
+    frontier_points = {(float(a), float(b)) for a, b in zip(all_s0[0, frontier], all_s1[0, frontier])}
+    pareto_splits = frozenset(tuple(int(k) for k in ALL_SPLITS[j]) for j in np.flatnonzero(frontier))
+    return tuple(sorted(points)), tuple(sorted(frontier_points)), pareto_splits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -747,9 +628,17 @@ def _context_outcomes(ctx: Context) -> tuple[tuple[tuple[float, float], ...], tu
 
 @dataclass(frozen=True)
 class ObservationLayout:
-    """Where each field sits in the observation vector for a given ``max_turns``."""
+    """Where each field sits in the observation vector for a given ``max_turns``.
+
+    Every observation is written through these names: :class:`NegotiationState` updates its vectors
+    field by field, :class:`BatchedNegotiation` joins its columns with :meth:`assemble`.
+    """
 
     max_turns: int = DEFAULT_MAX_TURNS
+
+    #: The fields in vector order (each field's slice follows the previous one's).
+    FIELD_ORDER = ("counts", "values", "partner_offer_flag", "partner_offer", "own_offer_flag", "own_offer",
+                   "turn_fraction", "moved_first", "history_acts", "history_speakers")
 
     counts = slice(0, 3)
     values = slice(3, 6)
@@ -780,6 +669,21 @@ class ObservationLayout:
         if rem or turns < 1:
             raise ValueError(f"{size} is not a negotiation observation size (16 + 2 * max_turns)")
         return cls(max_turns=turns)
+
+    def assemble(self, **columns: np.ndarray) -> np.ndarray:
+        """(B, size) float32 observations from each field's values: (B, width) arrays, or (B,) for the
+        one-entry fields, passed by field name (:attr:`FIELD_ORDER`)."""
+        if set(columns) != set(self.FIELD_ORDER):
+            missing, extra = set(self.FIELD_ORDER) - set(columns), set(columns) - set(self.FIELD_ORDER)
+            raise ValueError(f"assemble needs exactly the fields {self.FIELD_ORDER}; "
+                             f"missing {sorted(missing)}, unknown {sorted(extra)}")
+        # Joined in one call: cheaper than writing the fields into a preallocated array one by one.
+        pieces = [columns[name] for name in self.FIELD_ORDER]
+        pieces = [p[:, None] if np.ndim(p) == 1 else p for p in pieces]
+        out = np.concatenate(pieces, axis=1, dtype=np.float32)
+        if out.shape[1] != self.size:
+            raise ValueError(f"the fields make {out.shape[1]} entries; the layout has {self.size}")
+        return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -825,8 +729,8 @@ class NegotiationState:
         self._layout = lay
         self._obs = [[0.0] * lay.size, [0.0] * lay.size]
         for player in (0, 1):
-            self._obs[player][0:3] = ctx.counts
-            self._obs[player][3:6] = ctx.values[player]
+            self._obs[player][lay.counts] = ctx.counts
+            self._obs[player][lay.values] = ctx.values[player]
         self._obs[first_player][lay.moved_first] = 1.0
 
     @property
@@ -845,10 +749,7 @@ class NegotiationState:
         player = self.current_player if player is None else player
         partner_offer = self.standing_offer is not None and self.standing_offer[0] != player
         live = not self.terminal and player == self.current_player
-        return _cached_scalar_mask(self.ctx.counts, partner_offer, not live)
-
-    def legal_actions(self) -> list[int]:
-        return [int(a) for a in np.flatnonzero(self.legal_action_mask())]
+        return _scalar_mask(self.ctx.counts, partner_offer, not live)
 
     def apply_action(self, action: int) -> None:
         """Send ``action`` for :attr:`current_player`; raises :class:`IllegalActionError` if not legal."""
@@ -870,16 +771,22 @@ class NegotiationState:
         turn = len(self.history)
         self.history.append((player, action))
         mine, theirs, lay = self._obs[player], self._obs[other], self._layout
-        mine[lay.header_size + turn] = theirs[lay.header_size + turn] = action + 1
-        mine[lay.header_size + self.max_turns + turn] = 1
-        theirs[lay.header_size + self.max_turns + turn] = 2
+        act_at, speaker_at = lay.history_acts.start + turn, lay.history_speakers.start + turn
+        mine[act_at] = theirs[act_at] = action + 1
+        mine[speaker_at] = 1
+        theirs[speaker_at] = 2
         mine[lay.turn_fraction] = theirs[lay.turn_fraction] = (turn + 1) / self.max_turns
         if kind in ("propose", "insist"):
             self.standing_offer = (player, split)
             self.last_proposals[player] = split
             counts = self.ctx.counts
-            mine[6:14] = (0, 0, 0, 0, 1, split[0], split[1], split[2])
-            theirs[6:10] = (1, counts[0] - split[0], counts[1] - split[1], counts[2] - split[2])
+            # The speaker's proposal replaces whatever the partner had on the table.
+            mine[lay.partner_offer_flag] = 0
+            mine[lay.partner_offer] = (0, 0, 0)
+            mine[lay.own_offer_flag] = 1
+            mine[lay.own_offer] = split
+            theirs[lay.partner_offer_flag] = 1
+            theirs[lay.partner_offer] = (counts[0] - split[0], counts[1] - split[1], counts[2] - split[2])
         elif kind == "agree":
             proposer, kept = self.standing_offer
             self.agreed_split = kept if proposer == 0 else tuple(c - k for c, k in zip(self.ctx.counts, kept))
@@ -955,7 +862,7 @@ class BatchedNegotiation:
         self.layout = ObservationLayout(max_turns)
         b = batch_size
         self.counts = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)
-        self.count_codes = np.zeros(b, dtype=np.int64)  # see count_codes(); indexes the legality table
+        self.count_codes = np.zeros(b, dtype=np.int64)  # see _count_codes(); indexes the legality table
         self.values = np.zeros((b, 2, NUM_ITEM_TYPES), dtype=np.int64)
         self.first_player = np.zeros(b, dtype=np.int64)
         self.current_player = np.zeros(b, dtype=np.int64)
@@ -974,7 +881,7 @@ class BatchedNegotiation:
     def reset_games(self, idx: np.ndarray, counts: np.ndarray, values: np.ndarray, first_player: np.ndarray) -> None:
         """Start new games at indices ``idx`` with the given contexts and first movers."""
         idx = np.asarray(idx, dtype=np.int64)
-        codes = count_codes(counts)
+        codes = _count_codes(counts)
         if codes is None:
             raise ValueError(f"item counts must be 0..{MAX_ITEM_COUNT} for the batched rules")
         self.counts[idx] = counts
@@ -1002,15 +909,14 @@ class BatchedNegotiation:
         """(B, 252) masks for each game's current player (all zero where the game is over); with
         ``rows``, only those games."""
         if rows is None:
-            return legal_masks_from_codes(self.count_codes, self.partner_has_offer(), self.done)
+            return _masks_from_codes(self.count_codes, self.partner_has_offer(), self.done)
         proposer = self.offer_proposer[rows]
         offer = (proposer >= 0) & (proposer != self.current_player[rows])
-        return legal_masks_from_codes(self.count_codes[rows], offer, self.done[rows])
+        return _masks_from_codes(self.count_codes[rows], offer, self.done[rows])
 
     def legal_taken(self, actions: np.ndarray) -> np.ndarray:
         """(B,) whether each game's current player may play ``actions[i]`` (False where the game is over)."""
-        return legal_actions_taken(self.counts, self.partner_has_offer(), self.done, actions,
-                                   codes=self.count_codes)
+        return _legal_taken(self.count_codes, self.partner_has_offer(), self.done, actions)
 
     def apply_actions(self, actions: np.ndarray, active: np.ndarray | None = None,
                       legal: np.ndarray | None = None) -> np.ndarray:
@@ -1093,23 +999,21 @@ class BatchedNegotiation:
         values, has_proposed, last = self.values[sel], self.has_proposed[sel], self.last_proposals[sel]
         proposer = self.offer_proposer[sel]
         partner_offer = ((proposer >= 0) & (proposer != players))[:, None]
-        # Pieces in layout order, joined and converted in one call (cheaper than column-by-column writes).
         # last_proposals stays zero until a side proposes, so no flag check is needed for the own offer.
         # Speaker tokens: 1 = the observer, 2 = the partner, 0 = padding. For a speaker s in {0, 1},
         # s ^ p is 0 when the observer sent the act; padding (-1) gives -1 ^ p <= -1, clipped to 0.
-        pieces = [
-            counts,
-            np.where(first, values[:, 0], values[:, 1]),
-            partner_offer,
-            (counts - self.offer_split[sel]) * partner_offer,
-            np.where(first, has_proposed[:, :1], has_proposed[:, 1:]),
-            np.where(first, last[:, 0], last[:, 1]),
-            (self.turn[sel] / self.max_turns)[:, None],
-            (self.first_player[sel] == players)[:, None],
-            self.history_actions[sel] + 1,  # padding -1 becomes 0
-            np.maximum((self.history_speakers[sel] ^ players[:, None]) + 1, 0),
-        ]
-        return np.concatenate(pieces, axis=1, dtype=np.float32)
+        return self.layout.assemble(
+            counts=counts,
+            values=np.where(first, values[:, 0], values[:, 1]),
+            partner_offer_flag=partner_offer,
+            partner_offer=(counts - self.offer_split[sel]) * partner_offer,
+            own_offer_flag=np.where(first, has_proposed[:, :1], has_proposed[:, 1:]),
+            own_offer=np.where(first, last[:, 0], last[:, 1]),
+            turn_fraction=self.turn[sel] / self.max_turns,
+            moved_first=self.first_player[sel] == players,
+            history_acts=self.history_actions[sel] + 1,  # padding -1 becomes 0
+            history_speakers=np.maximum((self.history_speakers[sel] ^ players[:, None]) + 1, 0),
+        )
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,9 +19,10 @@
 
 The game, the action indices and the observation layout are those of :mod:`parley.envs.negotiation_v0`
 (see its env card). Here the learner plays one side -- drawn per episode unless ``learner_side`` fixes
-it -- and a partner policy plays the other: a scripted partner by name (built with
-:func:`parley.agents.partners.scripted.make_partner`) or any object with the
-:class:`~parley.envs.policy.Policy` interface.
+it -- and a partner policy plays the other: any object with the :class:`~parley.envs.policy.Policy`
+interface. ``gymnasium.make("parley/Negotiation-v0", partner="boulware")`` also takes a scripted
+partner's name: the registered entry point (:func:`parley.entry_points.make_negotiation_env`) builds it
+with :func:`parley.agents.partners.scripted.make_partner` (``partner_kwargs`` are its parameters).
 
 Each ``step`` applies the learner's act and then, if the game goes on, the partner's reply, so every
 observation is taken when it is the learner's turn. When the partner opens, ``reset`` plays its first
@@ -34,12 +35,11 @@ The final ``info`` holds the outcome metrics of ``negotiation_v0`` plus ``learne
 
 Arguments
 ---------
-``NegotiationGymEnv(partner="random", partner_kwargs=None, learner_side=None, max_turns=10,
-contexts=None, first_player=None, no_deal_reward=0.0, illegal_action="raise", illegal_penalty=-1.0,
-render_mode=None)``
+``NegotiationGymEnv(partner, learner_side=None, max_turns=10, contexts=None, first_player=None,
+no_deal_reward=0.0, illegal_action="raise", illegal_penalty=-1.0, render_mode=None)``
 
-* ``partner``: a scripted partner's name (``parley.agents.partners.scripted.list_partners()``) or a Policy;
-  ``partner_kwargs`` go to ``make_partner``;
+* ``partner``: a Policy (``gymnasium.make`` also takes a scripted partner's name, ``partner="random"``
+  by default, and ``partner_kwargs`` for ``make_partner``);
 * ``learner_side``: None (drawn per episode), 0 (the learner is ``agent_0``) or 1;
 * ``first_player``: None (drawn per episode) or which side opens (0 or 1);
 * ``illegal_action``: ``"raise"`` (an illegal learner act raises ``IllegalActionError``) or
@@ -64,6 +64,17 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from parley.envs._adapter_common import (
+    MAX_REPLAYS,
+    check_common_args,
+    check_partner,
+    context_header,
+    draw_context,
+    observation_space,
+    outcome_info,
+    partner_name,
+    resolve_contexts,
+)
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     NUM_ACTIONS,
@@ -72,45 +83,16 @@ from parley.envs.negotiation import (
     NegotiationState,
     decode_act,
 )
-from parley.envs.negotiation_v0 import (
-    check_common_args,
-    context_header,
-    draw_context,
-    observation_space,
-    outcome_info,
-    resolve_contexts,
-)
 from parley.envs.policy import Policy
 
-__all__ = ["NegotiationGymEnv", "resolve_partner"]
-
-#: How many games in a row the partner may end before the learner's first act before reset gives up.
-MAX_REPLAYS = 1000
-
-
-def resolve_partner(partner: str | Policy, partner_kwargs: dict[str, Any] | None = None) -> Policy:
-    """A partner policy from a scripted partner's name or a Policy object."""
-    if isinstance(partner, str):
-        from parley.agents.partners.scripted import make_partner  # lazily: the rules do not need the partners
-
-        return make_partner(partner, **(partner_kwargs or {}))
-    if partner_kwargs:
-        raise ValueError("partner_kwargs only applies when partner is given by name")
-    if not (callable(getattr(partner, "act", None)) and callable(getattr(partner, "act_batch", None))):
-        raise TypeError(f"partner must be a scripted partner's name or a Policy with act() and act_batch(); "
-                        f"got {type(partner).__name__}")
-    return partner
-
-
-def partner_name(partner: Policy) -> str:
-    return str(getattr(partner, "name", type(partner).__name__))
+__all__ = ["NegotiationGymEnv"]
 
 
 class NegotiationGymEnv(gymnasium.Env):
     """A learner negotiating with a partner policy (see the module docstring for the env card).
 
-    :param partner: a scripted partner's name or a :class:`~parley.envs.policy.Policy`
-    :param partner_kwargs: parameters for ``make_partner`` when ``partner`` is a name
+    :param partner: the partner's :class:`~parley.envs.policy.Policy` (for a scripted partner by name use
+        ``gymnasium.make("parley/Negotiation-v0", partner=name)`` or ``make_partner(name)``)
     :param learner_side: the learner's side (0 or 1), or None to draw it per episode
     :param max_turns: acts before the game ends without a deal
     :param contexts: None (sampled), a context file path, or a list of :class:`Context`
@@ -123,15 +105,14 @@ class NegotiationGymEnv(gymnasium.Env):
 
     metadata: dict[str, Any] = {"render_modes": ["ansi", "human"]}
 
-    def __init__(self, partner: str | Policy = "random", partner_kwargs: dict[str, Any] | None = None, *,
-                 learner_side: int | None = None, max_turns: int = DEFAULT_MAX_TURNS,
+    def __init__(self, partner: Policy, *, learner_side: int | None = None, max_turns: int = DEFAULT_MAX_TURNS,
                  contexts: None | str | Path | Sequence[Context] = None, first_player: int | None = None,
                  no_deal_reward: float = 0.0, illegal_action: str = "raise", illegal_penalty: float = -1.0,
                  render_mode: str | None = None) -> None:
         check_common_args(max_turns, first_player, illegal_action, render_mode)
         if learner_side not in (None, 0, 1):
             raise ValueError(f"learner_side must be None (drawn per episode), 0 or 1; got {learner_side!r}")
-        self.partner = resolve_partner(partner, partner_kwargs)
+        self.partner = check_partner(partner)
         self.learner_side = learner_side
         self.max_turns = int(max_turns)
         self.contexts = resolve_contexts(contexts)

@@ -33,9 +33,11 @@ Illegal learner acts raise :class:`~parley.envs.negotiation.IllegalActionError` 
 before any game changes (``illegal_action="raise"``), or end those games with reward
 ``illegal_penalty`` (``"penalize"``).
 
-Arguments: ``NegotiationVectorEnv(num_envs=1, partner="random", partner_kwargs=None, learner_side=None,
-max_turns=10, contexts=None, first_player=None, no_deal_reward=0.0, illegal_action="raise",
-illegal_penalty=-1.0, render_mode=None)`` -- as for the single env. Contexts are sampled with
+Arguments: ``NegotiationVectorEnv(num_envs, partner, learner_side=None, max_turns=10, contexts=None,
+first_player=None, no_deal_reward=0.0, illegal_action="raise", illegal_penalty=-1.0, render_mode=None)``
+-- as for the single env: ``partner`` is a Policy, and ``gymnasium.make_vec`` (through
+:func:`parley.entry_points.make_negotiation_vector_env`) also takes a scripted partner's name and
+``partner_kwargs``. Contexts are sampled with
 :func:`~parley.envs.negotiation.sample_context_arrays` (same distribution as ``sample_context``) or drawn
 uniformly from the given list or file.
 
@@ -56,6 +58,15 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from parley.envs._adapter_common import (
+    MAX_REPLAYS,
+    check_common_args,
+    check_partner,
+    context_header,
+    observation_space,
+    partner_name,
+    resolve_contexts,
+)
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     NUM_ACTIONS,
@@ -71,8 +82,6 @@ from parley.envs.negotiation import (
     pareto_optimal_batch,
     sample_context_ids,
 )
-from parley.envs.negotiation_gym import MAX_REPLAYS, partner_name, resolve_partner
-from parley.envs.negotiation_v0 import check_common_args, context_header, observation_space, resolve_contexts
 from parley.envs.policy import Policy
 
 __all__ = ["NegotiationVectorEnv"]
@@ -85,9 +94,8 @@ class NegotiationVectorEnv(VectorEnv):
     """``num_envs`` negotiations against a partner policy, batched (see the module docstring).
 
     :param num_envs: number of games run side by side
-    :param partner: a scripted partner's name or a :class:`~parley.envs.policy.Policy` (it acts through
-        ``act_batch``)
-    :param partner_kwargs: parameters for ``make_partner`` when ``partner`` is a name
+    :param partner: the partner's :class:`~parley.envs.policy.Policy` (it acts through ``act_batch``; for
+        a scripted partner by name use ``gymnasium.make_vec`` or ``make_partner(name)``)
     :param learner_side: the learner's side (0 or 1), or None to draw it per game
     :param max_turns: acts before a game ends without a deal
     :param contexts: None (sampled), a context file path, or a list of :class:`Context`
@@ -100,8 +108,7 @@ class NegotiationVectorEnv(VectorEnv):
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
 
-    def __init__(self, num_envs: int = 1, partner: str | Policy = "random",
-                 partner_kwargs: dict[str, Any] | None = None, *, learner_side: int | None = None,
+    def __init__(self, num_envs: int, partner: Policy, *, learner_side: int | None = None,
                  max_turns: int = DEFAULT_MAX_TURNS, contexts: None | str | Path | Sequence[Context] = None,
                  first_player: int | None = None, no_deal_reward: float = 0.0, illegal_action: str = "raise",
                  illegal_penalty: float = -1.0, render_mode: str | None = None) -> None:
@@ -113,7 +120,7 @@ class NegotiationVectorEnv(VectorEnv):
         if learner_side not in (None, 0, 1):
             raise ValueError(f"learner_side must be None (drawn per game), 0 or 1; got {learner_side!r}")
         self.num_envs = int(num_envs)
-        self.partner = resolve_partner(partner, partner_kwargs)
+        self.partner = check_partner(partner)
         self.learner_side = learner_side
         self.max_turns = int(max_turns)
         self.first_player = first_player

@@ -75,17 +75,19 @@ def register(app: typer.Typer) -> None:
         import getpass
 
         from parley.human_eval.config import StudyConfigError
-        from parley.human_eval.db import make_engine
-        from parley.human_eval.service import StudyService
-        from parley.human_eval.terminal import play, terminal_config
+        from parley.human_eval.service import StudyError
+        from parley.human_eval.terminal import play, terminal_service
 
-        try:
-            config = terminal_config(agent, study=study, max_turns=max_turns, seed=seed)
-            service = StudyService(config, make_engine(db))
-            service.warm_up(include_checkpoints=True)
+        try:  # the agent is built before the database is opened: a bad --agent leaves no file behind
+            service = terminal_service(agent, db, study=study, max_turns=max_turns, seed=seed)
         except (StudyConfigError, ValueError, FileNotFoundError) as err:
             raise typer.BadParameter(str(err), param_hint="--agent") from None
-        play(service, pid or getpass.getuser(), agent=config.agents[0].name, ask=input, say=typer.echo,
+        pid = pid or getpass.getuser()
+        try:
+            service.check_pid(pid)
+        except StudyError as err:
+            raise typer.BadParameter(err.message, param_hint="--pid") from None
+        play(service, pid, agent=service.config.agents[0].name, ask=input, say=typer.echo,
              survey=survey)
 
     @app.command("report")

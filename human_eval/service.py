@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from parley.envs.negotiation import (
+    ACT_KINDS,
     ITEM_NAMES,
     Context,
     IllegalActionError,
@@ -47,7 +48,6 @@ _EVENT_VIEW_COLUMNS = (EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.actor, EVENTS.c.act
 _EVENT_OPTIONAL = ("action", "text", "message", "client_ts", "latency_ms", "data")
 LIKERT_QUESTIONS = ("fair", "human_like", "negotiate_again")
 LIKERT_RANGE = (1, 5)
-ACT_KINDS = ("propose", "insist", "agree", "walk_away")
 # The survey's attention check: an item that tells the reader which answer to give.
 ATTENTION_QUESTION = "To show that you are reading carefully, please choose 2 (disagree) here."
 ATTENTION_ANSWER = 2

@@ -7,11 +7,12 @@ Short forms: ``p``, ``i``, ``a``, ``w``. ``help`` shows them again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from parley.envs.negotiation import ITEM_NAMES
-from parley.human_eval.config import AgentSpec, StudyConfig
+from parley.human_eval.config import AgentSpec, StudyConfig, StudyConfigError
 from parley.human_eval.service import LIKERT_QUESTIONS, StudyError, StudyService
 
 HELP = ("Commands: propose A B C | insist A B C (how many books, hats, balls you keep) | agree | walk; "
@@ -23,12 +24,31 @@ _QUESTIONS = {"fair": "My partner was fair", "human_like": "My partner seemed hu
 
 
 def agent_spec(agent: str) -> AgentSpec:
-    """A scripted partner name, or a checkpoint path when ``agent`` names an existing file or directory."""
-    path = Path(agent)
+    """A scripted partner name, or a checkpoint path when ``agent`` names an existing file or directory.
+
+    Something that reads as a path (with a ``/``, or starting with ``.`` or ``~``) but is not there is
+    a missing checkpoint, never a partner name: :class:`StudyConfigError` says so.
+    """
+    path = Path(agent).expanduser()
     if path.exists():
         stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in path.resolve().name)[:64] or "checkpoint"
         return AgentSpec(name=stem, checkpoint=str(path))
+    if "/" in agent or os.sep in agent or agent.startswith((".", "~")):
+        raise StudyConfigError(f"no checkpoint at {agent}")
     return AgentSpec(name=agent, partner=agent)
+
+
+def terminal_service(agent: str, db: str, *, study: str = "terminal", max_turns: int = 10,
+                     seed: int = 0) -> StudyService:
+    """The service for terminal play. The agent is built first, so a missing checkpoint or an unknown
+    partner is reported before any database file is created."""
+    from parley.human_eval.db import make_engine
+    from parley.human_eval.service import build_policy
+
+    config = terminal_config(agent, study=study, max_turns=max_turns, seed=seed)
+    spec = config.agents[0]
+    policy = build_policy(spec)
+    return StudyService(config, make_engine(db), policies={spec.name: policy})
 
 
 def terminal_config(agent: str, *, study: str = "terminal", max_turns: int = 10, seed: int = 0) -> StudyConfig:
@@ -101,27 +121,40 @@ def play(service: StudyService, pid: str, *, agent: str | None = None, ask: Call
         say(f"Deal: you get {o['you_get']} ({', '.join(ITEM_NAMES)}) for {o['your_points']:g} points.")
     else:
         say(f"No deal ({o['result'].replace('_', ' ')}): 0 points.")
+    where = service.engine.url.render_as_string(hide_password=True)
+    say(f"Game {game_id} saved (study {service.config.study!r}, participant {pid!r}) in {where}.")
     if survey:
-        answers = {}
-        for q in LIKERT_QUESTIONS:
-            while True:
-                try:
-                    raw = ask(f"{_QUESTIONS[q]} (1 = strongly disagree .. 5 = strongly agree, Enter to skip): ").strip()
-                except EOFError:
-                    raw = ""
-                if not raw or raw in {"1", "2", "3", "4", "5"}:
-                    break
-                say("! answer 1-5, or press Enter to skip the survey")
-            if not raw:
-                answers = None
-                break
-            answers[q] = int(raw)
-        if answers is not None:
-            try:
-                comment = ask("Any comment (optional): ")
-            except EOFError:
-                comment = ""
-            answers["comment"] = comment
+        answers = ask_survey(ask, say)
+        if answers is None:
+            say("Survey skipped.")
+        else:
             code = service.submit_survey(participant, game_id, answers)
-            say(f"Thank you. Completion code: {code}")
+            say(f"Survey saved. Thank you. Completion code: {code}")
     return service.view(participant, game_id)
+
+
+def ask_survey(ask: Callable[[str], str], say: Callable[[str], None]) -> dict | None:
+    """The three Likert questions and a comment; None when the person skips the survey.
+
+    Enter at the first question (or end of input) skips the survey. A wrong answer asks the same
+    question again and keeps the answers already given; ``skip`` leaves the survey at any question.
+    """
+    answers: dict = {}
+    for q in LIKERT_QUESTIONS:
+        hint = "Enter to skip the survey" if not answers else "'skip' to leave the survey"
+        while True:
+            try:
+                raw = ask(f"{_QUESTIONS[q]} (1 = strongly disagree .. 5 = strongly agree; {hint}): ").strip()
+            except EOFError:
+                return None
+            if raw.lower() == "skip" or (not raw and not answers):
+                return None
+            if raw in {"1", "2", "3", "4", "5"}:
+                answers[q] = int(raw)
+                break
+            say(f"! answer with a whole number from 1 to 5 ({hint})")
+    try:
+        answers["comment"] = ask("Any comment (optional): ")
+    except EOFError:
+        answers["comment"] = ""
+    return answers

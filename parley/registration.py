@@ -27,8 +27,8 @@ ENV_SPECS: tuple[EnvSpec, ...] = (
     EnvSpec(
         env_id="parley/Negotiation-v0",
         api="gymnasium",
-        entry_point="parley.envs.negotiation_gym:NegotiationGymEnv",
-        vector_entry_point="parley.envs.negotiation_vector:NegotiationVectorEnv",
+        entry_point="parley.entry_points:make_negotiation_env",
+        vector_entry_point="parley.entry_points:make_negotiation_vector_env",
         summary="Deal or No Deal bargaining, one learner vs a partner policy (Dict obs with action mask).",
     ),
     EnvSpec(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -87,6 +92,67 @@ def test_pettingzoo_api_tests():
         seed_test(lambda: negotiation_v0.env(), num_cycles=100)
         # parallel_seed_test samples actions without masks: illegal ones must end the game, not raise.
         parallel_seed_test(lambda: negotiation_v0.parallel_env(illegal_action="penalize"), num_cycles=100)
+
+
+def play_through_both_wrappers(env_kwargs: dict, seed: int, bad_acts: float = 0.0) -> None:
+    """One random game through negotiation_v0's order-enforcing wrapper and PettingZoo's own, side by side:
+    every ``last()`` and every attribute the AEC API exposes must agree."""
+    ours = negotiation_v0.env(**env_kwargs)
+    theirs = pettingzoo.utils.wrappers.OrderEnforcingWrapper(negotiation_v0.raw_env(**env_kwargs))
+    assert type(ours) is not pettingzoo.utils.wrappers.OrderEnforcingWrapper
+    assert isinstance(ours, pettingzoo.utils.wrappers.OrderEnforcingWrapper)
+    ours.reset(seed=seed)
+    theirs.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for agent, other_agent in zip(ours.agent_iter(), theirs.agent_iter(), strict=True):
+        assert agent == other_agent == ours.agent_selection == theirs.agent_selection
+        obs, reward, term, trunc, info = ours.last()
+        obs2, reward2, term2, trunc2, info2 = theirs.last()
+        assert np.array_equal(obs["observation"], obs2["observation"])
+        assert np.array_equal(obs["action_mask"], obs2["action_mask"])
+        assert (reward, term, trunc, info) == (reward2, term2, trunc2, info2)
+        assert ours.rewards == theirs.rewards and ours.terminations == theirs.terminations
+        assert ours.truncations == theirs.truncations and ours.infos == theirs.infos
+        if term or trunc:
+            action = None
+        elif rng.random() < bad_acts:
+            action = int(rng.choice(np.flatnonzero(obs["action_mask"] == 0)))
+        else:
+            action = pick(obs["action_mask"], rng)
+        ours.step(action)
+        theirs.step(action)
+    assert ours.agents == theirs.agents == []
+    assert ours._cumulative_rewards == theirs._cumulative_rewards
+
+
+def test_fast_order_enforcing_wrapper_behaves_like_pettingzoos():
+    # negotiation_v0.env() wraps the game in a faster subclass of PettingZoo's public OrderEnforcingWrapper
+    # (benchmarks/env_throughput.py measures both); over many random games it must act exactly like it.
+    for seed in range(150):
+        kwargs = {"max_turns": 1 + seed % 10}
+        bad = 0.0
+        if seed % 3 == 0:
+            kwargs["illegal_action"] = "penalize"
+            bad = 0.1
+        play_through_both_wrappers(kwargs, seed, bad)
+    # Misuse before reset and after the end: the same kinds of errors, and the same end state.
+    def misuse(env) -> list:
+        seen = []
+        for call in (env.last, env.agent_iter, lambda: env.step(0), lambda: env.agents):
+            with pytest.raises((AttributeError, AssertionError)) as err:
+                call()
+            assert "reset" in str(err.value)
+            seen.append(err.type)
+        env.reset(seed=0)
+        env.step(WALK_AWAY_ACTION)
+        while env.agents:
+            env.step(None)
+        env.step(None)  # nobody is left: PettingZoo logs a warning instead of raising
+        seen.append((env.agents, list(env.agent_iter())))
+        return seen
+
+    assert misuse(negotiation_v0.env()) == misuse(
+        pettingzoo.utils.wrappers.OrderEnforcingWrapper(negotiation_v0.raw_env()))
 
 
 def test_registry_ids():
@@ -298,6 +364,12 @@ def test_gym_env_illegal_actions_and_bad_partners():
         gymnasium.make("parley/Negotiation-v0", partner="nobody")
     with pytest.raises(TypeError, match="Policy"):
         NegotiationGymEnv(partner=object())
+    # Names are resolved by the registered entry points, not by the adapter classes.
+    for adapter in (NegotiationGymEnv, lambda partner: NegotiationVectorEnv(2, partner)):
+        with pytest.raises(TypeError, match=r"got the name 'boulware'.*make_partner\('boulware'\)"):
+            adapter("boulware")
+    with pytest.raises(ValueError, match="partner_kwargs only applies"):
+        gymnasium.make("parley/Negotiation-v0", partner=Greedy(), partner_kwargs={"reservation": 4})
     with pytest.raises(ValueError, match="learner_side"):
         NegotiationGymEnv(Greedy(), learner_side=3)
 
@@ -458,4 +530,47 @@ def test_vector_env_seeding_render_and_scripted_partner():
     assert np.array_equal(a, b) and np.array_equal(obs_a, obs_b)
     assert len(frames) == 8 and "partner (conceder)" in frames[0]
     with pytest.raises(ValueError, match="num_envs"):
-        NegotiationVectorEnv(0)
+        NegotiationVectorEnv(0, Greedy())
+
+
+# --------------------------------------------------------------------------------------------------
+# One-way flow: the envs import nothing from parley.agents
+# --------------------------------------------------------------------------------------------------
+
+ENVS_DIR = Path(negotiation_v0.__file__).parent
+
+
+def test_envs_modules_import_nothing_from_agents():
+    # Statically, including imports inside functions (the old adapters imported the partners lazily) ...
+    for path in sorted(ENVS_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "parley.agents" or n.startswith("parley.agents.") for n in names), \
+                f"{path.name}, line {node.lineno} imports {names} from parley.agents"
+    # ... and at run time: every envs module imported, and each adapter played, in a fresh interpreter.
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import numpy as np
+        import parley.envs
+        for m in pkgutil.iter_modules(parley.envs.__path__, "parley.envs."):
+            importlib.import_module(m.name)
+        from parley.envs import negotiation_v0
+        from parley.envs.negotiation_gym import NegotiationGymEnv
+        from parley.envs.negotiation_vector import NegotiationVectorEnv
+        from parley.envs.policy import BatchPolicy
+
+        class WalkAway(BatchPolicy):
+            def act_batch(self, observations, action_masks):
+                return np.full(len(observations), 251)
+
+        env = negotiation_v0.env()
+        env.reset(seed=0)
+        env.step(251)
+        NegotiationGymEnv(WalkAway(), learner_side=0, first_player=0).reset(seed=0)
+        NegotiationVectorEnv(4, WalkAway(), learner_side=0, first_player=0).reset(seed=0)
+        print(sorted(m for m in sys.modules if m == "parley.agents" or m.startswith("parley.agents.")))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+

@@ -10,8 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parley.envs import negotiation as rules
+from parley.envs.contexts import load_contexts
 from parley.envs.negotiation import (
     AGREE_ACTION,
+    ALL_SPLITS,
     NUM_ACTIONS,
     WALK_AWAY_ACTION,
     BatchedNegotiation,
@@ -25,8 +28,6 @@ from parley.envs.negotiation import (
     decode_act,
     encode_act,
     legal_action_mask,
-    legal_actions_taken,
-    load_contexts,
     outcome_metrics,
     outcome_metrics_batch,
     pareto_optimal_batch,
@@ -234,7 +235,7 @@ def test_max_turns_and_walk_away_end_without_deal():
 def play_random(ctx: Context, rng: np.random.Generator, max_turns: int, first: int) -> NegotiationState:
     state = NegotiationState(ctx, max_turns=max_turns, first_player=first)
     while not state.is_terminal():
-        state.apply_action(int(rng.choice(state.legal_actions())))
+        state.apply_action(int(rng.choice(np.flatnonzero(state.legal_action_mask()))))
     return state
 
 
@@ -280,21 +281,28 @@ def test_mask_equals_legality_by_applying_every_action(seed):
     assert not state.legal_action_mask().any()
 
 
-def test_mask_table_matches_rule_for_all_count_vectors_and_single_action_checks():
+def test_legal_action_mask_and_its_fast_paths_match_the_rule_by_hand():
     rng = np.random.default_rng(5)
-    counts = rng.integers(0, 5, size=(400, 3))
-    offer = rng.random(400) < 0.5
-    done = rng.random(400) < 0.2
+    # Counts beyond 0..4 take the direct rule instead of the table; both must follow the rule.
+    counts = np.concatenate([rng.integers(0, 5, size=(400, 3)), rng.integers(0, 7, size=(100, 3))])
+    offer = rng.random(500) < 0.5
+    done = rng.random(500) < 0.2
     masks = legal_action_mask(counts, offer, done)
+    assert np.array_equal(legal_action_mask(counts[:400], offer[:400], done[:400]), masks[:400])
     actions = rng.integers(-2, NUM_ACTIONS + 2, size=400)
-    taken = legal_actions_taken(counts, offer, done, actions)
-    for i in range(400):
+    codes = rules._count_codes(counts[:400])
+    taken = rules._legal_taken(codes, offer[:400], done[:400], actions)
+    assert np.array_equal(rules._masks_from_codes(codes, offer[:400], done[:400]), masks[:400])
+    for i in range(500):
         for a in (0, 124, 125, 249, 250, 251, int(rng.integers(NUM_ACTIONS))):
             ctx_like = Context.__new__(Context)
             object.__setattr__(ctx_like, "counts", tuple(int(c) for c in counts[i]))
             assert bool(masks[i, a]) == legal_by_hand(ctx_like, bool(offer[i]), bool(done[i]), a)
-        expected = 0 <= actions[i] < NUM_ACTIONS and bool(masks[i, actions[i]])
-        assert taken[i] == expected
+        if i < 400:
+            expected = 0 <= actions[i] < NUM_ACTIONS and bool(masks[i, actions[i]])
+            assert taken[i] == expected
+    single = legal_action_mask(np.array([2, 0, 1]), np.array(True), np.array(False))
+    assert single.shape == (NUM_ACTIONS,) and single[AGREE_ACTION] and single.sum() == 2 * 6 + 2
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -496,12 +504,60 @@ def test_observation_layout_sizes():
         ObservationLayout.from_size(17)
 
 
-def test_scalar_and_batched_pareto_frontiers_agree_on_every_valid_context():
-    from parley.envs import negotiation as rules
+def brute_force_frontier(all_s0: np.ndarray, all_s1: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+    """(B, 125) bool: feasible splits that no feasible split dominates, by comparing every pair."""
+    dominates = ((all_s0[:, None, :] >= all_s0[:, :, None]) & (all_s1[:, None, :] >= all_s1[:, :, None])
+                 & ((all_s0[:, None, :] > all_s0[:, :, None]) | (all_s1[:, None, :] > all_s1[:, :, None]))
+                 & feasible[:, None, :])
+    return feasible & ~np.any(dominates, axis=2)
 
+
+def split_scores(counts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both sides' scores of every split (B, 125) and which splits fit the counts, in plain numpy."""
+    feasible = np.all(ALL_SPLITS[None] <= counts[:, None, :], axis=-1)
+    s0 = (ALL_SPLITS[None] * values[:, None, 0]).sum(-1).astype(float)
+    s1 = ((counts[:, None, :] - ALL_SPLITS[None]) * values[:, None, 1]).sum(-1).astype(float)
+    return s0, s1, feasible
+
+
+def test_pareto_frontier_matches_brute_force_on_every_valid_context():
     counts, values, _, _ = rules._context_table()
     frontier = rules.pareto_frontier_masks(counts, values)
-    for i in range(len(counts)):
+    for start in range(0, len(counts), 500):
+        rows = slice(start, start + 500)
+        assert np.array_equal(frontier[rows], brute_force_frontier(*split_scores(counts[rows], values[rows])))
+    # The scalar metrics read the same frontier.
+    for i in range(0, len(counts), 97):
         ctx = Context(tuple(counts[i]), (tuple(values[i, 0]), tuple(values[i, 1])))
-        batched = {tuple(int(k) for k in rules.ALL_SPLITS[j]) for j in np.flatnonzero(frontier[i])}
-        assert rules._context_outcomes(ctx)[2] == batched
+        on_frontier = {tuple(int(k) for k in ALL_SPLITS[j]) for j in np.flatnonzero(frontier[i])}
+        assert {s for s in on_frontier if outcome_metrics(ctx, s)["pareto_optimal"]} == on_frontier
+
+
+def test_pareto_frontier_matches_brute_force_off_the_valid_contexts():
+    # Counts and values outside the Deal-or-No-Deal rules (zeros, ties, large values) take the uncached path.
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 5, size=(300, 3))
+    values = rng.integers(0, 4, size=(300, 2, 3)) * rng.integers(1, 20, size=(300, 2, 1))
+    assert (context_ids(counts, values) == -1).mean() > 0.9
+    frontier = rules.pareto_frontier_masks(counts, values)
+    assert np.array_equal(frontier, brute_force_frontier(*split_scores(counts, values)))
+    tied = rules.pareto_frontier_masks(np.array([[2, 2, 2]]), np.array([[[1, 1, 0], [1, 1, 0]]]))
+    assert tied[0].sum() == 3 * 3 * 3  # every split gives the same total: all of them are on the frontier
+
+
+def test_observation_layout_fields_tile_the_vector_and_assemble_places_them():
+    lay = ObservationLayout(4)
+    position = 0
+    columns = {}
+    for name in lay.FIELD_ORDER:
+        where = getattr(lay, name)
+        width = 1 if isinstance(where, int) else where.stop - where.start
+        assert (where if isinstance(where, int) else where.start) == position, name
+        position += width
+        columns[name] = np.full((2, width), position, dtype=np.float32)
+    assert position == lay.size
+    obs = lay.assemble(**columns)
+    for name in lay.FIELD_ORDER:
+        assert np.all(obs[:, getattr(lay, name)] == columns[name][0, 0]), name
+    with pytest.raises(ValueError, match="missing \\['values'\\]"):
+        lay.assemble(**{k: v for k, v in columns.items() if k != "values"})

@@ -68,7 +68,7 @@ def test_random_vs_random_agreement_matches_independent_games():
     for _ in range(600):
         state = NegotiationState(sample_context(rng), first_player=int(rng.integers(2)))
         while not state.is_terminal():
-            state.apply_action(rng.choice(state.legal_actions()))
+            state.apply_action(rng.choice(np.flatnonzero(state.legal_action_mask())))
         agreed.append(state.agreed_split is not None)
     p = np.mean(agreed)
     assert 0 < p < 1
