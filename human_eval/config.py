@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from parley.envs.negotiation import Context, load_contexts, sample_context
+from parley.envs.contexts import load_contexts
+from parley.envs.negotiation import Context, sample_context
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 ENTRY_MODES = ("signed", "allowlist", "open")
