@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from parley.envs.negotiation import DEFAULT_MAX_TURNS
+
 console = Console()
 if not console.is_terminal:
     # Piped or captured output has no width to detect; keep the pairwise table on one line per agent.
@@ -28,20 +30,22 @@ def _num(x: float, digits: int = 2) -> str:
     return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
 
-def _parse_agents(spec: str | None) -> list[str] | None:
-    if spec is None:
-        return None
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise typer.BadParameter("give at least one agent, e.g. --partners boulware,conceder")
+def _parse_agents(spec: str) -> list[str]:
+    """Agent names and policy paths from ``--partners``; ``suite`` (or ``all``) stands for every scripted partner."""
     from parley.agents.partners.scripted import PARTNERS
 
-    for name in names:
-        if name not in PARTNERS and not Path(name).exists():
-            raise typer.BadParameter(
-                f"unknown partner {name!r}; known partners: {', '.join(PARTNERS)} (or a saved policy path)",
-                param_hint="--partners")
-    return names
+    names: list[str] = []
+    for name in (s.strip() for s in spec.split(",") if s.strip()):
+        if name in ("suite", "all"):
+            names.extend(PARTNERS)
+        elif name in PARTNERS or Path(name).exists():
+            names.append(name)
+        else:
+            raise typer.BadParameter(f"unknown partner {name!r}; known partners: {', '.join(PARTNERS)}, 'suite' "
+                                     "for all of them, or a saved policy path", param_hint="--partners")
+    if not names:
+        raise typer.BadParameter("give at least one agent, e.g. --partners boulware,conceder", param_hint="--partners")
+    return list(dict.fromkeys(names))
 
 
 def agents_table(result) -> Table:
@@ -75,10 +79,11 @@ def pairwise_table(result) -> Table:
 def tournament(
     contexts: int = typer.Option(200, "--contexts", "-n", min=1, help="Contexts each ordered pair plays."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed for contexts, first movers and random partners."),
-    partners: str | None = typer.Option(None, "--partners", "-p",
-                                        help="Comma-separated agents (partner names or saved policy paths); "
-                                             "default: every scripted partner."),
-    max_turns: int = typer.Option(10, "--max-turns", min=1, help="Acts per game before it ends with no deal."),
+    partners: str = typer.Option("suite", "--partners", "-p",
+                                 help="Comma-separated agents (scripted partner names or saved policy paths), "
+                                      "or 'suite' (every scripted partner)."),
+    max_turns: int = typer.Option(DEFAULT_MAX_TURNS, "--max-turns", min=1,
+                                  help="Acts per game before it ends with no deal."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write per-agent and per-pair rows to this CSV."),
     no_self_play: bool = typer.Option(False, "--no-self-play", help="Skip pairs of an agent with itself."),
 ) -> None:
@@ -97,8 +102,7 @@ def tournament(
             result = run_tournament(names, contexts=contexts, seed=seed, max_turns=max_turns,
                                     self_play=not no_self_play, progress=advance)
         except ValueError as err:
-            console.print(f"[red]error:[/red] {err}")
-            raise typer.Exit(2) from None
+            raise typer.BadParameter(str(err)) from None
     console.print(agents_table(result))
     console.print(pairwise_table(result))
     console.print("Pareto % = share of deals that are Pareto-optimal; scores are points out of 10 "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from parley.envs.negotiation import DEFAULT_MAX_TURNS
+
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
@@ -15,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                     "against the boulware and conceder scripted partners."),
         db: str = typer.Option("sqlite:///study.db", "--db", help="SQLAlchemy URL or SQLite file path."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep loopback behind a reverse proxy."),
-        port: int = typer.Option(8000, "--port"),
+        port: int = typer.Option(8000, "--port", help="Port to listen on."),
         admin_token: str = typer.Option(None, "--admin-token", envvar="PARLEY_ADMIN_TOKEN",
                                         help="Token for the admin pages; generated and printed if not given."),
         secret: str = typer.Option(None, "--secret", envvar="PARLEY_SECRET",
@@ -67,8 +69,9 @@ def register(app: typer.Typer) -> None:
         db: str = typer.Option("sqlite:///study.db", "--db", help="Where the game is stored (same schema as serve)."),
         pid: str = typer.Option(None, "--pid", help="Your participant id (default: your user name)."),
         study: str = typer.Option("terminal", "--study", help="Study name the game is stored under."),
-        max_turns: int = typer.Option(10, "--max-turns"),
-        seed: int = typer.Option(0, "--seed", help="Seed of the contexts and assignment."),
+        max_turns: int = typer.Option(DEFAULT_MAX_TURNS, "--max-turns", min=1,
+                                      help="Acts per game before it ends with no deal."),
+        seed: int = typer.Option(0, "--seed", "-s", help="Seed of the contexts and assignment."),
         survey: bool = typer.Option(True, "--survey/--no-survey", help="Ask the three survey questions afterwards."),
     ) -> None:
         """Negotiate against an agent in the terminal."""
@@ -93,7 +96,7 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_command(
         db: str = typer.Argument(..., help="Study database: a SQLite file or a SQLAlchemy URL."),
-        out: Path = typer.Option(Path("report"), "--out", help="Output folder for report.md, PNGs and exports."),
+        out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder for report.md, PNGs and exports."),
         study: str = typer.Option(None, "--study", help="Only this study (default: every study in the database)."),
     ) -> None:
         """Write plots (PNG), a markdown report and JSONL/CSV exports of a study database."""

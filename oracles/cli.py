@@ -30,7 +30,7 @@ def _open_queue(db: Path, must_exist: bool = True):
 @queue_app.command("list")
 def queue_list(db: Path = DB_OPTION,
                all_queries: bool = typer.Option(False, "--all", help="Also list answered queries."),
-               limit: int = typer.Option(50, help="At most this many rows.")) -> None:
+               limit: int = typer.Option(50, "--limit", min=1, help="At most this many rows.")) -> None:
     """List pending (or all) queries."""
     queue = _open_queue(db)
     items = queue.list(None if all_queries else "pending", limit=limit)
@@ -51,7 +51,7 @@ def queue_show(query_id: str = typer.Argument(..., help="A query id from `parley
     try:
         item = queue.get(query_id)
     except KeyError as err:
-        raise typer.BadParameter(str(err)) from None
+        raise typer.BadParameter(str(err), param_hint="QUERY_ID") from None
     console.print(f"[bold]{item.id}[/bold] ({item.status})")
     console.print(item.query.describe(), soft_wrap=True, markup=False)
     answers = queue.answers([item.id])
@@ -68,7 +68,7 @@ def queue_answer(
     acceptable: bool | None = typer.Option(None, "--acceptable/--not-acceptable",
                                            help="Would the responder accept the standing proposal?"),
     counter: str | None = typer.Option(None, help="A Pareto-improving counter-offer 'B H L' (items kept)."),
-    annotator: str = typer.Option("", help="Who answers (stored with the answer)."),
+    annotator: str | None = typer.Option(None, "--annotator", help="Who answers (stored with the answer)."),
 ) -> None:
     """Answer a query; an illegal act is rejected with the reason and nothing is stored."""
     from parley.oracles.base import IllegalOracleAnswerError
@@ -84,12 +84,11 @@ def queue_answer(
                 raise IllegalOracleAnswerError(f"--counter needs three item counts 'B H L', got {counter!r}")
             counter_split = tuple(int(p) for p in parts)
         answer = queue.answer(query_id, action, acceptable=acceptable, counter_offer=counter_split,
-                              annotator=annotator)
+                              annotator=annotator or "")
     except KeyError as err:
-        raise typer.BadParameter(str(err)) from None
+        raise typer.BadParameter(str(err), param_hint="QUERY_ID") from None
     except (IllegalOracleAnswerError, ValueError) as err:
-        console.print(f"rejected: {err}", soft_wrap=True, markup=False)
-        raise typer.Exit(code=2) from None
+        raise typer.BadParameter(f"rejected, nothing stored: {err}", param_hint="ACT") from None
     console.print(f"stored: {json.dumps(answer.to_dict())}")
 
 
@@ -137,7 +136,8 @@ def tda_command(
                                                 "'human[:QUEUE.sqlite]' (default queue: OUT/oracle_queue.sqlite)."),
     rounds: int = typer.Option(5, min=1, help="Acquisition rounds."),
     queries_per_round: int = typer.Option(300, min=0, help="Oracle queries per round (the budget)."),
-    out: Path = typer.Option(..., help="Run directory: logs, checkpoints, final metrics (resumes if it exists)."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Run directory: logs, checkpoints, final metrics (resumes if it exists)."),
     corpus: Path | None = typer.Option(None, help="Deal-or-No-Deal data.txt / val.txt or its directory; "
                                                   "without it a synthetic corpus of scripted dialogues is used."),
     selection: str = typer.Option("likelihood", help="likelihood | novelty | ensemble | random."),
@@ -145,9 +145,12 @@ def tda_command(
     oracle_weight: float = typer.Option(30.0, min=0, help="Weight of an oracle answer vs a corpus act in the partner's loss."),
     sl_epochs: int = typer.Option(8, min=1, help="Behaviour-cloning epochs for the initial SL policy."),
     synthetic_dialogues: int = typer.Option(3000, min=10, help="Size of the synthetic corpus (no --corpus)."),
-    eval_games: int = typer.Option(500, min=1, help="Games per evaluation partner for the final metrics."),
+    eval_episodes: int = typer.Option(500, "--eval-episodes", min=1,
+                                      help="Games per evaluation partner for the final metrics."),
+    eval_games: int | None = typer.Option(None, "--eval-games", min=1, hidden=True,
+                                          help="Old spelling of --eval-episodes."),
     wait_seconds: float = typer.Option(0.0, min=0, help="Human oracle: how long to wait for answers per round."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, "--seed", "-s", help="Seed for the corpus, training and evaluation."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ) -> None:
     """Targeted data acquisition: RL learner, oracle queries where it leaves the corpus, partner updates.
@@ -160,6 +163,7 @@ def tda_command(
     from parley.oracles.selection import SELECTIONS
     from parley.oracles.tda import TDAConfig, evaluate, evaluate_suite, run_tda, scripted_suite
 
+    eval_games = eval_episodes if eval_games is None else eval_games
     if selection not in SELECTIONS:
         raise typer.BadParameter(f"unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}",
                                  param_hint="--selection")
@@ -176,8 +180,7 @@ def tda_command(
     try:
         result = run_tda(data, the_oracle, config, out, log=console.print)
     except ValueError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(code=2) from None
+        raise typer.BadParameter(str(err)) from None
     partners = scripted_suite(seed)
     final = {"scripted_suite": evaluate_suite(result.learner, partners, eval_games, seed=seed + 1000),
              "partner_model": evaluate(result.learner, result.partner, eval_games, seed=seed + 2000),
@@ -204,5 +207,5 @@ def coverage_command(corpus: Path = typer.Argument(..., help="data.txt, val.txt 
     from parley.envs.corpus import coverage_report, load_corpus
 
     if not corpus.exists():
-        raise typer.BadParameter(f"no corpus at {corpus}")
+        raise typer.BadParameter(f"no corpus at {corpus}", param_hint="CORPUS")
     console.print(str(coverage_report(load_corpus(corpus))))

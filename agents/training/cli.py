@@ -1,8 +1,8 @@
 """``parley train`` and ``parley eval`` (registered by :mod:`parley.agents.cli`).
 
-Every ``train`` flag defaults to None here so that only flags given on the command line override the
-``--config`` YAML file (or, with ``--resume``, the run's saved configuration); the real defaults live
-in :class:`parley.agents.training.run.TrainConfig`.
+``parley train``'s defaults are :class:`parley.agents.training.run.TrainConfig`'s, shown in ``--help``;
+only the flags given on the command line override the ``--config`` YAML file (or, with ``--resume``,
+the run's saved configuration).
 """
 
 from __future__ import annotations
@@ -12,50 +12,62 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from parley.agents.training.run import DEFAULT_ADAPTER_LR, DEFAULT_ITERATIONS, DEFAULT_LR, TrainConfig
+
 console = Console()
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
+DEFAULTS = TrainConfig()
+#: Where a parameter's value came from when the user typed it (or set its environment variable).
+GIVEN_SOURCES = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
 def train_command(
-    framework: str | None = typer.Option(None, "--framework", help="rllib (default), sb3, or native (parley's own single-process PPO, fastest on one machine)."),
-    backbone: str | None = typer.Option(None, "--backbone", "-b",
-                                        help="mlp (default), transformer, compacter or invertible_attention."),
-    backbone_config: str | None = typer.Option(None, "--backbone-config",
+    ctx: typer.Context,
+    framework: str = typer.Option(DEFAULTS.framework, "--framework",
+                                  help="rllib, sb3, or native (parley's own single-process PPO, fastest on one "
+                                       "machine, no Ray)."),
+    backbone: str = typer.Option(DEFAULTS.backbone, "--backbone", "-b",
+                                 help="mlp, transformer, compacter or invertible_attention."),
+    backbone_config: str | None = typer.Option(None, "--backbone-config", show_default="the backbone's own",
                                                help="Backbone options as inline YAML, e.g. '{d_model: 32}'."),
-    partners: str | None = typer.Option(None, "--partners", "-p",
-                                        help="Comma-separated scripted partners drawn per episode, or 'suite'."),
-    self_play: bool | None = typer.Option(None, "--self-play/--no-self-play",
-                                          help="Self-play against a league of frozen snapshots (RLlib)."),
-    independent: bool | None = typer.Option(None, "--independent/--no-independent",
-                                            help="Two independent learners, one per seat (RLlib)."),
-    iterations: int | None = typer.Option(None, "--iterations", "-i", help="Training iterations (default 15)."),
-    timesteps: int | None = typer.Option(None, "--timesteps", "-t", help="Stop after this many env steps."),
-    num_env_runners: int | None = typer.Option(None, "--num-env-runners",
-                                               help="Remote RLlib env runners (0: sample in the driver)."),
-    num_envs: int | None = typer.Option(None, "--num-envs", help="Games per env runner, batched (default 128)."),
+    partners: str = typer.Option(",".join(DEFAULTS.partners), "--partners", "-p",
+                                 help="Comma-separated scripted partners drawn per episode, or 'suite'."),
+    self_play: bool = typer.Option(DEFAULTS.self_play, "--self-play/--no-self-play",
+                                   help="Self-play against a league of frozen snapshots (RLlib)."),
+    independent: bool = typer.Option(DEFAULTS.independent, "--independent/--no-independent",
+                                     help="Two independent learners, one per seat (RLlib)."),
+    iterations: int | None = typer.Option(None, "--iterations", "-i", min=1,
+                                          show_default=f"{DEFAULT_ITERATIONS}, or none with --timesteps",
+                                          help="Training iterations."),
+    timesteps: int | None = typer.Option(None, "--timesteps", "-t", min=1, help="Stop after this many env steps."),
+    num_env_runners: int = typer.Option(DEFAULTS.num_env_runners, "--num-env-runners", min=0,
+                                        help="Remote RLlib env runners (0: sample in the driver)."),
+    num_envs: int = typer.Option(DEFAULTS.num_envs_per_env_runner, "--num-envs", min=1,
+                                 help="Games per env runner, batched."),
     address: str | None = typer.Option(None, "--address", help="Join an existing Ray cluster, e.g. 'auto'."),
-    device: str | None = typer.Option(None, "--device", help="auto (default), cpu or cuda: where the learner runs."),
+    device: str = typer.Option(DEFAULTS.device, "--device", help="auto, cpu or cuda: where the learner runs."),
     config: Path | None = typer.Option(None, "--config", help="YAML file with any of these settings."),
-    out: str | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<setup>-<time>)."),
-    resume: bool | None = typer.Option(None, "--resume", help="Continue the run in --out from its last checkpoint."),
-    seed: int | None = typer.Option(None, "--seed", "-s", help="Seed (default 0)."),
-    init_from: str | None = typer.Option(None, "--init-from", help="Start from a saved policy or run."),
+    out: Path | None = typer.Option(None, "--out", "-o", show_default="runs/FRAMEWORK-SETUP-BACKBONE-TIME",
+                                    help="Run directory."),
+    resume: bool = typer.Option(DEFAULTS.resume, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", "-s", help="Seed."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start from a saved policy or run."),
     adapters: str | None = typer.Option(None, "--adapters",
                                         help="'compacter': train only Compacter adapters of --init-from's transformer."),
-    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Checkpoint every N iterations."),
-    eval_episodes: int | None = typer.Option(None, "--eval-episodes", help="Games per partner in the final eval."),
-    league_size: int | None = typer.Option(None, "--league-size", help="Frozen snapshots in the self-play league."),
-    league_threshold: float | None = typer.Option(None, "--league-threshold",
-                                                  help="Mean score at which the learner joins the league."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate [default: 1e-3; 1e-2 with --adapters]."),
-    train_batch_size: int | None = typer.Option(None, "--train-batch-size", help="Env steps per PPO iteration."),
-    minibatch_size: int | None = typer.Option(None, "--minibatch-size", help="PPO minibatch size."),
-    num_epochs: int | None = typer.Option(None, "--num-epochs", help="PPO epochs per iteration."),
-    live: bool | None = typer.Option(None, "--live/--no-live", help="Live table while training."),
+    checkpoint_every: int = typer.Option(DEFAULTS.checkpoint_every, "--checkpoint-every", min=1,
+                                         help="Checkpoint every N iterations."),
+    eval_episodes: int = typer.Option(DEFAULTS.eval_episodes, "--eval-episodes", min=1,
+                                      help="Games per partner in the final eval."),
+    league_size: int = typer.Option(DEFAULTS.league_size, "--league-size", min=1,
+                                    help="Frozen snapshots in the self-play league."),
+    league_threshold: float = typer.Option(DEFAULTS.league_threshold, "--league-threshold",
+                                           help="Mean score at which the learner joins the league."),
+    lr: float | None = typer.Option(None, "--lr", show_default=f"{DEFAULT_LR:g}; {DEFAULT_ADAPTER_LR:g} with --adapters",
+                                    help="Learning rate."),
+    train_batch_size: int = typer.Option(DEFAULTS.train_batch_size, "--train-batch-size", min=1,
+                                         help="Env steps per PPO iteration."),
+    minibatch_size: int = typer.Option(DEFAULTS.minibatch_size, "--minibatch-size", min=1, help="PPO minibatch size."),
+    num_epochs: int = typer.Option(DEFAULTS.num_epochs, "--num-epochs", min=1, help="PPO epochs per iteration."),
+    live: bool = typer.Option(DEFAULTS.live, "--live/--no-live", help="Live table while training."),
 ) -> None:
     """Train a negotiation policy with PPO; ends with an evaluation table and the checkpoint path."""
     import yaml
@@ -67,26 +79,31 @@ def train_command(
         try:
             parsed_backbone_config = yaml.safe_load(backbone_config)
         except yaml.YAMLError as err:
-            _fail(f"--backbone-config is not valid YAML: {err}")
+            raise typer.BadParameter(f"not valid YAML: {err}", param_hint="--backbone-config") from None
         if not isinstance(parsed_backbone_config, dict):
-            _fail("--backbone-config must be a mapping, e.g. '{d_model: 32, n_layers: 2}'")
-    cli = dict(framework=framework, backbone=backbone, backbone_config=parsed_backbone_config, partners=partners,
-               self_play=self_play, independent=independent, iterations=iterations, timesteps=timesteps,
-               num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs, address=address, device=device,
-               out=out, resume=resume, seed=seed, init_from=init_from, adapters=adapters,
-               checkpoint_every=checkpoint_every, eval_episodes=eval_episodes, league_size=league_size,
-               league_threshold=league_threshold, lr=lr, train_batch_size=train_batch_size,
-               minibatch_size=minibatch_size, num_epochs=num_epochs, live=live)
+            raise typer.BadParameter("must be a mapping, e.g. '{d_model: 32, n_layers: 2}'",
+                                     param_hint="--backbone-config")
+    values = dict(framework=framework, backbone=backbone, backbone_config=parsed_backbone_config,
+                  partners=partners, self_play=self_play, independent=independent, iterations=iterations,
+                  timesteps=timesteps, num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs,
+                  address=address, device=device, out=None if out is None else str(out), resume=resume, seed=seed,
+                  init_from=None if init_from is None else str(init_from), adapters=adapters,
+                  checkpoint_every=checkpoint_every, eval_episodes=eval_episodes, league_size=league_size,
+                  league_threshold=league_threshold, lr=lr, train_batch_size=train_batch_size,
+                  minibatch_size=minibatch_size, num_epochs=num_epochs, live=live)
+    parameter = {"num_envs_per_env_runner": "num_envs"}
+    given = {key: value for key, value in values.items()
+             if ctx.get_parameter_source(parameter.get(key, key)).name in GIVEN_SOURCES}
     try:
-        resolved = resolve_train_config(cli, config)
+        resolved = resolve_train_config(given, config)
     except TrainConfigError as err:
-        _fail(str(err))
+        raise typer.BadParameter(str(err)) from None
     console.print(f"training: {resolved.framework}, setup {resolved.setup}, backbone {resolved.backbone}, "
                   f"partners {','.join(resolved.partners)} -> {resolved.out}")
     try:
         result = train(resolved, console=console)
     except TrainConfigError as err:
-        _fail(str(err))
+        raise typer.BadParameter(str(err)) from None
     from parley.agents.evaluation import eval_table
 
     console.print(eval_table(result.eval_rows, title=f"Greedy policy vs each partner ({resolved.eval_episodes} games)"))
@@ -100,7 +117,8 @@ def eval_command(
     partners: str = typer.Option("suite", "--partners", "-p", help="Comma-separated scripted partners, or 'suite'."),
     episodes: int = typer.Option(200, "--episodes", "-n", min=1, help="Games against each partner."),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed for contexts and first movers."),
-    max_turns: int = typer.Option(10, "--max-turns", min=1, help="Acts per game before it ends with no deal."),
+    max_turns: int = typer.Option(DEFAULTS.max_turns, "--max-turns", min=1,
+                                  help="Acts per game before it ends with no deal."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the rows to this CSV."),
 ) -> None:
     """Evaluate a trained policy against scripted partners: score, agreement, Pareto, Nash product."""
@@ -111,13 +129,13 @@ def eval_command(
     try:
         names = resolve_partner_names(partners)
     except ValueError as err:
-        _fail(str(err))
+        raise typer.BadParameter(str(err), param_hint="--partners") from None
     if not Path(path).exists():
-        _fail(f"no run, checkpoint or policy at {path}")
+        raise typer.BadParameter(f"no run, checkpoint or policy at {path}", param_hint="PATH")
     try:
         policy = load_policy(path)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        raise typer.BadParameter(str(err), param_hint="PATH") from None
     rows = evaluate_policy(policy, names, episodes=episodes, seed=seed, max_turns=max_turns)
     console.print(eval_table(rows, title=f"{path}: greedy policy vs each partner ({episodes} games)"))
     if out is not None:
