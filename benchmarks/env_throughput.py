@@ -5,13 +5,16 @@ Measured in one run, in interleaved time slices, so the ratios hold even on a bu
 * OpenSpiel ``bargaining`` through pyspiel (from the ``bench`` extra): a Python loop that reads the
   mover's observation tensor and its legal actions and applies a uniformly drawn one;
 * the PettingZoo AEC env (``negotiation_v0.env()``): ``agent_iter`` / ``last()`` (which builds the
-  observation dict) / ``step``, picking uniformly among the mask's legal actions;
+  observation dict) / ``step``, picking uniformly among the mask's legal actions; and the same game under
+  PettingZoo's own ``OrderEnforcingWrapper`` in place of the env's faster subclass of it, to show what
+  that subclass is worth;
 * the Gymnasium env: the learner picks as above, a random-legal partner answers through ``act``;
 * the vector env at several batch sizes: learner and partner pick uniformly among the legal actions of
   every game at once (:class:`RandomLegalPolicy`, checked for legality and uniformity first).
 
 An agent-step is one act by either side (pyspiel: one ``apply_action`` at a decision node). Chance
-nodes, resets and action picking count in the time. Results are appended to ``benchmarks/RESULTS.md``.
+nodes, resets and action picking count in the time. The table replaces its section of
+``benchmarks/RESULTS.md``.
 
     python benchmarks/env_throughput.py [--seconds 4] [--rounds 8] [--batches 1 64 1024 4096] [--no-append]
 """
@@ -26,7 +29,8 @@ import sys
 import time
 
 import numpy as np
-from common import append_results, machine
+from common import machine, write_results_section
+from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 
 from parley.envs import negotiation_v0
 from parley.envs.negotiation import (
@@ -139,13 +143,21 @@ class PySpielRunner(Runner):
 
 
 class AECRunner(Runner):
-    """``agent_iter`` / ``last()`` (which builds the observation dict) / ``step`` over one game."""
+    """``agent_iter`` / ``last()`` (which builds the observation dict) / ``step`` over one game.
 
-    name = "PettingZoo AEC negotiation_v0.env()"
+    ``pettingzoo_wrapper=True`` wraps the raw env in PettingZoo's own ``OrderEnforcingWrapper`` instead of
+    the faster subclass ``negotiation_v0.env()`` uses.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, pettingzoo_wrapper: bool = False) -> None:
         super().__init__()
-        self.env = negotiation_v0.env()
+        self.pettingzoo_wrapper = pettingzoo_wrapper
+        if pettingzoo_wrapper:
+            self.name = "PettingZoo AEC, PettingZoo's OrderEnforcingWrapper(negotiation_v0.raw_env())"
+            self.env = OrderEnforcingWrapper(negotiation_v0.raw_env())
+        else:
+            self.name = "PettingZoo AEC negotiation_v0.env()"
+            self.env = negotiation_v0.env()
         self.env.reset(seed=0)
         self.rng = random.Random(0)
 
@@ -218,7 +230,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="time per environment, in total")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved slices per environment")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 4096])
-    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not write RESULTS.md")
     args = parser.parse_args()
     where = machine(f"; Python {platform.python_version()}, numpy {np.__version__}")
     check_sampler()
@@ -232,17 +244,21 @@ def main() -> None:
     except ImportError:
         print("pyspiel is not installed (open-spiel comes with the bench extra: pip install 'parley[bench]'); "
               "the OpenSpiel row and the ratios are left out.", file=sys.stderr)
-    runners += [AECRunner(), GymRunner()] + [VectorRunner(batch) for batch in args.batches]
+    runners += [AECRunner(), AECRunner(pettingzoo_wrapper=True), GymRunner()]
+    runners += [VectorRunner(batch) for batch in args.batches]
     # Interleaved slices: every runner sees the same share of a busy machine's ups and downs.
     for _ in range(args.rounds):
         for runner in runners:
             runner.run(args.seconds / args.rounds)
 
     spiel = runners[0].rate if isinstance(runners[0], PySpielRunner) else None
+    aec = next(r.rate for r in runners if isinstance(r, AECRunner) and not r.pettingzoo_wrapper)
     rows: list[tuple[str, float, str]] = []
     for runner in runners:
         note = ""
-        if isinstance(runner, AECRunner):
+        if isinstance(runner, AECRunner) and runner.pettingzoo_wrapper:
+            note = f"{runner.rate / aec:.2f}x the rate of negotiation_v0.env()"
+        elif isinstance(runner, AECRunner):
             note = f"target >= {TARGET_AEC}x"
         elif isinstance(runner, VectorRunner):
             note = f"{1000 * runner.seconds / runner.calls:.2f} ms per step"
@@ -259,7 +275,7 @@ def main() -> None:
     print(table)
 
     if not args.no_append:
-        append_results("Negotiation env throughput", where,
+        write_results_section("Negotiation env throughput", where,
                        f"Random legal play, {args.seconds:g} s per row in {args.rounds} interleaved slices, all rows "
                        f"in one run. An agent-step is one act by either side.{busy_note()}", table)
 
