@@ -1,82 +1,162 @@
-"""Evaluating a policy against scripted partners: one row of measures per partner.
+"""Measuring negotiating agents: one seat convention, one set of measure names, for every report.
 
 ``evaluate_policy(policy, ["boulware", "conceder"], episodes=200)`` plays ``episodes`` games against
-each partner on the batched rules (the policy in seat 0, the partner in seat 1; contexts and first
-movers drawn from ``seed``, the same for every partner) and reports, per partner and over all of them:
+each partner with :func:`parley.envs.play.play_batch` and returns one :class:`EvalRow` per partner and
+one over all of them (``"all"``). ``parley eval``, training runs' tables, tournaments
+(:mod:`parley.agents.partners.tournament`), targeted data acquisition (:mod:`parley.oracles.tda`) and
+its benchmark all report these rows or the same measures.
 
-``score``          the policy's mean points
+Seat convention: the evaluated agent sits in seat 0 and its partner in seat 1; who moves first is
+drawn per game from ``seed``, and every partner plays the same contexts and first movers. (Contexts
+are drawn from a distribution symmetric in the two seats, so seat 0 loses no generality.)
+
+Measures (:data:`MEASURES`), from the evaluated agent's side, computed from the rules'
+:func:`~parley.envs.negotiation.outcome_metrics_batch`:
+
+``score``          the agent's mean points (no deal scores ``no_deal_reward``)
 ``partner_score``  the partner's mean points
+``joint``          mean of the two scores' sum
 ``agreement``      fraction of games ending in a deal
-``pareto``         fraction of deals that are Pareto-optimal (NaN without deals)
+``pareto``         fraction of *deals* that are Pareto-optimal (as Lewis et al. 2017 report it; NaN
+                   without deals)
 ``nash_product``   mean Nash product of the outcome
+``turns``          mean acts per game
+
+:func:`game_measures` gives them per game (from either seat), :func:`mean_measures` pools games.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, sample_context_arrays
+from parley.envs.play import GameBatch, play_batch
 from parley.envs.policy import Policy
 
+__all__ = ["ALL_PARTNERS_ROW", "MEASURES", "EvalRow", "eval_table", "evaluate_policy", "game_measures",
+           "mean_measures", "write_eval_csv"]
+
 ALL_PARTNERS_ROW = "all"
+
+#: The measure names and what they mean, in table order.
+MEASURES: dict[str, str] = {
+    "score": "the agent's mean points",
+    "partner_score": "the partner's mean points",
+    "joint": "mean of both scores' sum",
+    "agreement": "fraction of games ending in a deal",
+    "pareto": "fraction of deals that are Pareto-optimal",
+    "nash_product": "mean Nash product of the outcome",
+    "turns": "mean acts per game",
+}
+
+
+def game_measures(games: GameBatch, seat: int | np.ndarray = 0) -> dict[str, np.ndarray]:
+    """Per-game :data:`MEASURES` from the side of ``seat`` (one seat, or one per game).
+
+    ``pareto`` is 1.0 / 0.0 for deals and NaN for games without a deal.
+    """
+    m = games.metrics
+    rows = np.arange(len(games))
+    seat = np.broadcast_to(np.asarray(seat, dtype=np.int64), rows.shape)
+    if np.any((seat != 0) & (seat != 1)):
+        raise ValueError("seat must be 0 or 1")
+    agreed = m["agreement"] > 0
+    return {
+        "score": m["scores"][rows, seat],
+        "partner_score": m["scores"][rows, 1 - seat],
+        "joint": m["joint"],
+        "agreement": m["agreement"],
+        "pareto": np.where(agreed, m["pareto_optimal"].astype(np.float64), np.nan),
+        "nash_product": m["nash_product"],
+        "turns": m["turns"],
+    }
+
+
+def mean_measures(*per_game: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Means of :func:`game_measures` pooled over every game given (``pareto`` over deals; NaN if none)."""
+    out = {}
+    for key in MEASURES:
+        x = np.concatenate([np.asarray(part[key], dtype=np.float64) for part in per_game]) if per_game \
+            else np.zeros(0)
+        if key == "pareto":
+            x = x[~np.isnan(x)]
+        out[key] = float(x.mean()) if x.size else math.nan
+    return out
 
 
 @dataclass(frozen=True)
 class EvalRow:
-    """The policy against one partner (or ``"all"``: every game against every partner)."""
+    """The agent against one partner (or ``"all"``: every game against every partner)."""
 
     partner: str
     games: int
     score: float
     partner_score: float
+    joint: float
     agreement: float
     pareto: float
     nash_product: float
+    turns: float
 
 
-def _mean(x: np.ndarray) -> float:
-    return float(np.mean(x)) if np.size(x) else math.nan
-
-
-def evaluate_policy(policy: Policy, partners: Sequence[str] | str = "suite", *, episodes: int = 200, seed: int = 0,
-                    max_turns: int = DEFAULT_MAX_TURNS) -> list[EvalRow]:
-    """Rows for each partner, then the ``"all"`` row; partners are names, ``"suite"`` or Policy objects."""
+def _named_partners(partners: Sequence[str | Policy] | Mapping[str, Policy] | str,
+                    seed: int) -> list[tuple[str, Policy]]:
     from parley.agents.partners.pool import resolve_partner_names
     from parley.agents.partners.scripted import make_partner
-    from parley.agents.partners.tournament import play_games
 
-    if episodes < 1:
-        raise ValueError(f"episodes must be at least 1, got {episodes}")
     if isinstance(partners, str):
         partners = resolve_partner_names(partners)
+    items = list(partners.items()) if isinstance(partners, Mapping) else list(partners)
+    if not items:
+        raise ValueError("name at least one partner to evaluate against")
+    named = []
+    for index, item in enumerate(items):
+        name, partner = item if isinstance(partners, Mapping) else (None, item)
+        if isinstance(partner, str):
+            name, partner = partner, make_partner(partner, seed=seed + index)
+        elif not callable(getattr(partner, "act_batch", None)):
+            raise TypeError(f"partners are scripted partner names or Policy objects, got {type(partner).__name__}")
+        else:
+            reseed = getattr(partner, "seed", None)
+            if callable(reseed):
+                reseed(seed + index)
+        named.append((str(name if name is not None else getattr(partner, "name", type(partner).__name__)),
+                      partner))
+    return named
+
+
+def evaluate_policy(policy: Policy, partners: Sequence[str | Policy] | Mapping[str, Policy] | str = "suite", *,
+                    episodes: int = 200, seed: int = 0, max_turns: int = DEFAULT_MAX_TURNS,
+                    no_deal_reward: float = 0.0) -> list[EvalRow]:
+    """Rows for each partner, then the ``"all"`` row pooling every game (see the module docstring).
+
+    ``partners``: ``"suite"`` or ``"a,b"``, a list of scripted partner names and Policy objects, or a
+    mapping from row names to Policy objects. Named partners are built with seeds ``seed + index``;
+    the policy and partner objects with a ``seed(int)`` method are reseeded, so evaluations repeat.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    named = _named_partners(partners, seed)
     rng = np.random.default_rng(seed)
     counts, values = sample_context_arrays(rng, episodes)
     first = rng.integers(2, size=episodes)
-    rows, pooled = [], {"score": [], "partner_score": [], "agreement": [], "pareto": [], "nash": []}
-    for index, partner in enumerate(partners):
-        if isinstance(partner, str):
-            partner = make_partner(partner, seed=seed + index)
+    rows, pooled = [], []
+    for index, (name, partner) in enumerate(named):
         reseed = getattr(policy, "seed", None)
         if callable(reseed):
             reseed(seed + 1000 + index)
-        m = play_games(policy, partner, counts, values, first, max_turns=max_turns)
-        agreed = m["agreement"] > 0
-        pieces = {"score": m["scores"][:, 0], "partner_score": m["scores"][:, 1], "agreement": m["agreement"],
-                  "pareto": m["pareto_optimal"][agreed].astype(np.float64), "nash": m["nash_product"]}
-        for key, value in pieces.items():
-            pooled[key].append(value)
-        rows.append(EvalRow(str(getattr(partner, "name", type(partner).__name__)), episodes,
-                            _mean(pieces["score"]), _mean(pieces["partner_score"]), _mean(pieces["agreement"]),
-                            _mean(pieces["pareto"]), _mean(pieces["nash"])))
-    cat = {key: np.concatenate(value) for key, value in pooled.items()}
-    rows.append(EvalRow(ALL_PARTNERS_ROW, episodes * len(partners), _mean(cat["score"]), _mean(cat["partner_score"]),
-                        _mean(cat["agreement"]), _mean(cat["pareto"]), _mean(cat["nash"])))
+        games = play_batch((policy, partner), counts, values, first, max_turns=max_turns,
+                           no_deal_reward=no_deal_reward)
+        measures = game_measures(games, seat=0)
+        pooled.append(measures)
+        rows.append(EvalRow(name, episodes, **mean_measures(measures)))
+    rows.append(EvalRow(ALL_PARTNERS_ROW, episodes * len(named), **mean_measures(*pooled)))
     return rows
 
 
@@ -103,10 +183,10 @@ def eval_table(rows: Sequence[EvalRow], title: str = "Evaluation"):
 
     table = Table(title=title)
     table.add_column("partner")
-    for column in ("games", "score", "partner score", "agreement %", "Pareto %", "Nash product"):
+    for column in ("games", "score", "partner score", "agreement %", "Pareto %", "Nash product", "turns"):
         table.add_column(column, justify="right")
     for row in rows:
         style = "bold" if row.partner == ALL_PARTNERS_ROW else None
         table.add_row(row.partner, str(row.games), num(row.score), num(row.partner_score), pct(row.agreement),
-                      pct(row.pareto), num(row.nash_product, 1), style=style)
+                      pct(row.pareto), num(row.nash_product, 1), num(row.turns, 1), style=style)
     return table

@@ -294,7 +294,7 @@ def check_tda_learners(ctx: CheckContext) -> str:
     actions = learner.act_batch(data.observations[:512], data.masks[:512])
     assert data.masks[np.arange(512), actions].all(), "the device policy chose an illegal action"
     return (f"BC {len(data)} acts x 3 epochs in {sl_seconds:.1f} s (acc {accuracy:.2f}); PPO "
-            f"{last['env_steps_per_s']:,.0f} env steps/s, own score {last['own_score']:.2f}")
+            f"{last['env_steps_per_s']:,.0f} env steps/s, score {last['score']:.2f}")
 
 
 # --------------------------------------------------------------------------------------------------

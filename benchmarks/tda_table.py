@@ -13,8 +13,9 @@ What it does, per seed:
 2. train every method of :data:`parley.oracles.tda.METHODS` from that SL policy under one harness
    (``sl``, ``rl``, ``sl+rl``, ``rl_pareto``, ``rl_prosocial``, ``rl_fair``, ``tda`` with the scripted
    expert oracle); the RL methods get the TDA learner's game budget;
-3. evaluate each against (i) the scripted partner suite (mean over its partners) and (ii) the held-out
-   SL partner: own score, partner score, agreement % and Pareto-optimal % of deals.
+3. evaluate each with :func:`parley.agents.evaluation.evaluate_policy` against (i) the scripted
+   partner suite (every game against every partner pooled) and (ii) the held-out SL partner: score,
+   partner score, agreement % and Pareto-optimal % of deals.
 
 It prints a markdown table (mean +- std over seeds), saves a scatter plot of utility against Pareto %,
 appends both to ``benchmarks/RESULTS.md`` with the date, the command and the machine, and states
@@ -30,7 +31,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +42,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+from parley.agents.evaluation import evaluate_policy  # noqa: E402
 from parley.agents.partners.synthetic import synthetic_corpus  # noqa: E402
 from parley.agents.training.ppo import PPOConfig  # noqa: E402
 from parley.agents.training.supervised import SupervisedConfig, clone_policy, train_supervised  # noqa: E402
@@ -51,13 +53,13 @@ from parley.envs.corpus import (  # noqa: E402
     split_by_scenario,
 )
 from parley.oracles.expert import ScriptedExpert  # noqa: E402
-from parley.oracles.tda import METHODS, TDAConfig, evaluate, evaluate_suite, scripted_suite, train_method  # noqa: E402
+from parley.oracles.tda import METHODS, TDAConfig, train_method  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 FIGURE = HERE / "figures" / "tda_scatter.png"
 DEFAULT_CORPUS = HERE.parent.parent / "shared" / "data" / "dealornodeal"
-MEASURES = ("own", "partner", "agreement", "pareto")
+MEASURES = ("score", "partner_score", "agreement", "pareto")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,17 +104,18 @@ def run_seed(seed: int, train_data, heldout_data, args, methods: list[str]) -> d
     sl = train_supervised(train_data, sup, name="sl").policy
     heldout = train_supervised(heldout_data, replace(sup, seed=seed + 100), name="heldout-sl").policy
     heldout_partner = clone_policy(heldout, deterministic=False, seed=seed + 200)
-    suite = scripted_suite(seed)
     out = {}
     for method in methods:
         started = time.perf_counter()
         policy = train_method(method, sl, train_data, config, args.runs / f"seed{seed}", oracle=ScriptedExpert())
         policy.deterministic = True  # evaluated agents act greedily; the held-out SL partner samples
-        suite_result = evaluate_suite(policy, suite, args.eval_games, seed=10_000 + seed)["mean"]
-        heldout_result = evaluate(policy, heldout_partner, 2 * args.eval_games, seed=20_000 + seed)
-        out[method] = {"suite": suite_result, "heldout": heldout_result, "seconds": time.perf_counter() - started}
-        print(f"seed {seed} {method:>12}: suite own {suite_result['own']:.2f} pareto {suite_result['pareto']:.2f} | "
-              f"held-out own {heldout_result['own']:.2f} pareto {heldout_result['pareto']:.2f} "
+        suite_result = evaluate_policy(policy, "suite", episodes=args.eval_games, seed=10_000 + seed)[-1]
+        (heldout_result, _) = evaluate_policy(policy, {"held-out SL": heldout_partner}, episodes=2 * args.eval_games,
+                                              seed=20_000 + seed)
+        out[method] = {"suite": asdict(suite_result), "heldout": asdict(heldout_result),
+                       "seconds": time.perf_counter() - started}
+        print(f"seed {seed} {method:>12}: suite score {suite_result.score:.2f} pareto {suite_result.pareto:.2f} | "
+              f"held-out score {heldout_result.score:.2f} pareto {heldout_result.pareto:.2f} "
               f"({out[method]['seconds']:.0f}s)", flush=True)
     return out
 
@@ -137,8 +140,8 @@ def fmt(mean_std: tuple[float, float], percent: bool) -> str:
 
 
 def markdown_table(table: dict, methods: list[str]) -> str:
-    head = ("| method | suite: own | suite: partner | suite: agree % | suite: Pareto % | held-out SL: own | "
-            "held-out SL: partner | held-out SL: agree % | held-out SL: Pareto % |")
+    head = ("| method | suite: score | suite: partner score | suite: agree % | suite: Pareto % | held-out SL: score | "
+            "held-out SL: partner score | held-out SL: agree % | held-out SL: Pareto % |")
     lines = [head, "|---|" + "---:|" * 8]
     for m in methods:
         cells = [fmt(table[m][(p, k)], k in ("agreement", "pareto")) for p in ("suite", "heldout") for k in MEASURES]
@@ -150,7 +153,7 @@ def verdict(table: dict) -> str:
     """Whether TDA got both utility and Pareto-optimality where SL and RL each got one, per partner set."""
     sentences = []
     for partner, label in (("heldout", "the held-out SL partner"), ("suite", "the scripted suite")):
-        own = {m: table[m][(partner, "own")] for m in table}
+        own = {m: table[m][(partner, "score")] for m in table}
         par = {m: table[m][(partner, "pareto")] for m in table}
         if not {"sl", "rl", "tda"} <= set(table):
             return "sl, rl and tda are needed for the comparison."
@@ -182,11 +185,11 @@ def scatter(table: dict, methods: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, (partner, title) in zip(axes, (("heldout", "vs held-out SL partner"), ("suite", "vs scripted suite"))):
         for m in methods:
-            (x, xs), (y, ys) = table[m][(partner, "pareto")], table[m][(partner, "own")]
+            (x, xs), (y, ys) = table[m][(partner, "pareto")], table[m][(partner, "score")]
             ax.errorbar(100 * x, y, xerr=100 * xs, yerr=ys, fmt="o", capsize=3, label=m)
             ax.annotate(m, (100 * x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xlabel("Pareto-optimal deals (%)")
-        ax.set_ylabel("own score (points)")
+        ax.set_ylabel("score (points)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"Settings: {args.seeds} seeds; {args.rounds} rounds x {args.games_per_round} PPO games (RL baselines: "
                 f"the same {args.rounds * args.games_per_round} games); {args.queries_per_round} scripted-expert "
                 f"queries per round ({args.selection} selection, oracle weight {args.oracle_weight}, {args.partner_epochs} partner epochs per round); evaluation: "
-                f"{args.eval_games} games per scripted partner (mean over the suite) and {2 * args.eval_games} vs "
+                f"{args.eval_games} games per scripted partner (pooled over the suite) and {2 * args.eval_games} vs "
                 f"the held-out SL partner (trained on a disjoint 30% of scenarios); evaluated agents act greedily, the held-out partner samples. "
                 f"Pareto % is the share of deals that are Pareto-optimal. Total {elapsed / 60:.1f} min.\n\n"
                 f"{text}\n\n{conclusion}\n\n![utility vs Pareto %](figures/{figure.name})\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import typer
@@ -157,11 +156,14 @@ def tda_command(
 
     Per-round logs, checkpoints and final metrics go under --out; rerunning with the same options resumes.
     """
+    from dataclasses import asdict
+
+    from parley.agents.evaluation import eval_table, evaluate_policy
     from parley.agents.training.ppo import PPOConfig
     from parley.agents.training.supervised import SupervisedConfig
     from parley.envs.corpus import corpus_dataset
     from parley.oracles.selection import SELECTIONS
-    from parley.oracles.tda import TDAConfig, evaluate, evaluate_suite, run_tda, scripted_suite
+    from parley.oracles.tda import TDAConfig, run_tda
 
     eval_games = eval_episodes if eval_games is None else eval_games
     if selection not in SELECTIONS:
@@ -181,19 +183,15 @@ def tda_command(
         result = run_tda(data, the_oracle, config, out, log=console.print)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    partners = scripted_suite(seed)
-    final = {"scripted_suite": evaluate_suite(result.learner, partners, eval_games, seed=seed + 1000),
-             "partner_model": evaluate(result.learner, result.partner, eval_games, seed=seed + 2000),
+    suite_rows = evaluate_policy(result.learner, "suite", episodes=eval_games, seed=seed + 1000,
+                                 max_turns=config.ppo.max_turns)
+    (model_row, _) = evaluate_policy(result.learner, {"partner model": result.partner}, episodes=eval_games,
+                                     seed=seed + 2000, max_turns=config.ppo.max_turns)
+    final = {"scripted_suite": {row.partner: asdict(row) for row in suite_rows}, "partner_model": asdict(model_row),
              "rounds": [r.__dict__ for r in result.logs], "corpus": description}
     (out / "final_metrics.json").write_text(json.dumps(final, indent=2, default=float))
-    table = Table(title=f"TDA learner after {rounds} rounds ({out / 'final_metrics.json'})")
-    for col in ("partner", "own", "partner score", "agreement %", "Pareto % of deals"):
-        table.add_column(col)
-    rows = {**final["scripted_suite"], "partner model": final["partner_model"]}
-    for name, m in rows.items():
-        pareto = "-" if math.isnan(m["pareto"]) else f"{100 * m['pareto']:.1f}"
-        table.add_row(name, f"{m['own']:.2f}", f"{m['partner']:.2f}", f"{100 * m['agreement']:.1f}", pareto)
-    console.print(table)
+    console.print(eval_table([*suite_rows, model_row],
+                             title=f"TDA learner after {rounds} rounds ({out / 'final_metrics.json'})"))
 
 
 def register(app: typer.Typer) -> None:

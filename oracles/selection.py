@@ -29,7 +29,8 @@ import torch
 
 from parley.agents.nn.torch_policy import TorchPolicy
 from parley.agents.training.supervised import action_log_likelihood, action_probabilities
-from parley.envs.negotiation import BatchedNegotiation, ObservationLayout, sample_context_arrays
+from parley.envs.negotiation import NUM_ACTIONS, ObservationLayout, sample_context_arrays
+from parley.envs.play import PlayStep, play_batch, seating_for
 from parley.envs.policy import Policy
 from parley.oracles.base import OracleQuery
 
@@ -55,45 +56,40 @@ def collect_candidates(learner: Policy, partner: Policy, num_games: int, rng: np
                        max_turns: int = 10, round_index: int | None = None) -> Candidates:
     """Play ``num_games`` games learner vs partner (seats and first mover drawn) and gather candidates."""
     n = num_games
-    env = BatchedNegotiation(n, max_turns=max_turns)
     counts, values = sample_context_arrays(rng, n)
     learner_seat = rng.integers(0, 2, size=n)
-    env.reset_games(np.arange(n), counts, values, rng.integers(0, 2, size=n))
+    first_player = rng.integers(0, 2, size=n)
     size = ObservationLayout(max_turns).size
     last_obs = np.zeros((n, size), np.float32)
-    last_mask = np.zeros((n, 252), np.int8)
+    last_mask = np.zeros((n, NUM_ACTIONS), np.int8)
     last_action = np.full(n, -1, np.int64)
     queries, obs_rows, mask_rows, l_obs, l_masks, l_actions = [], [], [], [], [], []
-    while not env.done.all():
-        masks = env.legal_masks()
-        actions = np.zeros(n, dtype=np.int64)
-        learner_rows = np.flatnonzero(~env.done & (env.current_player == learner_seat))
-        partner_rows = np.flatnonzero(~env.done & (env.current_player != learner_seat))
-        if learner_rows.size:
-            obs = env.observations(learner_seat)[learner_rows]
-            actions[learner_rows] = learner.act_batch(obs, masks[learner_rows])
-            last_obs[learner_rows], last_mask[learner_rows] = obs, masks[learner_rows]
-            last_action[learner_rows] = actions[learner_rows]
-        if partner_rows.size:
-            obs = env.observations(1 - learner_seat)[partner_rows]
-            actions[partner_rows] = partner.act_batch(obs, masks[partner_rows])
-            for j, g in enumerate(partner_rows):
-                if last_action[g] < 0:
-                    continue  # the partner opens: nothing the learner did led here
-                turn = int(env.turn[g])
-                queries.append(OracleQuery(
-                    tuple(env.counts[g]), tuple(map(tuple, env.values[g])), int(env.first_player[g]),
-                    tuple(env.history_actions[g, :turn]), int(1 - learner_seat[g]), max_turns,
-                    {} if round_index is None else {"round": round_index}))
-                obs_rows.append(obs[j])
-                mask_rows.append(masks[g])
-                l_obs.append(last_obs[g].copy())
-                l_masks.append(last_mask[g].copy())
-                l_actions.append(last_action[g])
-        env.apply_actions(actions)
+
+    def gather(step: PlayStep) -> None:
+        if step.agent == 0:  # the learner: remember what it sent, for the partner's answer
+            last_obs[step.rows], last_mask[step.rows], last_action[step.rows] = \
+                step.observations, step.masks, step.actions
+            return
+        game = step.game
+        for j, g in enumerate(step.rows):
+            if last_action[g] < 0:
+                continue  # the partner opens: nothing the learner did led here
+            turn = int(game.turn[g])
+            queries.append(OracleQuery(
+                tuple(game.counts[g]), tuple(map(tuple, game.values[g])), int(game.first_player[g]),
+                tuple(game.history_actions[g, :turn]), int(1 - learner_seat[g]), max_turns,
+                {} if round_index is None else {"round": round_index}))
+            obs_rows.append(step.observations[j])
+            mask_rows.append(step.masks[j])
+            l_obs.append(last_obs[g].copy())
+            l_masks.append(last_mask[g].copy())
+            l_actions.append(last_action[g])
+
+    play_batch((learner, partner), counts, values, first_player, seating=seating_for(learner_seat),
+               max_turns=max_turns, on_step=gather)
     if not queries:
         empty = np.zeros((0, size), np.float32)
-        return Candidates([], empty, np.zeros((0, 252), np.int8), empty, np.zeros((0, 252), np.int8),
+        return Candidates([], empty, np.zeros((0, NUM_ACTIONS), np.int8), empty, np.zeros((0, NUM_ACTIONS), np.int8),
                           np.zeros(0, np.int64))
     return Candidates(queries, np.stack(obs_rows), np.stack(mask_rows).astype(np.int8), np.stack(l_obs),
                       np.stack(l_masks).astype(np.int8), np.array(l_actions, dtype=np.int64))

@@ -25,12 +25,13 @@ Run directory layout::
     oracle_answers.jsonl    every query with its answer, or the reason it was rejected
     log.jsonl               one line per round (see TDARoundLog)
     state.json              what resuming needs: last finished round, queries used, asked / pending ids
-    final_metrics.json      the learner's results against the evaluation partners
+    final_metrics.json      the learner's evaluation rows (written by ``parley tda``)
 
 The same module trains the baselines under one harness (:func:`train_method`): ``sl``; ``rl`` (PPO vs
 the fixed SL partner); ``sl+rl`` (PPO with an interleaved behaviour-cloning loss); ``rl_pareto``,
 ``rl_prosocial``, ``rl_fair`` (PPO with tailored rewards); and ``tda``. The RL methods get the same
-number of training games as the TDA learner.
+number of training games as the TDA learner. Learners are measured like every other policy, with
+:func:`parley.agents.evaluation.evaluate_policy`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,6 @@ from parley.agents.training.supervised import (
     train_supervised,
 )
 from parley.envs.corpus import ActDataset
-from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
-from parley.envs.policy import Policy
 from parley.oracles.base import Oracle, OracleQuery, answers_to_dataset, collect_answers
 from parley.oracles.selection import (
     SELECTIONS,
@@ -129,7 +128,7 @@ class TDARoundLog:
     candidates: int
     partner_accuracy_before: float  # partner model vs the new oracle answers, before retraining
     partner_accuracy_after: float
-    learner_own_score: float  # last PPO iteration, against the partner model
+    learner_score: float  # last PPO iteration, against the partner model
     learner_partner_score: float
     learner_agreement: float
     learner_pareto: float
@@ -259,7 +258,7 @@ def run_tda(corpus: ActDataset, oracle: Oracle, config: TDAConfig, out_dir: str 
             answers_accepted=len(batch.accepted), answers_rejected=len(batch.rejected),
             answers_pending=len(pending), candidates=len(candidates),
             partner_accuracy_before=accuracy_before, partner_accuracy_after=accuracy_after,
-            learner_own_score=last_ppo["own_score"], learner_partner_score=last_ppo["partner_score"],
+            learner_score=last_ppo["score"], learner_partner_score=last_ppo["partner_score"],
             learner_agreement=last_ppo["agreement"], learner_pareto=last_ppo["pareto"],
             seconds=time.perf_counter() - started)
         logs.append(round_log)
@@ -277,65 +276,11 @@ def run_tda(corpus: ActDataset, oracle: Oracle, config: TDAConfig, out_dir: str 
         _save_state(out, state)
         say(f"round {r}/{config.rounds}: {len(new_queries)} queries, {len(batch.accepted)} answers accepted, "
             f"{len(batch.rejected)} rejected, {len(pending)} pending; partner accuracy on them "
-            f"{accuracy_before:.2f} -> {accuracy_after:.2f}; learner vs partner model: own "
-            f"{round_log.learner_own_score:.2f}, partner {round_log.learner_partner_score:.2f}, "
+            f"{accuracy_before:.2f} -> {accuracy_after:.2f}; learner vs partner model: score "
+            f"{round_log.learner_score:.2f}, partner {round_log.learner_partner_score:.2f}, "
             f"agreement {round_log.learner_agreement:.2f}, Pareto {round_log.learner_pareto:.2f} "
             f"({round_log.seconds:.1f}s)")
     return TDAResult(learner, partner, logs, out)
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------
-
-
-def evaluate(policy: Policy, partner: Policy, num_games: int, seed: int = 0, max_turns: int = 10) -> dict[str, float]:
-    """``policy`` vs ``partner`` on ``num_games`` sampled contexts (seats and first mover drawn per game).
-
-    Returns the policy's mean ``own`` points, the partner's mean points (``partner``), ``agreement``
-    (share of games with a deal) and ``pareto`` (share of deals that are Pareto-optimal).
-    """
-    rng = np.random.default_rng(seed)
-    n = num_games
-    env = BatchedNegotiation(n, max_turns=max_turns)
-    counts, values = sample_context_arrays(rng, n)
-    seat = rng.integers(0, 2, size=n)
-    env.reset_games(np.arange(n), counts, values, rng.integers(0, 2, size=n))
-    while not env.done.all():
-        masks = env.legal_masks()
-        actions = np.zeros(n, dtype=np.int64)
-        for agent, agent_seat in ((policy, seat), (partner, 1 - seat)):
-            rows = np.flatnonzero(~env.done & (env.current_player == agent_seat))
-            if rows.size:
-                actions[rows] = np.asarray(agent.act_batch(env.observations(agent_seat)[rows], masks[rows])).reshape(-1)
-        if env.apply_actions(actions).any():
-            raise ValueError("an agent sent an illegal action during evaluation")
-    m = env.metrics()
-    rows = np.arange(n)
-    agreed = m["agreement"] > 0
-    return {
-        "own": float(m["scores"][rows, seat].mean()),
-        "partner": float(m["scores"][rows, 1 - seat].mean()),
-        "agreement": float(agreed.mean()),
-        "pareto": float(m["pareto_optimal"][agreed].mean()) if agreed.any() else float("nan"),
-    }
-
-
-def evaluate_suite(policy: Policy, partners: dict[str, Policy], num_games: int, seed: int = 0,
-                   max_turns: int = 10) -> dict[str, dict[str, float]]:
-    """:func:`evaluate` against each named partner, plus their mean under ``"mean"``."""
-    results = {name: evaluate(policy, p, num_games, seed + k, max_turns) for k, (name, p) in enumerate(partners.items())}
-    keys = ("own", "partner", "agreement", "pareto")
-    results["mean"] = {k: float(np.nanmean([r[k] for r in results.values()])) for k in keys}
-    return results
-
-
-def scripted_suite(seed: int = 0, names: Sequence[str] | None = None) -> dict[str, Policy]:
-    """The scripted partners (:func:`parley.agents.partners.scripted.list_partners`) built with seeds."""
-    from parley.agents.partners.scripted import list_partners, make_partner
-
-    names = list(names or list_partners())
-    return {name: make_partner(name, seed=seed + k) for k, name in enumerate(names)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from parley.agents import load_policy
 from parley.agents.nn.compacter import adapter_modules
 from parley.agents.nn.torch_policy import TorchPolicy
 from parley.agents.partners.scripted import make_partner
-from parley.agents.training.ppo import PPOConfig, partner_actions, train_ppo
+from parley.agents.training.ppo import PPOConfig, train_ppo
 from parley.agents.training.run import (
     TrainConfig,
     TrainConfigError,
@@ -19,7 +19,6 @@ from parley.agents.training.run import (
     resolve_train_config,
     train,
 )
-from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
 from parley.envs.policy import BatchPolicy
 
 SMALL = dict(framework="native", backbone_config={"hidden_sizes": [32]}, train_batch_size=2048, minibatch_size=512,
@@ -47,20 +46,6 @@ class Cheater(BatchPolicy):
 
     def act_batch(self, observations, action_masks):
         return np.argmin(action_masks, axis=1)  # always an illegal act while any act is illegal
-
-
-def test_partner_actions_routes_each_row_to_its_own_partner():
-    rng = np.random.default_rng(0)
-    game = BatchedNegotiation(60)
-    counts, values = sample_context_arrays(rng, 60)
-    game.reset_games(np.arange(60), counts, values, np.zeros(60, dtype=np.int64))
-    obs, masks = game.observations(game.current_player), game.legal_masks()
-    partners = [make_partner("hardliner"), make_partner("fair_split")]
-    partner_of = rng.integers(0, 2, size=60)
-    actions = partner_actions(partners, partner_of, obs, masks)
-    for index, partner in enumerate(partners):
-        rows = partner_of == index
-        assert np.array_equal(actions[rows], partner.act_batch(obs[rows], masks[rows]))
 
 
 def test_train_ppo_draws_every_partner_of_the_pool_and_counts_learner_steps():

@@ -84,6 +84,9 @@ def test_agent_results_aggregate_their_pairs_and_runs_are_reproducible():
         scores = [p.score for p in result.pairs if p.agent == agent.agent]
         scores += [p.partner_score for p in result.pairs if p.partner == agent.agent]
         assert agent.score == pytest.approx(np.mean(scores))
+        partner_scores = [p.partner_score for p in result.pairs if p.agent == agent.agent]
+        partner_scores += [p.score for p in result.pairs if p.partner == agent.agent]
+        assert agent.partner_score == pytest.approx(np.mean(partner_scores))
         agreements = [p.agreement for p in result.pairs if agent.agent in (p.agent, p.partner)]
         agreements += [p.agreement for p in result.pairs if p.agent == p.partner == agent.agent]
         assert agent.agreement == pytest.approx(np.mean(agreements))

@@ -354,7 +354,7 @@ def test_sb3_tiny_run_loads_through_load_policy(tmp_path, monkeypatch):
     import tempfile
 
     from parley.agents import load_policy
-    from parley.agents.partners.tournament import play_games
+    from parley.envs.play import play_batch
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -369,5 +369,5 @@ def test_sb3_tiny_run_loads_through_load_policy(tmp_path, monkeypatch):
     assert np.array_equal(from_zip.act_batch(obs, masks), from_run.act_batch(obs, masks))
     rng = np.random.default_rng(0)
     counts, values = sample_context_arrays(rng, 16)
-    metrics = play_games(from_zip, load_policy(str(tmp_path / "sb3")), counts, values, rng.integers(2, size=16))
-    assert metrics["scores"].shape == (16, 2)
+    games = play_batch((from_zip, load_policy(str(tmp_path / "sb3"))), counts, values, rng.integers(2, size=16))
+    assert games.scores.shape == (16, 2)

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from parley.envs.corpus import Dialogue, Game, ParsedAct, Utterance, dialogue_to_game
-from parley.envs.negotiation import DEFAULT_MAX_TURNS, Context, decode_act, verbalize_act
+from parley.envs.negotiation import (
+    DEFAULT_MAX_TURNS,
+    Context,
+    decode_act,
+    sample_context_arrays,
+    verbalize_act,
+)
+from parley.envs.play import play_batch
 
 __all__ = ["SYNTHETIC_PAIRS", "synthetic_corpus", "synthetic_game"]
 
@@ -34,7 +41,6 @@ def synthetic_corpus(num_dialogues: int = 2000, seed: int = 0, max_turns: int = 
     parsed acts are stored (and checked against the acts played).
     """
     from parley.agents.partners.scripted import make_partner
-    from parley.envs.negotiation import BatchedNegotiation, sample_context_arrays
 
     if num_dialogues < 1:
         raise ValueError(f"num_dialogues must be positive, got {num_dialogues}")
@@ -43,29 +49,16 @@ def synthetic_corpus(num_dialogues: int = 2000, seed: int = 0, max_turns: int = 
     dialogues: list[Dialogue] = []
     for p, (name_a, name_b) in enumerate(pairs):
         agents = [make_partner(name_a, seed=seed * 100 + 2 * p), make_partner(name_b, seed=seed * 100 + 2 * p + 1)]
-        env = BatchedNegotiation(per_pair, max_turns=max_turns)
         counts, values = sample_context_arrays(rng, per_pair)
         first = rng.integers(0, 2, size=per_pair)
-        env.reset_games(np.arange(per_pair), counts, values, first)
-        while not env.done.all():
-            live = ~env.done
-            actions = np.zeros(per_pair, dtype=np.int64)
-            masks = env.legal_masks()
-            for side in (0, 1):
-                rows = np.flatnonzero(live & (env.current_player == side))
-                if rows.size:
-                    obs = env.observations(np.full(per_pair, side))[rows]
-                    actions[rows] = agents[side].act_batch(obs, masks[rows])
-            env.apply_actions(actions)
+        games = play_batch(agents, counts, values, first, max_turns=max_turns)
         for g in range(per_pair):
-            ctx = Context(tuple(int(x) for x in env.counts[g]), tuple(tuple(int(x) for x in v) for v in env.values[g]))
-            utterances = []
-            for t in range(int(env.turn[g])):
-                action, speaker = int(env.history_actions[g, t]), int(env.history_speakers[g, t])
-                kind, split = decode_act(action)
-                utterances.append(Utterance(speaker, verbalize_act(action, ctx.counts), ParsedAct(kind, split)))
-            outcome = "agree" if env.agreed[g] else "no_agreement"
-            selection = tuple(int(x) for x in env.agreed_split[g]) if env.agreed[g] else None
+            ctx = Context(tuple(int(x) for x in games.counts[g]),
+                          tuple(tuple(int(x) for x in v) for v in games.values[g]))
+            utterances = [Utterance(speaker, verbalize_act(action, ctx.counts), ParsedAct(*decode_act(action)))
+                          for speaker, action in games.acts(g)]
+            outcome = "agree" if games.agreed[g] else "no_agreement"
+            selection = tuple(int(x) for x in games.agreed_split[g]) if games.agreed[g] else None
             dialogues.append(Dialogue(ctx, utterances, outcome, selection, f"synthetic:{name_a}-{name_b}"))
     order = rng.permutation(len(dialogues))[:num_dialogues]
     return [dialogues[i] for i in order]

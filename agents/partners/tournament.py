@@ -1,8 +1,8 @@
 """Round-robin tournaments between negotiating agents on the batched rules.
 
 Every ordered pair of agents (self-play included) plays the same seeded sample of contexts, all games
-of a pair at once on :class:`~parley.envs.negotiation.BatchedNegotiation` with the agents acting through
-``act_batch``. The first agent of a pair sits in seat 0, the second in seat 1; who moves first is drawn
+of a pair at once with :func:`parley.envs.play.play_batch`, the agents acting through ``act_batch``.
+The first agent of a pair sits in seat 0, the second in seat 1; who moves first is drawn
 per context from the seed, so seats matter little and each unordered pair is played both ways.
 
 ::
@@ -17,34 +17,32 @@ Agents are scripted partner names (see :func:`parley.agents.partners.scripted.li
 implementing :class:`~parley.envs.policy.Policy`, or a path to a saved policy (loaded with
 :func:`parley.agents.load_policy`).
 
-Measures, per pair (from the first agent's side) and per agent (over all its games, in both seats):
-``score`` mean points (no deal scores ``no_deal_reward``), ``agreement`` fraction of games ending in a
-deal, ``pareto`` fraction of *deals* that are Pareto-optimal (as Lewis et al. 2017 report it; NaN
-without deals), ``nash_product`` mean Nash product of the outcome, ``turns`` mean acts per game.
+Measures are :data:`parley.agents.evaluation.MEASURES` (``score``, ``partner_score``, ``joint``,
+``agreement``, ``pareto``, ``nash_product``, ``turns``), per pair from the first agent's side and per
+agent over all its games, in both seats (``partner_score`` is then what its partners scored).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from parley.agents.evaluation import game_measures, mean_measures
 from parley.agents.partners.scripted import PARTNERS, make_partner
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
-    WALK_AWAY_ACTION,
-    BatchedNegotiation,
     Context,
     contexts_to_arrays,
     sample_context_arrays,
 )
+from parley.envs.play import play_batch
 from parley.envs.policy import Policy
 
-__all__ = ["PairResult", "AgentResult", "TournamentResult", "play_games", "resolve_agent", "run_tournament"]
+__all__ = ["PairResult", "AgentResult", "TournamentResult", "resolve_agent", "run_tournament"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,8 @@ class AgentResult:
     agent: str
     games: int
     score: float
+    partner_score: float
+    joint: float
     agreement: float
     pareto: float
     nash_product: float
@@ -103,9 +103,7 @@ class TournamentResult:
         """Flat rows for tables and CSV: ``scope`` is ``"agent"`` (partner ``"*"``) or ``"pair"``."""
         rows = []
         for a in self.agents:
-            rows.append({"scope": "agent", "agent": a.agent, "partner": "*", "games": a.games, "score": a.score,
-                         "partner_score": math.nan, "joint": math.nan, "agreement": a.agreement,
-                         "pareto": a.pareto, "nash_product": a.nash_product, "turns": a.turns})
+            rows.append({"scope": "agent", "agent": a.agent, "partner": "*", **asdict(a)})
         for p in self.pairs:
             rows.append({"scope": "pair", **asdict(p)})
         return rows
@@ -121,43 +119,6 @@ class TournamentResult:
             for row in self.rows():
                 writer.writerow({**row, "seed": self.seed, "contexts": self.contexts, "max_turns": self.max_turns})
         return path
-
-
-def play_games(
-    agent0: Policy,
-    agent1: Policy,
-    counts: np.ndarray,
-    values: np.ndarray,
-    first_player: np.ndarray,
-    *,
-    max_turns: int = DEFAULT_MAX_TURNS,
-    no_deal_reward: float = 0.0,
-) -> dict[str, np.ndarray]:
-    """Play one game per context at once; ``agent0`` holds ``values[:, 0]``, ``agent1`` ``values[:, 1]``.
-
-    Returns the outcome metrics of :meth:`BatchedNegotiation.metrics` (``scores`` (N, 2), ``agreement``,
-    ``pareto_optimal``, ``nash_product``, ``turns``, ...). An illegal act raises ValueError naming the agent.
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    n = counts.shape[0]
-    game = BatchedNegotiation(n, max_turns=max_turns, no_deal_reward=no_deal_reward)
-    game.reset_games(np.arange(n), counts, values, np.asarray(first_player, dtype=np.int64))
-    agents = (agent0, agent1)
-    while not game.done.all():
-        masks = game.legal_masks()
-        player = game.current_player.copy()
-        observations = game.observations(player)
-        actions = np.full(n, WALK_AWAY_ACTION, dtype=np.int64)
-        for seat, agent in enumerate(agents):
-            rows = np.flatnonzero(~game.done & (player == seat))
-            if rows.size:
-                actions[rows] = np.asarray(agent.act_batch(observations[rows], masks[rows])).reshape(-1)
-        illegal = game.apply_actions(actions)
-        if illegal.any():
-            row = int(np.flatnonzero(illegal)[0])
-            who = getattr(agents[player[row]], "name", type(agents[player[row]]).__name__)
-            raise ValueError(f"agent {who!r} sent illegal action {int(actions[row])} in game {row}")
-    return game.metrics()
 
 
 def resolve_agent(spec: str | Policy, *, seed: int | None = None, **params) -> Policy:
@@ -186,10 +147,6 @@ def _agent_names(agents: Sequence[Policy]) -> list[str]:
         seen[base] = seen.get(base, 0) + 1
         names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
     return names
-
-
-def _mean(x: np.ndarray) -> float:
-    return float(x.mean()) if x.size else math.nan
 
 
 def run_tournament(
@@ -240,8 +197,7 @@ def run_tournament(
         raise ValueError("without self-play a tournament needs at least two agents")
 
     pairs: list[PairResult] = []
-    per_agent: dict[int, dict[str, list[np.ndarray]]] = {
-        i: {"score": [], "agreement": [], "pareto": [], "nash": [], "turns": []} for i in range(len(built))}
+    per_agent: dict[int, list[dict[str, np.ndarray]]] = {i: [] for i in range(len(built))}
     for done, (i, j) in enumerate(order, start=1):
         seats = []
         for seat, k in enumerate((i, j)):
@@ -252,31 +208,14 @@ def run_tournament(
                 if callable(reseed):
                     reseed(_seed_for(seed, done, seat))
                 seats.append(built[k])
-        m = play_games(seats[0], seats[1], counts, values, first_movers, max_turns=max_turns,
-                       no_deal_reward=no_deal_reward)
-        agreed = m["agreement"] > 0
-        pareto = m["pareto_optimal"][agreed].astype(np.float64)
-        pairs.append(PairResult(
-            agent=names[i], partner=names[j], games=n,
-            score=_mean(m["scores"][:, 0]), partner_score=_mean(m["scores"][:, 1]), joint=_mean(m["joint"]),
-            agreement=_mean(m["agreement"]), pareto=_mean(pareto), nash_product=_mean(m["nash_product"]),
-            turns=_mean(m["turns"]),
-        ))
+        games = play_batch(seats, counts, values, first_movers, max_turns=max_turns, no_deal_reward=no_deal_reward)
+        pairs.append(PairResult(agent=names[i], partner=names[j], games=n,
+                                **mean_measures(game_measures(games, seat=0))))
         for seat, k in enumerate((i, j)):
-            per_agent[k]["score"].append(m["scores"][:, seat])
-            per_agent[k]["agreement"].append(m["agreement"])
-            per_agent[k]["pareto"].append(pareto)
-            per_agent[k]["nash"].append(m["nash_product"])
-            per_agent[k]["turns"].append(m["turns"])
+            per_agent[k].append(game_measures(games, seat=seat))
         if progress is not None:
             progress(done, len(order), names[i], names[j])
 
-    agent_rows = []
-    for k, name in enumerate(names):
-        acc = {key: np.concatenate(parts) if parts else np.zeros(0) for key, parts in per_agent[k].items()}
-        agent_rows.append(AgentResult(
-            agent=name, games=int(acc["score"].size), score=_mean(acc["score"]),
-            agreement=_mean(acc["agreement"]), pareto=_mean(acc["pareto"]),
-            nash_product=_mean(acc["nash"]), turns=_mean(acc["turns"]),
-        ))
+    agent_rows = [AgentResult(agent=name, games=n * len(per_agent[k]), **mean_measures(*per_agent[k]))
+                  for k, name in enumerate(names)]
     return TournamentResult(pairs=pairs, agents=agent_rows, contexts=n, seed=seed, max_turns=max_turns, names=names)

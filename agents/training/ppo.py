@@ -39,10 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from parley.agents.evaluation import game_measures, mean_measures
 from parley.agents.nn.torch_policy import TorchPolicy, mask_logits
 from parley.agents.training.supervised import behaviour_cloning_loss
 from parley.envs.corpus import ActDataset
-from parley.envs.negotiation import DEFAULT_MAX_TURNS, BatchedNegotiation, sample_context_arrays
+from parley.envs.negotiation import DEFAULT_MAX_TURNS, NUM_ACTIONS, sample_context_arrays
+from parley.envs.play import PlayStep, play_batch, seating_for
 from parley.envs.policy import Policy
 
 #: Reward names and what they pay the learner at the end of a game (own/partner are points, 0..10).
@@ -114,16 +116,45 @@ class PPOResult:
     history: list[dict[str, float]]
 
 
-def partner_actions(partners: Sequence[Policy], partner_of: np.ndarray, observations: np.ndarray,
-                    masks: np.ndarray) -> np.ndarray:
-    """Each row's act from its own game's partner (``partner_of[row]`` indexes ``partners``)."""
-    if len(partners) == 1:
-        return np.asarray(partners[0].act_batch(observations, masks)).reshape(-1)
-    actions = np.zeros(len(observations), dtype=np.int64)
-    for index in np.unique(partner_of):
-        rows = np.flatnonzero(partner_of == index)
-        actions[rows] = np.asarray(partners[index].act_batch(observations[rows], masks[rows])).reshape(-1)
-    return actions
+class _LearnerRollout:
+    """The learner's side of one iteration's games.
+
+    As the Policy in the learner's seat it samples acts from the learner's masked distribution; as
+    :func:`~parley.envs.play.play_batch`'s ``on_step`` it records each of the learner's decisions
+    (observation, mask, act, log-probability, value) at its step index within its game.
+    """
+
+    def __init__(self, learner: TorchPolicy, games: int, max_steps: int) -> None:
+        self.learner = learner
+        self.name = learner.name
+        self.observations = np.zeros((max_steps, games, learner.observation_size), dtype=np.float32)
+        self.masks = np.zeros((max_steps, games, NUM_ACTIONS), dtype=np.int8)
+        self.actions = np.zeros((max_steps, games), dtype=np.int64)
+        self.log_probs = np.zeros((max_steps, games), dtype=np.float32)
+        self.values = np.zeros((max_steps, games), dtype=np.float32)
+        self.valid = np.zeros((max_steps, games), dtype=bool)
+        self.steps = np.zeros(games, dtype=np.int64)  # how many acts the learner has sent in each game
+        self._last = (np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+    def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+        device = self.learner.device
+        with torch.no_grad():
+            dist, value = self.learner.distribution(torch.as_tensor(observations, device=device),
+                                                    torch.as_tensor(action_masks, device=device))
+            act = dist.sample()
+        self._last = (dist.log_prob(act).cpu().numpy(), value.cpu().numpy())
+        return act.cpu().numpy()
+
+    def record(self, step: PlayStep) -> None:
+        if step.agent != 0:  # a partner's acts: nothing to learn from
+            return
+        rows, k = step.rows, self.steps[step.rows]
+        self.observations[k, rows] = step.observations
+        self.masks[k, rows] = step.masks
+        self.actions[k, rows] = step.actions
+        self.log_probs[k, rows], self.values[k, rows] = self._last
+        self.valid[k, rows] = True
+        self.steps[rows] += 1
 
 
 def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: PPOConfig | None = None, *,
@@ -153,8 +184,6 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
         optimizer.load_state_dict(optimizer_state)
     n = config.games_per_iteration
     max_steps = (config.max_turns + 1) // 2  # the most acts one side sends in a game
-    obs_size = learner.observation_size
-    env = BatchedNegotiation(n, max_turns=config.max_turns, no_deal_reward=config.no_deal_reward)
     iterations = max(1, config.total_games // n)
     history: list[dict[str, float]] = []
     start_time = time.perf_counter()
@@ -167,48 +196,18 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
         counts, values = sample_context_arrays(rng, n)
         learner_seat = rng.integers(0, 2, size=n)
         partner_of = rng.integers(0, len(partners), size=n)
-        env.reset_games(np.arange(n), counts, values, rng.integers(0, 2, size=n))
-        obs_buf = np.zeros((max_steps, n, obs_size), dtype=np.float32)
-        mask_buf = np.zeros((max_steps, n, env.legal_masks().shape[1]), dtype=np.int8)
-        action_buf = np.zeros((max_steps, n), dtype=np.int64)
-        logp_buf = np.zeros((max_steps, n), dtype=np.float32)
-        value_buf = np.zeros((max_steps, n), dtype=np.float32)
-        valid = np.zeros((max_steps, n), dtype=bool)
-        step_of = np.zeros(n, dtype=np.int64)  # how many acts the learner has sent in each game
+        first_player = rng.integers(0, 2, size=n)
+        rollout = _LearnerRollout(learner, n, max_steps)
         model.eval()
-        while not env.done.all():
-            masks = env.legal_masks()
-            actions = np.zeros(n, dtype=np.int64)
-            learner_rows = np.flatnonzero(~env.done & (env.current_player == learner_seat))
-            partner_rows = np.flatnonzero(~env.done & (env.current_player != learner_seat))
-            if learner_rows.size:
-                obs = env.observations(learner_seat)[learner_rows]
-                with torch.no_grad():
-                    dist, value = learner.distribution(torch.as_tensor(obs, device=device),
-                                                       torch.as_tensor(masks[learner_rows], device=device))
-                    act = dist.sample()
-                k = step_of[learner_rows]
-                obs_buf[k, learner_rows] = obs
-                mask_buf[k, learner_rows] = masks[learner_rows]
-                action_buf[k, learner_rows] = act.cpu().numpy()
-                logp_buf[k, learner_rows] = dist.log_prob(act).cpu().numpy()
-                value_buf[k, learner_rows] = value.cpu().numpy()
-                valid[k, learner_rows] = True
-                step_of[learner_rows] += 1
-                actions[learner_rows] = act.cpu().numpy()
-            if partner_rows.size:
-                partner_obs = env.observations(1 - learner_seat)[partner_rows]
-                actions[partner_rows] = partner_actions(partners, partner_of[partner_rows], partner_obs,
-                                                        masks[partner_rows])
-            env_steps += int(learner_rows.size + partner_rows.size)
-            learner_steps += int(learner_rows.size)
-            illegal = env.apply_actions(actions)
-            if illegal.any():
-                culprits = sorted({str(getattr(partners[i], "name", partners[i])) for i in partner_of[illegal]})
-                raise ValueError(f"the partner(s) {culprits} sent an illegal action")
+        games = play_batch([rollout, *partners], counts, values, first_player,
+                           seating=seating_for(learner_seat, 1 + partner_of), max_turns=config.max_turns,
+                           no_deal_reward=config.no_deal_reward, on_step=rollout.record)
+        env_steps += int(games.turns.sum())
+        learner_steps += int(rollout.steps.sum())
+        step_of, valid, value_buf = rollout.steps, rollout.valid, rollout.values
 
         # ---- returns and advantages over each game's learner steps --------------------------------
-        metrics = env.metrics()
+        metrics = games.metrics
         final_reward = shaped_reward(metrics, learner_seat, config) * config.reward_scale
         last = step_of - 1  # index of the learner's last step (-1: the learner never moved)
         rewards = np.zeros((max_steps, n), dtype=np.float32)
@@ -226,10 +225,10 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
         returns = advantages + value_buf
 
         # ---- PPO update ----------------------------------------------------------------------------
-        b_obs = torch.as_tensor(obs_buf[valid], device=device)
-        b_mask = torch.as_tensor(mask_buf[valid], device=device)
-        b_act = torch.as_tensor(action_buf[valid], device=device)
-        b_logp = torch.as_tensor(logp_buf[valid], device=device)
+        b_obs = torch.as_tensor(rollout.observations[valid], device=device)
+        b_mask = torch.as_tensor(rollout.masks[valid], device=device)
+        b_act = torch.as_tensor(rollout.actions[valid], device=device)
+        b_logp = torch.as_tensor(rollout.log_probs[valid], device=device)
         b_adv = torch.as_tensor(advantages[valid], device=device)
         b_ret = torch.as_tensor(returns[valid], device=device)
         batch = len(b_act)
@@ -270,17 +269,11 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
                 break
         model.eval()
 
-        rows = np.arange(n)
-        own = metrics["scores"][rows, learner_seat]
-        agreed = metrics["agreement"] > 0
         row = {
             "iteration": iteration,
             "games": iteration * n,
             "reward": float(final_reward.mean() / config.reward_scale),
-            "own_score": float(own.mean()),
-            "partner_score": float(metrics["scores"][rows, 1 - learner_seat].mean()),
-            "agreement": float(agreed.mean()),
-            "pareto": float(metrics["pareto_optimal"][agreed].mean()) if agreed.any() else float("nan"),
+            **mean_measures(game_measures(games, seat=learner_seat)),
             "approx_kl": float(approx_kl),
             "entropy": float(entropy.detach()),
             "learner_steps": learner_steps,
