@@ -3,10 +3,12 @@
 ``parley report study.db --out report/`` calls :func:`write_report`; the admin results page serves
 the same summaries and plots from :func:`summarise` and :data:`PLOTS`.
 
-Measures per agent (finished games): agreement rate; Pareto-optimal rate among deals (a deal no other
-split makes at least as good for both sides and better for one, as in Lewis et al. 2017); the
-person's and the agent's scores; survey means on a 1-5 Likert scale. Rates carry 95% Wilson
-intervals, means 95% Student-t intervals.
+Measures per agent (finished games), named as in :data:`parley.agents.evaluation.MEASURES` with the
+agent as the evaluated side and the person as its partner: ``agreement`` rate; ``pareto``, the
+Pareto-optimal rate among deals (a deal no other split makes at least as good for both sides and
+better for one, as in Lewis et al. 2017); ``score`` (the agent's points) and ``partner_score`` (the
+person's); mean ``turns``; survey means on a 1-5 Likert scale. Rates carry 95% Wilson intervals,
+means 95% Student-t intervals.
 """
 
 from __future__ import annotations
@@ -205,11 +207,11 @@ def summarise(tables: dict[str, list[dict]]) -> dict[str, dict]:
             "pareto_ci": wilson_interval(len(pareto), len(deals)),
             "outcomes": {k: sum(g["outcome"] == k for g in done)
                          for k in ("deal", "walk_away", "turn_limit", "timeout", "agent_error")},
-            "mean_turns": mean_interval([g["turns"] for g in done])[0],
+            "turns": mean_interval([g["turns"] for g in done])[0],
         }
-        for who in ("human_score", "agent_score"):
-            m, lo, hi = mean_interval([g[who] for g in done])
-            entry[who] = {"mean": m, "ci": (lo, hi), "n": len(done)}
+        for measure, column in (("score", "agent_score"), ("partner_score", "human_score")):
+            m, lo, hi = mean_interval([g[column] for g in done])
+            entry[measure] = {"mean": m, "ci": (lo, hi), "n": len(done)}
         surveys = [v for v in tables["surveys"] if v["agent"] == agent]
         entry["survey"] = {}
         for q in SURVEY_QUESTIONS:
@@ -350,8 +352,8 @@ def markdown_report(tables: dict[str, list[dict]], study: str | None = None) -> 
              "|---|---|---|---|---|---|---|---|"]
     for agent, s in summary.items():
         lines.append(f"| {agent} | {s['games']} | {s['finished']} | {_pct(s['agreement'], s['agreement_ci'])} | "
-                     f"{_pct(s['pareto'], s['pareto_ci'])} | {_mean(s['human_score'])} | "
-                     f"{_mean(s['agent_score'])} | {_fmt(s['mean_turns'], 1)} |")
+                     f"{_pct(s['pareto'], s['pareto_ci'])} | {_mean(s['partner_score'])} | "
+                     f"{_mean(s['score'])} | {_fmt(s['turns'], 1)} |")
     lines += ["", "How games ended:", "", "| agent | deal | walk away | turn limit | timeout | agent error |",
               "|---|---|---|---|---|---|"]
     for agent, s in summary.items():

@@ -266,7 +266,8 @@ def test_statistics_helpers():
                                              "turns": 3, "human_score": 0, "agent_score": 0}],
               "surveys": [], "participants": [], "events": [], "transcripts": []}
     s = summarise(tables)["a"]
-    assert s["agreement"] == 0.5 and s["pareto"] == 1.0 and s["human_score"]["mean"] == 3
+    assert s["agreement"] == 0.5 and s["pareto"] == 1.0 and s["partner_score"]["mean"] == 3
+    assert s["score"]["mean"] == 3.5 and s["turns"] == 2.5
 
 
 def test_tables_of_one_study_leave_other_studies_out(tmp_path):

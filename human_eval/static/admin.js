@@ -58,7 +58,7 @@ async function load() {
     const results = await (await get("/api/admin/results")).json();
     table($("results-table"), ["agent", "finished", "agreement", "Pareto-optimal deals", "person score", "agent score", "fair", "human-like", "again"],
       Object.entries(results.summary).map(([name, s]) => [name, s.finished, pct(s.agreement), pct(s.pareto),
-        num(s.human_score.mean), num(s.agent_score.mean), num(s.survey.fair.mean), num(s.survey.human_like.mean),
+        num(s.partner_score.mean), num(s.score.mean), num(s.survey.fair.mean), num(s.survey.human_like.mean),
         num(s.survey.negotiate_again.mean)]));
     const plots = $("plots");
     plots.replaceChildren();
