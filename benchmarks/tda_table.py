@@ -18,7 +18,8 @@ What it does, per seed:
    partner score, agreement % and Pareto-optimal % of deals.
 
 It prints a markdown table (mean +- std over seeds), saves a scatter plot of utility against Pareto %,
-appends both to ``benchmarks/RESULTS.md`` with the date, the command and the machine, and states
+writes both to its section of ``benchmarks/RESULTS.md`` (one per ``--selection``) with the date, the
+command and the machine, and states
 whether TDA got both high utility and Pareto-optimal deals where SL and RL each got one.
 """
 
@@ -56,7 +57,6 @@ from parley.oracles.expert import ScriptedExpert  # noqa: E402
 from parley.oracles.tda import METHODS, TDAConfig, train_method  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
 FIGURE = HERE / "figures" / "tda_scatter.png"
 DEFAULT_CORPUS = HERE.parent.parent / "shared" / "data" / "dealornodeal"
 MEASURES = ("score", "partner_score", "agreement", "pareto")
@@ -230,8 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores visible, Python {platform.python_version()}, "
                f"torch {torch.__version__}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with RESULTS.open("a") as f:
-        f.write(f"\n## Targeted data acquisition vs baselines ({now})\n\n"
+    from common import save_results_section  # this folder is on the path when run as a script
+
+    # One section per selection rule: a rerun replaces the section of its own rule.
+    title = "Targeted data acquisition vs baselines" + ("" if args.selection == "likelihood"
+                                                        else f", {args.selection} selection")
+    save_results_section(f"## {title} ({now})\n\n"
                 f"Command: `{command.strip()}`  \nMachine: {machine}  \n"
                 f"Corpus: {description}  \n"
                 f"Settings: {args.seeds} seeds; {args.rounds} rounds x {args.games_per_round} PPO games (RL baselines: "
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"the held-out SL partner (trained on a disjoint 30% of scenarios); evaluated agents act greedily, the held-out partner samples. "
                 f"Pareto % is the share of deals that are Pareto-optimal. Total {elapsed / 60:.1f} min.\n\n"
                 f"{text}\n\n{conclusion}\n\n![utility vs Pareto %](figures/{figure.name})\n")
-    print(f"appended to {RESULTS}; figure {figure}")
+    print(f"figure {figure}")
 
 
 if __name__ == "__main__":
