@@ -59,6 +59,10 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(err)) from None
         typer.echo(f"study {config.study!r} with agents {', '.join(a.name for a in config.agents)} at "
                    f"http://{host}:{port}/?study={config.study}&pid=PARTICIPANT_ID (admin: /admin)")
+        if config.entry == "signed":
+            sig = app.state.signer.sign_link(config.study, "pilot-1")
+            typer.echo(f"links must be signed (POST /api/admin/links makes them); a first one: "
+                       f"http://{host}:{port}/?study={config.study}&pid=pilot-1&sig={sig}")
         uvicorn.run(app, host=host, port=port, log_level=os.environ.get("PARLEY_LOG_LEVEL", "info"),
                     proxy_headers=proxy, forwarded_allow_ips="127.0.0.1" if proxy else None,
                     server_header=False)

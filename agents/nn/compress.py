@@ -46,7 +46,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from parley.envs.negotiation import NUM_ACTIONS, BatchedNegotiation, sample_context_arrays
+from parley.envs.negotiation import NUM_ACTIONS, sample_context_arrays
+from parley.envs.play import PlayStep, play_batch
 from parley.utils import resolve_device
 
 QUANT_BACKENDS = ("auto", "dynamic", "torchao")
@@ -213,25 +214,21 @@ def _logits(model: Callable[[torch.Tensor], Any], obs: torch.Tensor) -> torch.Te
 def collect_observations(policy: Any, n_games: int, *, max_turns: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Observations and action masks met by ``policy`` in ``n_games`` games of self-play.
 
-    ``policy`` implements ``act_batch(observations, action_masks)``. Returns float32 (N, D) and int8
+    ``policy`` implements ``act_batch(observations, action_masks)``; the games run on
+    :func:`parley.envs.play.play_batch`, so an illegal act raises. Returns float32 (N, D) and int8
     (N, 252) arrays, one row per act taken.
     """
     rng = np.random.default_rng(seed)
-    games = BatchedNegotiation(n_games, max_turns=max_turns)
     counts, values = sample_context_arrays(rng, n_games)
-    games.reset_games(np.arange(n_games), counts, values, rng.integers(0, 2, size=n_games))
     observations, masks = [], []
-    while not games.done.all():
-        live = ~games.done
-        obs = games.observations(games.current_player)
-        legal = games.legal_masks()
-        observations.append(obs[live])
-        masks.append(legal[live])
-        actions = np.zeros(n_games, dtype=np.int64)
-        actions[live] = policy.act_batch(obs[live], legal[live])
-        illegal = games.apply_actions(actions)
-        if illegal.any():
-            games.end_games(np.flatnonzero(illegal))
+
+    def keep(step: PlayStep) -> None:
+        observations.append(step.observations)
+        masks.append(step.masks)
+
+    # One agent in both seats: each step's acts come from one act_batch call over every live game.
+    play_batch([policy], counts, values, rng.integers(0, 2, size=n_games),
+               seating=np.zeros((n_games, 2), dtype=np.int64), max_turns=max_turns, on_step=keep)
     return np.concatenate(observations), np.concatenate(masks)
 
 
