@@ -5,21 +5,26 @@ A compact, single-file PPO in the manner of CleanRL, written for the targeted-da
 thousands of game steps per second on a CPU. It trains a :class:`~parley.agents.nn.torch_policy.TorchPolicy`
 directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
 
-* every iteration plays ``games_per_iteration`` complete games at once; in each game the learner's seat
-  and the first mover are drawn at random, the other seat is played by ``partner`` (any batched
-  :class:`~parley.envs.policy.Policy`: a scripted partner, a supervised partner model, ...) or, given
-  a list of policies, by one of them drawn uniformly per game (a partner pool);
+* every iteration plays ``games_per_iteration`` complete games at once with
+  :func:`parley.envs.play.play_batch`; in each game the learner's seat and the first mover are drawn
+  at random, the other seat is played by ``partner`` (any batched :class:`~parley.envs.policy.Policy`:
+  a scripted partner, a supervised partner model, ...) or, given a list of policies, by one of them
+  drawn uniformly per game (a partner pool); play_batch's ``on_step`` hook records the learner's
+  observations, masks, acts, log-probabilities and values;
 * the learner's decisions form short episodes (at most ``ceil(max_turns / 2)`` steps) whose only
   reward comes at the end of the game; advantages use GAE over the learner's own steps;
-* illegal actions never happen: the policy's logits are masked with the rules' legal-action mask;
+* the learner never acts illegally: its logits are masked with the rules' legal-action mask (a
+  partner's illegal act raises :class:`~parley.envs.negotiation.IllegalActionError`);
 * the reward is chosen by name (:data:`REWARDS`) -- the learner's own points, or a *tailored* reward
   (Pareto bonus, prosocial mix, fairness penalty) for the baselines of Kwon et al. (2021);
 * ``sl_coef > 0`` adds a behaviour-cloning loss on a supervised dataset to every update ("SL+RL").
 
 Rewards are multiplied by ``reward_scale`` (default 0.1: points / 10, the most an agent can score) so
-values stay near [0, 1]. The history counts ``learner_steps`` (the learner's decisions: what a
-single-agent env with the partner inside calls env steps, and what RLlib and Stable-Baselines3 count)
-and ``env_steps`` (both sides' acts). ``on_iteration(row, optimizer)`` is called after every iteration
+values stay near [0, 1]. Each history row reports the iteration's games from the learner's side with
+the measures of :mod:`parley.agents.evaluation` (``score``, ``partner_score``, ``agreement``,
+``pareto``, ...) and counts ``learner_steps`` (the learner's decisions: what a single-agent env with
+the partner inside calls env steps, and what RLlib and Stable-Baselines3 count) and ``env_steps``
+(both sides' acts). ``on_iteration(row, optimizer)`` is called after every iteration
 and may stop training by returning True; ``parley train --framework native`` uses it for its logs and
 checkpoints, and ``start_iteration``/``optimizer_state`` for ``--resume``.
 
