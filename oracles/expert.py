@@ -25,24 +25,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from parley.envs.negotiation import ALL_SPLITS, encode_act
+from parley.envs.negotiation import ALL_SPLITS, encode_act, pareto_frontier_masks
 from parley.oracles.base import Oracle, OracleAnswer, OracleQuery
 
 
 def _split_utilities(counts: Sequence[int], own_values: Sequence[int], other_values: Sequence[int]):
-    """Feasible splits (what the responder keeps) and both utilities for each."""
+    """Feasible splits (what the responder keeps), both utilities for each, and the Pareto frontier.
+
+    The frontier is the rules' :func:`~parley.envs.negotiation.pareto_frontier_masks` of the context
+    seen from the responder's seat (the responder's values first).
+    """
     counts = np.asarray(counts)
     feasible = np.all(ALL_SPLITS <= counts, axis=1)
     splits = ALL_SPLITS[feasible]
     own = splits @ np.asarray(own_values)
     other = (counts - splits) @ np.asarray(other_values)
-    return splits, own, other
-
-
-def _pareto_mask(own: np.ndarray, other: np.ndarray) -> np.ndarray:
-    better_eq = (own[None, :] >= own[:, None]) & (other[None, :] >= other[:, None])
-    strictly = (own[None, :] > own[:, None]) | (other[None, :] > other[:, None])
-    return ~np.any(better_eq & strictly, axis=1)
+    frontier = pareto_frontier_masks(counts[None], np.array([[own_values, other_values]]))[0][feasible]
+    return splits, own, other, frontier
 
 
 class ScriptedExpert(Oracle):
@@ -65,8 +64,7 @@ class ScriptedExpert(Oracle):
     def answer_one(self, query: OracleQuery) -> OracleAnswer:
         r = query.responder
         state = query.state()
-        splits, own, other = _split_utilities(query.counts, query.values[r], query.values[1 - r])
-        frontier = _pareto_mask(own, other)
+        splits, own, other, frontier = _split_utilities(query.counts, query.values[r], query.values[1 - r])
         turn = len(query.history)
         target = self.target(turn, query.max_turns)
         offer = query.standing_offer_for_responder()
