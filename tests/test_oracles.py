@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -27,7 +29,7 @@ from parley.oracles.base import (
     collect_answers,
     validate_answer,
 )
-from parley.oracles.expert import ScriptedExpert, _pareto_mask, _split_utilities
+from parley.oracles.expert import ScriptedExpert
 from parley.oracles.human import HumanOracle
 from parley.oracles.model import ModelOracle
 from parley.oracles.queue import QueryQueue, parse_act_text
@@ -97,9 +99,13 @@ def test_human_oracle_returns_none_for_unanswered_queries(tmp_path):
 
 
 def frontier(query: OracleQuery) -> set[tuple[int, int, int]]:
+    """The splits (what the responder keeps) that no other split beats for both sides, by brute force."""
     r = query.responder
-    splits, own, other = _split_utilities(query.counts, query.values[r], query.values[1 - r])
-    return {tuple(int(k) for k in s) for s in splits[_pareto_mask(own, other)]}
+    own_values, other_values = np.array(query.values[r]), np.array(query.values[1 - r])
+    splits = [s for s in itertools.product(*(range(c + 1) for c in query.counts))]
+    utilities = [(int(np.dot(s, own_values)), int(np.dot(np.subtract(query.counts, s), other_values))) for s in splits]
+    return {s for s, (u, v) in zip(splits, utilities)
+            if not any(a >= u and b >= v and (a > u or b > v) for a, b in utilities)}
 
 
 def test_scripted_expert_is_pareto_aware():
