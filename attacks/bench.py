@@ -11,7 +11,7 @@ Cells run on Ray tasks (``executor="ray"``, or ``"auto"`` with a Ray address), o
 (``"process"``; ``"auto"`` with ``workers > 1``) or in this process (``"serial"``; ``"auto"`` with one
 worker). Each finished cell is appended to ``results.csv`` at once, so an interrupted run resumes where
 it stopped: cells already in the CSV with the same configuration are skipped. The summary table
-(``summary.md``: mean +- std over pairs and seeds) and plots (``asr.png``) are rewritten at the end.
+(``summary.md``: mean over source/target pairs with a 95% confidence interval) and plots (``asr.png``) are rewritten at the end.
 
 >>> from parley.attacks.bench import BenchConfig, run_grid
 >>> rows = run_grid(BenchConfig(dataset="digits", attacks=("sleeper_agent", "random"),
@@ -26,12 +26,15 @@ import hashlib
 import json
 import math
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from parley.attacks.checks import check_type
 
 __all__ = [
     "BenchConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "read_rows",
     "summarize",
     "summary_markdown",
+    "mean_ci95",
     "plot_summary",
 ]
 
@@ -56,9 +60,11 @@ RECIPES = ("tiny", "dataset", "paper")
 #: Columns of ``results.csv``, in order.
 COLUMNS = (
     "config_id", "dataset", "victim", "recipe", "attack", "defense", "pair", "source_class", "target_class",
-    "seed", "attack_success_rate", "clean_accuracy", "robust_accuracy", "craft_time_s", "defense_time_s",
-    "train_time_s", "episode_time_s", "poisons", "removed", "poison_precision", "poison_recall",
-    "strip_detection_rate", "strip_false_rejection_rate", "attacker_reward", "defender_reward", "error",
+    "seed", "attack_success_rate", "full_attack_success_rate", "clean_accuracy", "clean_accuracy_drop",
+    "reference_clean_accuracy", "reference_attack_success_rate", "robust_accuracy", "full_robust_accuracy",
+    "craft_time_s", "defense_time_s", "train_time_s", "episode_time_s", "poisons", "removed", "poison_precision",
+    "poison_recall", "strip_detection_rate", "strip_false_rejection_rate", "attacker_reward", "defender_reward",
+    "error",
 )
 _KEY = ("config_id", "attack", "defense", "source_class", "target_class", "seed")
 
@@ -66,8 +72,9 @@ _KEY = ("config_id", "attack", "defense", "source_class", "target_class", "seed"
 #: Bumped when the attacks' default schedules change, so that cells crafted under the old ones are rerun
 #: (2: Sleeper Agent takes its schedule for the dataset, see ``make_attack_for``; 3: the small-image
 #: schedule became ART's short un-augmented one, see ``SleeperAgentConfig.small_images``; 4: that
-#: schedule matches an ensemble of two surrogates).
-ATTACK_SCHEDULE = 4
+#: schedule matches an ensemble of two surrogates; 5: stamp attacks paste a full-contrast trigger,
+#: BadNets is all-to-one, and the metrics gained full ASR and the clean reference).
+ATTACK_SCHEDULE = 5
 
 @dataclass
 class BenchConfig:
@@ -91,6 +98,8 @@ class BenchConfig:
         attack_kwargs: Per-attack config overrides, ``{"sleeper_agent": {"steps": 60}}``.
         defense_kwargs: Per-defense constructor arguments.
         pair_seed: Seed of the pair draw.
+        trigger_placement: ``random`` (a fresh place per image, as in Sleeper Agent) or ``fixed`` (the
+            bottom-right corner, as BackdoorBench places BadNets' patch).
         dataset_kwargs: Keyword arguments of the dataset loader.
         train_subset: Keep this many training images per class (stratified), or None for all.
         workers: Parallel cells.
@@ -101,12 +110,12 @@ class BenchConfig:
         out: Output folder for ``results.csv``, ``summary.md`` and plots.
     """
 
-    dataset: str = "digits"
+    dataset: str = "mnist5k"
     attacks: tuple[str, ...] = ("sleeper_agent", "badnets", "htba", "random")
     defenses: tuple[str, ...] = ("none", "spectral")
-    pairs: int = 5
-    seeds: int = 3
-    budget: float = 0.01
+    pairs: int = 10
+    seeds: int = 1
+    budget: float = 0.05
     eps: float = 16 / 255
     victim: str = "small_cnn"
     victim_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -124,6 +133,7 @@ class BenchConfig:
     threads_per_worker: int = 1
     device: str = "auto"
     out: str = "bench-attacks"
+    trigger_placement: str = "random"
 
     def __post_init__(self) -> None:
         self.attacks = tuple(self.attacks)
@@ -133,7 +143,7 @@ class BenchConfig:
         """Hash of everything that changes a cell's result (not the grid size, workers or output)."""
         relevant = {k: getattr(self, k) for k in (
             "dataset", "budget", "eps", "victim", "victim_kwargs", "recipe", "recipe_overrides", "epochs",
-            "attack_kwargs", "defense_kwargs", "dataset_kwargs", "train_subset")}
+            "attack_kwargs", "defense_kwargs", "dataset_kwargs", "train_subset", "trigger_placement")}
         relevant["attack_schedule"] = ATTACK_SCHEDULE
         blob = json.dumps(relevant, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -165,6 +175,31 @@ def validate(config: BenchConfig) -> None:
     from parley.attacks.victims import available_victims
 
     problems: list[str] = []
+    hints = typing.get_type_hints(BenchConfig)
+    for item in dataclasses.fields(config):
+        try:
+            check_type("BenchConfig", item.name, getattr(config, item.name), hints[item.name])
+        except TypeError as error:
+            problems.append(str(error))
+    if problems:  # wrong types make the value checks below meaningless
+        raise ValueError("; ".join(problems))
+    from parley.attacks.triggers import PLACEMENTS
+
+    if config.trigger_placement not in PLACEMENTS:
+        problems.append(f"unknown trigger placement {config.trigger_placement!r}; choose from {', '.join(PLACEMENTS)}")
+    if config.threads_per_worker < 1:
+        problems.append(f"threads_per_worker must be >= 1, got {config.threads_per_worker}")
+    if config.train_subset is not None and config.train_subset < 1:
+        problems.append(f"train_subset must be >= 1 image per class, got {config.train_subset}")
+    if config.device != "auto" and config.device != "cpu" and not config.device.startswith("cuda"):
+        problems.append(f"unknown device {config.device!r}; choose from auto, cpu, cuda, cuda:N")
+    if config.recipe_overrides:
+        from parley.attacks.victims import TrainingRecipe
+
+        try:
+            TrainingRecipe().replace(**config.recipe_overrides)
+        except (TypeError, ValueError) as error:
+            problems.append(f"recipe_overrides: {error}")
     if config.dataset not in DATASETS:
         problems.append(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     elif config.dataset in ("cifar10", "mnist") and "path" not in config.dataset_kwargs:
@@ -316,7 +351,7 @@ def run_cell(config: BenchConfig, cell: Cell, dataset=None) -> dict[str, Any]:
         dataset=dataset, budget=config.budget, eps=config.eps, recipe=_recipe(config, dataset),
         defense_enabled=True, seed=cell.seed, victim=config.victim, victim_kwargs=config.victim_kwargs,
         allow_relabel=True, training_defense=defense if defense.stage == "training" else None,
-        device=config.device)
+        device=config.device, trigger_placement=config.trigger_placement)
     episode = play_episode(env, attack, defense, source_class=cell.source_class, target_class=cell.target_class,
                            seed=cell.seed, strip_eval=defense.stage == "inference")
     env.close()
@@ -463,8 +498,9 @@ def run_grid(config: BenchConfig, *, progress: bool = True,
 
 # ---------------------------------------------------------------------------------------------- summary
 
-_METRICS = ("attack_success_rate", "clean_accuracy", "robust_accuracy", "craft_time_s", "poison_recall",
-            "strip_detection_rate", "strip_false_rejection_rate")
+_METRICS = ("attack_success_rate", "full_attack_success_rate", "clean_accuracy", "clean_accuracy_drop",
+            "robust_accuracy", "full_robust_accuracy", "reference_attack_success_rate", "craft_time_s",
+            "poison_recall", "strip_detection_rate", "strip_false_rejection_rate")
 
 
 def _floats(rows: list[dict[str, str]], column: str) -> np.ndarray:
@@ -472,10 +508,25 @@ def _floats(rows: list[dict[str, str]], column: str) -> np.ndarray:
     return np.array([v for v in values if not math.isnan(v)])
 
 
+def mean_ci95(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (Student's t); the half-width is NaN for
+    fewer than two values, both are NaN for none."""
+    values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(values) == 0:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return float(values[0]), math.nan
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return float(values.mean()), half
+
+
 def summarize(rows: list[dict[str, str]], config: BenchConfig | None = None) -> list[dict[str, Any]]:
-    """Mean and std of each metric per (attack, defense), over pairs and seeds; failed cells are counted
-    apart and left out of the statistics. Entries follow the config's attack and defense order when a
-    config is given, else the order of first appearance."""
+    """Per (attack, defense): each metric averaged over the seeds of a source/target pair, then its mean
+    over pairs with a 95% confidence interval (``(mean, half_width)``; the pairs are the units, so the
+    interval speaks for new pairs). Failed cells are counted apart and left out. Entries follow the
+    config's attack and defense order when a config is given, else the order of first appearance."""
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     if config is not None:
         groups = {(a, d): [] for a in config.attacks for d in config.defenses}
@@ -485,45 +536,55 @@ def summarize(rows: list[dict[str, str]], config: BenchConfig | None = None) -> 
     summary = []
     for (attack, defense), members in groups.items():
         ok = [r for r in members if not r.get("error")]
+        by_pair: dict[tuple[str, str], list[dict[str, str]]] = {}
+        for row in ok:
+            by_pair.setdefault((str(row.get("source_class")), str(row.get("target_class"))), []).append(row)
         entry: dict[str, Any] = {"attack": attack, "defense": defense, "cells": len(ok),
-                                 "failed": len(members) - len(ok)}
+                                 "failed": len(members) - len(ok), "pairs": len(by_pair)}
         for metric in _METRICS:
-            values = _floats(ok, metric)
-            entry[metric] = (float(values.mean()), float(values.std())) if len(values) else (math.nan, math.nan)
+            pair_means = [float(values.mean()) for values in (_floats(r, metric) for r in by_pair.values())
+                          if len(values)]
+            entry[metric] = mean_ci95(pair_means)
         summary.append(entry)
     return summary
 
 
 def _pm(stat: tuple[float, float], percent: bool) -> str:
-    mean, std = stat
+    mean, half = stat
     if math.isnan(mean):
         return "–"
-    if percent:
-        return f"{100 * mean:.1f} ± {100 * std:.1f}"
-    return f"{mean:.1f} ± {std:.1f}" if mean >= 10 else f"{mean:.2f} ± {std:.2f}"
+    scale = 100 if percent else 1
+    digits = 1 if percent or abs(mean) >= 10 else 2
+    text = f"{scale * mean:.{digits}f}"
+    return text if math.isnan(half) else f"{text} ± {scale * half:.{digits}f}"
 
 
 def summary_markdown(summary: list[dict[str, Any]], config: BenchConfig | None = None) -> str:
-    """The summary as a markdown table (percentages for rates, seconds for crafting time)."""
+    """The summary as a markdown table: means over source/target pairs ± the 95% confidence interval's
+    half-width (percentages for rates, points for the clean-accuracy drop, seconds for crafting)."""
     lines = []
     if config is not None:
         lines.append(f"Dataset {config.dataset}, victim {config.victim}, recipe {config.recipe}, budget "
-                     f"{config.budget:.2%}, eps {config.eps * 255:.0f}/255, {config.pairs} pairs x {config.seeds} "
-                     f"seeds (config {config.config_id()}).\n")
-    lines.append("| attack | defense | cells | ASR % | clean acc % | R-Acc % | crafting s | poison recall % "
-                 "| STRIP detection % | STRIP false rejection % |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                     f"{config.budget:.2%}, eps {config.eps * 255:.0f}/255, trigger {config.trigger_placement}, "
+                     f"{config.pairs} pairs x {config.seeds} seeds (config {config.config_id()}); mean over pairs "
+                     "± 95% CI.\n")
+    lines.append("| attack | defense | cells | source ASR % | full ASR % | clean acc % | clean-acc drop (points) "
+                 "| R-Acc % | patch alone ASR % | crafting s | poison recall % | STRIP detection % "
+                 "| STRIP false rejection % |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for e in summary:
         cells = f"{e['cells']}" + (f" ({e['failed']} failed)" if e["failed"] else "")
         lines.append(f"| {e['attack']} | {e['defense']} | {cells} | {_pm(e['attack_success_rate'], True)} | "
-                     f"{_pm(e['clean_accuracy'], True)} | {_pm(e['robust_accuracy'], True)} | "
-                     f"{_pm(e['craft_time_s'], False)} | {_pm(e['poison_recall'], True)} | "
-                     f"{_pm(e['strip_detection_rate'], True)} | {_pm(e['strip_false_rejection_rate'], True)} |")
+                     f"{_pm(e['full_attack_success_rate'], True)} | {_pm(e['clean_accuracy'], True)} | "
+                     f"{_pm(e['clean_accuracy_drop'], True)} | {_pm(e['robust_accuracy'], True)} | "
+                     f"{_pm(e['reference_attack_success_rate'], True)} | {_pm(e['craft_time_s'], False)} | "
+                     f"{_pm(e['poison_recall'], True)} | {_pm(e['strip_detection_rate'], True)} | "
+                     f"{_pm(e['strip_false_rejection_rate'], True)} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_summary(summary: list[dict[str, Any]], path: str | Path) -> Path | None:
-    """Grouped bar charts of ASR and clean accuracy (mean ± std) per attack and defense, saved as PNG.
+    """Grouped bar charts of ASR and clean accuracy (mean ± 95% CI) per attack and defense, saved as PNG.
     Returns None (and draws nothing) when matplotlib is missing."""
     try:
         import matplotlib
@@ -542,7 +603,7 @@ def plot_summary(summary: list[dict[str, Any]], path: str | Path) -> Path | None
         for j, defense in enumerate(defenses):
             stats = [lookup.get((a, defense), {}).get(metric, (math.nan, math.nan)) for a in attacks]
             xs = np.arange(len(attacks)) + (j - (len(defenses) - 1) / 2) * width
-            ax.bar(xs, [100 * s[0] for s in stats], width, yerr=[100 * s[1] for s in stats], label=defense,
+            ax.bar(xs, [100 * s[0] for s in stats], width, yerr=[100 * np.nan_to_num(s[1]) for s in stats], label=defense,
                    capsize=2)
         ax.set_xticks(np.arange(len(attacks)), attacks, rotation=20)
         ax.set_title(f"{title} (%)")

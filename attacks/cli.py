@@ -32,25 +32,31 @@ def _options(pairs: list[str], kind: str) -> dict[str, dict[str, object]]:
 
 
 def bench_attacks(
-    dataset: str = typer.Option("digits", help="digits, mnist5k, synthetic, cifar10 or mnist (the last two "
-                                                "need --data-path)."),
+    dataset: str = typer.Option("mnist5k", help="mnist5k (default: 5,000 real 28x28 digits), digits (8x8, fast "
+                                                 "smoke setting), synthetic, cifar10 or mnist (the last two need "
+                                                 "--data-path)."),
     attacks: str = typer.Option("sleeper_agent,badnets,htba,random", help="Comma-separated attack names."),
     defenses: str = typer.Option("none,spectral", help="Comma-separated defense names."),
-    pairs: int = typer.Option(5, min=1, help="Source/target class pairs (shared by every cell)."),
-    seeds: int = typer.Option(3, min=1, help="Seeds per pair."),
+    pairs: int = typer.Option(10, min=1, help="Source/target class pairs (shared by every cell); the table "
+                                              "gives means over pairs with a 95% confidence interval."),
+    seeds: int = typer.Option(1, min=1, help="Seeds per pair."),
     pair_seed: int = typer.Option(0, help="Seed of the source/target pair draw."),
     workers: int = typer.Option(1, min=1, help="Cells run in parallel."),
     ray_address: str = typer.Option(None, help="Run cells as tasks on this Ray cluster ('auto' finds a local one)."),
     executor: str = typer.Option("auto", help="auto, ray, process or serial (auto: ray with --ray-address, "
                                               "processes with --workers > 1, else serial)."),
     out: str = typer.Option("bench-attacks", help="Folder for results.csv, summary.md and asr.png."),
-    budget: float = typer.Option(0.01, help="Poisoned share of the training set."),
-    eps: float = typer.Option(16 / 255, help="l-infinity bound of each perturbation in [0, 1] pixel units."),
+    budget: float = typer.Option(0.05, help="Poisoned share of the training set, in (0, 1]."),
+    eps: float = typer.Option(16 / 255, help="l-infinity bound of clean-label perturbations in [0, 1] pixel "
+                                             "units, in (0, 1]; stamp attacks (badnets, clean_label) paste "
+                                             "a full-contrast trigger."),
+    trigger_placement: str = typer.Option("random", help="random (a fresh place per image) or fixed (the "
+                                                         "bottom-right corner, as BackdoorBench's BadNets)."),
     victim: str = typer.Option("small_cnn", help="Victim architecture."),
-    width: int = typer.Option(None, help="Victim width (channels of its first layer)."),
+    width: int = typer.Option(None, min=1, help="Victim width (channels of its first layer)."),
     recipe: str = typer.Option("dataset", help="Victim schedule: tiny, dataset or paper."),
-    epochs: int = typer.Option(None, help="Stretch or squeeze the recipe to this many epochs."),
-    train_subset: int = typer.Option(None, help="Keep this many training images per class."),
+    epochs: int = typer.Option(None, min=1, help="Stretch or squeeze the recipe to this many epochs."),
+    train_subset: int = typer.Option(None, min=1, help="Keep this many training images per class."),
     data_path: str = typer.Option(None, help="Folder of local CIFAR-10 / MNIST files."),
     attack_option: list[str] = typer.Option([], "--attack-option", help="ATTACK.OPTION=VALUE, repeatable "
                                                                         "(e.g. sleeper_agent.steps=60)."),
@@ -60,7 +66,7 @@ def bench_attacks(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Run every attack x defense x pair x seed cell as a poisoning_v0 episode; skip cells already in
-    OUT/results.csv; write a mean ± std table and plots."""
+    OUT/results.csv; write a table of means over pairs with 95% confidence intervals, and plots."""
     from parley.attacks.bench import BenchConfig, run_grid, summarize, summary_markdown, validate
 
     config = BenchConfig(
@@ -70,7 +76,8 @@ def bench_attacks(
         epochs=epochs, attack_kwargs=_options(attack_option, "ATTACK"),
         defense_kwargs=_options(defense_option, "DEFENSE"),
         dataset_kwargs={"path": data_path} if data_path else {}, train_subset=train_subset, workers=workers,
-        executor=executor, ray_address=ray_address, threads_per_worker=threads, device=device, out=out)
+        executor=executor, ray_address=ray_address, threads_per_worker=threads, device=device, out=out,
+        trigger_placement=trigger_placement)
     try:
         validate(config)
         rows = run_grid(config, progress=not quiet)

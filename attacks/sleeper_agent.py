@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parley.attacks.base import Attack, Scenario, Submission, random_generator, register_attack
+from parley.attacks.checks import check_dataclass_types, require_choice, require_range
 from parley.attacks.victims import TrainingRecipe, augment, train_model
 from parley.utils import resolve_device
 
@@ -82,6 +83,8 @@ class SleeperAgentConfig:
         surrogate, so the poisons also match the gradients a victim sees part way through its training
         (empty: the trained surrogate only, as in the paper). Retrained surrogates keep theirs too.
         Crafting cost per step grows with the number of networks matched; no extra training is needed.
+    :param source_images: use at most this many source-class training images (a seeded random choice)
+        for ``g_s``; None uses all of them (the reference code caps them at 5,000, BackdoorBox at 1,000).
     """
 
     steps: int = 250
@@ -101,19 +104,26 @@ class SleeperAgentConfig:
     tanh_lr: float = 0.1
     trigger_draws: int = 1
     surrogate_snapshots: tuple[float, ...] = ()
+    source_images: int | None = None
 
     def __post_init__(self) -> None:
-        if self.selection not in ("gradient_norm", "random"):
-            raise ValueError(f"selection must be 'gradient_norm' or 'random', got {self.selection!r}")
-        if self.parametrisation not in ("direct", "tanh"):
-            raise ValueError(f"parametrisation must be 'direct' or 'tanh', got {self.parametrisation!r}")
-        if self.steps < 1 or self.restarts < 1 or self.retrain_times < 0 or self.ensemble < 1:
-            raise ValueError("steps, restarts and ensemble must be >= 1 and retrain_times >= 0")
-        if self.trigger_draws < 1:
-            raise ValueError(f"trigger_draws must be >= 1, got {self.trigger_draws}")
-        self.surrogate_snapshots = tuple(float(f) for f in self.surrogate_snapshots)
+        check_dataclass_types(self)
+        owner = type(self).__name__
+        require_choice(owner, "selection", self.selection, ("gradient_norm", "random"))
+        require_choice(owner, "parametrisation", self.parametrisation, ("direct", "tanh"))
+        for name in ("steps", "restarts", "ensemble", "poison_batch_size", "source_batch_size", "trigger_draws"):
+            require_range(owner, name, getattr(self, name), 1)
+        require_range(owner, "retrain_times", self.retrain_times, 0)
+        if self.surrogate_epochs is not None:
+            require_range(owner, "surrogate_epochs", self.surrogate_epochs, 1)
+        if self.source_images is not None:
+            require_range(owner, "source_images", self.source_images, 1)
+        require_range(owner, "lr", self.lr, 0, low_open=True)
+        require_range(owner, "tanh_lr", self.tanh_lr, 0, low_open=True)
+        for fraction in self.lr_drops:
+            require_range(owner, "lr_drops", fraction, 0, 1, low_open=True, high_open=True)
         if any(not 0.0 < f < 1.0 for f in self.surrogate_snapshots):
-            raise ValueError(f"surrogate_snapshots must be fractions strictly between 0 and 1, got "
+            raise ValueError(f"{owner}.surrogate_snapshots must be fractions strictly between 0 and 1, got "
                              f"{self.surrogate_snapshots}")
 
     @classmethod
@@ -235,6 +245,8 @@ class GradientMatcher:
         """Mean gradient of CE(f(patched source training images), target) -- the direction to imitate."""
         s = self.scenario
         idx = s.class_indices(s.source_class)
+        if self.config.source_images is not None and len(idx) > self.config.source_images:
+            idx = np.sort(self.np_rng.choice(idx, size=self.config.source_images, replace=False))
         images = s.x_train[torch.as_tensor(idx)].repeat(self.config.trigger_draws, 1, 1, 1)
         if self.config.use_trigger:
             images = s.trigger.apply(images, seed=self.np_rng)

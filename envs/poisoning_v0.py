@@ -115,15 +115,57 @@ from parley.attacks.base import (
     backdoor_metrics,
     check_submission,
     max_poisons_for,
+    patched_test_set,
     poison_precision_recall,
 )
-from parley.attacks.datasets import ImageDataset, load_dataset
-from parley.attacks.triggers import default_patch_size, make_trigger
-from parley.attacks.victims import TrainingRecipe, make_victim, train_model
+from parley.attacks.datasets import DATASETS, ImageDataset, load_dataset
+from parley.attacks.triggers import PLACEMENTS, default_patch_size, make_trigger
+from parley.attacks.victims import TrainingRecipe, make_victim, predict, train_model
+from parley.utils import resolve_device
 
-__all__ = ["env", "raw_env", "BudgetError", "ImageArraySpace", "SubmissionSpace"]
+__all__ = ["env", "raw_env", "BudgetError", "ImageArraySpace", "SubmissionSpace", "DEFAULT_DATASET", "RECIPE_PRESETS"]
 
 ATTACKER, DEFENDER = "attacker", "defender"
+
+#: The default scenario: 5,000 real 28x28 MNIST digits (``digits``, 8x8, is the fast smoke setting).
+DEFAULT_DATASET = "mnist5k"
+#: Victim schedules selectable by name: ``TrainingRecipe.tiny``, ``.for_dataset`` and ``.paper_cifar10``.
+RECIPE_PRESETS = ("tiny", "dataset", "paper")
+#: Options ``reset`` reads (others are ignored, as PettingZoo's API test expects).
+RESET_OPTIONS = ("source_class", "target_class")
+
+# Predictions of the clean reference victim, keyed by everything that determines them; a reference is
+# shared by every episode with the same seed (its pair and the attack do not change it).
+_CLEAN_REFERENCE_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_CLEAN_REFERENCE_CACHE_SIZE = 64
+
+
+def _recipe_for(recipe: Any, dataset: ImageDataset) -> TrainingRecipe:
+    if recipe is None or recipe == "dataset":
+        return TrainingRecipe.for_dataset(dataset)
+    if isinstance(recipe, TrainingRecipe):
+        return recipe
+    if recipe == "tiny":
+        return TrainingRecipe.tiny(dataset)
+    if recipe == "paper":
+        return TrainingRecipe.paper_cifar10()
+    if isinstance(recipe, str):
+        raise ValueError(f"unknown recipe preset {recipe!r}; choose one of {', '.join(RECIPE_PRESETS)} or pass a "
+                         "TrainingRecipe")
+    raise TypeError(f"recipe must be a TrainingRecipe, a preset name ({', '.join(RECIPE_PRESETS)}) or None; got "
+                    f"{type(recipe).__name__}")
+
+
+def _require_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _require_real(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    return float(value)
 
 
 class ImageArraySpace(gymnasium.Space[np.ndarray]):
@@ -161,10 +203,13 @@ class SubmissionSpace(spaces.Dict):
 
     def __init__(self, num_train: int, max_poisons: int, shape: tuple[int, int, int], eps: float,
                  num_classes: int, seed: int | None = None) -> None:
+        # delta's Box spans [-1, 1]: stamp submissions may change a trigger-sized square freely; the env's
+        # check enforces each threat model's bound.
         super().__init__({
             "indices": spaces.Box(-1, num_train - 1, (max_poisons,), dtype=np.int64),
-            "delta": spaces.Box(-eps, eps, (max_poisons, *shape), dtype=np.float32),
+            "delta": spaces.Box(-1.0, 1.0, (max_poisons, *shape), dtype=np.float32),
             "labels": spaces.Box(-1, num_classes - 1, (max_poisons,), dtype=np.int64),
+            "stamp": spaces.Discrete(2),
         }, seed=seed)
         self.max_poisons = max_poisons
         self.eps = float(eps)
@@ -182,7 +227,8 @@ class SubmissionSpace(spaces.Dict):
             low, high = np.maximum(-self.eps, -base), np.minimum(self.eps, 1.0 - base)
             delta[:k] = (low + rng.random(base.shape, dtype=np.float32) * (high - low)).astype(np.float32)
             delta[:k] = np.clip(delta[:k], low, high)
-        return {"indices": indices, "delta": delta, "labels": np.full(self.max_poisons, -1, dtype=np.int64)}
+        return {"indices": indices, "delta": delta, "labels": np.full(self.max_poisons, -1, dtype=np.int64),
+                "stamp": 0}
 
 
 def env(**kwargs: Any) -> AECEnv:
@@ -195,33 +241,71 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
 
     metadata = {"name": "poisoning_v0", "render_modes": [], "is_parallelizable": False}
 
-    def __init__(self, dataset: str | ImageDataset = "digits", budget: float = 0.01, eps: float = 16 / 255,
-                 recipe: TrainingRecipe | None = None, defense_enabled: bool = True, seed: int | None = None,
+    def __init__(self, dataset: str | ImageDataset = DEFAULT_DATASET, budget: float = 0.01, eps: float = 16 / 255,
+                 recipe: TrainingRecipe | str | None = None, defense_enabled: bool = True, seed: int | None = None,
                  victim: str = "small_cnn", victim_kwargs: dict[str, Any] | None = None,
                  allow_relabel: bool = True, removal_cost: float = 0.001, trigger_size: int | None = None,
-                 training_defense: Any = None, device: str = "auto", render_mode: str | None = None) -> None:
+                 training_defense: Any = None, device: str = "auto", render_mode: str | None = None,
+                 trigger_placement: str = "random", allow_stamp: bool = True, compare_clean: bool = True) -> None:
         super().__init__()
+        # Every argument is checked here, before any data is loaded or a victim trained.
+        if not isinstance(dataset, (str, ImageDataset)):
+            raise TypeError(f"dataset must be a name ({', '.join(DATASETS)}) or an ImageDataset, got "
+                            f"{type(dataset).__name__}")
+        budget, eps = _require_real("budget", budget), _require_real("eps", eps)
+        if not 0 < budget <= 1:
+            raise ValueError(f"budget is a fraction of the training set in (0, 1], got {budget}")
         if not 0 < eps <= 1:
             raise ValueError(f"eps is an l-infinity bound in [0, 1] pixel units, in (0, 1]; got {eps}")
+        removal_cost = _require_real("removal_cost", removal_cost)
         if removal_cost < 0:
             raise ValueError(f"removal_cost must be >= 0, got {removal_cost}")
+        defense_enabled = _require_bool("defense_enabled", defense_enabled)
+        allow_relabel = _require_bool("allow_relabel", allow_relabel)
+        allow_stamp = _require_bool("allow_stamp", allow_stamp)
+        compare_clean = _require_bool("compare_clean", compare_clean)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if not isinstance(victim, str):
+            raise TypeError(f"victim must be a name (e.g. 'small_cnn', 'resnet18'), got {type(victim).__name__}")
+        if victim_kwargs is not None and not isinstance(victim_kwargs, dict):
+            raise TypeError(f"victim_kwargs must be a dict of the victim's keyword arguments, got "
+                            f"{type(victim_kwargs).__name__}")
+        if trigger_placement not in PLACEMENTS:
+            raise ValueError(f"trigger_placement must be one of {', '.join(PLACEMENTS)}; got {trigger_placement!r}")
+        if not isinstance(device, str):
+            raise TypeError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        resolve_device(device)  # an unknown name, or CUDA asked for without one, fails here
         if render_mode is not None:
-            raise ValueError("poisoning_v0 has no render modes")
+            raise ValueError("poisoning_v0 has no render modes; leave render_mode=None")
         self.dataset = load_dataset(dataset)
-        self.budget = float(budget)
-        self.eps = float(eps)
+        height, width = self.dataset.shape[1:]
+        if trigger_size is not None:
+            if isinstance(trigger_size, bool) or not isinstance(trigger_size, (int, np.integer)):
+                raise TypeError(f"trigger_size must be an int or None, got {trigger_size!r}")
+            if not 1 <= trigger_size <= min(height, width):
+                raise ValueError(f"trigger_size must lie in [1, {min(height, width)}] for {height}x{width} images; "
+                                 f"got {trigger_size}")
+        self.budget = budget
+        self.eps = eps
         self.max_poisons = max_poisons_for(self.dataset.num_train, budget)
-        self.recipe = recipe or TrainingRecipe.for_dataset(self.dataset)
+        self.recipe = _recipe_for(recipe, self.dataset)
         self.victim = victim
         self.victim_kwargs = dict(victim_kwargs or {})
         make_victim(victim, self.dataset, **self.victim_kwargs)  # fail now on a bad name or option
         self.allow_relabel = allow_relabel
-        self.removal_cost = float(removal_cost)
-        self.trigger_size = trigger_size or default_patch_size(self.dataset.shape[1])
+        self.allow_stamp = allow_stamp
+        self.compare_clean = compare_clean
+        self.removal_cost = removal_cost
+        self.trigger_size = int(trigger_size or default_patch_size(height))
+        self.trigger_placement = trigger_placement
         if isinstance(training_defense, str):
             from parley.attacks.defenses import make_defense
 
             training_defense = make_defense(training_defense)
+        if training_defense is not None and not callable(getattr(training_defense, "adjust_recipe", None)):
+            raise TypeError("training_defense must be a defense name (e.g. 'dp_sgd', 'mixup', 'cutout') or an object "
+                            f"with adjust_recipe(recipe, image_size=...); got {type(training_defense).__name__}")
         self.training_defense = training_defense
         self.device = device
         self.render_mode = render_mode
@@ -270,7 +354,13 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
             for i, agent in enumerate(self.possible_agents):
                 self.action_spaces[agent].seed(seed + i)
         options = options or {}
+        if not isinstance(options, dict):
+            raise TypeError(f"options must be a dict, got {type(options).__name__}")
         c = self.dataset.num_classes
+        for key in RESET_OPTIONS:
+            value = options.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise TypeError(f"{key} must be an int class index in [0, {c - 1}], got {value!r}")
         source = options.get("source_class")
         target = options.get("target_class")
         source = int(self.np_random.integers(c)) if source is None else int(source)
@@ -281,7 +371,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                              f"got {source} and {target}")
         self.source_class, self.target_class = source, int(target)
         self.episode_seed = int(self.np_random.integers(2**31))
-        self.trigger = make_trigger(self.dataset.shape[0], self.trigger_size, seed=self.episode_seed)
+        self.trigger = make_trigger(self.dataset.shape[0], self.trigger_size, seed=self.episode_seed,
+                                    placement=self.trigger_placement)
         self._x, self._y = self.dataset.x_train, self.dataset.y_train
         self.submission: Submission | None = None
         self.removed = np.zeros(0, dtype=np.int64)
@@ -317,7 +408,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         """The :class:`~parley.attacks.base.Scenario` the attacker's threat model allows."""
         return Scenario(self.dataset.x_train, self.dataset.y_train, self.dataset.num_classes, self.source_class,
                         self.target_class, self.trigger, self.max_poisons, self.eps, self.recipe, self.victim,
-                        dict(self.victim_kwargs), self.allow_relabel, self.episode_seed, self.device)
+                        dict(self.victim_kwargs), self.allow_relabel, self.episode_seed, self.device,
+                        self.allow_stamp)
 
     def step(self, action: Any) -> None:
         agent = self.agent_selection
@@ -345,7 +437,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
             raise ValueError("the attacker must submit an action (a Submission or the Dict from its action space)")
         submission = action if isinstance(action, Submission) else Submission.from_action(action)
         check_submission(submission, self.dataset.x_train, self.dataset.y_train, max_poisons=self.max_poisons,
-                         eps=self.eps, num_classes=self.dataset.num_classes, allow_relabel=self.allow_relabel)
+                         eps=self.eps, num_classes=self.dataset.num_classes, allow_relabel=self.allow_relabel,
+                         stamp_size=self.trigger_size, allow_stamp=self.allow_stamp)
         self.submission = submission
         self._attack_info = dict(submission.info) if isinstance(action, Submission) else {}
         self._x, self._y = apply_checked(submission, self.dataset.x_train, self.dataset.y_train)
@@ -375,9 +468,14 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                             seed=self.episode_seed)
         self._times["train_time_s"] = time.perf_counter() - start
         start = time.perf_counter()
+        patched = patched_test_set(self.dataset.x_test, self.trigger, seed=self.episode_seed + 1)
         metrics = backdoor_metrics(model, self.dataset.x_test, self.dataset.y_test, self.source_class,
-                                   self.target_class, self.trigger, seed=self.episode_seed + 1, device=self.device)
+                                   self.target_class, self.trigger, device=self.device, patched=patched)
         self._times["eval_time_s"] = time.perf_counter() - start
+        if self.compare_clean:
+            start = time.perf_counter()
+            metrics.update(self._clean_reference(patched, metrics["clean_accuracy"]))
+            self._times["reference_time_s"] = time.perf_counter() - start
         poisoned = self.submission.indices if self.submission is not None else np.zeros(0, np.int64)
         precision, recall = poison_precision_recall(self.removed, poisoned)
         clean_removed = int(len(np.setdiff1d(self.removed, poisoned)))
@@ -402,6 +500,45 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
             self.terminations[agent] = True
             self.infos[agent] = dict(info)
         self.last_model = model
+
+    def _clean_reference(self, patched: torch.Tensor, clean_accuracy: float) -> dict[str, float]:
+        """Metrics of a victim of the same seed and recipe trained on the clean, undefended training set:
+        its clean accuracy (and this victim's drop from it) and its ASR on the same patched images (the
+        share the patch alone sends to the target)."""
+        key = self._reference_key()
+        if key not in _CLEAN_REFERENCE_CACHE:
+            torch.manual_seed(self.episode_seed)
+            model = make_victim(self.victim, self.dataset, **self.victim_kwargs)
+            model = train_model(model, self.dataset.x_train, self.dataset.y_train, self.recipe, device=self.device,
+                                seed=self.episode_seed)
+            if len(_CLEAN_REFERENCE_CACHE) >= _CLEAN_REFERENCE_CACHE_SIZE:
+                _CLEAN_REFERENCE_CACHE.pop(next(iter(_CLEAN_REFERENCE_CACHE)))
+            _CLEAN_REFERENCE_CACHE[key] = (predict(model, self.dataset.x_test, self.device),
+                                           predict(model, patched, self.device))
+        clean_pred, patched_pred = _CLEAN_REFERENCE_CACHE[key]
+        labels = self.dataset.y_test.numpy()
+        source = labels == self.source_class
+        reference_accuracy = float((clean_pred == labels).mean())
+        keep = labels != self.target_class
+        return {
+            "reference_clean_accuracy": reference_accuracy,
+            "clean_accuracy_drop": reference_accuracy - clean_accuracy,
+            "reference_attack_success_rate": float((patched_pred[source] == self.target_class).mean()),
+            "reference_full_attack_success_rate": float((patched_pred[keep] == self.target_class).mean()),
+        }
+
+    def _reference_key(self) -> str:
+        import hashlib
+        import json
+
+        if not hasattr(self, "_dataset_digest"):
+            digest = hashlib.sha1()
+            for array in (self.dataset.x_train, self.dataset.y_train, self.dataset.x_test, self.dataset.y_test):
+                digest.update(np.ascontiguousarray(array.numpy()).tobytes())
+            self._dataset_digest = digest.hexdigest()
+        return json.dumps([self._dataset_digest, self.victim, self.victim_kwargs, repr(self.recipe), self.episode_seed,
+                           self.trigger.patch.tolist(), self.trigger.placement, self.device], sort_keys=True,
+                          default=str)
 
     def render(self) -> None:
         return None

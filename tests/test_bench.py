@@ -11,6 +11,7 @@ from parley.attacks.bench import (
     BenchConfig,
     draw_pairs,
     grid_cells,
+    mean_ci95,
     read_rows,
     run_grid,
     summarize,
@@ -81,15 +82,23 @@ def test_grid_runs_episodes_writes_outputs_and_skips_done_cells_on_rerun(tmp_pat
     assert len(read_rows(out / "results.csv")) == 4
 
 
-def test_summary_statistics_skip_failed_cells():
-    rows = [{"attack": "a", "defense": "none", "attack_success_rate": v, "clean_accuracy": "0.9", "error": ""}
-            for v in ("0.2", "0.4")]
-    rows.append({"attack": "a", "defense": "none", "attack_success_rate": "", "error": "RuntimeError: boom"})
+def test_summary_averages_seeds_per_pair_then_gives_a_95_ci_over_pairs_and_skips_failed_cells():
+    def row(source, seed, asr):
+        return {"attack": "a", "defense": "none", "source_class": source, "target_class": 9, "seed": seed,
+                "attack_success_rate": asr, "clean_accuracy": "0.9", "error": ""}
+
+    # pair 1: seeds 0.1 and 0.3 -> 0.2; pair 2: 0.4; pair 3: 0.6
+    rows = [row(1, 0, "0.1"), row(1, 1, "0.3"), row(2, 0, "0.4"), row(3, 0, "0.6")]
+    rows.append({"attack": "a", "defense": "none", "source_class": 4, "target_class": 9,
+                 "attack_success_rate": "", "error": "RuntimeError: boom"})
     (entry,) = summarize(rows)
-    assert entry["cells"] == 2 and entry["failed"] == 1
-    assert entry["attack_success_rate"] == pytest.approx((0.3, 0.1))
+    assert entry["cells"] == 4 and entry["failed"] == 1 and entry["pairs"] == 3
+    mean, half = entry["attack_success_rate"]
+    # t(0.975, 2) = 4.303; the pair means 0.2, 0.4, 0.6 have sample std 0.2
+    assert mean == pytest.approx(0.4) and half == pytest.approx(4.3027 * 0.2 / math.sqrt(3), rel=1e-3)
     assert math.isnan(entry["craft_time_s"][0])
-    assert "| a | none | 2 (1 failed) | 30.0 ± 10.0 | 90.0 ± 0.0 |" in summary_markdown([entry])
+    assert "| a | none | 4 (1 failed) | 40.0 ± 49.7 | – | 90.0 ± 0.0 |" in summary_markdown([entry])
+    assert mean_ci95([0.5]) == (0.5, pytest.approx(math.nan, nan_ok=True))
 
 
 def test_cli_rejects_unknown_names_and_runs_a_cell(tmp_path):

@@ -46,7 +46,7 @@ def _valid(scenario, k=3):
 
 def _check(scenario, sub, allow_relabel=True):
     check_submission(sub, scenario.x_train, scenario.y_train, max_poisons=scenario.max_poisons, eps=scenario.eps,
-                     num_classes=scenario.num_classes, allow_relabel=allow_relabel)
+                     num_classes=scenario.num_classes, allow_relabel=allow_relabel, stamp_size=scenario.trigger.size)
 
 
 
@@ -164,12 +164,15 @@ def test_every_attack_returns_a_valid_submission(name, scenario):
     assert sub.info["attack"] == name and sub.info["craft_time_s"] >= 0
     changed = np.abs(sub.delta).reshape(len(sub), -1).max(1)
     y = scenario.y_train.numpy()[sub.indices]
-    if name == "badnets":
-        assert (y == scenario.source_class).all() and (sub.labels == scenario.target_class).all()
+    if name == "badnets":  # all-to-one by default: any non-target image, stamped and relabelled
+        assert (y != scenario.target_class).all() and (sub.labels == scenario.target_class).all()
     else:
         assert sub.labels is None and (y == scenario.target_class).all()
-    if name != "badnets":
-        assert changed.max() > 0
+    assert changed.max() > 0
+    # Stamp attacks paste a full-contrast trigger (beyond eps); perturbation attacks stay within eps.
+    assert sub.stamp == (name in ("badnets", "clean_label"))
+    if not sub.stamp:
+        assert changed.max() <= scenario.eps + 1e-6
     if name in ("sleeper_agent", "witches_brew"):
         assert 0.0 <= sub.info["matching_loss"] <= 2.0 * (2 if name == "witches_brew" else 1)
     again = make_attack(name, **FAST[name]).craft(scenario)
@@ -237,7 +240,7 @@ def test_sleeper_agent_tanh_parametrisation_stays_within_eps_without_retraining(
     assert float((base_x + delta).min()) >= 0.0 and float((base_x + delta).max()) <= 1.0
     assert after < before
     assert matcher.trainings == 1  # retrain_times=0: the first surrogate is the only one
-    with pytest.raises(ValueError, match="parametrisation must be 'direct' or 'tanh'"):
+    with pytest.raises(ValueError, match="parametrisation must be one of 'direct', 'tanh'"):
         SleeperAgentConfig(parametrisation="sigmoid")
 
 
@@ -337,7 +340,8 @@ def test_backdoor_metrics_use_patched_source_test_images():
     y = torch.tensor([0, 1, 1, 0])
     trig = make_trigger(1, 2, seed=0)
     out = base.backdoor_metrics(PatchDetector(), x, y, source_class=1, target_class=2, trigger=trig, device="cpu")
-    assert out == {"clean_accuracy": 1.0, "attack_success_rate": 1.0, "robust_accuracy": 0.0}
+    assert out == {"clean_accuracy": 1.0, "attack_success_rate": 1.0, "robust_accuracy": 0.0,
+                   "full_attack_success_rate": 1.0, "full_robust_accuracy": 0.0}
 
 
 @pytest.mark.slow
