@@ -59,6 +59,7 @@ against each other and records their dialogues in the same form.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,9 @@ _REST_PHRASES = ("the rest", "everything else", "the others", "the remaining", "
                  "everything", "the remainder", "whatever is left", "what is left", "all the rest")
 _SPEAKER_CUES = {"i", "me", "my", "i'll", "i'd", "im", "i'm", "mine", "myself", "ill", "gimme", "id", "lemme"}
 _PARTNER_CUES = {"you", "your", "you'll", "you'd", "yours", "u", "youll", "yourself", "ya"}
-_POST_SPEAKER = ("for me", "to me", "for myself", "are mine", "is mine", "go to me", "for i")
+_POST_SPEAKER = ("for me", "to me", "for myself", "are mine", "is mine", "go to me", "for i", "is my final offer",
+                 "is my offer", "is my last offer", "is my best offer", "is what i need", "is what i want",
+                 "is all i need", "is all i want", "is what i would like", "is what i'd like")
 _POST_PARTNER = ("for you", "to you", "for u", "to u", "are yours", "is yours", "go to you")
 _IMPERATIVE_PARTNER = {"take", "keep", "have"}
 _IMPERATIVE_SPEAKER = {"need", "want", "give"}
@@ -110,6 +113,21 @@ _FIRM_PHRASES = ("final", "best i can do", "take it or leave it", "last offer", 
 _AGREE_WORDS = {"deal", "ok", "okay", "okey", "k", "kk", "sure", "yes", "yep", "yup", "yeah", "ya", "agreed",
                 "agree", "accept", "accepted", "fine", "perfect", "great", "good", "works", "done", "alright",
                 "cool", "awesome", "excellent", "fair", "deal.", "sold", "absolutely", "definitely"}
+
+
+_AGREE_PHRASES = ("i can do that", "can do that", "live with that", "that'll work", "that will work", "that would work",
+                  "will have to work", "i guess so", "i'll settle", "i will settle", "let's do it", "lets do it",
+                  "let's do that", "lets do that", "i'm in", "im in", "you got it", "very well", "correct",
+                  "it's a deal", "its a deal", "i'll take it", "i will take it", "i can work with that", "will do")
+_WALK_AWAY_PHRASES = ("no deal", "no thanks", "walk away", "no agreement", "nodeal", "no deals", "nd")
+# Saying that no deal can be made, when no split is named: "we can't make a deal", "i don't think we will
+# reach a deal", "guess we won't be making a deal".
+_WALK_AWAY_PATTERN = re.compile(
+    r"\b(?:can't|cant|cannot|can not|won't|wont|will not|not going to|not gonna|unable to|never)"
+    r"(?: be able to| be| be making| ever)? (?:make|making|reach|reaching|come to|get to|agree on|do|have) "
+    r"(?:a |any |this |that )?(?:deal|agreement)\b"
+    r"|\b(?:don't|dont|do not) think (?:we|this)(?:'ll| will| can| are going to| is going to)"
+    r" (?:get anywhere|work|make a deal|reach a deal|agree|come to)")
 
 
 @dataclass(frozen=True)
@@ -198,12 +216,14 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
     any_cue = False
     unclaimed: list[tuple[int, int | str] | str] = []
     for sentence in sentences:
-        if any(t in _VALUE_WORDS for t in sentence):
-            continue  # value talk ("the hat is worth 5 to me") is not an offer
         side: str | None = None  # a side carries across the clauses of one sentence
         pending: list[tuple[int, int | str] | str] = []
-        sentence = _mark_exceptions(sentence)
+        sentence = _mark_exceptions(_rewrite_phrases(sentence))
+        sentence_cue = False
+        claims_before = (len(claims.speaker), len(claims.partner), claims.speaker_rest, claims.partner_rest)
         for tokens in _clauses(sentence):
+            if any(t in _VALUE_WORDS for t in tokens):
+                continue  # value talk ("the hat is worth 5 to me") is not an offer
             i = 0
             while i < len(tokens):
                 tok = tokens[i]
@@ -212,7 +232,7 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
                     who, length = post
                     for claim in pending:
                         _add_claim(claims, who, claim)
-                    pending, side, any_cue = [], None, True  # the cue closes its phrase
+                    pending, side, sentence_cue = [], None, True  # the cue closes its phrase
                     i += length
                     continue
                 if tokens[i:i + 3] in (["one", "of", "each"], ["1", "of", "each"], ["a", "of", "each"]):
@@ -221,7 +241,8 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
                     i += 3
                     continue
                 rest = _match_any(tokens, i, _REST_PHRASES, "rest")
-                if tok == "everything" and rest is not None and rest[1] == 1:
+                named = pending or claims.speaker or claims.partner
+                if tok == "everything" and rest is not None and rest[1] == 1 and not named:
                     for item in range(3):  # a bare "everything" names every item, not "the rest"
                         (pending.append((item, "all")) if side is None else _add_claim(claims, side, (item, "all")))
                     i += 1
@@ -229,13 +250,13 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
                 if tok == _EXCEPT and side is not None:
                     side = "partner" if side == "speaker" else "speaker"  # "all but the ball": the ball goes across
                 elif tok in _SPEAKER_CUES:
-                    side, any_cue = "speaker", True
+                    side, sentence_cue = "speaker", True
                 elif side is None and tok in _IMPERATIVE_PARTNER:
-                    side, any_cue = "partner", True  # "take the balls": said to the partner
+                    side, sentence_cue = "partner", True  # "take the balls": said to the partner
                 elif side is None and tok in _IMPERATIVE_SPEAKER:
-                    side, any_cue = "speaker", True  # "need the book": the subject "i" left out
+                    side, sentence_cue = "speaker", True  # "need the book": the subject "i" left out
                 elif tok in _PARTNER_CUES:
-                    side, any_cue = "partner", True
+                    side, sentence_cue = "partner", True
                 elif tok in ("we", "us"):
                     side = None
                 elif rest is not None:
@@ -248,14 +269,52 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
                     (pending.append(claim) if side is None else _add_claim(claims, side, claim))
                 i += 1
         unclaimed.extend(pending)
-    # Rule 3b: an utterance with no side cue at all ("2 hats and the ball?") names what the speaker wants.
+        # A cue counts only in a sentence that names items: "that won't work for me . one book and one ball"
+        # still names what the speaker wants.
+        claims_after = (len(claims.speaker), len(claims.partner), claims.speaker_rest, claims.partner_rest)
+        any_cue = any_cue or (sentence_cue and claims_after != claims_before)
+    # Rule 3b: an utterance with no side cue at all ("2 hats and the ball?") names what the speaker wants;
+    # when the cues only gave one side "the rest" ("2 hats and a ball , i keep the rest"), the uncued items
+    # are the other side's.
     if unclaimed_to_speaker and not any_cue:
         for claim in unclaimed:
             _add_claim(claims, "speaker", claim)
+    elif (unclaimed_to_speaker and not claims.speaker and not claims.partner
+          and claims.speaker_rest != claims.partner_rest):
+        for claim in unclaimed:
+            _add_claim(claims, "partner" if claims.speaker_rest else "speaker", claim)
     return claims
 
 
 _EXCEPT = "<except>"
+
+# Phrases rewritten before the claims are read, each as a regular expression over the sentence's
+# space-joined tokens. Rejections that open a sentence ("no", "that won't work for me") say nothing about
+# the split and would otherwise negate the offer after them; "can't give up X" and "can't make a deal
+# without X" claim X for the speaker; "i don't need X" leaves X to the partner.
+_NEG = r"(?:can't|cant|cannot|can not|won't|wont|will not|couldn't|couldnt)"
+_PHRASE_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
+    (r"^(?:(?:no|nope|nah|sorry|nop|naw|hmm+|ok|okay)(?: ,)? )+(?=\S)(?!deal\b|thanks\b|way\b)", ""),
+    (r"^(?:that|it|this|that deal|that offer)(?: really)? (?:won't|wont|will not|doesn't|doesnt|does not|isn't|isnt"
+     r"|is not|is not going to|isn't going to|not going to|ain't|aint) (?:going to )?(?:work|good|fair|do)"
+     r"(?: for me)?(?: ,)? ", ""),
+    (r"^(?:no can do|can't do that|cant do that|i can't do that|i cant do that|i cannot do that|not happening)"
+     r"(?: ,)? ", ""),
+    (rf"\b(?:i )?{_NEG} (?:give up|part with|let go of|lose|go without|do without|live without)\b", "i need"),
+    (rf"\b(?:i )?{_NEG} (?:make a deal|make deal|do a deal|make any deal|deal|do it|do this|do that|do anything"
+     r"|leave|go|agree|accept|work|make it work) without(?: getting)?\b", "i need"),
+    (r"\b(?:i )?(?:don't|dont|do not) (?:need|want|care about|care for|value)\b", "you can have"),
+    (r"\b(?:all the items|all items|all of it|it all|all of them|all of the items)\b", "everything"),
+    (r"(?<=\S) no (?=(?:books?|hats?|balls?)\b)", " 0 "),  # "1 book no hats and 1 ball"
+    (r"\bone of (?:every item|each item|everything|every thing|each thing|each type)\b", "one of each"),
+))
+
+
+def _rewrite_phrases(sentence: list[str]) -> list[str]:
+    text = " ".join(sentence)
+    for pattern, replacement in _PHRASE_REWRITES:
+        text = pattern.sub(replacement, text)
+    return text.split()
 
 
 def _mark_exceptions(sentence: list[str]) -> list[str]:
@@ -273,14 +332,23 @@ def _mark_exceptions(sentence: list[str]) -> list[str]:
     return out
 
 
+# An affirmative demand or offer opens a new clause even without a comma, so that a rejection before it
+# does not negate it: "sorry i cant do that i need the book and balls".
+_CLAUSE_OPENERS = tuple(p.split() for p in (
+    "i need", "i want", "i'll take", "ill take", "i will take", "i must have", "i would need", "i would like",
+    "i'd like", "id like", "i can only offer", "i would give you", "i will give you", "i'll give you",
+    "you can have", "you can keep", "you could keep", "you could have", "how about"))
+
+
 def _clauses(sentence: list[str]) -> list[list[str]]:
     """Comma-separated clauses of a sentence, leaving out clauses negated before an item mention."""
     out, clause = [], []
-    for tok in sentence + [","]:
-        if tok in {",", ";", "but", "however", ":"}:
+    for i, tok in enumerate(sentence + [","]):
+        opener = clause and any(sentence[i:i + len(p)] == p for p in _CLAUSE_OPENERS)
+        if tok in {",", ";", "but", "however", ":"} or opener:
             if clause and not _is_negated_before_item(clause):
                 out.append(clause)
-            clause = []
+            clause = [tok] if opener else []
         else:
             clause.append(tok)
     return out
@@ -367,13 +435,29 @@ def parse_utterance(text: str, counts: Sequence[int]) -> ParsedAct | None:
         return None
     if split is not None:
         return ParsedAct("insist" if _has_phrase(tokens, _FIRM_PHRASES) else "propose", split)
-    if _has_phrase(tokens, ("no deal", "no thanks", "walk away", "no agreement", "nodeal")):
+    if _has_phrase(tokens, _WALK_AWAY_PHRASES) or _WALK_AWAY_PATTERN.search(" ".join(tokens)):
         return ParsedAct("walk_away")
-    words = [t.strip(",.!?") for t in tokens]
-    negated = any(w in _NEGATIONS or w.endswith("n't") for w in words)
-    if not negated and any(w in _AGREE_WORDS for w in words) and not any(w in _ITEM_WORDS for w in words):
-        return ParsedAct("agree")
+    if any(t in _ITEM_WORDS for t in tokens):
+        return None
+    # Agreement is read from the last clause, which may follow a grumble: "not great for me , but i accept".
+    last = " ".join(tokens)
+    last = re.split(r" (?:[,;.!?]|but|so|however) ", " " + last + " ")
+    last_words = [w.strip(",.!?") for w in (next((c for c in reversed(last) if c.strip()), "")).split()]
+    for words in ([t.strip(",.!?") for t in tokens], last_words):
+        negated = any(w in _NEGATIONS or w.endswith("n't") for w in words)
+        if not negated and (any(w in _AGREE_WORDS for w in words) or _has_phrase(words, _AGREE_PHRASES)):
+            return ParsedAct("agree")
     return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_cached(text: str, counts: tuple[int, int, int]) -> ParsedAct | None:
+    return parse_utterance(text, counts)
+
+
+def parse_utterance_cached(text: str, counts: Sequence[int]) -> ParsedAct | None:
+    """:func:`parse_utterance` with a cache: text games repeat the same sentences many times."""
+    return _parse_cached(text, tuple(int(c) for c in counts))
 
 
 # --------------------------------------------------------------------------------------------------

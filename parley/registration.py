@@ -39,6 +39,18 @@ ENV_SPECS: tuple[EnvSpec, ...] = (
         summary="Deal or No Deal bargaining, two agents taking turns (PettingZoo AEC).",
     ),
     EnvSpec(
+        env_id="parley/NegotiationText-v0",
+        api="gymnasium",
+        entry_point="parley.text:make_text_env",
+        summary="Deal or No Deal in natural language, one learner vs a text partner (text obs and actions).",
+    ),
+    EnvSpec(
+        env_id="parley/negotiation-text-v0",
+        api="pettingzoo-aec",
+        entry_point="parley.envs.negotiation_text_v0:env",
+        summary="Deal or No Deal in natural language: talk, then secret selections (PettingZoo AEC).",
+    ),
+    EnvSpec(
         env_id="parley/poisoning-v0",
         api="pettingzoo-aec",
         entry_point="parley.envs.poisoning_v0:env",

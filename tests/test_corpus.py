@@ -36,12 +36,30 @@ HAND_WRITTEN = [
     ("deal", (1, 1, 3), ParsedAct("agree")),
     ("okay that works for me . thank you !", (1, 1, 3), ParsedAct("agree")),
     ("no deal", (1, 1, 3), ParsedAct("walk_away")),
+    # rejections that open a sentence do not negate the offer after them
+    ("no i need both hats and both books", (2, 2, 1), ParsedAct("propose", (2, 2, 0))),
+    ("that won't work for me . one book and one ball .", (1, 4, 2), ParsedAct("propose", (1, 0, 1))),
+    ("sorry i cant do that i need the book and balls", (1, 2, 3), ParsedAct("propose", (1, 0, 3))),
+    # negated demands claim the item; "don't need" leaves it to the partner
+    ("i can't give up the ball", (1, 1, 3), ParsedAct("propose", (0, 0, 1))),
+    ("i can't make a deal without the hat", (2, 1, 2), ParsedAct("propose", (0, 1, 0))),
+    ("i don't need the book", (1, 2, 2), ParsedAct("propose", (0, 2, 2))),
+    # uncued items beside a claim of the rest go to the other side; "no hats" is zero hats
+    ("1 hat 1 ball and i keep the rest", (1, 2, 4), ParsedAct("propose", (1, 1, 3))),
+    ("i get 1 book no hats and 1 ball", (1, 4, 1), ParsedAct("propose", (1, 0, 1))),
+    ("2 books and 1 hat is my final offer", (2, 1, 2), ParsedAct("insist", (2, 1, 0))),
+    ("value talk aside , you can have the balls , the others are worth 2 each to me", (4, 1, 2),
+     ParsedAct("propose", (4, 1, 0))),
+    # agreement in other words, or in the last clause after a grumble; saying no deal can be made
+    ("i can live with that", (1, 2, 2), ParsedAct("agree")),
+    ("that's not great for me , but i guess i accept .", (1, 2, 2), ParsedAct("agree")),
+    ("i don't think we can make a deal", (1, 2, 2), ParsedAct("walk_away")),
     # value talk, bare rejections, questions and greetings are not guessed
     ("the hat is worth more to me than the ball or book .", (1, 1, 3), None),
     ("no", (1, 1, 3), None),
     ("what would you like ?", (1, 1, 3), None),
     ("hi there", (1, 1, 3), None),
-    ("i can't give up the ball", (1, 1, 3), None),
+    ("i said no", (1, 1, 3), None),
     # claims that cannot be a split of these items
     ("i want 4 hats", (1, 2, 3), None),
     ("i get one book and you get one book", (3, 1, 1), None),
