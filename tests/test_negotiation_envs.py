@@ -370,6 +370,11 @@ def test_gym_env_illegal_actions_and_bad_partners():
             adapter("boulware")
     with pytest.raises(ValueError, match="partner_kwargs only applies"):
         gymnasium.make("parley/Negotiation-v0", partner=Greedy(), partner_kwargs={"reservation": 4})
+    single = gymnasium.make("parley/Negotiation-v0", partner="boulware", partner_kwargs={"reservation": 4})
+    vec = gymnasium.make_vec("parley/Negotiation-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                             partner="boulware", partner_kwargs={"reservation": 4})
+    for partner in (single.unwrapped.partner, vec.partner):
+        assert partner.name == "boulware" and partner.reservation == 4
     with pytest.raises(ValueError, match="learner_side"):
         NegotiationGymEnv(Greedy(), learner_side=3)
 
