@@ -329,11 +329,14 @@ def legal_action_mask(counts: np.ndarray, partner_has_offer: np.ndarray, done: n
     return _MASK_TABLE[codes, np.asarray(partner_has_offer, dtype=np.int64), np.asarray(done, dtype=np.int64)]
 
 
+def _table_rows(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
+    # One row index into the flattened table: a single take is much cheaper than a three-array gather.
+    return codes * 4 + np.asarray(partner_has_offer, dtype=np.int64) * 2 + np.asarray(done, dtype=np.int64)
+
+
 def _masks_from_codes(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray) -> np.ndarray:
     """:func:`legal_action_mask` for count codes (see :func:`_count_codes`) computed beforehand."""
-    # One row index into the flattened table: a single take is much cheaper than a three-array gather.
-    row = codes * 4 + partner_has_offer.astype(np.int64) * 2 + done.astype(np.int64)
-    return np.take(_MASK_ROWS, row, axis=0)
+    return np.take(_MASK_ROWS, _table_rows(codes, partner_has_offer, done), axis=0)
 
 
 def _legal_taken(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndarray,
@@ -342,8 +345,8 @@ def _legal_taken(codes: np.ndarray, partner_has_offer: np.ndarray, done: np.ndar
     batched rules check one action per game at every step). Out-of-range indices are illegal."""
     actions = np.asarray(actions, dtype=np.int64)
     in_range = (actions >= 0) & (actions < NUM_ACTIONS)
-    row = codes * 4 + partner_has_offer.astype(np.int64) * 2 + done.astype(np.int64)
-    return in_range & _MASK_ROWS[row, np.where(in_range, actions, 0)].astype(bool)
+    rows = _table_rows(codes, partner_has_offer, done)
+    return in_range & _MASK_ROWS[rows, np.where(in_range, actions, 0)].astype(bool)
 
 
 @functools.lru_cache(maxsize=4096)
