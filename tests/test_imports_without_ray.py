@@ -50,22 +50,28 @@ SCRIPT = textwrap.dedent("""
             (refused if name in needs_rl else failed)[name] = str(err)
 
     from parley.cli import app
-    try:
-        app(argv, prog_name="parley", standalone_mode=False)
-        train_error = None
-    except BaseException as err:
-        train_error = f"{type(err).__name__}: {err}"
+
+    def run(args):
+        try:
+            app(args, prog_name="parley", standalone_mode=False)
+        except BaseException as err:
+            return f"{type(err).__name__}: {err}"
+        return None
+
+    train_error = run(argv)
+    other_frameworks = {framework: run(["train", "--framework", framework, "--out", out])
+                        for framework, out in (("rllib", argv[-1] + "-rllib"), ("sb3", argv[-1] + "-sb3"))}
     leaked = sorted(n for n in blocked if sys.modules.get(n) is not None)
-    print("RESULT " + json.dumps(dict(imported=imported, failed=failed, refused=refused,
-                                      train_error=train_error, leaked=leaked)))
+    print("RESULT " + json.dumps(dict(imported=imported, failed=failed, refused=refused, train_error=train_error,
+                                      other_frameworks=other_frameworks, leaked=leaked)))
 """)
 
 
 def test_modules_and_native_training_work_without_the_rl_extra(tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--framework", "native", "--iterations", "2", "--out", str(out), "--no-live",
+    argv = ["train", "--framework", "native", "--iterations", "2", "--no-live",
             "--backbone-config", "{hidden_sizes: [16]}", "--train-batch-size", "256",
-            "--minibatch-size", "128", "--eval-episodes", "4"]
+            "--minibatch-size", "128", "--eval-episodes", "4", "--out", str(out)]
     payload = json.dumps([RL_EXTRA_MODULES, sorted(NEEDS_RL_EXTRA), DOMAINS, argv])
     proc = subprocess.run([sys.executable, "-c", SCRIPT, payload], capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -84,3 +90,9 @@ def test_modules_and_native_training_work_without_the_rl_extra(tmp_path):
     assert [int(row["iteration"]) for row in read_progress(out)] == [1, 2]
     assert (out / "policy").is_dir() and (out / "eval.csv").is_file()
     assert (out / "checkpoints" / "iter_000002").is_dir()
+
+    # RLlib and SB3 say what is missing and how to get it, before creating a run directory.
+    for framework, error in result["other_frameworks"].items():
+        assert error is not None and error.startswith("BadParameter"), error
+        assert f"--framework {framework} needs" in error and "pip install 'parley[rl]'" in error
+        assert not (tmp_path / f"run-{framework}").exists()

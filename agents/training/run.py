@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -40,6 +41,8 @@ import yaml
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, observation_size
 
 FRAMEWORKS = ("rllib", "sb3", "native")
+#: The packages (parley's ``rl`` extra) each framework imports; ``native`` needs only the core dependencies.
+FRAMEWORK_MODULES = {"rllib": ("ray",), "sb3": ("stable_baselines3", "sb3_contrib")}
 ADAPTERS = ("compacter",)
 DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto")
 DEFAULT_ITERATIONS = 15
@@ -140,6 +143,11 @@ class TrainConfig:
 
         if self.framework not in FRAMEWORKS:
             raise TrainConfigError(f"unknown framework {self.framework!r}; use one of {', '.join(FRAMEWORKS)}")
+        missing = [m for m in FRAMEWORK_MODULES.get(self.framework, ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            raise TrainConfigError(f"--framework {self.framework} needs {' and '.join(missing)} (not installed): "
+                                   "install parley's rl extra (pip install 'parley[rl]'), or train with "
+                                   "--framework native, which needs neither Ray nor Stable-Baselines3")
         backbones = list_backbones()
         if self.backbone not in backbones:
             raise TrainConfigError(f"unknown backbone {self.backbone!r}; available: {', '.join(backbones)}")
