@@ -71,7 +71,7 @@ def test_mlp_features_on_negotiation_observations(observations, space_kind):
     assert net.out_dim == 16 and out.shape == (64, 16) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     out.sum().backward()
-    assert net.encoder.act_embedding.weight.grad is not None
+    assert net.encoder.act_embedding.weight.grad.abs().sum() > 0  # the act history reaches the features
 
 
 def test_mlp_reads_the_act_history(observations):

@@ -65,9 +65,11 @@ def test_save_load_round_trip_gives_identical_greedy_actions(tmp_path):
 
 def test_load_policy_follows_a_run_directory(tmp_path):
     obs, _ = _random_states(4)
-    TorchPolicy("mlp", obs.shape[1], device="cpu").save(tmp_path / "run" / "checkpoints" / "iter_3")
-    (tmp_path / "run" / "latest_policy").write_text("checkpoints/iter_3")
-    assert isinstance(load_policy(tmp_path / "run", device="cpu"), TorchPolicy)
+    for iteration in (3, 5):
+        TorchPolicy("mlp", obs.shape[1], device="cpu", metadata={"iteration": iteration}).save(
+            tmp_path / "run" / "checkpoints" / f"iter_{iteration}")
+    (tmp_path / "run" / "latest_policy").write_text("checkpoints/iter_3")  # the pointer, not the newest folder
+    assert load_policy(tmp_path / "run", device="cpu").metadata == {"iteration": 3}
 
 
 def test_load_policy_errors_name_the_problem(tmp_path):
