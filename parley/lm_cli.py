@@ -48,7 +48,7 @@ def serve_command(
                                 "or a scripted partner's name (these two speak through the realiser)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
-    name: str = typer.Option("", help="Model id in requests and /v1/models (default: MODEL's name)."),
+    name: str | None = typer.Option(None, help="Model id in requests and /v1/models; MODEL's name when left out."),
     seed: int = typer.Option(0, help="Seed of the player's sampling and wording."),
     max_messages: int = typer.Option(20, min=1, help="Utterances a game may hold before the selections."),
     max_utterance_chars: int = typer.Option(400, min=1, help="Longest utterance accepted."),
