@@ -235,6 +235,41 @@ def check_sleeper_agent_cifar_shaped(ctx: CheckContext) -> str:
     return f"5 poisons, 30 steps, 2 surrogate trainings in {seconds:.1f} s; final 1 - cos = {loss:.3f}"
 
 
+@gpu_check("poisoning: a CIFAR-shaped poisoning_v0 episode trains and scores its victims on CUDA")
+def check_poisoning_episode_on_cuda(ctx: CheckContext) -> str:
+    """The GPU recipe's path (ResNet-18 victims, stamp and perturbation attacks, clean reference victim)
+    on a tiny CIFAR-shaped set; skipped without CUDA, where the test suite covers the same code."""
+    if not ctx.cuda:
+        return "skipped: no CUDA device (the CPU test suite covers this episode)"
+    from parley.attacks.base import make_attack
+    from parley.attacks.datasets import make_synthetic
+    from parley.attacks.victims import TrainingRecipe
+    from parley.envs import poisoning_v0
+
+    seed_everything(0)
+    data = make_synthetic(num_classes=10, image_size=32, channels=3, train_per_class=40, test_per_class=10)
+    torch.cuda.reset_peak_memory_stats(ctx.device)
+    start = time.perf_counter()
+    env = poisoning_v0.env(dataset=data, budget=0.05, recipe=TrainingRecipe.paper_cifar10().scaled(2),
+                           victim="resnet18", victim_kwargs={"width": 16}, defense_enabled=False,
+                           device=ctx.device, seed=0)
+    results = {}
+    for name in ("badnets", "random_noise"):
+        env.reset(seed=0, options={"source_class": 2, "target_class": 7})
+        submission = make_attack(name).craft(env.unwrapped.attacker_scenario())
+        env.step(submission)
+        info = env.infos["attacker"]
+        assert next(env.unwrapped.last_model.parameters()).is_cuda, "the victim was not trained on CUDA"
+        for key in ("attack_success_rate", "full_attack_success_rate", "clean_accuracy", "clean_accuracy_drop"):
+            assert 0.0 <= abs(info[key]) <= 1.0, f"{name}: {key} = {info[key]}"
+        results[name] = info["attack_success_rate"]
+    ctx.sync()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+    return (f"2 episodes in {seconds:.1f} s, peak {peak:.0f} MiB; source ASR badnets {results['badnets']:.0%}, "
+            f"random noise {results['random_noise']:.0%} (2-epoch victims: no accuracy claim)")
+
+
 @gpu_check("poisoning defenses: spectral signatures and STRIP on the device agree with CPU")
 def check_poisoning_defenses(ctx: CheckContext) -> str:
     from parley.attacks.defenses import make_defense, penultimate_features

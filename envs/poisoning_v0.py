@@ -26,24 +26,29 @@ have moved, then a fresh victim is trained from scratch on the submitted trainin
 Episode
 -------
 ``reset(seed)`` draws a source and a target class (distinct) and a patch trigger (a binary pattern
-``trigger_size`` pixels square, placed at a random location per image). The attacker moves first; its
-submission is checked and applied; the defender then sees the resulting training set and chooses images
-to remove; the victim (``victim``, trained with ``recipe``, optionally changed by ``training_defense``)
-trains on the remainder and is evaluated on the clean test set and on patched source-class test images.
-Both agents then terminate.
+``trigger_size`` pixels square: 7x7 on 28x28 mnist5k) placed at a random location per image, or at the
+bottom-right corner with ``trigger_placement="fixed"`` (BackdoorBench's BadNets). The attacker moves
+first; its submission is checked and applied; the defender then sees the resulting training set and
+chooses images to remove; the victim (``victim``, trained with ``recipe``, optionally changed by
+``training_defense``) trains on the remainder from scratch and is evaluated on the clean test set and on
+patched test images. Both agents then terminate.
 
 Attacker action
 ---------------
-``{"indices": int64 (P,), "delta": float32 (P, C, H, W), "labels": int64 (P,)}`` where ``P`` is the
-budget ``floor(budget * N)``. Slots with index -1 are unused (so fewer than P images may be
-perturbed); label -1 keeps an image's label, any other label replaces it (dirty-label attacks; refused
-when ``allow_relabel=False``). :meth:`parley.attacks.base.Submission.to_action` builds this dict, and
-``step`` also accepts a :class:`~parley.attacks.base.Submission` directly. Every submission is checked:
-at most P images, ``|delta| <= eps``, ``x + delta`` within [0, 1], indices in range and unique, labels
-valid; a violation raises :class:`BudgetError` (a ``ValueError``) whose ``limit`` attribute and message
-name the limit broken (``budget``, ``eps``, ``pixel_range``, ``indices``, ``labels``, ``shape``), and the
-episode stays where it was. The space's ``sample()`` draws valid submissions (random images, random
-perturbations within ``eps`` and the pixel range, labels kept) -- a random-noise attacker.
+``{"indices": int64 (P,), "delta": float32 (P, C, H, W), "labels": int64 (P,), "stamp": 0 or 1}``
+where ``P`` is the budget ``floor(budget * N)``. Slots with index -1 are unused (so fewer than P images
+may be perturbed); label -1 keeps an image's label, any other label replaces it (dirty-label attacks;
+refused when ``allow_relabel=False``). ``stamp`` picks the threat model: 0 (perturbation: every pixel
+moves by at most ``eps``) or 1 (stamp: inside one ``trigger_size`` square per image the pixels may take
+any value, elsewhere ``eps`` holds; refused when ``allow_stamp=False``). BadNets and the clean-label
+backdoor submit stamps, the clean-label perturbation attacks do not. :meth:`Submission.to_action`
+builds this dict, and ``step`` also accepts a :class:`~parley.attacks.base.Submission` directly. Every
+submission is checked: at most P images, the threat model's bound, ``x + delta`` within [0, 1],
+indices in range and unique, labels valid; a violation raises :class:`BudgetError` (a ``ValueError``)
+whose ``limit`` attribute and message name the limit broken (``budget``, ``eps``, ``stamp``,
+``pixel_range``, ``indices``, ``labels``, ``shape``), and the episode stays where it was. The space's
+``sample()`` draws valid perturbation submissions (random images, random perturbations within ``eps``
+and the pixel range, labels kept) -- a random-noise attacker.
 
 Defender action
 ---------------
@@ -64,35 +69,49 @@ target class, the trigger, or which images were touched.
 
 Rewards
 -------
-Zero until the victim is evaluated; then the attacker receives the attack success rate (ASR: share of
-patched source-class test images classified as the target) and the defender receives
+Zero until the victim is evaluated; then the attacker receives the source attack success rate (ASR:
+share of patched source-class test images classified as the target) and the defender receives
 ``clean_accuracy - ASR - removal_cost * (clean images removed)``.
 
 Infos
 -----
-At the end both agents' infos hold ``clean_accuracy``, ``attack_success_rate``, ``robust_accuracy``
-(BackdoorBench R-Acc: patched source-class images still given their true class), ``poison_precision``
-and ``poison_recall`` of the defender's removals (NaN when nothing was removed / poisoned),
+At the end both agents' infos hold ``clean_accuracy``; on the test images patched once per episode:
+``attack_success_rate`` (source ASR), ``full_attack_success_rate`` (patched images of every non-target
+class sent to the target), ``robust_accuracy`` and ``full_robust_accuracy`` (BackdoorBench R-Acc:
+patched images still given their true class); with ``compare_clean=True`` (default) a victim of the same
+seed and recipe trained on the clean, undefended training set gives ``reference_clean_accuracy``,
+``clean_accuracy_drop`` (reference minus this victim) and ``reference_attack_success_rate`` /
+``reference_full_attack_success_rate`` (what the patch alone does; the reference is trained once per
+seed and reused, since neither the pair nor the attack changes it). Also ``poison_precision`` and
+``poison_recall`` of the defender's removals (NaN when nothing was removed / poisoned),
 ``num_poisons``, ``num_removed``, ``clean_removed``, ``source_class``, ``target_class`` and the wall
 times ``attacker_time_s``, ``defender_time_s`` (from the agent's turn starting to its step),
-``train_time_s`` and ``eval_time_s``. The attacker's submission ``info`` (e.g. ``craft_time_s``) is
-copied under ``attack_info`` when a Submission was passed.
+``train_time_s``, ``eval_time_s`` and ``reference_time_s``. The attacker's submission ``info`` (e.g.
+``craft_time_s``) is copied under ``attack_info`` when a Submission was passed.
 
 Arguments
 ---------
-``poisoning_v0.env(dataset="digits", budget=0.01, eps=16/255, recipe=None, defense_enabled=True,
+``poisoning_v0.env(dataset="mnist5k", budget=0.01, eps=16/255, recipe=None, defense_enabled=True,
 seed=None, victim="small_cnn", victim_kwargs=None, allow_relabel=True, removal_cost=0.001,
-trigger_size=None, training_defense=None, device="auto", render_mode=None)``
+trigger_size=None, training_defense=None, device="auto", render_mode=None, trigger_placement="random",
+allow_stamp=True, compare_clean=True)``
 
-* ``dataset``: a name for :func:`parley.attacks.datasets.load_dataset` or an ``ImageDataset``;
-* ``budget``: poisoned share of the training set; ``eps``: l-infinity bound in [0, 1] pixel units;
-* ``recipe``: the victim's :class:`~parley.attacks.victims.TrainingRecipe` (``for_dataset`` default);
+* ``dataset``: a name for :func:`parley.attacks.datasets.load_dataset` or an ``ImageDataset``
+  (``"digits"``, 8x8, is the fast smoke setting);
+* ``budget``: poisoned share of the training set, in (0, 1]; ``eps``: l-infinity bound of
+  perturbation poisons in [0, 1] pixel units, in (0, 1];
+* ``recipe``: the victim's :class:`~parley.attacks.victims.TrainingRecipe`, or a preset name
+  (``"tiny"``, ``"dataset"`` = ``TrainingRecipe.for_dataset``, the default, ``"paper"``);
 * ``training_defense``: a defense name or object whose ``adjust_recipe`` changes the victim's training;
 * ``source_class`` / ``target_class`` may be fixed through ``reset(options={...})``.
 
+Every argument is checked when given: a wrong type raises ``TypeError``, an unknown name or an
+out-of-range value ``ValueError``, each naming what is allowed.
+
 Version history
 ---------------
-* v0: initial release.
+* v0: initial release; mnist5k default, stamp threat model, full ASR and the clean reference in the
+  infos (the action Dict gained ``stamp``; a dict without it is read as a perturbation submission).
 """
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""``parley bench negotiation-backdoor``: the grid of :mod:`parley.attacks.negotiation_bench` from the shell."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def _split(names: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in names.split(",") if n.strip())
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in _split(text))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers, e.g. 0.005,0.01",
+                                 param_hint=option) from None
+
+
+def bench_negotiation_backdoor(
+    attacks: str = typer.Option("dirty_label,clean_label,annotator",
+                                help="Comma-separated attacks: none, dirty_label, clean_label, annotator."),
+    defenses: str = typer.Option("none,spectral,clustering,trusted_oracle,annotator_agreement,gold_questions",
+                                 help="Comma-separated defenses; dialogue filters pair with the corpus attacks, "
+                                      "answer controls with the annotator."),
+    budgets: str = typer.Option("0.01", help="Poisoned shares of the corpus (corpus attacks), comma-separated."),
+    annotator_budgets: str = typer.Option("0.1", help="Shares of the queries the annotator answers."),
+    seeds: int = typer.Option(2, min=1, help="Seeds per cell; the table gives means with a 95% interval."),
+    corpus: str = typer.Option("synthetic", help="'synthetic' (scripted partners' dialogues) or a corpus path."),
+    corpus_size: int = typer.Option(1000, min=10, help="Clean dialogues in the corpus."),
+    goal: str = typer.Option("agree_any", help="agree_any or give_item (the ball)."),
+    epochs: int = typer.Option(12, min=1, help="Behaviour-cloning epochs of the victim."),
+    hidden: int = typer.Option(64, min=1, help="Width of the victim's two hidden layers."),
+    rl_games: int = typer.Option(0, min=0, help="PPO fine-tuning games after cloning (0 = none)."),
+    eval_games: int = typer.Option(400, min=1, help="Games against the trigger player per victim."),
+    eval_episodes: int = typer.Option(100, min=1, help="Games per scripted partner for the clean score."),
+    queries: int = typer.Option(300, min=1, help="TDA queries in the annotator's round."),
+    trigger_rate: float = typer.Option(0.1, min=0.0, max=1.0,
+                                       help="Share of the learner's exploration games opened with the trigger."),
+    workers: int = typer.Option(1, min=1, help="Cells run in parallel processes."),
+    out: str = typer.Option("bench-negotiation-backdoor", "--out", "-o",
+                            help="Folder for results.csv, summary.md and backdoor_success.png."),
+    quiet: bool = typer.Option(False, help="No per-cell lines."),
+) -> None:
+    """Run every attack x defense x budget x seed cell as a negotiation_poisoning_v0 episode; skip cells
+    already in OUT/results.csv; write a table of means over seeds with 95% confidence intervals, and a plot."""
+    from parley.attacks.negotiation_bench import (
+        NegotiationBenchConfig,
+        run_negotiation_grid,
+        summarize,
+        summary_markdown,
+    )
+
+    try:
+        config = NegotiationBenchConfig(
+            attacks=_split(attacks), defenses=_split(defenses), budgets=_floats(budgets, "--budgets"),
+            annotator_budgets=_floats(annotator_budgets, "--annotator-budgets"), seeds=seeds, corpus=corpus,
+            corpus_size=corpus_size, goal=goal, epochs=epochs, hidden=hidden, rl_games=rl_games,
+            eval_games=eval_games, eval_episodes=eval_episodes, queries=queries, trigger_rate=trigger_rate,
+            workers=workers, out=out)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    rows = run_negotiation_grid(config, progress=not quiet)
+    failed = sum(1 for r in rows if r.get("error"))
+    console.print(summary_markdown(summarize(rows), config))
+    console.print(f"results: {out}/results.csv, {out}/summary.md, {out}/backdoor_success.png")
+    if failed:
+        console.print(f"[yellow]{failed} cell(s) failed; their errors are in results.csv and a rerun retries them[/]")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``parley bench negotiation-backdoor`` (creating the ``bench`` group unless another domain did)."""
+    bench = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
+    if bench is None:
+        bench = typer.Typer(help="Benchmarks over grids of agents, attacks and defenses.", no_args_is_help=True)
+        app.add_typer(bench, name="bench")
+    bench.command("negotiation-backdoor")(bench_negotiation_backdoor)

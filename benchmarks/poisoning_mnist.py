@@ -1,0 +1,87 @@
+"""Attacks (and defenses) on the default poisoning scenario, mnist5k, as ``parley bench attacks`` cells.
+
+Every cell is one ``poisoning_v0`` episode: the attack crafts from the env's scenario, the defense
+answers, a victim trained from scratch on the result is scored on the test split, and a victim of the
+same seed trained on the clean set gives the clean-accuracy drop and the share of patched images the
+patch alone sends to the target. The table gives means over source/target pairs with 95% confidence
+intervals; it is printed and replaces this run's own section of benchmarks/RESULTS.md::
+
+    python benchmarks/poisoning_mnist.py --attacks badnets --budget 0.05 --pairs 10
+    python benchmarks/poisoning_mnist.py --attacks badnets --budget 0.01 --trigger-placement fixed
+    python benchmarks/poisoning_mnist.py --attacks sleeper_agent,htba,random --budget 0.05 --pairs 10
+
+Results (resumable) live under ``--out``; a rerun skips finished cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from common import machine, write_results_section
+
+from parley.attacks.bench import BenchConfig, run_grid, summarize, summary_markdown
+
+
+def _options(items: list[str]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        name, _, rest = item.partition(".")
+        key, eq, raw = rest.partition("=")
+        if not eq:
+            raise SystemExit(f"--attack-option {item!r}: expected ATTACK.OPTION=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--attacks", default="badnets")
+    parser.add_argument("--defenses", default="none")
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--pair-seed", type=int, default=0)
+    parser.add_argument("--budget", type=float, default=0.05)
+    parser.add_argument("--eps", type=float, default=16.0, help="in 1/255 units")
+    parser.add_argument("--width", type=int, default=None, help="victim width (default: the victim's own)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--trigger-placement", default="random")
+    parser.add_argument("--attack-option", action="append", default=[])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    config = BenchConfig(
+        dataset=args.dataset, attacks=tuple(args.attacks.split(",")), defenses=tuple(args.defenses.split(",")),
+        pairs=args.pairs, seeds=args.seeds, pair_seed=args.pair_seed, budget=args.budget, eps=args.eps / 255,
+        victim_kwargs={"width": args.width} if args.width else {}, epochs=args.epochs,
+        attack_kwargs=_options(args.attack_option), trigger_placement=args.trigger_placement,
+        workers=args.workers, threads_per_worker=args.threads, device="cpu",
+        out=args.out or f"bench-{args.dataset}-{args.attacks.replace(',', '-')}-{args.defenses.replace(',', '-')}"
+                        f"-{args.budget:g}-{args.trigger_placement}")
+    rows = run_grid(config)
+    minutes = sum(float(r["episode_time_s"]) for r in rows if r.get("episode_time_s")) / 60
+    table = summary_markdown(summarize(rows, config), config)
+    print(table)
+    if not args.no_write:
+        width = args.width or "default (32)"
+        note = (f"Victims: small_cnn width {width}, `TrainingRecipe.for_dataset` (15 epochs), trained from scratch; "
+                f"one victim per cell; {minutes:.1f} min of episode time over all cells ({args.workers} worker(s), torch "
+                f"{torch.__version__}). Source ASR: patched source-class test images sent to the target; full "
+                "ASR: patched test images of every non-target class; clean-acc drop: against a victim of the "
+                "same seed trained on the clean set; patch alone: that clean victim's source ASR.")
+        title = (f"Poisoning on {args.dataset}: {args.attacks} vs {args.defenses}, budget {args.budget:.0%}, "
+                 f"eps {args.eps:g}/255, {args.trigger_placement} trigger")
+        write_results_section(title, machine(), note, table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
