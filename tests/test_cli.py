@@ -91,9 +91,10 @@ def test_help_shows_plain_types_and_every_default(path, command):
 
 
 def numeric_options(command) -> list[str]:
+    """Long names of a command's visible options that take an integer or a float."""
     return [p.opts[0] for p in command.params
             if p.param_type_name == "option" and not p.hidden and not p.is_flag
-            and RAW_TYPE_TAG.fullmatch(p.display_type(None) or "") and p.display_type(None)[1:4] in ("int", "flo")]
+            and p.type_descriptor.annotation in (int, float)]
 
 
 NUMERIC = [(path, opt) for path, command in COMMANDS for opt in numeric_options(command)]
