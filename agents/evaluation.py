@@ -23,6 +23,13 @@ Measures (:data:`MEASURES`), from the evaluated agent's side, computed from the 
 ``turns``          mean acts per game
 
 :func:`game_measures` gives them per game (from either seat), :func:`mean_measures` pools games.
+
+A partner may also be a :class:`PartnerGroup` -- several policies, one drawn per game from ``seed``
+(a partner *family* with randomised parameters, :mod:`parley.agents.heldout`) -- and ``contexts``
+may fix the pool the games' contexts are drawn from (e.g. a corpus test split). Two evaluations with
+the same partners, ``episodes``, ``seed`` and ``contexts`` play the same games: the same contexts,
+first movers and group members, whatever the evaluated policy; the held-out protocol relies on this
+to compare an agent with scripted partners on the same games.
 """
 
 from __future__ import annotations
@@ -39,8 +46,8 @@ from parley.envs.negotiation import DEFAULT_MAX_TURNS, sample_context_arrays
 from parley.envs.play import GameBatch, play_batch
 from parley.envs.policy import Policy
 
-__all__ = ["ALL_PARTNERS_ROW", "MEASURES", "EvalRow", "eval_table", "evaluate_policy", "game_measures",
-           "mean_measures", "write_eval_csv"]
+__all__ = ["ALL_PARTNERS_ROW", "MEASURES", "EvalRow", "PartnerGroup", "eval_table", "evaluate_policy",
+           "game_measures", "mean_measures", "write_eval_csv"]
 
 ALL_PARTNERS_ROW = "all"
 
@@ -105,6 +112,22 @@ class EvalRow:
     turns: float
 
 
+@dataclass(frozen=True)
+class PartnerGroup:
+    """Several partner policies played as one row: each game's partner is one member, drawn per game."""
+
+    name: str
+    members: tuple[Policy, ...]
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError(f"partner group {self.name!r} has no members")
+        for member in self.members:
+            if not callable(getattr(member, "act_batch", None)):
+                raise TypeError(f"partner group {self.name!r}: members are Policy objects, got "
+                                f"{type(member).__name__}")
+
+
 def _named_partners(partners: Sequence[str | Policy] | Mapping[str, Policy] | str,
                     seed: int) -> list[tuple[str, Policy]]:
     from parley.agents.partners.pool import resolve_partner_names
@@ -118,7 +141,9 @@ def _named_partners(partners: Sequence[str | Policy] | Mapping[str, Policy] | st
     named = []
     for index, item in enumerate(items):
         name, partner = item if isinstance(partners, Mapping) else (None, item)
-        if isinstance(partner, str):
+        if isinstance(partner, PartnerGroup):
+            name = partner.name if name is None else name
+        elif isinstance(partner, str):
             name, partner = partner, make_partner(partner, seed=seed + index)
         elif not callable(getattr(partner, "act_batch", None)):
             raise TypeError(f"partners are scripted partner names or Policy objects, got {type(partner).__name__}")
@@ -131,28 +156,56 @@ def _named_partners(partners: Sequence[str | Policy] | Mapping[str, Policy] | st
     return named
 
 
-def evaluate_policy(policy: Policy, partners: Sequence[str | Policy] | Mapping[str, Policy] | str = "suite", *,
-                    episodes: int = 200, seed: int = 0, max_turns: int = DEFAULT_MAX_TURNS,
-                    no_deal_reward: float = 0.0) -> list[EvalRow]:
+def _game_contexts(rng: np.random.Generator, episodes: int,
+                   contexts: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    if contexts is None:
+        return sample_context_arrays(rng, episodes)
+    counts = np.asarray(contexts[0], dtype=np.int64).reshape(-1, 3)
+    values = np.asarray(contexts[1], dtype=np.int64)
+    if len(counts) == 0 or values.shape != (len(counts), 2, 3):
+        raise ValueError("contexts are (counts (N, 3), values (N, 2, 3)) with N >= 1, got shapes "
+                         f"{counts.shape} and {values.shape}")
+    # Without replacement while the pool lasts, so a test split is covered before any context repeats.
+    picks = np.concatenate([rng.permutation(len(counts)) for _ in range(-(-episodes // len(counts)))])[:episodes]
+    return counts[picks], values[picks]
+
+
+def evaluate_policy(policy: Policy,
+                    partners: Sequence[str | Policy | PartnerGroup] | Mapping[str, Policy | PartnerGroup] | str
+                    = "suite", *, episodes: int = 200, seed: int = 0, max_turns: int = DEFAULT_MAX_TURNS,
+                    no_deal_reward: float = 0.0,
+                    contexts: tuple[np.ndarray, np.ndarray] | None = None) -> list[EvalRow]:
     """Rows for each partner, then the ``"all"`` row pooling every game (see the module docstring).
 
-    ``partners``: ``"suite"`` or ``"a,b"``, a list of scripted partner names and Policy objects, or a
-    mapping from row names to Policy objects. Named partners are built with seeds ``seed + index``;
-    the policy and partner objects with a ``seed(int)`` method are reseeded, so evaluations repeat.
+    ``partners``: ``"suite"`` or ``"a,b"``, a list of scripted partner names, Policy objects and
+    :class:`PartnerGroup` objects, or a mapping from row names to either. Named partners are built with
+    seeds ``seed + index``; the policy and partner objects with a ``seed(int)`` method are reseeded, so
+    evaluations repeat. ``contexts`` (counts (N, 3), values (N, 2, 3)) is the pool each game's context
+    is drawn from (default: the rules' context distribution).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     named = _named_partners(partners, seed)
     rng = np.random.default_rng(seed)
-    counts, values = sample_context_arrays(rng, episodes)
+    counts, values = _game_contexts(rng, episodes, contexts)
     first = rng.integers(2, size=episodes)
     rows, pooled = [], []
     for index, (name, partner) in enumerate(named):
         reseed = getattr(policy, "seed", None)
         if callable(reseed):
             reseed(seed + 1000 + index)
-        games = play_batch((policy, partner), counts, values, first, max_turns=max_turns,
-                           no_deal_reward=no_deal_reward)
+        if isinstance(partner, PartnerGroup):
+            # Members are drawn from their own stream, so every evaluated policy meets the same ones.
+            member_rng = np.random.default_rng([seed, index, len(partner.members)])
+            member = member_rng.integers(len(partner.members), size=episodes)
+            for offset, each in enumerate(partner.members):
+                if callable(getattr(each, "seed", None)):
+                    each.seed(seed * 7919 + 100 * index + offset)
+            games = play_batch((policy, *partner.members), counts, values, first, max_turns=max_turns,
+                               no_deal_reward=no_deal_reward, seating=np.stack([np.zeros_like(member), 1 + member], 1))
+        else:
+            games = play_batch((policy, partner), counts, values, first, max_turns=max_turns,
+                               no_deal_reward=no_deal_reward)
         measures = game_measures(games, seat=0)
         pooled.append(measures)
         rows.append(EvalRow(name, episodes, **mean_measures(measures)))

@@ -432,6 +432,10 @@ class TimeDependentPartner(ScriptedPartner):
     accept_final_offers:
         Take an offer sent as ``insist`` as final and accept it when worth at least ``reservation``
         (default True).
+    deadline:
+        Its own deadline as a fraction of the game, in (0, 1] (default 1: the last act allowed). Time
+        is read as ``t / deadline``, so it reaches its reservation value at the deadline and holds it
+        afterwards.
     seed:
         Unused (deterministic).
     """
@@ -439,18 +443,21 @@ class TimeDependentPartner(ScriptedPartner):
     name = "time_dependent"
 
     def __init__(self, exponent: float = 1.0, reservation: float = 5.0, k: float = 0.0,
-                 accept_final_offers: bool = True, seed: int | None = None) -> None:
+                 accept_final_offers: bool = True, deadline: float = 1.0, seed: int | None = None) -> None:
         if exponent <= 0:
             raise ValueError(f"exponent must be positive, got {exponent}")
         if not 0.0 <= k <= 1.0:
             raise ValueError(f"k must be in [0, 1], got {k}")
+        if not 0.0 < deadline <= 1.0:
+            raise ValueError(f"deadline must be in (0, 1] (a fraction of the game), got {deadline}")
         super().__init__(reservation=reservation, seed=seed, accept_final_offers=accept_final_offers)
         self.exponent = float(exponent)
         self.k = float(k)
+        self.deadline = float(deadline)
 
     def target_utility(self, t: np.ndarray | float) -> np.ndarray:
-        """The own utility aimed at when time ``t`` in [0, 1] has passed."""
-        t = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0)
+        """The own utility aimed at when time ``t`` in [0, 1] has passed (reservation from the deadline on)."""
+        t = np.clip(np.asarray(t, dtype=np.float64) / self.deadline, 0.0, 1.0)
         f = self.k + (1.0 - self.k) * t ** (1.0 / self.exponent)
         return self.reservation + (_MAX_UTILITY - self.reservation) * (1.0 - f)
 
@@ -539,7 +546,11 @@ class ParetoPartner(TimeDependentPartner):
         Lowest utility it asks for or accepts, 0..10 (default 5).
     rationality:
         How strongly proposals are taken to favour the proposer's own values (default 1 per point).
-    k, accept_final_offers, seed:
+    prior:
+        Three numbers, a prior leaning per item type (default none: uniform). A valuation ``v`` of the
+        partner gets prior weight ``exp(prior . v)``: a positive entry expects the partner to value
+        that item type, a negative one not to.
+    k, accept_final_offers, deadline, seed:
         As for :class:`TimeDependentPartner`.
     """
 
@@ -547,12 +558,18 @@ class ParetoPartner(TimeDependentPartner):
     chunk_size = 256
 
     def __init__(self, exponent: float = 1.0, reservation: float = 5.0, rationality: float = 1.0,
-                 k: float = 0.0, accept_final_offers: bool = True, seed: int | None = None) -> None:
+                 k: float = 0.0, accept_final_offers: bool = True, prior=None, deadline: float = 1.0,
+                 seed: int | None = None) -> None:
         if rationality < 0:
             raise ValueError(f"rationality must be non-negative, got {rationality}")
         super().__init__(exponent=exponent, reservation=reservation, k=k, accept_final_offers=accept_final_offers,
-                         seed=seed)
+                         deadline=deadline, seed=seed)
         self.rationality = float(rationality)
+        if prior is not None:
+            prior = np.asarray(prior, dtype=np.float64)
+            if prior.shape != (NUM_ITEM_TYPES,) or not np.all(np.isfinite(prior)):
+                raise ValueError(f"prior must be {NUM_ITEM_TYPES} finite numbers (one per item type), got {prior}")
+        self.prior = prior
         self._table = _belief_table(self.rationality)
 
     def _table_rows(self, view: ObservationView) -> np.ndarray:
@@ -573,6 +590,8 @@ class ParetoPartner(TimeDependentPartner):
         kept_total = (ALL_SPLITS[kept] * is_offer[:, :, None]).sum(axis=1).astype(np.float64)  # (B, 3)
         total_utility = (cand * kept_total[:, None, :]).sum(axis=-1)  # (B, K)
         log_lik = self.rationality * total_utility - is_offer.sum(axis=1)[:, None] * table.log_norm[rows]
+        if self.prior is not None:
+            log_lik = log_lik + cand @ self.prior
         log_lik = np.where(ok, log_lik, -np.inf)
         weights = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
         return cand, weights / weights.sum(axis=1, keepdims=True)
@@ -667,7 +686,7 @@ class _BeliefTable:
     level_end: np.ndarray
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _belief_table(rationality: float) -> _BeliefTable:
     groups: list[tuple[tuple[int, int, int], tuple[int, int, int], list[tuple[int, int, int]]]] = []
     for counts in _valid_count_vectors():
@@ -713,10 +732,10 @@ def _belief_table(rationality: float) -> _BeliefTable:
 
 
 def _time_dependent(name: str, exponent: float) -> Callable[..., TimeDependentPartner]:
-    def build(reservation: float = 5.0, k: float = 0.0, accept_final_offers: bool = True,
+    def build(reservation: float = 5.0, k: float = 0.0, accept_final_offers: bool = True, deadline: float = 1.0,
               seed: int | None = None) -> TimeDependentPartner:
         partner = TimeDependentPartner(exponent=exponent, reservation=reservation, k=k,
-                                       accept_final_offers=accept_final_offers, seed=seed)
+                                       accept_final_offers=accept_final_offers, deadline=deadline, seed=seed)
         partner.name = name
         return partner
 
