@@ -134,34 +134,12 @@ class SleeperAgentConfig:
 
     @classmethod
     def small_images(cls, **overrides) -> SleeperAgentConfig:
-        """The schedule :meth:`for_dataset` picks for images smaller than 32x32 colour (digits, MNIST).
-
-        Differences from :meth:`paper`: IBM ART 1.20's choices -- no surrogate retraining
-        (``retrain_times=0``), the ``tanh`` parametrisation, 120 steps with the lr divided by 10 at 60%,
-        80% and 88% of them, and no augmentation while crafting -- and an ensemble of two surrogates
-        (``ensemble=2``, Witches' Brew's option). Chosen on validation splits carved from the digits
-        *training* split (80/20, stratified, seed 1; ASR on patched validation images, three victims per
-        poisoned set and four trigger placements per image unless said), never on the test split:
-
-        - Dropping the retraining and using ``tanh`` (six pairs, two victims each): 10.2% validation ASR
-          against 2.9% for the paper's schedule at budget 10% / eps 32/255, 4.0% against 2.0% at 5% /
-          16/255 (random noise 2.1%), at a third of the crafting time.
-        - The short un-augmented schedule against the paper's 250 augmented steps (both without
-          retraining, tanh), at budget 5% / eps 16/255 (the paper's bound), ASR in points: 6.4 vs 6.1 on
-          24 pairs drawn with seed 11 (ART 5.9, patch alone 2.7), 4.5 vs 3.8 on 12 pairs drawn with seed 5
-          (ART 4.1), 9.4 vs 8.1 on six source-class-1 pairs (ART 9.0), but 2.6 vs 4.0 on the first six
-          pairs (two victims each; ART 2.8): +0.3 points over all 48 pairs, at 0.65x the crafting time.
-          At 10% / eps 32/255 it gave 14.8 vs 15.9 on the seed-5 pairs, so with larger bounds
-          ``small_images(steps=250, lr_drops=SleeperAgentConfig.lr_drops, augment=True)`` may plant a
-          little more.
-        - Two surrogates against one, at 5% / eps 16/255: +0.46 +- 0.42 points per pair on 24 pairs drawn
-          with seed 23 and +0.79 +- 0.45 on 24 drawn with seed 29, +0.63 +- 0.31 over the 48 (the rule,
-          set before the second set was run: at least +0.4 and 1.5 standard errors), for twice the
-          crafting time (0.42x ART's). ``ensemble=1`` is the single-surrogate schedule. (An earlier
-          trial on 12 pairs, with the paper's 250 augmented steps halved to keep the crafting time, had
-          lost 0.4 +- 0.5 points.)
-        - Restarts, eight trigger placements per source image and surrogate snapshots did not help beyond
-          the noise. Details in docs/poisoning.md.
+        """A cheaper schedule for small grey images (digits, MNIST), after IBM ART 1.20's
+        ``SleeperAgentAttack``: no surrogate retraining (``retrain_times=0``), ``delta = eps * tanh(w)``
+        (``parametrisation="tanh"``), 120 steps with the lr divided by 10 at 60%, 80% and 88% of them,
+        no augmentation while crafting, and an ensemble of two surrogates. Without retraining it costs
+        about a third of :meth:`paper`'s crafting time. How it compares with :meth:`paper` is measured in
+        docs/studies/poisoning_schedule.md.
         """
         art_like = cls(steps=120, lr_drops=(0.6, 0.8, 0.88), augment=False, retrain_times=0, parametrisation="tanh",
                        ensemble=2)

@@ -10,6 +10,11 @@ intervals; it is printed and replaces this run's own section of benchmarks/RESUL
     python benchmarks/poisoning_mnist.py --attacks badnets --budget 0.01 --trigger-placement fixed
     python benchmarks/poisoning_mnist.py --attacks sleeper_agent,htba,random --budget 0.05 --pairs 10
 
+The GPU recipe (Souri et al.'s CIFAR-10 / ResNet-18 setting, 1% budget, 40-epoch victims)::
+
+    python benchmarks/poisoning_mnist.py --dataset cifar10 --data-path /data/cifar-10-batches-py \
+        --victim resnet18 --recipe paper --budget 0.01 --attacks sleeper_agent,htba,random --device cuda
+
 Results (resumable) live under ``--out``; a rerun skips finished cells.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 from common import machine, write_results_section
@@ -41,7 +47,11 @@ def _options(items: list[str]) -> dict[str, dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--dataset", default="mnist5k", help="mnist5k, digits, cifar10 or mnist (with --data-path)")
+    parser.add_argument("--data-path", default=None, help="folder of the local CIFAR-10 / MNIST files")
+    parser.add_argument("--victim", default="small_cnn")
+    parser.add_argument("--recipe", default="dataset", help="tiny, dataset or paper (the 40-epoch CIFAR schedule)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--attacks", default="badnets")
     parser.add_argument("--defenses", default="none")
     parser.add_argument("--pairs", type=int, default=10)
@@ -61,9 +71,10 @@ def main(argv: list[str] | None = None) -> str:
     config = BenchConfig(
         dataset=args.dataset, attacks=tuple(args.attacks.split(",")), defenses=tuple(args.defenses.split(",")),
         pairs=args.pairs, seeds=args.seeds, pair_seed=args.pair_seed, budget=args.budget, eps=args.eps / 255,
+        victim=args.victim, recipe=args.recipe, dataset_kwargs={"path": args.data_path} if args.data_path else {},
         victim_kwargs={"width": args.width} if args.width else {}, epochs=args.epochs,
         attack_kwargs=_options(args.attack_option), trigger_placement=args.trigger_placement,
-        workers=args.workers, threads_per_worker=args.threads, device="cpu",
+        workers=args.workers, threads_per_worker=args.threads, device=args.device,
         out=args.out or f"bench-{args.dataset}-{args.attacks.replace(',', '-')}-{args.defenses.replace(',', '-')}"
                         f"-{args.budget:g}-{args.trigger_placement}")
     rows = run_grid(config)
@@ -71,15 +82,18 @@ def main(argv: list[str] | None = None) -> str:
     table = summary_markdown(summarize(rows, config), config)
     print(table)
     if not args.no_write:
-        width = args.width or "default (32)"
-        note = (f"Victims: small_cnn width {width}, `TrainingRecipe.for_dataset` (15 epochs), trained from scratch; "
+        width = args.width or "default"
+        note = (f"Victims: {args.victim} width {width}, recipe {args.recipe}, trained from scratch; "
                 f"one victim per cell; {minutes:.1f} min of episode time over all cells ({args.workers} worker(s), torch "
                 f"{torch.__version__}). Source ASR: patched source-class test images sent to the target; full "
                 "ASR: patched test images of every non-target class; clean-acc drop: against a victim of the "
                 "same seed trained on the clean set; patch alone: that clean victim's source ASR.")
         title = (f"Poisoning on {args.dataset}: {args.attacks} vs {args.defenses}, budget {args.budget:.0%}, "
                  f"eps {args.eps:g}/255, {args.trigger_placement} trigger")
-        write_results_section(title, machine(), note, table)
+        where = machine()
+        if args.device != "cpu" and torch.cuda.is_available():
+            where = f"{torch.cuda.get_device_name(0)} (device {args.device}), {os.cpu_count()} CPU cores"
+        write_results_section(title, where, note, table)
     return table
 
 

@@ -216,3 +216,17 @@ def test_bench_cli_explains_bad_input_before_any_work(tmp_path, args, message):
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and re.search(message, text), text
     assert not out.exists()
+
+
+def test_mnist5k_is_the_default_scenario_of_the_env_and_the_bench():
+    from parley.attacks.bench import BenchConfig
+
+    raw = poisoning_v0.env(device="cpu").unwrapped
+    assert raw.dataset.name == "mnist5k" and raw.dataset.shape == (1, 28, 28) and raw.dataset.num_train == 4000
+    assert raw.trigger_size == 7 and raw.trigger_placement == "random" and raw.recipe.epochs == 15
+    assert BenchConfig().dataset == "mnist5k" and BenchConfig().pairs >= 10
+    raw.reset(seed=0)
+    assert raw.trigger.placement == "random"
+    fixed = poisoning_v0.env(device="cpu", trigger_placement="fixed").unwrapped
+    fixed.reset(seed=0)
+    assert fixed.trigger.locations(1, 28, 28).tolist() == [[21, 21]]
