@@ -135,3 +135,32 @@ def test_partner_parameters_the_families_draw():
     plain = ParetoPartner().expected_partner_values(view)[0]
     leaning = ParetoPartner(prior=[2.0, 0.0, 0.0]).expected_partner_values(view)[0]
     assert leaning[0] > plain[0] + 0.5
+
+
+def test_parley_train_and_eval_show_the_heldout_families(tmp_path):
+    from typer.testing import CliRunner
+
+    from parley.agents.training.run import TrainConfig, train
+    from parley.cli import app
+
+    run = tmp_path / "run"
+    result = train(TrainConfig(framework="native", iterations=1, backbone_config={"hidden_sizes": [16]},
+                               train_batch_size=512, minibatch_size=256, eval_episodes=12, live=False,
+                               partners=["linear"], out=str(run)))
+    assert list(result.heldout.rows) == [*HELDOUT_FAMILIES, "all"]
+    assert result.heldout.rows["all"].agent.games == 12 * len(HELDOUT_FAMILIES)
+    lines = (run / "heldout.csv").read_text().splitlines()
+    assert len(lines) == 1 + len(HELDOUT_FAMILIES) + 1 and "gap" in lines[0]
+    quiet = train(TrainConfig(framework="native", iterations=1, backbone_config={"hidden_sizes": [16]},
+                              train_batch_size=512, minibatch_size=256, eval_episodes=4, heldout_episodes=0,
+                              live=False, partners=["linear"], out=str(tmp_path / "quiet")))
+    assert quiet.heldout is None and not (tmp_path / "quiet" / "heldout.csv").exists()
+
+    out = CliRunner().invoke(app, ["eval", str(run), "--protocol", "heldout", "--episodes", "10", "--members", "3",
+                                   "--out", str(tmp_path / "h.csv")], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "best scripted" in out.output and "pareto_prior" in out.output and "gap" in out.output
+    bad = CliRunner().invoke(app, ["eval", str(run), "--protocol", "sideways"])
+    assert bad.exit_code != 0 and "unknown protocol" in bad.output
+    bad = CliRunner().invoke(app, ["eval", str(run), "--protocol", "heldout", "--corpus", str(tmp_path)])
+    assert bad.exit_code != 0 and "test.txt" in bad.output

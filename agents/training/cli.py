@@ -57,6 +57,10 @@ def train_command(
                                          help="Checkpoint every N iterations."),
     eval_episodes: int = typer.Option(DEFAULTS.eval_episodes, "--eval-episodes", min=1,
                                       help="Games per partner in the final eval."),
+    heldout_episodes: int | None = typer.Option(None, "--heldout-episodes", min=0,
+                                                show_default="--eval-episodes",
+                                                help="Games per held-out partner family in the final table "
+                                                     "(0: none)."),
     league_size: int = typer.Option(DEFAULTS.league_size, "--league-size", min=1,
                                     help="Frozen snapshots in the self-play league."),
     league_threshold: float = typer.Option(DEFAULTS.league_threshold, "--league-threshold",
@@ -68,6 +72,8 @@ def train_command(
     minibatch_size: int = typer.Option(DEFAULTS.minibatch_size, "--minibatch-size", min=1, help="PPO minibatch size."),
     num_epochs: int = typer.Option(DEFAULTS.num_epochs, "--num-epochs", min=1, help="PPO epochs per iteration."),
     live: bool = typer.Option(DEFAULTS.live, "--live/--no-live", help="Live table while training."),
+    verbose: bool = typer.Option(DEFAULTS.verbose, "--verbose/--quiet",
+                                 help="Show Ray's and RLlib's log on the console (otherwise only in OUT/ray.log)."),
 ) -> None:
     """Train a negotiation policy with PPO; ends with an evaluation table and the checkpoint path."""
     import yaml
@@ -88,9 +94,10 @@ def train_command(
                   timesteps=timesteps, num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs,
                   address=address, device=device, out=None if out is None else str(out), resume=resume, seed=seed,
                   init_from=None if init_from is None else str(init_from), adapters=adapters,
-                  checkpoint_every=checkpoint_every, eval_episodes=eval_episodes, league_size=league_size,
+                  checkpoint_every=checkpoint_every, eval_episodes=eval_episodes, heldout_episodes=heldout_episodes,
+                  league_size=league_size,
                   league_threshold=league_threshold, lr=lr, train_batch_size=train_batch_size,
-                  minibatch_size=minibatch_size, num_epochs=num_epochs, live=live)
+                  minibatch_size=minibatch_size, num_epochs=num_epochs, live=live, verbose=verbose)
     parameter = {"num_envs_per_env_runner": "num_envs"}
     given = {key: value for key, value in values.items()
              if ctx.get_parameter_source(parameter.get(key, key)).name in GIVEN_SOURCES}
@@ -107,6 +114,10 @@ def train_command(
     from parley.agents.evaluation import eval_table
 
     console.print(eval_table(result.eval_rows, title=f"Greedy policy vs each partner ({resolved.eval_episodes} games)"))
+    if result.heldout is not None:
+        from parley.agents.heldout import heldout_table
+
+        console.print(heldout_table(result.heldout, title="Greedy policy vs held-out partner families"))
     console.print(f"trained {result.iterations} iterations, {result.env_steps} env steps in {result.elapsed_s:.0f} s")
     console.print(f"checkpoint: {result.checkpoint}")
     console.print(f"policy:     {result.policy_dir}  (parley.agents.load_policy('{result.run_dir}'))")
@@ -120,22 +131,55 @@ def eval_command(
     max_turns: int = typer.Option(DEFAULTS.max_turns, "--max-turns", min=1,
                                   help="Acts per game before it ends with no deal."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the rows to this CSV."),
+    protocol: str = typer.Option("suite", "--protocol",
+                                 help="suite: the scripted partners of --partners; heldout: the held-out partner "
+                                      "families (parley.agents.heldout), with the best scripted partner on the "
+                                      "same games and the gap."),
+    corpus: Path | None = typer.Option(None, "--corpus",
+                                       help="With --protocol heldout: a corpus directory; contexts come from its "
+                                            "test.txt and a supervised corpus partner joins the families."),
+    members: int = typer.Option(12, "--members", min=1,
+                                help="With --protocol heldout: partners drawn per family."),
 ) -> None:
     """Evaluate a trained policy against scripted partners: score, agreement, Pareto, Nash product."""
     from parley.agents.evaluation import eval_table, evaluate_policy, write_eval_csv
     from parley.agents.nn.torch_policy import load_policy
     from parley.agents.partners.pool import resolve_partner_names
 
+    if protocol not in ("suite", "heldout"):
+        raise typer.BadParameter(f"unknown protocol {protocol!r}; use suite or heldout", param_hint="--protocol")
+    if corpus is not None and protocol != "heldout":
+        raise typer.BadParameter("--corpus is read by --protocol heldout only", param_hint="--corpus")
     try:
         names = resolve_partner_names(partners)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--partners") from None
     if not Path(path).exists():
         raise typer.BadParameter(f"no run, checkpoint or policy at {path}", param_hint="PATH")
+    if corpus is not None and not (corpus / "test.txt").is_file():
+        raise typer.BadParameter(f"{corpus} holds no test.txt (the corpus test split)", param_hint="--corpus")
     try:
         policy = load_policy(path)
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err), param_hint="PATH") from None
+    if protocol == "heldout":
+        from parley.agents.heldout import (
+            evaluate_heldout,
+            heldout_table,
+            train_corpus_partner,
+            write_heldout_csv,
+        )
+
+        corpus_partner = None
+        if corpus is not None:
+            console.print(f"training the supervised corpus partner on {corpus} (test dialogues left out)")
+            corpus_partner = train_corpus_partner(corpus, seed=seed)
+        report = evaluate_heldout(policy, episodes=episodes, seed=seed, members=members, corpus=corpus,
+                                  corpus_partner=corpus_partner, max_turns=max_turns)
+        console.print(heldout_table(report, title=f"{path}: greedy policy vs held-out partner families"))
+        if out is not None:
+            console.print(f"wrote {write_heldout_csv(report, out, policy=path)}")
+        return
     rows = evaluate_policy(policy, names, episodes=episodes, seed=seed, max_turns=max_turns)
     console.print(eval_table(rows, title=f"{path}: greedy policy vs each partner ({episodes} games)"))
     if out is not None:

@@ -11,6 +11,8 @@ A run directory (``--out runs/NAME``) holds::
     checkpoints/iter_000010/         algorithm state (RLlib checkpoint or SB3 zip) + policy/ + meta.json
     policy/                          the latest policy as a TorchPolicy directory
     eval.csv                         the final evaluation against the partner suite
+    heldout.csv                      the final evaluation against held-out partner families
+                                     (parley.agents.heldout; gap to the best scripted partner)
 
 ``parley.agents.load_policy(run_dir)`` (or a checkpoint directory) loads the trained policy without Ray.
 
@@ -84,6 +86,7 @@ class TrainConfig:
     checkpoint_every: int = 5
     eval_episodes: int = 200
     eval_partners: str = "suite"
+    heldout_episodes: int | None = None  # games per held-out partner family (None: eval_episodes; 0: none)
     league_size: int = 4
     league_threshold: float = 5.0
     max_turns: int = DEFAULT_MAX_TURNS
@@ -94,6 +97,7 @@ class TrainConfig:
     minibatch_size: int = 2048
     num_epochs: int = 4
     live: bool = True
+    verbose: bool = False  # RLlib: Ray's and RLlib's log on the console instead of only in runs/NAME/ray.log
 
     @property
     def setup(self) -> str:
@@ -183,6 +187,8 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.heldout_episodes is not None and self.heldout_episodes < 0:
+            raise TrainConfigError(f"heldout-episodes must be 0 (no held-out table) or more, got {self.heldout_episodes}")
         if self.num_env_runners < 0:
             raise TrainConfigError(f"--num-env-runners must be 0 or more, got {self.num_env_runners}")
         if self.minibatch_size > self.train_batch_size:
@@ -412,6 +418,7 @@ class TrainResult:
     elapsed_s: float
     history: list[dict[str, Any]]
     eval_rows: list | None = None
+    heldout: Any = None  # parley.agents.heldout.HeldoutReport of the final policy
 
 
 def train(config: TrainConfig, *, console=None, evaluate: bool = True,
@@ -446,6 +453,13 @@ def train(config: TrainConfig, *, console=None, evaluate: bool = True,
         result.eval_rows = evaluate_policy(policy, config.eval_partners, episodes=config.eval_episodes,
                                            seed=config.seed + 12345, max_turns=config.max_turns)
         write_eval_csv(result.eval_rows, run / "eval.csv", policy=str(result.policy_dir))
+        heldout_episodes = config.eval_episodes if config.heldout_episodes is None else config.heldout_episodes
+        if heldout_episodes:
+            from parley.agents.heldout import evaluate_heldout, write_heldout_csv
+
+            result.heldout = evaluate_heldout(policy, episodes=heldout_episodes, seed=config.seed,
+                                              max_turns=config.max_turns)
+            write_heldout_csv(result.heldout, run / "heldout.csv", policy=str(result.policy_dir))
     return result
 
 
