@@ -28,13 +28,27 @@ from parley.oracles.selection import (
 from parley.oracles.tda import METHODS, TDAConfig, run_tda, train_method
 
 TINY_SL = SupervisedConfig(epochs=2, backbone_config={"hidden_sizes": (32, 32)}, device="cpu")
-TINY = TDAConfig(rounds=1, queries_per_round=8, candidate_games=64, partner_epochs=1, eval_games=50,
-                 ppo=PPOConfig(total_games=256, games_per_iteration=128, update_epochs=2), supervised=TINY_SL)
+# Every step of the loop runs, on as few games as still yield the 8 distinct query states a round asks for.
+TINY = TDAConfig(rounds=1, queries_per_round=8, candidate_games=32, partner_epochs=1, eval_games=50,
+                 ppo=PPOConfig(total_games=128, games_per_iteration=64, update_epochs=1, num_minibatches=2),
+                 supervised=TINY_SL)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # These networks are tiny: a second thread only waits on the first, and on a busy machine
+    # that doubles the run time.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return corpus_dataset(synthetic_corpus(150, seed=2))
+    return corpus_dataset(synthetic_corpus(100, seed=2))
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +161,10 @@ def test_shaped_rewards():
 
 
 def test_ppo_learns_to_score_against_a_fixed_partner():
-    learner = new_policy(SupervisedConfig(backbone_config={"hidden_sizes": (64, 64)}, device="cpu"))
-    result = train_ppo(learner, make_partner("conceder"), PPOConfig(total_games=6144, games_per_iteration=512))
+    # 12 iterations of 256 games lift the score by 1.4 to 2.3 points over seeds 0-3; 1 is the bar.
+    learner = new_policy(SupervisedConfig(backbone_config={"hidden_sizes": (32, 32)}, device="cpu"))
+    result = train_ppo(learner, make_partner("conceder"),
+                       PPOConfig(total_games=3072, games_per_iteration=256, learning_rate=3e-3))
     first, last = result.history[0], result.history[-1]
     assert last["score"] > first["score"] + 1.0
     assert last["learner_steps"] == sum(row["learner_steps_this_iteration"] for row in result.history) > 0
@@ -167,13 +183,13 @@ def test_every_baseline_trains_in_the_harness(corpus, sl_policy, tmp_path):
 def test_tda_command(tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["tda", "--oracle", "scripted", "--rounds", "1", "--queries-per-round", "5",
-                                      "--out", str(out), "--games-per-round", "256", "--synthetic-dialogues", "60",
-                                      "--sl-epochs", "1", "--eval-games", "20", "--device", "cpu"])
+                                      "--out", str(out), "--games-per-round", "64", "--synthetic-dialogues", "30",
+                                      "--sl-epochs", "1", "--eval-games", "4", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["rounds"][0]["queries_asked"] == 5
     assert set(final["scripted_suite"]) == {*list_partners(), "all"}
-    assert final["scripted_suite"]["all"]["games"] == 20 * len(list_partners())
+    assert final["scripted_suite"]["all"]["games"] == 4 * len(list_partners())
     assert final["partner_model"]["partner"] == "partner model" and 0 <= final["partner_model"]["agreement"] <= 1
     bad = CliRunner().invoke(app, ["tda", "--oracle", "psychic", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "unknown oracle" in bad.output
