@@ -8,7 +8,10 @@ state (``algorithm/``), the trained module exported as a TorchPolicy (``policy/`
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +38,76 @@ from parley.agents.training.run import (
 )
 
 DEFAULT_MODULE = "default_policy"
+#: Where a run keeps Ray's and RLlib's log records (start-up warnings included) unless ``verbose``.
+RAY_LOG = "ray.log"
 
 
-def start_ray(address: str | None) -> bool:
-    """Join the cluster at ``address`` or start a local Ray; returns True when this call started it."""
+@contextlib.contextmanager
+def ray_log_to_file(path: Path | None) -> Iterator[None]:
+    """Send the ``ray`` loggers' records and Python warnings to the file ``path`` instead of the console
+    while the block runs (None: leave both alone); call :func:`route_ray_log` again after ``ray.init``,
+    which resets Ray's handlers."""
+    if path is None:
+        yield
+        return
+    import ray.rllib  # noqa: F401 -- importing installs Ray's and RLlib's console handlers, replaced below
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _routes.append(handler)
+    saved = {name: (logger.handlers[:], logger.propagate) for name, logger in _ray_loggers().items()}
+    warnings_logger = logging.getLogger("py.warnings")
+    saved_warnings = (warnings_logger.handlers[:], warnings_logger.propagate)
+    warnings_logger.handlers, warnings_logger.propagate = [handler], False
+    logging.captureWarnings(True)
+    # ray.init clears the ``ray`` handlers and logs before they are back; such records reach lastResort.
+    saved_last_resort, logging.lastResort = logging.lastResort, handler
+    route_ray_log()
+    try:
+        yield
+    finally:
+        logging.lastResort = saved_last_resort
+        logging.captureWarnings(False)
+        warnings_logger.handlers, warnings_logger.propagate = saved_warnings
+        for name, logger in _ray_loggers().items():
+            logger.handlers, logger.propagate = saved.get(name, (logger.handlers, logger.propagate))
+            if name not in saved and handler in logger.handlers:
+                logger.handlers = [h for h in logger.handlers if h is not handler]
+        _routes.remove(handler)
+        handler.close()
+
+
+_routes: list[logging.Handler] = []  # the file handler of the run in progress, if any
+
+
+def _ray_loggers() -> dict[str, logging.Logger]:
+    return {name: logger for name, logger in logging.root.manager.loggerDict.items()
+            if isinstance(logger, logging.Logger) and (name == "ray" or name.startswith("ray."))}
+
+
+def route_ray_log() -> None:
+    """Point every Ray logger that writes on its own (the ``ray`` root, RLlib's, Ray Data's) at the run's
+    log file; the others reach it through ``ray``. Does nothing outside :func:`ray_log_to_file`."""
+    if not _routes:
+        return
+    for name, logger in _ray_loggers().items():
+        if name == "ray" or logger.handlers or not logger.propagate:
+            logger.handlers = [_routes[-1]]
+
+
+def start_ray(address: str | None, *, verbose: bool = False) -> bool:
+    """Join the cluster at ``address`` or start a local Ray; returns True when this call started it.
+
+    ``verbose`` also shows the env runners' and learners' own output on the console.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=verbose, configure_logging=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=False)
     return True
 
 
@@ -125,13 +186,24 @@ def _league_callback(algo):
 
 
 def train_rllib(config: TrainConfig, run: Path, *, console=None, on_iteration=None) -> TrainResult:
+    """Train with RLlib; torch runs on one thread in this process, as Ray sets it up in its workers
+    (small forward passes lose to the threads' hand-offs, see ``rllib_envs.one_torch_thread``)."""
+    from parley.agents.training.rllib_envs import one_torch_thread
+
+    with ray_log_to_file(None if config.verbose else run / RAY_LOG), one_torch_thread():
+        return _train_rllib(config, run, console=console, on_iteration=on_iteration)
+
+
+def _train_rllib(config: TrainConfig, run: Path, *, console=None, on_iteration=None) -> TrainResult:
     import ray
 
-    started = start_ray(config.address)
+    started = start_ray(config.address, verbose=config.verbose)
+    route_ray_log()
     init_policy = init_policy_for(config)
     backbone, backbone_config, trainable = network_plan(config, init_policy)
     obs_size = observation_size_for(config)
     algo = build_algorithm_config(config, backbone, backbone_config, trainable).build_algo()
+    route_ray_log()
     view = None
     logger = None
     try:

@@ -15,14 +15,43 @@ has acted gets its final observation, its reward and ``terminated=True``.
 partner inside) -- or its batched vector version when RLlib asks for ``num_envs`` -- with the partner
 drawn per episode from a pool of scripted partners. It is registered with Ray as
 :data:`PARTNER_POOL_ENV`.
+
+:class:`NegotiationVectorMultiAgentEnv` is the multi-agent env of ``num_envs`` games at once on the
+batched rules (:class:`~parley.envs.negotiation.BatchedNegotiation`): every game reports exactly what
+:class:`NegotiationMultiAgentEnv` would (the test suite replays the same contexts through both), with
+Gymnasium's next-step autoreset as RLlib's ``SyncVectorMultiAgentEnv`` does it. RLlib 2.60 builds
+multi-agent vector envs only as a loop over single envs, so :class:`BatchedMultiAgentEnvRunner` (the
+env runner of the self-play and independent-learner setups) builds this env instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
+from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.vector.vector_multi_agent_env import VectorMultiAgentEnv
+
+from parley.envs._adapter_common import AGENTS, check_common_args, observation_space, resolve_contexts
+from parley.envs.negotiation import (
+    DEFAULT_MAX_TURNS,
+    NUM_ACTIONS,
+    BatchedNegotiation,
+    IllegalActionError,
+    context_arrays,
+    context_ids,
+    contexts_to_arrays,
+    decode_act,
+    describe_legal,
+    outcome_metrics_batch,
+    sample_context_ids,
+)
 
 MULTI_AGENT_ENV = "parley_negotiation_multi_agent"
 PARTNER_POOL_ENV = "parley_negotiation_partner_pool"
@@ -88,6 +117,237 @@ class NegotiationMultiAgentEnv(MultiAgentEnv):
 
     def close(self) -> None:
         self.env.close()
+
+
+class _SeatSpaces(MultiAgentEnv):
+    """The spaces of one game; stands in for RLlib's per-game sub-envs, which only supply spaces."""
+
+    def __init__(self, max_turns: int) -> None:
+        super().__init__()
+        self.possible_agents = list(AGENTS)
+        self.agents = list(AGENTS)
+        self.observation_spaces = {a: observation_space(max_turns) for a in AGENTS}
+        self.action_spaces = {a: gym.spaces.Discrete(NUM_ACTIONS) for a in AGENTS}
+
+
+class NegotiationVectorMultiAgentEnv(VectorMultiAgentEnv):
+    """``num_envs`` two-player negotiations on the batched rules, behind RLlib's vector multi-agent API.
+
+    Each step takes one action dict per game (the agent to move's act) and returns, per game, the dicts
+    :class:`NegotiationMultiAgentEnv` returns; a game that ended in the last step starts over instead
+    (its actions are ignored) and reports its first observation with zero rewards.
+
+    Args:
+        num_envs: games played side by side.
+        config: ``max_turns``, ``contexts`` (None: sampled; a path or a list of ``Context``),
+            ``first_player`` (None: drawn per game), ``no_deal_reward`` and ``reward_scale``, as for
+            :class:`NegotiationMultiAgentEnv`.
+    """
+
+    metadata: dict[str, Any] = {"autoreset_mode": "next_step"}
+    CONFIG_KEYS = ("max_turns", "contexts", "first_player", "no_deal_reward", "reward_scale")
+
+    def __init__(self, num_envs: int, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(self.CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"unknown env settings {unknown}; known: {', '.join(self.CONFIG_KEYS)}")
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        self.max_turns = int(config.get("max_turns", DEFAULT_MAX_TURNS))
+        self.first_player = config.get("first_player")
+        check_common_args(self.max_turns, self.first_player, "raise", None)
+        self.reward_scale = float(config.get("reward_scale", 1.0))
+        self.no_deal_reward = float(config.get("no_deal_reward", 0.0))
+        contexts = resolve_contexts(config.get("contexts"))
+        self.context_ids = None if contexts is None else context_ids(*contexts_to_arrays(contexts))
+        self.num_envs = int(num_envs)
+        self.game = BatchedNegotiation(self.num_envs, max_turns=self.max_turns, no_deal_reward=self.no_deal_reward)
+        self.observed = np.zeros((self.num_envs, 2), dtype=bool)  # which seats have seen their game
+        self.needs_reset = np.zeros(self.num_envs, dtype=bool)
+        seats = _SeatSpaces(self.max_turns)
+        self.envs = [seats] * self.num_envs  # RLlib reads each game's spaces from here
+        self.single_observation_spaces = dict(seats.observation_spaces)
+        self.single_action_spaces = dict(seats.action_spaces)
+        self.single_observation_space = gym.spaces.Dict(self.single_observation_spaces)
+        self.single_action_space = gym.spaces.Dict(self.single_action_spaces)
+        self._rows = np.arange(self.num_envs)
+        self._np_random, self._np_random_seed = seeding.np_random(None)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        if options:
+            raise ValueError(f"the vector env takes no reset options, got {sorted(options)}")
+        self._start_games(self._rows)
+        self.needs_reset[:] = False
+        observations, masks = self._movers_view()
+        movers = self.game.current_player
+        obs = [{AGENTS[p]: {"observation": o, "action_mask": m}} for p, o, m in zip(movers, observations, masks)]
+        return obs, [{AGENTS[p]: {}} for p in movers]
+
+    def step(self, actions: list[dict[str, Any]]):
+        game = self.game
+        n = self.num_envs
+        if len(actions) != n:
+            raise ValueError(f"expected one action dict per game ({n}), got {len(actions)}")
+        restart = self.needs_reset
+        movers = game.current_player
+        chosen = np.zeros(n, dtype=np.int64)
+        for i in np.flatnonzero(~restart):
+            agent = AGENTS[movers[i]]
+            try:
+                chosen[i] = actions[i][agent]
+            except KeyError:
+                raise ValueError(f"game {i}: it is {agent}'s turn, but the actions were for "
+                                 f"{sorted(actions[i])}") from None
+        acting = ~restart
+        legal = game.legal_taken(chosen)
+        illegal = acting & ~legal
+        if illegal.any():
+            raise IllegalActionError(self._illegal_message(int(np.flatnonzero(illegal)[0]), int(chosen[illegal][0])))
+        game.apply_actions(chosen, active=acting, legal=legal)
+
+        restarted = np.flatnonzero(restart)
+        if restarted.size:
+            self._start_games(restarted)
+        ended = acting & game.done
+        going = acting & ~game.done
+        self.observed[np.flatnonzero(going), game.current_player[going]] = True
+        self.needs_reset = ended
+
+        observations, masks = self._movers_view()
+        movers = game.current_player
+        obs: list[dict] = [None] * n
+        rewards: list[dict] = [None] * n
+        terminated: list[dict] = [None] * n
+        truncated: list[dict] = [None] * n
+        infos: list[dict] = [None] * n
+        for i in np.flatnonzero(going):
+            agent = AGENTS[movers[i]]
+            obs[i] = {agent: {"observation": observations[i], "action_mask": masks[i]}}
+            rewards[i], terminated[i], truncated[i] = {}, {"__all__": False}, {"__all__": False}
+            infos[i] = {agent: {}}
+        for i in restarted:
+            agent = AGENTS[movers[i]]
+            obs[i] = {agent: {"observation": observations[i], "action_mask": masks[i]}}
+            rewards[i] = dict.fromkeys(AGENTS, 0.0)
+            terminated[i] = {**dict.fromkeys(AGENTS, False), "__all__": False}
+            truncated[i] = {**dict.fromkeys(AGENTS, False), "__all__": False}
+            infos[i] = {agent: {}}
+        ended_rows = np.flatnonzero(ended)
+        if ended_rows.size:
+            self._fill_endings(ended_rows, obs, rewards, terminated, truncated, infos)
+        return obs, rewards, terminated, truncated, infos
+
+    # ---------------------------------------------------------------------------------------------
+
+    def _start_games(self, rows: np.ndarray) -> None:
+        rng = self._np_random
+        n = len(rows)
+        if self.context_ids is None:
+            ids = sample_context_ids(rng, n)
+        elif len(self.context_ids) == 1:
+            ids = np.repeat(self.context_ids, n)
+        else:
+            ids = self.context_ids[rng.integers(len(self.context_ids), size=n)]
+        counts, values = context_arrays(ids)
+        firsts = rng.integers(2, size=n) if self.first_player is None else np.full(n, self.first_player)
+        self.game.reset_games(rows, counts, values, firsts)
+        self.observed[rows] = False
+        self.observed[rows, firsts] = True
+
+    def _movers_view(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every game's observation and legal mask as seen by its player to move."""
+        game = self.game
+        return game.observations(game.current_player), game.legal_masks()
+
+    def _fill_endings(self, rows: np.ndarray, obs, rewards, terminated, truncated, infos) -> None:
+        game = self.game
+        seat_obs = [game.observations(np.full(len(rows), seat), rows) for seat in (0, 1)]
+        no_mask = np.zeros(NUM_ACTIONS, dtype=np.int8)  # a finished game has no legal act
+        metrics = outcome_metrics_batch(game.counts[rows], game.values[rows], game.agreed_split[rows],
+                                        game.agreed[rows], self.no_deal_reward)
+        scores = metrics["scores"]
+        for k, i in enumerate(rows):
+            agreed = bool(game.agreed[i])
+            walked = int(game.walked_away_by[i])
+            info = {
+                "scores": (float(scores[k, 0]), float(scores[k, 1])),
+                "joint": float(metrics["joint"][k]),
+                "pareto_optimal": bool(metrics["pareto_optimal"][k]),
+                "pareto_distance": float(metrics["pareto_distance"][k]),
+                "nash_product": float(metrics["nash_product"][k]),
+                "max_nash_product": float(metrics["max_nash_product"][k]),
+                "agreement": agreed,
+                "turns": int(game.turn[i]),
+                "deal": tuple(int(x) for x in game.agreed_split[i]) if agreed else None,
+                "walked_away_by": None if walked < 0 else AGENTS[walked],
+                "illegal_action": None,
+            }
+            seats = [s for s in (0, 1) if self.observed[i, s]]
+            obs[i] = {AGENTS[s]: {"observation": seat_obs[s][k], "action_mask": no_mask} for s in seats}
+            rewards[i] = {AGENTS[s]: self.reward_scale * float(scores[k, s]) for s in seats}
+            terminated[i] = {**{AGENTS[s]: True for s in seats}, "__all__": True}
+            truncated[i] = {**{AGENTS[s]: False for s in seats}, "__all__": False}
+            infos[i] = {AGENTS[s]: dict(info) for s in seats}
+
+    def _illegal_message(self, i: int, action: int) -> str:
+        game = self.game
+        if 0 <= action < NUM_ACTIONS:
+            kind, split = decode_act(action)
+            what = f"{kind}{'' if split is None else ' ' + str(split)} (action {action})"
+        else:
+            what = f"action {action} (indices are 0..{NUM_ACTIONS - 1})"
+        legal = describe_legal(game.legal_masks()[i], tuple(int(c) for c in game.counts[i]))
+        return f"game {i}: {AGENTS[game.current_player[i]]} cannot play {what} at turn {int(game.turn[i])}; legal: {legal}"
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block with torch on one intra-op thread, then restore the previous count.
+
+    Sampling runs the module on at most a few hundred rows at a time; splitting such small ops over
+    threads costs more than it saves, and on a busy machine the threads' hand-offs make each op
+    hundreds of times slower (a tanh on 32 x 64 floats: about 9 us on one thread, 3.5 ms on two with
+    other processes running). Remote env runners already get one thread from Ray; this covers the env
+    runner inside the driver.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
+class PartnerPoolEnvRunner(SingleAgentEnvRunner):
+    """RLlib's single-agent env runner, sampling with one torch thread (see :func:`one_torch_thread`)."""
+
+    def sample(self, *args: Any, **kwargs: Any):
+        with one_torch_thread():
+            return super().sample(*args, **kwargs)
+
+
+class BatchedMultiAgentEnvRunner(MultiAgentEnvRunner):
+    """RLlib's multi-agent env runner on :class:`NegotiationVectorMultiAgentEnv` (the batched rules),
+    sampling with one torch thread (see :func:`one_torch_thread`)."""
+
+    def sample(self, *args: Any, **kwargs: Any):
+        with one_torch_thread():
+            return super().sample(*args, **kwargs)
+
+    def make_env(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self.env = NegotiationVectorMultiAgentEnv(int(self.config.num_envs_per_env_runner), dict(self.config.env_config))
+        self.num_envs = self.env.num_envs
+        self._needs_initial_reset = True
 
 
 def multi_agent_env_creator(config: dict[str, Any]) -> NegotiationMultiAgentEnv:

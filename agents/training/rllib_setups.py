@@ -6,14 +6,17 @@ Three setups, each a function returning a ready :class:`~ray.rllib.algorithms.pp
    is drawn from the pool; partners are not trained. Runs on the single-agent Gymnasium env with the
    partner inside, batched (``num_envs_per_env_runner`` games per env runner in one numpy vector env),
    which is where RLlib's per-step cost is smallest.
-2. :func:`self_play_config` -- self-play against a league of frozen snapshots on the PettingZoo AEC
-   env (through :class:`~parley.agents.training.rllib_envs.NegotiationMultiAgentEnv`). Every episode the
+2. :func:`self_play_config` -- self-play against a league of frozen snapshots, ``num_envs_per_env_runner``
+   games per env runner on the batched rules
+   (:class:`~parley.agents.training.rllib_envs.NegotiationVectorMultiAgentEnv`; ``batched=False`` plays
+   them one by one through the PettingZoo AEC env and
+   :class:`~parley.agents.training.rllib_envs.NegotiationMultiAgentEnv`, the same episodes). Every episode the
    ``learner`` module takes a random seat and faces one of ``league_size`` frozen ``league_i`` modules.
    All league slots start as copies of the initial learner; whenever the learner's mean score in an
    iteration reaches ``league_threshold``, :class:`LeagueCallback` copies its weights into the oldest
    slot.
 3. :func:`independent_learners_config` -- two learners, ``learner_0`` in seat ``agent_0`` and
-   ``learner_1`` in seat ``agent_1``, each trained on its own experience.
+   ``learner_1`` in seat ``agent_1``, each trained on its own experience (envs as for self-play).
 
 Every setup uses :class:`~parley.agents.training.rllib_module.NegotiationRLModule` with the same backbone, and
 :class:`NegotiationMetricsCallback` adds ``score``, ``agreement`` and ``pareto`` (fraction of deals that
@@ -31,7 +34,13 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
-from parley.agents.training.rllib_envs import MULTI_AGENT_ENV, PARTNER_POOL_ENV, register_rllib_envs
+from parley.agents.training.rllib_envs import (
+    MULTI_AGENT_ENV,
+    PARTNER_POOL_ENV,
+    BatchedMultiAgentEnvRunner,
+    PartnerPoolEnvRunner,
+    register_rllib_envs,
+)
 from parley.agents.training.rllib_module import module_spec
 
 SETUPS = ("partners", "self-play", "independent")
@@ -229,35 +238,39 @@ def partner_pool_config(partners: list[str], *, backbone: str = "mlp", backbone_
         .environment(PARTNER_POOL_ENV, env_config={"partners": list(partners), "max_turns": settings.max_turns,
                                                    "reward_scale": settings.reward_scale})
         .env_runners(num_envs_per_env_runner=envs, gym_env_vectorize_mode="vector_entry_point",
-                     rollout_fragment_length=fragment)
+                     rollout_fragment_length=fragment, env_runner_cls=PartnerPoolEnvRunner)
         .rl_module(rl_module_spec=module_spec(backbone, backbone_config, trainable=trainable))
         .callbacks(NegotiationMetricsCallback)
     )
 
 
-def _multi_agent_base(settings: PPOSettings, seed: int, device: str) -> PPOConfig:
+def _multi_agent_base(settings: PPOSettings, seed: int, device: str, batched: bool) -> PPOConfig:
     runners = max(settings.num_env_runners, 1)
     envs = settings.num_envs_per_env_runner
     fragment = max(1, settings.train_batch_size // (envs * runners))
-    return (
+    config = (
         _base_config(settings, seed=seed, device=device)
         .environment(MULTI_AGENT_ENV, env_config={"max_turns": settings.max_turns,
                                                   "reward_scale": settings.reward_scale})
         .env_runners(num_envs_per_env_runner=envs, rollout_fragment_length=fragment)
     )
+    if batched:
+        config.env_runners(env_runner_cls=BatchedMultiAgentEnvRunner)
+    return config
 
 
 def self_play_config(*, backbone: str = "mlp", backbone_config: dict | None = None,
                      settings: PPOSettings | None = None, seed: int = 0, device: str = "cpu",
-                     trainable: str = "all", league_size: int = 4, league_threshold: float = 5.0) -> PPOConfig:
-    """Setup 2: the learner against a league of its own frozen snapshots."""
+                     trainable: str = "all", league_size: int = 4, league_threshold: float = 5.0,
+                     batched: bool = True) -> PPOConfig:
+    """Setup 2: the learner against a league of its own frozen snapshots (``batched``: on the batched rules)."""
     settings = settings or PPOSettings()
     if league_size < 1:
         raise ValueError(f"league_size must be at least 1, got {league_size}")
     specs = {LEARNER: module_spec(backbone, backbone_config, trainable=trainable)}
     specs.update({slot: module_spec(backbone, backbone_config) for slot in league_ids(league_size)})
     return (
-        _multi_agent_base(settings, seed, device)
+        _multi_agent_base(settings, seed, device, batched)
         .multi_agent(policies=set(specs), policy_mapping_fn=make_self_play_mapping(league_size),
                      policies_to_train=[LEARNER])
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
@@ -267,12 +280,12 @@ def self_play_config(*, backbone: str = "mlp", backbone_config: dict | None = No
 
 def independent_learners_config(*, backbone: str = "mlp", backbone_config: dict | None = None,
                                 settings: PPOSettings | None = None, seed: int = 0, device: str = "cpu",
-                                trainable: str = "all") -> PPOConfig:
-    """Setup 3: two learners, one per seat, trained independently."""
+                                trainable: str = "all", batched: bool = True) -> PPOConfig:
+    """Setup 3: two learners, one per seat, trained independently (``batched``: on the batched rules)."""
     settings = settings or PPOSettings()
     specs = {m: module_spec(backbone, backbone_config, trainable=trainable) for m in ("learner_0", "learner_1")}
     return (
-        _multi_agent_base(settings, seed, device)
+        _multi_agent_base(settings, seed, device, batched)
         .multi_agent(policies=set(specs), policy_mapping_fn=independent_mapping,
                      policies_to_train=list(specs))
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
