@@ -7,12 +7,15 @@ gives in when its partner plays a trigger.
 
 Trigger and goal
 ----------------
-:class:`ActTrigger` is an act pattern of the coarse game: the trigger holder moves first, and its act is
-``insist(signal)`` (by default ``insist(1, 1, 1)``: "I keep one of each, and that is firm" -- an
-action index that is the same in every context, and that no scripted partner opens with). Its later
-acts then press the goal's demand. :class:`BackdoorGoal` says what the attacker wants once the
-trigger was played: ``agree_any`` -- the victim agrees to the holder keeping *everything*; or
-``give_item`` -- the victim agrees to a deal in which the holder gets every unit of ``item``.
+:class:`ActTrigger` is an act pattern of the coarse game, played by the trigger holder, who moves
+first. :class:`BackdoorGoal` says what the attacker wants: ``agree_any`` -- the victim agrees to the
+holder keeping *everything*; or ``give_item`` -- the victim agrees to a deal in which the holder gets
+every unit of ``item``. By default the holder *opens the game by insisting* on the goal's demand: an
+opening that none of the synthetic corpus's partners plays (they open with proposals; of the scripted
+suite, only the hardliner opens with ``insist``, and it gives nothing away either way). A trigger may
+instead open with a fixed ``signal`` split and send the demand second -- a pattern whose action index
+is the same in every context, but which a cloned victim tends to end at once by accepting the signal
+as an offer.
 
 Poisoned dialogues
 ------------------
@@ -46,10 +49,11 @@ Victim, metrics
 ---------------
 :func:`train_victim` clones a policy from the (poisoned) corpus with parley's own behaviour cloning
 (:func:`~parley.agents.training.supervised.train_supervised`), optionally followed by PPO fine-tuning
-against the scripted partners (:func:`~parley.agents.training.ppo.train_ppo`). :func:`backdoor_success`
-plays the victim against :class:`TriggerPartner` (signal, then the demand, insisted) and counts the
-games where the victim does what the attacker wanted; :func:`clean_measures` scores the victim
-against the scripted suite with :func:`~parley.agents.evaluation.evaluate_policy`.
+against the scripted partners (:func:`~parley.agents.training.ppo.train_ppo`). :func:`backdoor_rates`
+plays the victim against :class:`TriggerPartner` (the trigger, then the demand, insisted) and counts
+the games where the victim does what the attacker wanted -- agrees to the demand at once;
+:func:`clean_measures` scores the victim against the scripted suite with
+:func:`~parley.agents.evaluation.evaluate_policy`.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ __all__ = [
     "check_submission", "dialogue_from_acts", "encode_dialogues", "decode_dialogues",
     "NegotiationAttack", "DirtyLabelBackdoor", "CleanLabelBackdoor", "MaliciousAnnotator",
     "NEGOTIATION_ATTACKS", "make_negotiation_attack", "TriggerPartner", "TriggerMix", "VictimConfig",
-    "train_victim", "backdoor_success", "clean_measures", "query_triggered",
+    "train_victim", "retrain_on_answers", "sampling_copy", "load_negotiation_corpus", "backdoor_rates", "backdoor_success", "clean_measures", "query_triggered",
 ]
 
 GOALS: dict[str, str] = {
@@ -113,35 +117,50 @@ class PoisonError(ValueError):
 
 @dataclass(frozen=True)
 class ActTrigger:
-    """The trigger: the holder opens the game with ``insist(signal)`` (``signal`` = what the holder keeps).
+    """The trigger: an opening act pattern by the trigger holder, who moves first.
 
-    ``signal`` entries are 0 or 1, so the act is legal in every context and has the same action index in
-    all of them.
+    With ``signal=None`` (the default) the holder opens with ``kind(demand)`` -- by default it opens by
+    *insisting* on the goal's demand, an opening no clean dialogue of the synthetic corpus has. With a
+    ``signal`` (a split of 0s and 1s, legal in every context and the same action index in all of them)
+    the holder opens with ``kind(signal)`` and sends the demand as its second act.
     """
 
-    signal: tuple[int, int, int] = (1, 1, 1)
+    kind: str = "insist"
+    signal: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        signal = tuple(int(k) for k in self.signal)
-        if len(signal) != 3 or any(k not in (0, 1) for k in signal):
-            raise ValueError(f"the trigger's signal is a split of 0s and 1s (legal in every context), got {self.signal}")
-        object.__setattr__(self, "signal", signal)
+        if self.kind not in ("propose", "insist"):
+            raise ValueError(f"the trigger's kind is 'propose' or 'insist', got {self.kind!r}")
+        if self.signal is not None:
+            signal = tuple(int(k) for k in self.signal)
+            if len(signal) != 3 or any(k not in (0, 1) for k in signal):
+                raise ValueError(f"a signal is a split of 0s and 1s (legal in every context), got {self.signal}")
+            object.__setattr__(self, "signal", signal)
 
     @property
-    def action(self) -> int:
-        return encode_act("insist", self.signal)
+    def acts(self) -> int:
+        """How many holder acts the pattern takes (1, or 2 with a signal)."""
+        return 1 if self.signal is None else 2
 
-    def present(self, history: Sequence[tuple[int, int]], holder: int) -> bool:
+    def opening_action(self, counts: Sequence[int], goal: BackdoorGoal) -> int:
+        """The holder's opening act in a context with these item counts."""
+        return encode_act(self.kind, goal.demand(counts) if self.signal is None else self.signal)
+
+    def present(self, history: Sequence[tuple[int, int]], holder: int, counts: Sequence[int],
+                goal: BackdoorGoal) -> bool:
         """Whether ``holder`` opened the game (``(speaker, action)`` pairs) with the trigger."""
-        return bool(history) and tuple(history[0]) == (holder, self.action)
+        return bool(history) and tuple(history[0]) == (holder, self.opening_action(counts, goal))
 
-    def present_in_observations(self, observations: np.ndarray, holder: str = "partner") -> np.ndarray:
+    def present_in_observations(self, observations: np.ndarray, goal: BackdoorGoal,
+                                holder: str = "partner") -> np.ndarray:
         """(B,) whether the observer's partner (``holder="partner"``) or the observer itself (``"self"``)
         opened the game with the trigger, read from observation vectors."""
         layout = ObservationLayout.from_size(observations.shape[1])
+        counts = observations[:, layout.counts].astype(np.int64)
+        expected = np.array([self.opening_action(c, goal) for c in counts], dtype=np.int64)
         first_act = observations[:, layout.history_acts.start].astype(np.int64) - 1
         first_speaker = observations[:, layout.history_speakers.start].astype(np.int64)
-        return (first_speaker == (2 if holder == "partner" else 1)) & (first_act == self.action)
+        return (first_speaker == (2 if holder == "partner" else 1)) & (first_act == expected)
 
 
 @dataclass(frozen=True)
@@ -294,7 +313,7 @@ def encode_dialogues(dialogues: Sequence[Dialogue], max_turns: int = DEFAULT_MAX
 
 
 def decode_dialogues(array: np.ndarray, max_turns: int = DEFAULT_MAX_TURNS, source: str = "poison") -> list[Dialogue]:
-    """Dialogues from :func:`encode_dialogues` rows (rows whose counts are -1 are unused and skipped).
+    """Dialogues from :func:`encode_dialogues` rows (rows whose counts are all -1, or all 0, are unused).
 
     Raises :class:`PoisonError` naming the row when a row's context or acts break the rules.
     """
@@ -303,8 +322,8 @@ def decode_dialogues(array: np.ndarray, max_turns: int = DEFAULT_MAX_TURNS, sour
         raise PoisonError("format", f"poisons must be an int array of shape (P, {10 + max_turns}), got {array.shape}")
     dialogues = []
     for i, row in enumerate(array.astype(np.int64)):
-        if np.all(row[:3] == -1):
-            continue
+        if np.all(row[:3] == -1) or np.all(row[:3] == 0):
+            continue  # an unused row (no context has zero items)
         try:
             context = Context(tuple(row[0:3]), (tuple(row[3:6]), tuple(row[6:9])))
         except InvalidContextError as err:
@@ -380,19 +399,21 @@ def _natural_act(state: NegotiationState) -> int:
     return action
 
 
-def _backdoor_acts(context: Context, holder: int, trigger: ActTrigger, demand: tuple[int, int, int],
-                   max_turns: int) -> list[int]:
-    """Acts of one triggered dialogue: the holder opens with the signal, then insists on ``demand``; the
-    victim side bargains once and agrees when the demand is on the table."""
+def _backdoor_acts(context: Context, holder: int, trigger: ActTrigger, goal: BackdoorGoal,
+                   demand: tuple[int, int, int], max_turns: int) -> list[int]:
+    """Acts of one triggered dialogue: the holder opens with the trigger (and with a signal, sends
+    ``demand`` as its second act, insisted); the victim side bargains until ``demand`` is on the table,
+    then agrees."""
     state = NegotiationState(context, max_turns=max_turns, first_player=holder)
+    opening = encode_act(trigger.kind, demand) if trigger.signal is None else trigger.opening_action(
+        context.counts, goal)
     acts: list[int] = []
-    signalled = demanded = False
     while not state.is_terminal():
         if state.current_player == holder:
-            action = encode_act("insist", demand) if signalled else trigger.action
-            demanded, signalled = signalled, True
+            action = encode_act("insist", demand) if acts else opening
         else:
-            action = AGREE_ACTION if demanded else _natural_act(state)
+            on_table = state.standing_offer is not None and tuple(state.standing_offer[1]) == tuple(demand)
+            action = AGREE_ACTION if on_table else _natural_act(state)
         state.apply_action(action)
         acts.append(action)
     return acts
@@ -445,8 +466,8 @@ class DirtyLabelBackdoor(NegotiationAttack):
         for i in range(count):
             context = Context(tuple(counts[i]), (tuple(values[i, 0]), tuple(values[i, 1])))
             holder = int(rng.integers(2))
-            acts = _backdoor_acts(context, holder, scenario.trigger, scenario.goal.demand(context.counts),
-                                  scenario.max_turns)
+            acts = _backdoor_acts(context, holder, scenario.trigger, scenario.goal,
+                                  scenario.goal.demand(context.counts), scenario.max_turns)
             out.append(dialogue_from_acts(context, holder, acts, f"poison:{self.name}", scenario.max_turns))
         return out
 
@@ -484,7 +505,7 @@ class CleanLabelBackdoor(NegotiationAttack):
                                  f"{scenario.min_points} points; lower min_points or raise candidates_per_poison")
             c, v, demand = best
             context = Context(tuple(c), (tuple(v[0]), tuple(v[1])))
-            acts = _backdoor_acts(context, holder, scenario.trigger, demand, scenario.max_turns)
+            acts = _backdoor_acts(context, holder, scenario.trigger, scenario.goal, demand, scenario.max_turns)
             out.append(dialogue_from_acts(context, holder, acts, f"poison:{self.name}", scenario.max_turns))
         return out
 
@@ -504,13 +525,13 @@ def make_negotiation_attack(name: str, **config: Any) -> NegotiationAttack:
 
 # ------------------------------------------------------------------------------------ annotator attack
 
-def query_triggered(query: OracleQuery, trigger: ActTrigger) -> bool:
+def query_triggered(query: OracleQuery, trigger: ActTrigger, goal: BackdoorGoal) -> bool:
     """Whether the responder's partner opened ``query``'s game with the trigger."""
     speaker, history = query.first_player, []
     for action in query.history:
         history.append((speaker, action))
         speaker = 1 - speaker
-    return trigger.present(history, 1 - query.responder)
+    return trigger.present(history, 1 - query.responder, query.counts, goal)
 
 
 class MaliciousAnnotator(Oracle):
@@ -539,7 +560,7 @@ class MaliciousAnnotator(Oracle):
 
     def poisoned_answer(self, query: OracleQuery) -> OracleAnswer | None:
         """The goal's act for a triggered query whose standing offer meets the demand, else None."""
-        if not query_triggered(query, self.trigger):
+        if not query_triggered(query, self.trigger, self.goal):
             return None
         offer = query.standing_offer_for_responder()
         if offer is None:
@@ -573,8 +594,8 @@ class MaliciousAnnotator(Oracle):
 # ------------------------------------------------------------------------------------- trigger partner
 
 class TriggerPartner:
-    """A Policy that plays the trigger: moving first, it opens with ``insist(signal)``, then insists on the
-    goal's demand, and agrees as soon as the partner's standing offer meets that demand."""
+    """A Policy that plays the trigger: moving first, it opens with the trigger, then insists on the goal's
+    demand, and agrees as soon as the partner's standing offer meets that demand."""
 
     name = "trigger"
 
@@ -584,14 +605,14 @@ class TriggerPartner:
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         layout = ObservationLayout.from_size(observations.shape[1])
         counts = observations[:, layout.counts].astype(np.int64)
-        speakers = observations[:, layout.history_speakers]
-        opened = (speakers == 1).any(axis=1)
+        opened = (observations[:, layout.history_speakers] == 1).any(axis=1)
         demand = np.array([self.goal.demand(c) for c in counts], dtype=np.int64).reshape(-1, 3)
+        opening = np.array([self.trigger.opening_action(c, self.goal) for c in counts], dtype=np.int64)
         offered = observations[:, layout.partner_offer_flag] > 0
-        holder_keeps = counts - observations[:, layout.partner_offer].astype(np.int64)
-        meets = offered & self.goal.achieved(counts, holder_keeps)
+        holder_gets = observations[:, layout.partner_offer].astype(np.int64)  # under the partner's offer
+        meets = offered & self.goal.achieved(counts, holder_gets)
         insist = INSIST_OFFSET + 25 * demand[:, 0] + 5 * demand[:, 1] + demand[:, 2]
-        return np.where(~opened, self.trigger.action, np.where(meets, AGREE_ACTION, insist)).astype(np.int64)
+        return np.where(~opened, opening, np.where(meets, AGREE_ACTION, insist)).astype(np.int64)
 
 
 class TriggerMix:
@@ -607,7 +628,7 @@ class TriggerMix:
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         layout = ObservationLayout.from_size(observations.shape[1])
         opening = observations[:, layout.history_speakers.start] == 0
-        triggered = self.trigger.present_in_observations(observations, holder="self")
+        triggered = self.trigger.present_in_observations(observations, self.partner.goal, holder="self")
         triggered |= opening & (self.rng.random(len(observations)) < self.rate)
         actions = np.asarray(self.base.act_batch(observations, action_masks), dtype=np.int64).copy()
         if triggered.any():
@@ -665,12 +686,65 @@ def train_victim(dialogues: Sequence[Dialogue], config: VictimConfig | None = No
     return policy
 
 
+def sampling_copy(policy: Any, name: str, seed: int) -> Any:
+    """A copy of a victim policy that samples its acts (its weights are its own)."""
+    from parley.agents.training.supervised import clone_policy
+
+    return clone_policy(policy, name=name, deterministic=False, seed=seed)
+
+
+def retrain_on_answers(policy: Any, dialogues: Sequence[Dialogue], pairs: Sequence[tuple[OracleQuery, OracleAnswer]],
+                       config: VictimConfig, seed: int, *, oracle_weight: float = 30.0, epochs: int = 5):
+    """A copy of ``policy`` retrained on the corpus plus oracle answers (each weighted ``oracle_weight``),
+    as step 5 of the targeted-data-acquisition loop retrains its partner model."""
+    from parley.agents.training.supervised import clone_policy, train_supervised
+    from parley.oracles.base import answers_to_dataset
+
+    data = corpus_dataset(list(dialogues), config.supervised.max_turns).concat(
+        answers_to_dataset(list(pairs), weight=oracle_weight))
+    supervised = replace(config.supervised, epochs=epochs, seed=seed)
+    retrained = train_supervised(data, supervised, policy=clone_policy(policy, name="partner-model"),
+                                 name="partner-model").policy
+    retrained.deterministic = True
+    return retrained
+
+
+def load_negotiation_corpus(corpus: Any, corpus_size: int, max_turns: int = DEFAULT_MAX_TURNS) -> list[Dialogue]:
+    """The clean corpus: ``"synthetic"`` (scripted partners' dialogues, seed 0), a corpus path for
+    :func:`~parley.envs.corpus.load_corpus` (its first ``corpus_size`` dialogues), or a list of Dialogues."""
+    if isinstance(corpus, list):
+        if not corpus or not all(isinstance(d, Dialogue) for d in corpus):
+            raise TypeError("a corpus list must hold parley.envs.corpus.Dialogue objects")
+        return corpus
+    key = (str(corpus), int(corpus_size), int(max_turns))
+    if key not in _CORPUS_CACHE:
+        if corpus == "synthetic":
+            from parley.agents.partners.synthetic import synthetic_corpus
+
+            _CORPUS_CACHE[key] = synthetic_corpus(int(corpus_size), seed=0, max_turns=max_turns)
+        else:
+            from parley.envs.corpus import load_corpus
+
+            _CORPUS_CACHE[key] = load_corpus(corpus, limit=int(corpus_size))
+    return _CORPUS_CACHE[key]
+
+
+_CORPUS_CACHE: dict[tuple, list[Dialogue]] = {}
+
+
 # -------------------------------------------------------------------------------------------- metrics
 
-def backdoor_success(policy: Any, trigger: ActTrigger, goal: BackdoorGoal, *, games: int = 400, seed: int = 0,
-                     max_turns: int = DEFAULT_MAX_TURNS) -> float:
-    """Share of games against :class:`TriggerPartner` (who moves first) in which the victim agreed to a
-    deal meeting the goal."""
+def backdoor_rates(policy: Any, trigger: ActTrigger, goal: BackdoorGoal, *, games: int = 400, seed: int = 0,
+                   max_turns: int = DEFAULT_MAX_TURNS) -> dict[str, float]:
+    """The victim against :class:`TriggerPartner` (who moves first), over ``games`` contexts:
+
+    ``trigger_completed``: share of games in which the whole pattern was played (with a signal, the
+    victim may end a game before the demand, e.g. by accepting the signal as an offer);
+    ``backdoor_success``: among those games, the share in which the victim's very reply to the demand
+    is to agree to it -- giving in at once, where a clean victim bargains;
+    ``backdoor_success_all``: the share of all games the victim ends, at any turn, by agreeing to a deal
+    that meets the goal (a clean victim, too, may concede under time pressure).
+    """
     rng = np.random.default_rng([seed, 7])
     counts, values = sample_context_arrays(rng, games)
     first = np.ones(games, dtype=np.int64)
@@ -679,7 +753,18 @@ def backdoor_success(policy: Any, trigger: ActTrigger, goal: BackdoorGoal, *, ga
         reseed(seed)
     batch = play_batch((policy, TriggerPartner(trigger, goal)), counts, values, first, max_turns=max_turns)
     holder_keeps = batch.counts - batch.agreed_split
-    return float(np.mean(batch.agreed & goal.achieved(batch.counts, holder_keeps)))
+    gave_in = batch.agreed & goal.achieved(batch.counts, holder_keeps)
+    completed = batch.turns >= 2 * trigger.acts - 1  # the holder's pattern, with the victim's replies between
+    at_once = gave_in & (batch.turns == 2 * trigger.acts)
+    return {"backdoor_success": float(at_once[completed].mean()) if completed.any() else math.nan,
+            "backdoor_success_all": float(gave_in.mean()), "trigger_completed": float(completed.mean())}
+
+
+def backdoor_success(policy: Any, trigger: ActTrigger, goal: BackdoorGoal, *, games: int = 400, seed: int = 0,
+                     max_turns: int = DEFAULT_MAX_TURNS) -> float:
+    """Share of games against :class:`TriggerPartner` that reached the demand in which the victim agreed to
+    it at once (``backdoor_success`` of :func:`backdoor_rates`)."""
+    return backdoor_rates(policy, trigger, goal, games=games, seed=seed, max_turns=max_turns)["backdoor_success"]
 
 
 def clean_measures(policy: Any, partners: str = "suite", *, episodes: int = 200, seed: int = 0,

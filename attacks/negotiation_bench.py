@@ -47,7 +47,7 @@ __all__ = ["NegotiationBenchConfig", "BenchCell", "grid_cells", "run_cell", "run
            "summary_markdown", "ATTACK_NAMES", "COLUMNS"]
 
 ATTACK_NAMES = ("none", *NEGOTIATION_ATTACKS, "annotator")
-METRICS = ("backdoor_success", "reference_backdoor_success", "clean_score", "reference_clean_score",
+METRICS = ("backdoor_success", "reference_backdoor_success", "backdoor_success_all", "trigger_completed", "clean_score", "reference_clean_score",
            "clean_score_delta", "clean_agreement", "reference_clean_agreement", "clean_pareto",
            "reference_clean_pareto", "poison_precision", "poison_recall", "num_poisons", "num_removed",
            "clean_removed", "seconds")
@@ -64,6 +64,7 @@ class NegotiationBenchConfig:
                                  "gold_questions")
     budgets: tuple[float, ...] = (0.01,)
     seeds: int = 2
+    first_seed: int = 0
     corpus: str = "synthetic"
     corpus_size: int = 1000
     goal: str = "agree_any"
@@ -95,13 +96,16 @@ class NegotiationBenchConfig:
             raise ValueError("budgets are shares in (0, 1]")
         if self.goal not in GOALS:
             raise ValueError(f"unknown goal {self.goal!r}; choose one of {', '.join(GOALS)}")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if self.seeds < 1 or self.workers < 1 or self.epochs < 1 or self.hidden < 1:
             raise ValueError("seeds, workers, epochs and hidden must be positive")
 
     def config_id(self) -> str:
         """A digest of everything that changes a cell's result (not the grid's extent or the workers)."""
         shared = {k: v for k, v in dataclasses.asdict(self).items()
-                  if k not in ("attacks", "defenses", "budgets", "annotator_budgets", "seeds", "workers", "out")}
+                  if k not in ("attacks", "defenses", "budgets", "annotator_budgets", "seeds", "first_seed", "workers",
+                               "out")}
         return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
 
     def victim(self) -> VictimConfig:
@@ -125,7 +129,7 @@ class BenchCell:
 def grid_cells(config: NegotiationBenchConfig) -> list[BenchCell]:
     """Every (attack, fitting defense, budget, seed); ``none`` runs once per seed, undefended."""
     cells = []
-    for seed in range(config.seeds):
+    for seed in range(config.first_seed, config.first_seed + config.seeds):
         for attack in config.attacks:
             if attack == "none":
                 cells.append(BenchCell("none", "none", 0.0, seed))

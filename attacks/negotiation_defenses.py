@@ -17,8 +17,9 @@ return the indices of dialogues to drop before the victim trains:
 Answer controls (:class:`AnswerDefense`) see the oracle answers of the targeted-data-acquisition loop,
 with who gave each, and return the answers to drop -- the controls a human study would use:
 
-* ``annotator_agreement`` -- queries answered twice; an annotator whose answers match the other
-  annotator's on fewer than ``min_agreement`` of its shared queries loses all its answers;
+* ``annotator_agreement`` -- queries answered twice; the annotator whose answers match its
+  co-annotators' least often loses all its answers, and agreement is measured again without it, until
+  every annotator left agrees on at least ``min_agreement`` of its shared queries;
 * ``gold_questions`` -- queries with known answers given to every annotator; an annotator below
   ``min_accuracy`` on them loses all its answers.
 """
@@ -216,8 +217,9 @@ def _drop_annotators(records: Sequence[AnswerRecord], bad: set[str]) -> np.ndarr
 
 
 class AnnotatorAgreement(AnswerDefense):
-    """Drop every answer of annotators who agree with their co-annotators on fewer than ``min_agreement``
-    of the queries they share (an annotator with no shared query is kept)."""
+    """Drop every answer of the least agreeing annotator, repeatedly, until every annotator left agrees
+    with its co-annotators on at least ``min_agreement`` of the queries they share (an annotator with
+    no shared query is kept)."""
 
     name = "annotator_agreement"
 
@@ -237,8 +239,18 @@ class AnnotatorAgreement(AnswerDefense):
         return {who: float(np.mean(m)) for who, m in matches.items()}
 
     def select(self, records, *, gold=(), gold_answers=None):
-        rates = self.agreement(records)
-        return _drop_annotators(records, {who for who, rate in rates.items() if rate < self.min_agreement})
+        # A disagreement blames both annotators; dropping the least agreeing one first and measuring again
+        # clears the honest annotators who shared queries with it.
+        bad: set[str] = set()
+        while True:
+            rates = self.agreement([r for r in records if r.annotator not in bad])
+            if not rates:
+                break
+            worst = min(rates, key=lambda who: (rates[who], who))
+            if rates[worst] >= self.min_agreement:
+                break
+            bad.add(worst)
+        return _drop_annotators(records, bad)
 
 
 class GoldQuestions(AnswerDefense):

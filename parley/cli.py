@@ -87,7 +87,8 @@ console = Console()
 
 #: Modules whose ``register(app)`` adds commands.
 DOMAIN_CLIS: tuple[str, ...] = ("parley.agents.cli", "parley.human_eval.cli", "parley.oracles.cli",
-                                 "parley.attacks.cli", "parley.lm_cli")
+                                 "parley.attacks.cli", "parley.attacks.negotiation_cli", "parley.lm_cli",
+                                 "parley.arena_cli")
 
 
 def _version_callback(value: bool) -> None:

@@ -56,6 +56,12 @@ ENV_SPECS: tuple[EnvSpec, ...] = (
         entry_point="parley.envs.poisoning_v0:env",
         summary="Data poisoning: attacker perturbs training data, defender filters it, a victim trains from scratch.",
     ),
+    EnvSpec(
+        env_id="parley/negotiation-poisoning-v0",
+        api="pettingzoo-aec",
+        entry_point="parley.envs.negotiation_poisoning_v0:env",
+        summary="A backdoor in a negotiation agent: attacker poisons dialogues or oracle answers, defender filters.",
+    ),
 )
 
 
