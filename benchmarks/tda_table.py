@@ -14,10 +14,13 @@ What it does, per seed:
    (``sl``, ``rl``, ``sl+rl``, ``rl_pareto``, ``rl_prosocial``, ``rl_fair``, ``tda`` with the scripted
    expert oracle); the RL methods get the TDA learner's game budget;
 3. evaluate each with :func:`parley.agents.evaluation.evaluate_policy` against (i) the scripted
-   partner suite (every game against every partner pooled) and (ii) the held-out SL partner: score,
-   partner score, agreement % and Pareto-optimal % of deals.
+   partner suite (every game against every partner pooled), (ii) the held-out SL partner and (iii) the
+   held-out scripted families of :mod:`parley.agents.heldout` (random parameters per member, pooled):
+   score, partner score, agreement % and Pareto-optimal % of deals.
 
-It prints a markdown table (mean +- std over seeds), saves a scatter plot of utility against Pareto %,
+It prints a markdown table (mean and 95% confidence half-width over seeds, Student t), compares TDA with
+RL (score) and SL (Pareto %) by the paired per-seed differences and their 95% intervals, saves a scatter
+plot of utility against Pareto %,
 writes both to its section of ``benchmarks/RESULTS.md`` (one per ``--selection``) with the date, the
 command and the machine, and states
 whether TDA got both high utility and Pareto-optimal deals where SL and RL each got one.
@@ -44,6 +47,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from parley.agents.evaluation import evaluate_policy  # noqa: E402
+from parley.agents.heldout import HELDOUT_FAMILIES, family_groups  # noqa: E402
 from parley.agents.partners.synthetic import synthetic_corpus  # noqa: E402
 from parley.agents.training.ppo import PPOConfig  # noqa: E402
 from parley.agents.training.supervised import SupervisedConfig, clone_policy, train_supervised  # noqa: E402
@@ -60,13 +64,15 @@ HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "tda_scatter.png"
 DEFAULT_CORPUS = HERE.parent.parent / "shared" / "data" / "dealornodeal"
 MEASURES = ("score", "partner_score", "agreement", "pareto")
+#: Partner sets in table order: key, column label.
+PARTNER_SETS = (("suite", "suite"), ("heldout", "held-out SL"), ("families", "held-out families"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", type=Path, default=None, help="data.txt or its directory (default: the shared copy)")
     p.add_argument("--synthetic", action="store_true", help="use the synthetic scripted-dialogue corpus")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--games-per-round", type=int, default=6000)
     p.add_argument("--queries-per-round", type=int, default=300)
@@ -112,39 +118,60 @@ def run_seed(seed: int, train_data, heldout_data, args, methods: list[str]) -> d
         suite_result = evaluate_policy(policy, "suite", episodes=args.eval_games, seed=10_000 + seed)[-1]
         (heldout_result, _) = evaluate_policy(policy, {"held-out SL": heldout_partner}, episodes=2 * args.eval_games,
                                               seed=20_000 + seed)
+        families = evaluate_policy(policy, family_groups(HELDOUT_FAMILIES, seed=seed), episodes=args.eval_games,
+                                   seed=30_000 + seed)[-1]
         out[method] = {"suite": asdict(suite_result), "heldout": asdict(heldout_result),
-                       "seconds": time.perf_counter() - started}
+                       "families": asdict(families), "seconds": time.perf_counter() - started}
         print(f"seed {seed} {method:>12}: suite score {suite_result.score:.2f} pareto {suite_result.pareto:.2f} | "
-              f"held-out score {heldout_result.score:.2f} pareto {heldout_result.pareto:.2f} "
+              f"held-out score {heldout_result.score:.2f} pareto {heldout_result.pareto:.2f} | "
+              f"families score {families.score:.2f} pareto {families.pareto:.2f} "
               f"({out[method]['seconds']:.0f}s)", flush=True)
     return out
 
 
+def half_width(xs: np.ndarray) -> float:
+    """Half-width of the 95% confidence interval of the mean of ``xs`` (Student t; NaN below 2 values)."""
+    from scipy import stats
+
+    xs = xs[~np.isnan(xs)]
+    if len(xs) < 2:
+        return math.nan
+    return float(stats.t.ppf(0.975, len(xs) - 1) * xs.std(ddof=1) / math.sqrt(len(xs)))
+
+
 def aggregate(per_seed: list[dict], methods: list[str]) -> dict:
+    """(mean, 95% half-width) per method, partner set and measure; ``("diff", a, b, set, k)`` paired."""
     table = {}
     for m in methods:
         table[m] = {}
-        for partner in ("suite", "heldout"):
+        for partner, _ in PARTNER_SETS:
             for k in MEASURES:
                 xs = np.array([s[m][partner][k] for s in per_seed], dtype=float)
-                table[m][(partner, k)] = (float(np.nanmean(xs)), float(np.nanstd(xs)))
+                table[m][(partner, k)] = (float(np.nanmean(xs)), half_width(xs))
+    for a, b, k in (("tda", "rl", "score"), ("tda", "sl", "pareto")):
+        if a in methods and b in methods:
+            for partner, _ in PARTNER_SETS:
+                d = np.array([s[a][partner][k] - s[b][partner][k] for s in per_seed], dtype=float)
+                table[("diff", a, b, partner, k)] = (float(np.nanmean(d)), half_width(d))
     return table
 
 
-def fmt(mean_std: tuple[float, float], percent: bool) -> str:
-    mean, std = mean_std
+def fmt(mean_ci: tuple[float, float], percent: bool) -> str:
+    mean, ci = mean_ci
     if math.isnan(mean):
         return "-"
     scale = 100 if percent else 1
-    return f"{scale * mean:.1f} ± {scale * std:.1f}" if percent else f"{mean:.2f} ± {std:.2f}"
+    if math.isnan(ci):
+        return f"{scale * mean:.1f}" if percent else f"{mean:.2f}"
+    return f"{scale * mean:.1f} ± {scale * ci:.1f}" if percent else f"{mean:.2f} ± {ci:.2f}"
 
 
 def markdown_table(table: dict, methods: list[str]) -> str:
-    head = ("| method | suite: score | suite: partner score | suite: agree % | suite: Pareto % | held-out SL: score | "
-            "held-out SL: partner score | held-out SL: agree % | held-out SL: Pareto % |")
-    lines = [head, "|---|" + "---:|" * 8]
+    head = "| method | " + " | ".join(f"{label}: {name}" for _, label in PARTNER_SETS
+                                      for name in ("score", "partner score", "agree %", "Pareto %")) + " |"
+    lines = [head, "|---|" + "---:|" * (4 * len(PARTNER_SETS))]
     for m in methods:
-        cells = [fmt(table[m][(p, k)], k in ("agreement", "pareto")) for p in ("suite", "heldout") for k in MEASURES]
+        cells = [fmt(table[m][(p, k)], k in ("agreement", "pareto")) for p, _ in PARTNER_SETS for k in MEASURES]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -152,26 +179,36 @@ def markdown_table(table: dict, methods: list[str]) -> str:
 def verdict(table: dict) -> str:
     """Whether TDA got both utility and Pareto-optimality where SL and RL each got one, per partner set."""
     sentences = []
-    for partner, label in (("heldout", "the held-out SL partner"), ("suite", "the scripted suite")):
-        own = {m: table[m][(partner, "score")] for m in table}
-        par = {m: table[m][(partner, "pareto")] for m in table}
-        if not {"sl", "rl", "tda"} <= set(table):
+    for partner, label in (("families", "the held-out scripted families"), ("heldout", "the held-out SL partner"),
+                           ("suite", "the scripted suite")):
+        methods = [m for m in table if isinstance(m, str)]  # the other keys hold paired differences
+        own = {m: table[m][(partner, "score")] for m in methods}
+        par = {m: table[m][(partner, "pareto")] for m in methods}
+        if not {"sl", "rl", "tda"} <= set(methods):
             return "sl, rl and tda are needed for the comparison."
         sl_rl_split = own["rl"][0] > own["sl"][0] and par["sl"][0] >= par["rl"][0]
         tda_utility = own["tda"][0] >= own["rl"][0] - max(own["rl"][1], own["tda"][1])
         tda_pareto = par["tda"][0] >= par["sl"][0] - max(par["sl"][1], par["tda"][1])
-        best_own = max(table, key=lambda m: own[m][0])
-        best_par = max(table, key=lambda m: par[m][0])
+        best_own = max(methods, key=lambda m: own[m][0])
+        best_par = max(methods, key=lambda m: par[m][0])
         s = (f"Against {label}: SL {own['sl'][0]:.2f} points / {100 * par['sl'][0]:.1f}% Pareto, "
              f"RL {own['rl'][0]:.2f} / {100 * par['rl'][0]:.1f}%, TDA {own['tda'][0]:.2f} / {100 * par['tda'][0]:.1f}%. ")
         s += ("SL and RL split the two goals (RL more utility, SL at least as Pareto-optimal). " if sl_rl_split else
               "SL and RL did not split the two goals the way the paper describes. ")
         if tda_utility and tda_pareto:
-            s += "TDA got both: utility within one std of RL's or above, and Pareto % within one std of SL's or above. "
+            s += "TDA got both: utility within the 95% half-width of RL's or above, and Pareto % within that of SL's or above. "
         else:
             s += (f"TDA did not get both (utility {'matches' if tda_utility else 'falls short of'} RL's, "
                   f"Pareto % {'matches' if tda_pareto else 'falls short of'} SL's). ")
         s += f"Highest utility: {best_own}; highest Pareto %: {best_par}."
+        for (a, b, k, what) in (("tda", "rl", "score", "score"), ("tda", "sl", "pareto", "Pareto %")):
+            key = ("diff", a, b, partner, k)
+            if key in table:
+                d, ci = table[key]
+                scale, unit = (100, " points of %") if k == "pareto" else (1, "")
+                sure = not math.isnan(ci) and d - ci > 0
+                s += (f" {a.upper()} - {b.upper()} {what}: {scale * d:+.2f} ± {scale * ci:.2f}{unit} (paired, 95%)"
+                      f" -- {'ahead at 95% confidence' if sure else 'not ahead at 95% confidence'}.")
         sentences.append(s)
     return "\n\n".join(sentences)
 
@@ -182,8 +219,9 @@ def scatter(table: dict, methods: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, (partner, title) in zip(axes, (("heldout", "vs held-out SL partner"), ("suite", "vs scripted suite"))):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (partner, title) in zip(axes, (("families", "vs held-out scripted families"),
+                                           ("heldout", "vs held-out SL partner"), ("suite", "vs scripted suite"))):
         for m in methods:
             (x, xs), (y, ys) = table[m][(partner, "pareto")], table[m][(partner, "score")]
             ax.errorbar(100 * x, y, xerr=100 * xs, yerr=ys, fmt="o", capsize=3, label=m)
@@ -193,7 +231,7 @@ def scatter(table: dict, methods: list[str], path: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Utility vs Pareto-optimality (mean ± std over seeds)")
+    fig.suptitle("Utility vs Pareto-optimality (mean and 95% confidence interval over seeds)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -241,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"Settings: {args.seeds} seeds; {args.rounds} rounds x {args.games_per_round} PPO games (RL baselines: "
                 f"the same {args.rounds * args.games_per_round} games); {args.queries_per_round} scripted-expert "
                 f"queries per round ({args.selection} selection, oracle weight {args.oracle_weight}, {args.partner_epochs} partner epochs per round); evaluation: "
-                f"{args.eval_games} games per scripted partner (pooled over the suite) and {2 * args.eval_games} vs "
+                f"{args.eval_games} games per scripted partner (pooled over the suite), {args.eval_games} per held-out family "
+                f"(pooled over {', '.join(HELDOUT_FAMILIES)}; 12 random members each) and {2 * args.eval_games} vs "
                 f"the held-out SL partner (trained on a disjoint 30% of scenarios); evaluated agents act greedily, the held-out partner samples. "
                 f"Pareto % is the share of deals that are Pareto-optimal. Total {elapsed / 60:.1f} min.\n\n"
                 f"{text}\n\n{conclusion}\n\n![utility vs Pareto %](figures/{figure.name})\n")
