@@ -509,21 +509,16 @@ def _outcomes(rows: Sequence[dict], index: dict[str, int]) -> np.ndarray:
 
 
 def _fit(n: int, table: np.ndarray, alpha: float) -> np.ndarray:
-    """Bradley--Terry strengths (mean 0) with choix; a draw counts half a win each way (decisive games twice)."""
+    """Bradley--Terry strengths (mean 0) with choix from a dense win matrix; a draw is half a win each way."""
     try:
         import choix
     except ImportError:
         raise ImportError("arena ratings need choix: pip install 'parley[arena]' (or pip install choix)") from None
     first, second, result = table[:, 0].astype(int), table[:, 1].astype(int), table[:, 2]
-    data = []
-    for a, b, r in zip(first, second, result):
-        if r == 1.0:
-            data += [(a, b), (a, b)]
-        elif r == 0.0:
-            data += [(b, a), (b, a)]
-        else:
-            data += [(a, b), (b, a)]
-    params = choix.ilsr_pairwise(n, data, alpha=alpha)
+    wins = np.zeros((n, n))
+    np.add.at(wins, (first, second), result)
+    np.add.at(wins, (second, first), 1.0 - result)
+    params = choix.ilsr_pairwise_dense(wins, alpha=alpha)
     return params - params.mean()
 
 
