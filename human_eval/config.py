@@ -7,6 +7,7 @@ A study is described by a YAML file (``agents.yaml``)::
       - {name: boulware, partner: boulware}          # a scripted partner (parley.agents.partners.scripted)
       - {name: tough, partner: boulware, params: {e: 0.1}}
       - {name: ppo-v3, checkpoint: runs/ppo/final}  # a trained policy (parley.agents.load_policy)
+      - {name: gpt, player: "chat:http://127.0.0.1:8000/v1#gpt"}  # any `parley arena` player spec
     contexts: {count: 20, seed: 0}  # generated; or a file path readable by load_contexts
     max_turns: 10
     think_time_s: 1.5              # how long the agent "thinks" before its reply is shown
@@ -68,12 +69,16 @@ def _check_name(value: Any, what: str) -> str:
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """One agent of a study: a scripted ``partner`` (with ``params``) or a trained ``checkpoint``."""
+    """One agent of a study: a scripted ``partner`` (with ``params``), a trained ``checkpoint``, or a
+    ``player``: any player spec of ``parley arena`` that plays coarse acts (a scripted name, ``policy:RUN``,
+    ``chat:URL#MODEL`` -- a language model behind an OpenAI-compatible endpoint). Naming the agent as the
+    arena names the player lets ``parley arena --study-db`` rate people and that player together."""
 
     name: str
     partner: str | None = None
     checkpoint: str | None = None
     params: dict = field(default_factory=dict)
+    player: str | None = None
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "agents") -> AgentSpec:
@@ -81,19 +86,34 @@ class AgentSpec:
             raw = {"name": raw, "partner": raw}
         if not isinstance(raw, dict):
             raise StudyConfigError(f"{where}: each agent is a mapping like {{name: x, partner: boulware}}, got {raw!r}")
-        unknown = set(raw) - {"name", "partner", "checkpoint", "params"}
+        unknown = set(raw) - {"name", "partner", "checkpoint", "params", "player"}
         if unknown:
-            raise StudyConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: name, partner, checkpoint, params")
+            raise StudyConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: name, partner, checkpoint, "
+                                   "params, player")
         name = _check_name(raw.get("name"), f"{where}.name")
-        partner, checkpoint = raw.get("partner"), raw.get("checkpoint")
-        if (partner is None) == (checkpoint is None):
-            raise StudyConfigError(f"{where} ({name}): give exactly one of 'partner' (a scripted partner name) "
-                                   "or 'checkpoint' (a path for load_policy)")
+        partner, checkpoint, player = raw.get("partner"), raw.get("checkpoint"), raw.get("player")
+        if sum(x is not None for x in (partner, checkpoint, player)) != 1:
+            raise StudyConfigError(f"{where} ({name}): give exactly one of 'partner' (a scripted partner name), "
+                                   "'checkpoint' (a path for load_policy) or 'player' (a `parley arena` player spec "
+                                   "such as chat:http://127.0.0.1:8000/v1#model)")
         params = raw.get("params") or {}
         if not isinstance(params, dict):
             raise StudyConfigError(f"{where} ({name}): params must be a mapping, got {params!r}")
+        if player is not None:
+            from parley.agents.arena import ArenaError, parse_player
+
+            if params:
+                raise StudyConfigError(f"{where} ({name}): params apply to 'partner' and 'checkpoint' agents only")
+            try:
+                parsed = parse_player(str(player))
+            except ArenaError as err:
+                raise StudyConfigError(f"{where} ({name}): {err}") from None
+            if parsed.kind == "lm":
+                raise StudyConfigError(f"{where} ({name}): the study app plays coarse acts; a dialogue model "
+                                       "(lm:) plays only the text game")
         return cls(name=name, partner=None if partner is None else str(partner),
-                   checkpoint=None if checkpoint is None else str(checkpoint), params=dict(params))
+                   checkpoint=None if checkpoint is None else str(checkpoint), params=dict(params),
+                   player=None if player is None else str(player))
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,12 @@ class Conflict(StudyError):
 
 
 def build_policy(spec: AgentSpec):
-    """Instantiate the agent of a spec: a scripted partner by name, or a checkpoint via ``load_policy``."""
+    """Instantiate the agent of a spec: a scripted partner by name, a checkpoint via ``load_policy``, or an
+    arena player spec (:func:`parley.agents.arena.build_player`, coarse acts)."""
+    if spec.player is not None:
+        from parley.agents.arena import build_player, parse_player
+
+        return build_player(parse_player(spec.player), "acts", concurrency=1)
     if spec.partner is not None:
         from parley.agents.partners.scripted import make_partner
 
@@ -837,3 +842,35 @@ class StudyService:
             status["bonus"] = {"participants": len(bonuses), "currency": self.config.bonus_currency,
                                "total": round(sum(b["amount"] for b in bonuses), 2)}
         return status
+
+
+def finished_games_for_arena(database: str) -> list[dict]:
+    """Every finished game in a study database as a row of ``parley arena``'s results (see
+    :data:`parley.agents.arena.RESULT_COLUMNS`): the person is player ``human`` in seat 0, the agent is
+    named as in the study's YAML, ``source`` is ``study:<study>``."""
+    from parley.envs.negotiation import context_ids
+    from parley.human_eval.db import make_engine
+
+    engine = make_engine(database)
+    try:
+        with Session(engine) as s:
+            games = s.scalars(select(Game).where(Game.outcome.is_not(None)).order_by(Game.id)).all()
+            rows = []
+            for game in games:
+                counts, human, agent = game.counts_list(), game.human_values_list(), game.agent_values_list()
+                deal = json.loads(game.human_gets) if game.human_gets else None
+                rows.append({
+                    "pair": f"human vs {game.agent}", "game": game.id, "context": game.context_index,
+                    "context_id": int(context_ids(np.array([counts]), np.array([[human, agent]]))[0]),
+                    "counts": " ".join(map(str, counts)), "values0": " ".join(map(str, human)),
+                    "values1": " ".join(map(str, agent)), "first_player": 0 if game.human_first else 1,
+                    "player0": "human", "player1": game.agent, "score0": float(game.human_score or 0.0),
+                    "score1": float(game.agent_score or 0.0), "agreement": int(deal is not None),
+                    "deal": "" if deal is None else " ".join(map(str, deal)),
+                    "pareto_optimal": "" if deal is None else int(bool(game.pareto_optimal)),
+                    "turns": int(game.turns or 0), "bad_input": "", "protocol": "acts",
+                    "source": f"study:{game.study}",
+                })
+    finally:
+        engine.dispose()
+    return rows

@@ -175,3 +175,48 @@ def test_chat_players_join_the_arena_over_http(tmp_path):
     assert len(rows) == 6 and {r["player0"] for r in rows} == {"boulware", "model"}
     log = (tmp_path / "logs" / "model.jsonl").read_text().splitlines()
     assert len(server.requests) > 0 and sum('"event": "request"' in line for line in log) == len(server.requests)
+
+
+def test_people_meet_an_arena_player_in_the_study_and_join_the_ratings(tmp_path):
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("fastapi")
+    from _human_eval_support import study_config
+    from test_chat_agent import ScriptedServer, _json_player
+
+    from parley.human_eval.config import AgentSpec, StudyConfigError
+    from parley.human_eval.db import make_engine
+    from parley.human_eval.service import StudyService, finished_games_for_arena
+
+    with pytest.raises(StudyConfigError, match="unknown scripted partner"):
+        AgentSpec.from_dict({"name": "x", "player": "nobody"})
+    with pytest.raises(StudyConfigError, match="exactly one of"):
+        AgentSpec.from_dict({"name": "x", "player": "boulware", "partner": "boulware"})
+    server = ScriptedServer([_json_player])
+    try:
+        spec = AgentSpec.from_dict({"name": "model", "player": f"chat:{server.url}#m"})
+        db = tmp_path / "study.db"
+        service = StudyService(study_config(agents=(spec,)), make_engine(f"sqlite:///{db}"))
+        for pid in ("p1", "p2"):
+            participant = service.enter(service.config.study, pid)
+            service.record_step(participant, "consent")
+            service.record_step(participant, "instructions")
+            game = service.start_game(participant)
+            service.agent_turn(game)  # the model opens when it moves first
+            service.act(participant, game, "propose", [0, 0, 0])  # the person offers everything
+            service.agent_turn(game)
+            assert service.view(participant, game)["status"] == "finished"
+    finally:
+        server.close()
+    assert len(server.requests) >= 2
+    rows = finished_games_for_arena(str(db))
+    assert [(r["player0"], r["player1"], r["agreement"], r["score0"]) for r in rows] == [("human", "model", 1, 0.0)] * 2
+    assert all(r["score1"] == 10.0 and r["context_id"] >= 0 for r in rows)
+
+    out = tmp_path / "arena"
+    runner = CliRunner()
+    result = runner.invoke(app, ["arena", "--players", "boulware,conceder", "--games", "4", "--out", str(out),
+                                 "--bootstrap", "10", "--no-plot", "--study-db", f"sqlite:///{db}"])
+    assert result.exit_code == 0, result.output
+    board = (out / "leaderboard.md").read_text()
+    assert "| human |" in board and "| model |" in board and "| boulware |" in board
+    assert len(read_results(out / "results.csv")) == 4  # study games join the ratings, not results.csv
