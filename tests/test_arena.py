@@ -220,3 +220,16 @@ def test_people_meet_an_arena_player_in_the_study_and_join_the_ratings(tmp_path)
     board = (out / "leaderboard.md").read_text()
     assert "| human |" in board and "| model |" in board and "| boulware |" in board
     assert len(read_results(out / "results.csv")) == 4  # study games join the ratings, not results.csv
+
+
+@pytest.mark.slow
+def test_a_ray_arena_plays_the_same_games_as_a_local_one(tmp_path):
+    pytest.importorskip("ray")
+    players = ["boulware", "conceder", "random"]
+    local = run_arena(players, tmp_path / "local", ArenaSettings(games=10))
+    remote = run_arena(players, tmp_path / "ray", ArenaSettings(games=10), address="local")
+
+    def key(rows):
+        return sorted((r["pair"], r["game"], r["player0"], r["score0"], r["score1"], r["deal"]) for r in rows)
+
+    assert key(local) == key(remote) and len(remote) == 30
