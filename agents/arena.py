@@ -45,7 +45,7 @@ import numpy as np
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, context_ids, sample_context_arrays
 
 __all__ = ["PLAYER_KINDS", "PROTOCOLS", "ArenaError", "PlayerSpec", "parse_player", "parse_players", "build_player",
-           "ArenaSettings", "run_arena", "read_results", "rate", "Rating", "write_report", "study_games",
+           "ArenaSettings", "play_pair", "run_arena", "read_results", "rate", "Rating", "write_report", "study_games",
            "RESULT_COLUMNS"]
 
 PLAYER_KINDS = {"scripted": "a scripted partner's name (the prefix may be left out)",
@@ -257,7 +257,7 @@ def _game_layout(settings: ArenaSettings, game: int) -> tuple[int, bool]:
     return game % half, game >= half
 
 
-def _rows_acts(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Sequence[int], pair_index: int,
+def _rows_acts(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Sequence[int],
                cache: dict, **build) -> list[dict]:
     from parley.envs.play import play_batch
 
@@ -302,7 +302,7 @@ def _rows_acts(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Seq
     return rows
 
 
-def _rows_text(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Sequence[int], pair_index: int,
+def _rows_text(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Sequence[int],
                cache: dict, on_game: Callable[[dict], None] | None = None, **build) -> list[dict]:
     from parley.envs.negotiation import Context
     from parley.envs.negotiation_text_v0 import TextInputError, TextNegotiationState
@@ -351,7 +351,7 @@ def _rows_text(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Seq
     return rows
 
 
-def play_pair(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Sequence[int], pair_index: int,
+def play_pair(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Sequence[int],
               cache: dict | None = None, on_game: Callable[[dict], None] | None = None,
               **build: Any) -> list[dict]:
     """Rows of ``games`` (indices within the pair, 0..games-1) of ``a`` against ``b``."""
@@ -359,12 +359,12 @@ def play_pair(settings: ArenaSettings, a: PlayerSpec, b: PlayerSpec, games: Sequ
     if not games:
         return []
     if settings.protocol == "acts":
-        return _rows_acts(settings, a, b, games, pair_index, cache, **build)
-    return _rows_text(settings, a, b, games, pair_index, cache, on_game=on_game, **build)
+        return _rows_acts(settings, a, b, games, cache, **build)
+    return _rows_text(settings, a, b, games, cache, on_game=on_game, **build)
 
 
-def _ray_pair(settings_dict: dict, a: dict, b: dict, games: list[int], pair_index: int, build: dict) -> list[dict]:
-    return play_pair(ArenaSettings(**settings_dict), PlayerSpec(**a), PlayerSpec(**b), games, pair_index, **build)
+def _ray_pair(settings_dict: dict, a: dict, b: dict, games: list[int], build: dict) -> list[dict]:
+    return play_pair(ArenaSettings(**settings_dict), PlayerSpec(**a), PlayerSpec(**b), games, **build)
 
 
 def read_results(path: str | Path) -> list[dict]:
@@ -420,11 +420,11 @@ def run_arena(players: Sequence[str | PlayerSpec], out: str | Path, settings: Ar
     done = {(r["pair"], r["game"]) for r in existing if r.get("source", "arena") == "arena"}
     pairs = [(i, j) for i in range(len(specs)) for j in range(i + 1, len(specs))]
     work = []
-    for index, (i, j) in enumerate(pairs):
+    for i, j in pairs:
         key = _pair_key(names[i], names[j])
         missing = [g for g in range(settings.games) if (key, g) not in done]
         if missing:
-            work.append((index, specs[i], specs[j], missing))
+            work.append((specs[i], specs[j], missing))
     total = sum(len(m) for *_, m in work) if settings.protocol == "text" else len(work)
     build = {"log_dir": out / "logs", "concurrency": concurrency}
     new_file = not results.exists()
@@ -451,8 +451,8 @@ def run_arena(players: Sequence[str | PlayerSpec], out: str | Path, settings: Ar
             if not ray.is_initialized():
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
             remote = ray.remote(_ray_pair)
-            futures = {remote.remote(asdict(settings), asdict(a), asdict(b), missing, index, build): (a, b, missing)
-                       for index, a, b, missing in work}
+            futures = {remote.remote(asdict(settings), asdict(a), asdict(b), missing, build): (a, b, missing)
+                       for a, b, missing in work}
             pending = list(futures)
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
@@ -461,13 +461,13 @@ def run_arena(players: Sequence[str | PlayerSpec], out: str | Path, settings: Ar
                        len(missing) if settings.protocol == "text" else 1)
         else:
             cache: dict = {}
-            for index, a, b, missing in work:
+            for a, b, missing in work:
                 label = _pair_key(a.name, b.name)
                 if settings.protocol == "text":
-                    play_pair(settings, a, b, missing, index, cache,
+                    play_pair(settings, a, b, missing, cache,
                               on_game=lambda row, label=label: record([row], label, 1), **build)
                 else:
-                    record(play_pair(settings, a, b, missing, index, cache, **build), label, 1)
+                    record(play_pair(settings, a, b, missing, cache, **build), label, 1)
     finally:
         handle.close()
     return rows
