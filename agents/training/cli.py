@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from parley.agents.training.run import DEFAULT_ADAPTER_LR, DEFAULT_ITERATIONS, DEFAULT_LR, TrainConfig
+from parley.agents.training.run import DEFAULT_ADAPTER_LR, DEFAULT_LR, DEFAULT_TIMESTEPS, TrainConfig
 
 console = Console()
 DEFAULTS = TrainConfig()
@@ -36,9 +36,11 @@ def train_command(
     independent: bool = typer.Option(DEFAULTS.independent, "--independent/--no-independent",
                                      help="Two independent learners, one per seat (RLlib)."),
     iterations: int | None = typer.Option(None, "--iterations", "-i", min=1,
-                                          show_default=f"{DEFAULT_ITERATIONS}, or none with --timesteps",
+                                          show_default="none: --timesteps decides",
                                           help="Training iterations."),
-    timesteps: int | None = typer.Option(None, "--timesteps", "-t", min=1, help="Stop after this many env steps."),
+    timesteps: int | None = typer.Option(None, "--timesteps", "-t", min=1,
+                                         show_default=f"{DEFAULT_TIMESTEPS:,}, or none with --iterations",
+                                         help="Stop after this many env steps (the learner's decisions)."),
     num_env_runners: int = typer.Option(DEFAULTS.num_env_runners, "--num-env-runners", min=0,
                                         help="Remote RLlib env runners (0: sample in the driver)."),
     num_envs: int = typer.Option(DEFAULTS.num_envs_per_env_runner, "--num-envs", min=1,

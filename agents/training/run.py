@@ -47,7 +47,10 @@ FRAMEWORKS = ("rllib", "sb3", "native")
 FRAMEWORK_MODULES = {"rllib": ("ray",), "sb3": ("stable_baselines3", "sb3_contrib")}
 ADAPTERS = ("compacter",)
 DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto")
-DEFAULT_ITERATIONS = 15
+#: The training budget when neither --iterations nor --timesteps is given, in env steps (the learner's
+#: decisions, about 200,000 games): against the default partners this is where the policy passes the
+#: best scripted partner on the training families' validation games by about one point (docs/training.md).
+DEFAULT_TIMESTEPS = 550_000
 DEFAULT_LR = 1e-3
 # A few hundred adapter weights want a larger step than a whole network (docs/studies/compacter.md).
 DEFAULT_ADAPTER_LR = 1e-2
@@ -227,10 +230,10 @@ class TrainConfig:
                 raise TrainConfigError("--resume needs --out pointing at the run to continue")
             if latest_checkpoint(Path(self.out)) is None:
                 raise TrainConfigError(f"--resume: no checkpoint under {Path(self.out) / CHECKPOINTS}")
-        iterations = self.iterations
-        if iterations is None and self.timesteps is None:
-            iterations = DEFAULT_ITERATIONS
-        return self.replace(partners=partners, out=str(out), iterations=iterations, lr=lr)
+        timesteps = self.timesteps
+        if self.iterations is None and timesteps is None:
+            timesteps = DEFAULT_TIMESTEPS
+        return self.replace(partners=partners, out=str(out), timesteps=timesteps, lr=lr)
 
 
 def default_run_name(config: TrainConfig) -> str:
