@@ -233,3 +233,10 @@ def test_a_ray_arena_plays_the_same_games_as_a_local_one(tmp_path):
         return sorted((r["pair"], r["game"], r["player0"], r["score0"], r["score1"], r["deal"]) for r in rows)
 
     assert key(local) == key(remote) and len(remote) == 30
+
+
+def test_a_dialogue_model_plays_the_text_arena(tiny_language_model, tmp_path):
+    rows = run_arena(["boulware", f"talker=lm:{tiny_language_model}"], tmp_path,
+                     ArenaSettings(protocol="text", games=4, max_messages=6))
+    assert len(rows) == 4 and {r["player0"] for r in rows} == {"boulware", "talker"}
+    assert all(r["turns"] <= 6 and r["bad_input"] == "" for r in rows)
