@@ -36,7 +36,7 @@ from parley.agents.heldout import (  # noqa: E402
     train_corpus_partner,
 )
 from parley.agents.nn.torch_policy import load_policy  # noqa: E402
-from parley.agents.training.run import TrainConfig, train  # noqa: E402
+from parley.agents.training.run import CONFIG_FILE, TrainConfig, read_progress, train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CORPUS = HERE.parent.parent / "shared" / "data" / "dealornodeal"
@@ -86,6 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.policy is not None:
         policy_path = args.policy
         agent_name = str(args.policy)
+        progress = read_progress(args.policy)
+        if (args.policy / CONFIG_FILE).is_file() and progress:
+            trained = TrainConfig.from_yaml(args.policy / CONFIG_FILE)
+            last = progress[-1]
+            agent_name = f"parley train --framework {trained.framework} ({int(last['env_steps']):,} env steps)"
+            train_note = (f"Training (read from {args.policy}): {trained.framework}, partners "
+                          f"{','.join(trained.partners)}, {last['iteration']} iterations, "
+                          f"{int(last['env_steps']):,} env steps, {float(last['elapsed_s']) / 60:.1f} min.  \n")
     else:
         overrides = parse_overrides(args.train, TrainConfig, "--train")
         config = TrainConfig(out=str(args.runs), live=False, heldout_episodes=0, **overrides)
