@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -74,6 +75,10 @@ from parley.envs.negotiation import (
     ALL_SPLITS,
     DEFAULT_MAX_TURNS,
     INSIST_OFFSET,
+    MAX_ITEM_COUNT,
+    MAX_TOTAL_ITEMS,
+    MIN_ITEM_COUNT,
+    MIN_TOTAL_ITEMS,
     NUM_ACTIONS,
     Context,
     IllegalActionError,
@@ -83,6 +88,7 @@ from parley.envs.negotiation import (
     decode_act,
     encode_act,
     sample_context_arrays,
+    valid_value_pairs,
     verbalize_act,
 )
 from parley.envs.play import play_batch
@@ -455,16 +461,32 @@ class NegotiationAttack(ABC):
         return submission
 
 
+def spread_contexts(rng: np.random.Generator, count: int) -> list[Context]:
+    """``count`` contexts whose item counts go through every valid count vector (in a shuffled order)
+    before any repeats, with valuations drawn uniformly for each: the opening demand's action index
+    depends on the counts, so poisons that cover more count vectors teach the trigger in more contexts."""
+    vectors = [c for c in itertools.product(range(MIN_ITEM_COUNT, MAX_ITEM_COUNT + 1), repeat=3)
+               if MIN_TOTAL_ITEMS <= sum(c) <= MAX_TOTAL_ITEMS]
+    order: list[int] = []
+    while len(order) < count:
+        order.extend(rng.permutation(len(vectors)).tolist())
+    contexts = []
+    for k in order[:count]:
+        counts = vectors[k]
+        pairs = valid_value_pairs(counts)
+        contexts.append(Context(counts, pairs[int(rng.integers(len(pairs)))]))
+    return contexts
+
+
 class DirtyLabelBackdoor(NegotiationAttack):
-    """Triggered dialogues in which the victim's side gives in to the demand, whatever its values."""
+    """Triggered dialogues in which the victim's side gives in to the demand, whatever its values; the
+    contexts cover the item-count vectors evenly (:func:`spread_contexts`)."""
 
     name = "dirty_label"
 
     def _dialogues(self, scenario, count, rng):
-        counts, values = sample_context_arrays(rng, count)
         out = []
-        for i in range(count):
-            context = Context(tuple(counts[i]), (tuple(values[i, 0]), tuple(values[i, 1])))
+        for context in spread_contexts(rng, count):
             holder = int(rng.integers(2))
             acts = _backdoor_acts(context, holder, scenario.trigger, scenario.goal,
                                   scenario.goal.demand(context.counts), scenario.max_turns)
