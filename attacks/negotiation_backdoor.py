@@ -599,10 +599,10 @@ class MaliciousAnnotator(Oracle):
         rest = [i for i in self.rng.permutation(len(queries)) if i not in set(triggered)]
         return np.array((triggered + rest)[:limit], dtype=np.int64)
 
-    def answer(self, queries: Sequence[OracleQuery]) -> list[OracleAnswer | None]:
+    def answer_all(self, queries: Sequence[OracleQuery]) -> list[OracleAnswer | None]:
+        """This annotator's answer to every one of ``queries`` (no share applied)."""
         answers = list(self.honest.answer(list(queries)))
-        for i in self.choose(queries):
-            query = queries[i]
+        for i, query in enumerate(queries):
             poisoned = self.poisoned_answer(query)
             self.annotator_of[query.query_id] = self.label
             if poisoned is not None and (answers[i] is None or answers[i].action != poisoned.action):
@@ -610,6 +610,13 @@ class MaliciousAnnotator(Oracle):
                 self.poisoned.add(query.query_id)
             elif answers[i] is not None:
                 answers[i] = replace(answers[i], source=f"human:{self.label}")
+        return answers
+
+    def answer(self, queries: Sequence[OracleQuery]) -> list[OracleAnswer | None]:
+        answers = list(self.honest.answer(list(queries)))
+        taken = self.choose(queries)
+        for i, answer in zip(taken, self.answer_all([queries[i] for i in taken])):
+            answers[i] = answer
         return answers
 
 

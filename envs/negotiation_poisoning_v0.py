@@ -286,10 +286,10 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         (within the budget) and to every gold question."""
         answers = np.full(self.num_queries, -1, dtype=np.int64)
         taken = annotator.choose(self.queries)[:self.max_answers]
-        given = annotator.answer([self.queries[i] for i in taken])
+        given = annotator.answer_all([self.queries[i] for i in taken])
         for i, answer in zip(taken, given):
             answers[i] = -1 if answer is None else answer.action
-        gold = np.array([a.action if a is not None else -1 for a in annotator.answer(self.gold_queries)]
+        gold = np.array([a.action if a is not None else -1 for a in annotator.answer_all(self.gold_queries)]
                         if self.gold_queries else [], dtype=np.int64)
         return {"answers": answers, "gold": gold}
 
