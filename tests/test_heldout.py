@@ -137,7 +137,7 @@ def test_partner_parameters_the_families_draw():
     assert leaning[0] > plain[0] + 0.5
 
 
-def test_parley_train_and_eval_show_the_heldout_families(tmp_path):
+def test_parley_train_and_eval_show_the_heldout_families(tmp_path, monkeypatch, capsys):
     from typer.testing import CliRunner
 
     from parley.agents.training.run import TrainConfig, train
@@ -160,6 +160,22 @@ def test_parley_train_and_eval_show_the_heldout_families(tmp_path):
                                    "--out", str(tmp_path / "h.csv")], env={"COLUMNS": "200"})
     assert out.exit_code == 0, out.output
     assert "best scripted" in out.output and "pareto_prior" in out.output and "gap" in out.output
+    # the benchmark script reads the run's training settings and prints the agent beside the suite
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "heldout.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location("heldout_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "heldout_bench", module)
+    spec.loader.exec_module(module)
+    module.main(["--policy", str(run), "--no-corpus", "--no-append", "--episodes", "6", "--members", "2"])
+    printed = capsys.readouterr().out
+    assert "parley train --framework native" in printed and "| **gap** (agent - best scripted) |" in printed
+    assert "| pareto |" in printed and "| hardliner |" in printed
+
     bad = CliRunner().invoke(app, ["eval", str(run), "--protocol", "sideways"])
     assert bad.exit_code != 0 and "unknown protocol" in bad.output
     bad = CliRunner().invoke(app, ["eval", str(run), "--protocol", "heldout", "--corpus", str(tmp_path)])
