@@ -24,8 +24,8 @@ with percentile bootstrap confidence intervals over the games. :func:`write_repo
 ``leaderboard.md`` (ratings with intervals and the :data:`parley.agents.evaluation.MEASURES` of each
 player over all its games) and ``leaderboard.png`` (ratings with intervals, and each pair's win rate).
 
-Games played by people in the study app (:mod:`parley.human_eval`) join the same ratings through
-:func:`study_games`.
+Games played by people in the study app join the same ratings: ``parley arena --study-db`` reads them
+with :func:`parley.human_eval.service.study_games` and passes them to :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import numpy as np
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, context_ids, sample_context_arrays
 
 __all__ = ["PLAYER_KINDS", "PROTOCOLS", "ArenaError", "PlayerSpec", "parse_player", "parse_players", "build_player",
-           "ArenaSettings", "play_pair", "run_arena", "read_results", "rate", "Rating", "write_report", "study_games",
+           "ArenaSettings", "play_pair", "run_arena", "read_results", "rate", "Rating", "write_report",
            "RESULT_COLUMNS"]
 
 PLAYER_KINDS = {"scripted": "a scripted partner's name (the prefix may be left out)",
@@ -641,21 +641,3 @@ def write_report(rows: Sequence[dict], out: str | Path, *, bootstrap: int = 200,
     if plot:
         plot_leaderboard(ratings, rows, out / "leaderboard.png")
     return ratings
-
-
-# --------------------------------------------------------------------------------------------------
-# People: games from the study app
-# --------------------------------------------------------------------------------------------------
-
-
-def study_games(database_url: str, *, protocol: str | None = None) -> list[dict]:
-    """Finished games from a study database (:mod:`parley.human_eval`) as arena rows.
-
-    The person is named ``human`` and the agent by its arena name in the study (its ``name``); the
-    person sits in seat 0 of the row. ``protocol`` keeps only games of that protocol (the study app plays
-    coarse acts).
-    """
-    from parley.human_eval.service import finished_games_for_arena
-
-    rows = finished_games_for_arena(database_url)
-    return [r for r in rows if protocol is None or r["protocol"] == protocol]

@@ -844,6 +844,16 @@ class StudyService:
         return status
 
 
+def study_games(database_url: str, *, protocol: str | None = None) -> list[dict]:
+    """Finished games from a study database as rows of ``parley arena``'s results, for its ratings.
+
+    The person is named ``human`` and the agent by its name in the study; the person sits in seat 0 of
+    the row. ``protocol`` keeps only games of that protocol (the study app plays coarse acts).
+    """
+    rows = finished_games_for_arena(database_url)
+    return [r for r in rows if protocol is None or r["protocol"] == protocol]
+
+
 def finished_games_for_arena(database: str) -> list[dict]:
     """Every finished game in a study database as a row of ``parley arena``'s results (see
     :data:`parley.agents.arena.RESULT_COLUMNS`): the person is player ``human`` in seat 0, the agent is

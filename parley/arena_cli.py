@@ -41,7 +41,6 @@ def arena_command(
         ArenaSettings,
         parse_players,
         run_arena,
-        study_games,
         write_report,
     )
 
@@ -58,6 +57,8 @@ def arena_command(
     extra = []
     if study_db:
         try:
+            from parley.human_eval.service import study_games
+
             extra = study_games(study_db, protocol=protocol)
         except Exception as err:  # noqa: BLE001 -- any failure to read the database is the option's fault
             raise typer.BadParameter(f"cannot read the study database: {err}", param_hint="--study-db") from None
