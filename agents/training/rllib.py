@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,30 @@ def ray_log_to_file(path: Path | None) -> Iterator[None]:
         handler.close()
 
 
+@contextlib.contextmanager
+def native_stderr_to(path: Path | None) -> Iterator[None]:
+    """Append what is written to file descriptor 2 while the block runs to ``path`` (None: leave it).
+
+    Ray's C++ core logs straight to the process's stderr (e.g. when it creates the env runner actors),
+    past Python's logging; this keeps those lines of Ray's start-up in the run's log file too.
+    """
+    if path is None:
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 _routes: list[logging.Handler] = []  # the file handler of the run in progress, if any
 
 
@@ -105,7 +130,15 @@ def start_ray(address: str | None, *, verbose: bool = False) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=verbose, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=verbose, configure_logging=False)
+        except ConnectionError as err:
+            if "InvalidAuthToken" in str(err.__cause__ or "") and os.environ.get("RAY_AUTH_MODE") != "token":
+                raise ConnectionError(
+                    f"the Ray cluster at {address} uses token authentication (the default of `ray start` since "
+                    "Ray 2.60): run parley train with RAY_AUTH_MODE=token in the environment and the cluster's "
+                    "token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from err
+            raise
     else:
         ray.init(include_dashboard=False, log_to_driver=verbose, configure_logging=False)
     return True
@@ -197,12 +230,15 @@ def train_rllib(config: TrainConfig, run: Path, *, console=None, on_iteration=No
 def _train_rllib(config: TrainConfig, run: Path, *, console=None, on_iteration=None) -> TrainResult:
     import ray
 
-    started = start_ray(config.address, verbose=config.verbose)
+    quiet = None if config.verbose else run / RAY_LOG
+    with native_stderr_to(quiet):
+        started = start_ray(config.address, verbose=config.verbose)
     route_ray_log()
     init_policy = init_policy_for(config)
     backbone, backbone_config, trainable = network_plan(config, init_policy)
     obs_size = observation_size_for(config)
-    algo = build_algorithm_config(config, backbone, backbone_config, trainable).build_algo()
+    with native_stderr_to(quiet):
+        algo = build_algorithm_config(config, backbone, backbone_config, trainable).build_algo()
     route_ray_log()
     view = None
     logger = None
