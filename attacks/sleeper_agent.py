@@ -24,8 +24,8 @@ lr 0.1 in the standardised input space (~0.025 in [0, 1] pixel units), 1 restart
 batch 512. The surrogate follows the victim's recipe, which :meth:`TrainingRecipe.for_dataset` scales.
 The dataclass defaults are the paper's (:meth:`SleeperAgentConfig.paper`); :meth:`SleeperAgentConfig.for_dataset`
 keeps them on 32x32 colour images and switches smaller images (digits, MNIST) to
-:meth:`SleeperAgentConfig.small_images`: IBM ART's schedule (no retraining, ``delta = eps * tanh(w)``,
-120 steps, no augmentation while crafting), chosen on validation splits of the training data.
+:meth:`SleeperAgentConfig.small_images`: IBM ART's cheaper schedule (no retraining, ``delta = eps * tanh(w)``,
+120 steps, no augmentation while crafting, two surrogates).
 
 >>> attack = make_attack("sleeper_agent")            # or SleeperAgent(SleeperAgentConfig(steps=100))
 >>> submission = attack.craft(scenario)
@@ -151,10 +151,9 @@ class SleeperAgentConfig:
         :meth:`small_images` otherwise.
 
         The split mirrors :meth:`TrainingRecipe.for_dataset`, which gives small grey images a short
-        victim schedule. On those, the paper's late retrainings leave the poisons fitted to a surrogate
-        that is replaced after the lr has dropped, and the validation ASR stayed at the random-noise
-        level; without retraining it did not (see :meth:`small_images`). The surrogate always follows
-        the victim recipe, and the poison count is a share of the training set.
+        victim schedule. On mnist5k validation pairs neither schedule was ahead of the other at eps
+        16/255 and :meth:`small_images` costs half as much (docs/studies/poisoning_schedule.md). The
+        surrogate always follows the victim recipe, and the poison count is a share of the training set.
         """
         channels, height = dataset.shape[0], dataset.shape[1]
         base = cls.paper() if (height >= 32 and channels == 3) else cls.small_images()

@@ -9,6 +9,7 @@ this benchmark's section of benchmarks/RESULTS.md::
 
     python benchmarks/sleeper_schedule.py --schedule small_images --budget 0.05 --eps 16 --pairs 3-8,6-1
     python benchmarks/sleeper_schedule.py --schedule paper --budget 0.05 --eps 16 --pairs 3-8 --set ensemble=2
+    python benchmarks/sleeper_schedule.py --schedule none --pairs 3-8,6-1     # the patch alone
 """
 
 from __future__ import annotations
@@ -38,24 +39,30 @@ def run_pair(dataset, schedule: str, overrides: dict, source: int, target: int, 
                                      trigger=trigger, victim_kwargs={"width": width}, seed=source * 10 + target,
                                      device="cpu")
     start = time.perf_counter()
-    submission = SleeperAgent(SCHEDULES[schedule](**overrides)).craft(scenario)
+    if schedule == "none":  # the patch alone: a victim trained on the clean set
+        x, y, info = dataset.x_train, dataset.y_train, {}
+    else:
+        submission = SleeperAgent(SCHEDULES[schedule](**overrides)).craft(scenario)
+        x, y = submission.apply(dataset.x_train, dataset.y_train)
+        info = submission.info
     craft_s = time.perf_counter() - start
-    x, y = submission.apply(dataset.x_train, dataset.y_train)
     torch.manual_seed(0)
     victim = train_model(make_victim("small_cnn", dataset, width=width), x, y, recipe, device="cpu", seed=0)
     metrics = backdoor_metrics(victim, dataset.x_test, dataset.y_test, source, target, trigger, seed=5, device="cpu")
     return {"schedule": schedule, "overrides": overrides, "budget": budget, "eps_255": round(eps * 255, 3),
             "pair": [source, target], "craft_s": round(craft_s, 1), "asr": metrics["attack_success_rate"],
-            "clean_accuracy": metrics["clean_accuracy"], "matching_loss": submission.info.get("matching_loss"),
+            "clean_accuracy": metrics["clean_accuracy"], "matching_loss": info.get("matching_loss"),
             "width": width}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| schedule | changes | budget | eps | pair | source ASR % (validation) | clean acc % | crafting s |",
-             "|---|---|---|---|---|---:|---:|---:|"]
+    lines = ["| schedule | changes | budget | eps | victim width | pair | source ASR % (validation) | clean acc % "
+             "| crafting s |",
+             "|---|---|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
         changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "–"
-        lines.append(f"| {r['schedule']} | {changes} | {r['budget']:.0%} | {r['eps_255']:g}/255 | "
+        budget, eps = ("–", "–") if r["schedule"] == "none" else (f"{r['budget']:.0%}", f"{r['eps_255']:g}/255")
+        lines.append(f"| {r['schedule']} | {changes} | {budget} | {eps} | {r['width']} | "
                      f"{r['pair'][0]}->{r['pair'][1]} | {100 * r['asr']:.1f} | {100 * r['clean_accuracy']:.1f} | "
                      f"{r['craft_s']:.0f} |")
     return "\n".join(lines)
@@ -63,7 +70,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="small_images")
+    parser.add_argument("--schedule", choices=[*sorted(SCHEDULES), "none"], default="small_images",
+                        help="a Sleeper Agent preset, or none (no poisons: what the patch alone does)")
     parser.add_argument("--set", default="", help="field=value,... changes to the schedule")
     parser.add_argument("--budget", type=float, default=0.05)
     parser.add_argument("--eps", type=float, default=16.0, help="in 1/255 units")
