@@ -371,6 +371,16 @@ def describe_legal(mask: np.ndarray, counts: Sequence[int]) -> str:
     return "; ".join(parts)
 
 
+def illegal_act_message(who: str, action: int, turn: int, mask: np.ndarray, counts: Sequence[int]) -> str:
+    """The error for ``who`` sending ``action`` where ``mask`` does not allow it: the act and what is legal."""
+    if 0 <= action < NUM_ACTIONS:
+        kind, split = decode_act(action)
+        what = f"{kind}{'' if split is None else ' ' + str(split)} (action {action})"
+    else:
+        what = f"action {action} (indices are 0..{NUM_ACTIONS - 1})"
+    return f"{who} cannot play {what} at turn {turn}; legal: {describe_legal(mask, counts)}"
+
+
 # --------------------------------------------------------------------------------------------------
 # Outcomes
 # --------------------------------------------------------------------------------------------------
@@ -759,15 +769,8 @@ class NegotiationState:
         action = int(action)
         mask = self._mask()
         if not 0 <= action < NUM_ACTIONS or not mask[action]:
-            if 0 <= action < NUM_ACTIONS:
-                kind, split = decode_act(action)
-                what = f"{kind}{'' if split is None else ' ' + str(split)} (action {action})"
-            else:
-                what = f"action {action} (indices are 0..{NUM_ACTIONS - 1})"
-            raise IllegalActionError(
-                f"player {self.current_player} cannot play {what} at turn {self.turn}; legal: "
-                f"{describe_legal(mask, self.ctx.counts)}"
-            )
+            raise IllegalActionError(illegal_act_message(f"player {self.current_player}", action, self.turn, mask,
+                                                         self.ctx.counts))
         player = self.current_player
         other = 1 - player
         kind, split = decode_act(action)

@@ -78,7 +78,7 @@ from parley.envs.negotiation import (
     context_ids,
     contexts_to_arrays,
     decode_act,
-    describe_legal,
+    illegal_act_message,
     pareto_optimal_batch,
     sample_context_ids,
 )
@@ -316,14 +316,8 @@ class NegotiationVectorEnv(VectorEnv):
 
     def _illegal_message(self, i: int, actions: np.ndarray) -> str:
         game = self.game
-        action = int(actions[i])
-        if 0 <= action < NUM_ACTIONS:
-            kind, split = decode_act(action)
-            what = f"{kind}{'' if split is None else ' ' + str(split)} (action {action})"
-        else:
-            what = f"action {action} (indices are 0..{NUM_ACTIONS - 1})"
-        legal = describe_legal(game.legal_masks()[i], tuple(int(c) for c in game.counts[i]))
-        return f"game {i}: the learner cannot play {what} at turn {int(game.turn[i])}; legal: {legal}"
+        return illegal_act_message(f"game {i}: the learner", int(actions[i]), int(game.turn[i]),
+                                   game.legal_masks()[i], tuple(int(c) for c in game.counts[i]))
 
     def _transcript(self, i: int) -> str:
         game = self.game

@@ -32,6 +32,7 @@ from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
     BatchedNegotiation,
     IllegalActionError,
+    illegal_act_message,
 )
 from parley.envs.policy import Policy
 
@@ -177,8 +178,9 @@ def play_batch(
         if illegal.any():
             row = int(all_rows[illegal][0])
             who = _agent_name(agents[seating[row, game.current_player[row]]])
-            raise IllegalActionError(f"agent {who!r} sent illegal action {int(actions[row])} in game {row} "
-                                     f"(turn {int(game.turn[row])})")
+            raise IllegalActionError(illegal_act_message(f"game {row}: agent {who!r}", int(actions[row]),
+                                                         int(game.turn[row]), game.legal_masks()[row],
+                                                         tuple(int(c) for c in game.counts[row])))
     return GameBatch(
         counts=game.counts.copy(), values=game.values.copy(), first_player=first_player, seating=seating,
         agreed=game.agreed.copy(), agreed_split=game.agreed_split.copy(),

@@ -117,9 +117,10 @@ def test_default_seating_and_a_single_first_mover():
 def test_an_illegal_act_is_reported_with_the_agent_and_the_game():
     rng = np.random.default_rng(0)
     counts, values = sample_context_arrays(rng, 5)
-    with pytest.raises(IllegalActionError, match="'cheater' sent illegal action 250 in game 0"):
+    with pytest.raises(IllegalActionError,
+                       match=r"game 0: agent 'cheater' cannot play agree \(action 250\) at turn 0; legal: propose"):
         play_batch((AgreeAlways(), make_partner("boulware")), counts, values, 0)
-    with pytest.raises(IllegalActionError, match="'cheater' sent illegal action 250"):  # from seat 1
+    with pytest.raises(IllegalActionError, match=r"agent 'cheater' cannot play agree \(action 250\)"):  # from seat 1
         play_batch((make_partner("boulware"), AgreeAlways()), counts, values, 1)
     # agreeing to a standing proposal is legal: the cheater's opening offer is accepted
     games = play_batch((AgreeAlways(), make_partner("boulware")), counts, values, 1)

@@ -47,8 +47,7 @@ from parley.envs.negotiation import (
     context_arrays,
     context_ids,
     contexts_to_arrays,
-    decode_act,
-    describe_legal,
+    illegal_act_message,
     outcome_metrics_batch,
     sample_context_ids,
 )
@@ -295,13 +294,8 @@ class NegotiationVectorMultiAgentEnv(VectorMultiAgentEnv):
 
     def _illegal_message(self, i: int, action: int) -> str:
         game = self.game
-        if 0 <= action < NUM_ACTIONS:
-            kind, split = decode_act(action)
-            what = f"{kind}{'' if split is None else ' ' + str(split)} (action {action})"
-        else:
-            what = f"action {action} (indices are 0..{NUM_ACTIONS - 1})"
-        legal = describe_legal(game.legal_masks()[i], tuple(int(c) for c in game.counts[i]))
-        return f"game {i}: {AGENTS[game.current_player[i]]} cannot play {what} at turn {int(game.turn[i])}; legal: {legal}"
+        return illegal_act_message(f"game {i}: {AGENTS[game.current_player[i]]}", action, int(game.turn[i]),
+                                   game.legal_masks()[i], tuple(int(c) for c in game.counts[i]))
 
 
 @contextlib.contextmanager
