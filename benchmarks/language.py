@@ -27,8 +27,9 @@ from parley.envs.negotiation import sample_context
 from parley.envs.negotiation_text_v0 import TextNegotiationState
 from parley.text import make_text_player
 
-# Lewis et al. (2017), Table 1: the supervised (likelihood) model against itself.
-LEWIS_SL = {"score": "5.4 vs 5.5", "agreement": 87.9, "pareto": 66.2}
+# Lewis et al. (2017): the supervised (likelihood) model against itself, score and agreement as reported;
+# its Pareto share is left out here rather than quoted without the table at hand.
+LEWIS_SL = {"score": "5.4 vs 5.5", "agreement": 87.9, "pareto": "-"}
 
 
 def play_games(players, contexts, first_players) -> list[dict]:
