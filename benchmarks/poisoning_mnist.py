@@ -27,7 +27,8 @@ import os
 import torch
 from common import machine, write_results_section
 
-from parley.attacks.bench import BenchConfig, run_grid, summarize, summary_markdown
+from parley.attacks.bench import BenchConfig, grid_cells, run_grid, summarize, summary_markdown
+from parley.attacks.datasets import load_dataset
 
 
 def _options(items: list[str]) -> dict[str, dict[str, object]]:
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> str:
         out=args.out or f"bench-{args.dataset}-{args.attacks.replace(',', '-')}-{args.defenses.replace(',', '-')}"
                         f"-{args.budget:g}-{args.trigger_placement}")
     rows = run_grid(config)
+    # The folder may hold cells of a larger grid (more pairs, other attacks): the table covers this one.
+    cells = {(c.attack, c.defense, str(c.source_class), str(c.target_class), str(c.seed))
+             for c in grid_cells(config, load_dataset(config.dataset, **config.dataset_kwargs).num_classes)}
+    rows = [r for r in rows if (r["attack"], r["defense"], r["source_class"], r["target_class"], r["seed"]) in cells]
     minutes = sum(float(r["episode_time_s"]) for r in rows if r.get("episode_time_s")) / 60
     table = summary_markdown(summarize(rows, config), config)
     print(table)

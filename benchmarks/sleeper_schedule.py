@@ -10,6 +10,7 @@ this benchmark's section of benchmarks/RESULTS.md::
     python benchmarks/sleeper_schedule.py --schedule small_images --budget 0.05 --eps 16 --pairs 3-8,6-1
     python benchmarks/sleeper_schedule.py --schedule paper --budget 0.05 --eps 16 --pairs 3-8 --set ensemble=2
     python benchmarks/sleeper_schedule.py --schedule none --pairs 3-8,6-1     # the patch alone
+    python benchmarks/sleeper_schedule.py --pairs ""                         # rewrite the table from --log
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.set, SleeperAgentConfig, "--set")
-    pairs = [tuple(int(c) for c in p.split("-")) for p in args.pairs.split(",")]
+    # An empty --pairs runs nothing and only rewrites the table from --log.
+    pairs = [tuple(int(c) for c in p.split("-")) for p in args.pairs.split(",") if p.strip()]
     dataset = load_dataset("mnist5k").validation_split(0.2, seed=1)
     log = Path(args.log)
     for source, target in pairs:
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     text = table(rows)
     print(text)
     if not args.no_write:
-        note = ("Validation pairs only (mnist5k training split carved 80/20, seed 1); one crafting and one victim "
+        note = ("Rows: `--schedule paper --budget 0.1 --width 32 --pairs 3-8`; `--schedule paper --pairs 3-8,6-1`; "
+                "`--schedule small_images --pairs 3-8,6-1` at `--eps` 16, `--eps 32 --pairs 3-8`, `--eps 64` and "
+                "`--eps 255` on both pairs; `--schedule none`. Validation pairs only (mnist5k training split carved 80/20, seed 1); one crafting and one victim "
                 "per row (small CNN, 15 epochs, from scratch); trigger 7x7 at random places. Crafting times were "
                 "measured while other jobs loaded the two cores (load average 10-15), so they overstate the cost "
                 "on an idle machine. Rows accumulate from several invocations of this command.")
