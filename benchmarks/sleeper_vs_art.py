@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import parse_overrides
+from common import parse_overrides, save_results_section
 from torch import nn
 
 from parley.attacks.base import Scenario, Submission, backdoor_metrics, check_submission, make_attack
@@ -309,9 +309,9 @@ def main(argv: list[str] | None = None) -> str:
     art_text = (f"ART: {s.steps} crafting steps, {s.retrain_times} surrogate retrainings, 1 restart; "
                 if s.art else "ART not run; ")
     lines = [
-        f"## Sleeper Agent: parley vs ART {art_version} SleeperAgentAttack ({s.dataset}, {s.split} split)",
+        f"## Sleeper Agent vs ART {art_version} SleeperAgentAttack on {s.dataset}, {s.split} split "
+        f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Command: `python benchmarks/sleeper_vs_art.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch threads {s.threads}, "
         f"CPU only, Python {platform.python_version()}, torch {torch.__version__}",
@@ -360,8 +360,7 @@ def main(argv: list[str] | None = None) -> str:
     table = "\n".join(lines)
     print(table)
     if s.write:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + table)
+        save_results_section(table, RESULTS)
     return table
 
 
