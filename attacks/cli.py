@@ -10,8 +10,18 @@ from rich.console import Console
 console = Console()
 
 
-def _split(names: str) -> tuple[str, ...]:
+def split_names(names: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: a comma-separated option's names."""
     return tuple(n.strip() for n in names.split(",") if n.strip())
+
+
+def bench_group(app: typer.Typer) -> typer.Typer:
+    """The ``bench`` command group of ``app``, created by the first domain that adds a benchmark to it."""
+    bench = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
+    if bench is None:
+        bench = typer.Typer(help="Benchmarks over grids of agents, attacks and defenses.", no_args_is_help=True)
+        app.add_typer(bench, name="bench")
+    return bench
 
 
 def _options(pairs: list[str], kind: str) -> dict[str, dict[str, object]]:
@@ -42,48 +52,48 @@ def bench_attacks(
     seeds: int = typer.Option(1, min=1, help="Seeds per pair."),
     pair_seed: int = typer.Option(0, help="Seed of the source/target pair draw."),
     workers: int = typer.Option(1, min=1, help="Cells run in parallel."),
-    ray_address: str = typer.Option(None, help="Run cells as tasks on this Ray cluster ('auto' finds a local one)."),
-    executor: str = typer.Option("auto", help="auto, ray, process or serial (auto: ray with --ray-address, "
+    address: str | None = typer.Option(None, "--address", "--ray-address",
+                                       help="Run cells as tasks on this Ray cluster ('auto' finds a local one)."),
+    executor: str = typer.Option("auto", help="auto, ray, process or serial (auto: ray with --address, "
                                               "processes with --workers > 1, else serial)."),
-    out: str = typer.Option("bench-attacks", help="Folder for results.csv, summary.md and asr.png."),
+    out: str = typer.Option("bench-attacks", "--out", "-o", help="Folder for results.csv, summary.md and asr.png."),
     budget: float = typer.Option(0.05, help="Poisoned share of the training set, in (0, 1]."),
-    eps: float = typer.Option(16 / 255, help="l-infinity bound of clean-label perturbations in [0, 1] pixel "
+    eps: float = typer.Option(16 / 255, show_default="16/255", help="l-infinity bound of clean-label perturbations in [0, 1] pixel "
                                              "units, in (0, 1]; stamp attacks (badnets, clean_label) paste "
                                              "a full-contrast trigger."),
     trigger_placement: str = typer.Option("random", help="random (a fresh place per image) or fixed (the "
                                                          "bottom-right corner, as BackdoorBench's BadNets)."),
     victim: str = typer.Option("small_cnn", help="Victim architecture."),
-    width: int = typer.Option(None, min=1, help="Victim width (channels of its first layer)."),
+    width: int | None = typer.Option(None, min=1, help="Victim width (channels of its first layer)."),
     recipe: str = typer.Option("dataset", help="Victim schedule: tiny, dataset or paper."),
-    epochs: int = typer.Option(None, min=1, help="Stretch or squeeze the recipe to this many epochs."),
-    train_subset: int = typer.Option(None, min=1, help="Keep this many training images per class."),
-    data_path: str = typer.Option(None, help="Folder of local CIFAR-10 / MNIST files."),
+    epochs: int | None = typer.Option(None, min=1, help="Stretch or squeeze the recipe to this many epochs."),
+    train_subset: int | None = typer.Option(None, min=1, help="Keep this many training images per class."),
+    data_path: str | None = typer.Option(None, help="Folder of local CIFAR-10 / MNIST files."),
     attack_option: list[str] = typer.Option([], "--attack-option", help="ATTACK.OPTION=VALUE, repeatable "
                                                                         "(e.g. sleeper_agent.steps=60)."),
     defense_option: list[str] = typer.Option([], "--defense-option", help="DEFENSE.OPTION=VALUE, repeatable."),
     threads: int = typer.Option(1, min=1, help="torch threads per cell."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Run every attack x defense x pair x seed cell as a poisoning_v0 episode; skip cells already in
     OUT/results.csv; write a table of means over pairs with 95% confidence intervals, and plots."""
     from parley.attacks.bench import BenchConfig, run_grid, summarize, summary_markdown, validate
 
     config = BenchConfig(
-        dataset=dataset, attacks=_split(attacks), defenses=_split(defenses), pairs=pairs, seeds=seeds,
+        dataset=dataset, attacks=split_names(attacks), defenses=split_names(defenses), pairs=pairs, seeds=seeds,
         pair_seed=pair_seed, budget=budget, eps=eps, victim=victim,
         victim_kwargs={"width": width} if width else {}, recipe=recipe,
         epochs=epochs, attack_kwargs=_options(attack_option, "ATTACK"),
         defense_kwargs=_options(defense_option, "DEFENSE"),
         dataset_kwargs={"path": data_path} if data_path else {}, train_subset=train_subset, workers=workers,
-        executor=executor, ray_address=ray_address, threads_per_worker=threads, device=device, out=out,
+        executor=executor, ray_address=address, threads_per_worker=threads, device=device, out=out,
         trigger_placement=trigger_placement)
     try:
         validate(config)
         rows = run_grid(config, progress=not quiet)
     except ValueError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from error
+        raise typer.BadParameter(str(error)) from None
     failed = sum(1 for r in rows if r.get("error"))
     console.print(summary_markdown(summarize(rows, config), config))
     console.print(f"results: {out}/results.csv, {out}/summary.md, {out}/asr.png")
@@ -94,8 +104,4 @@ def bench_attacks(
 
 def register(app: typer.Typer) -> None:
     """Add ``parley bench attacks`` (creating the ``bench`` group unless another domain already did)."""
-    bench = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
-    if bench is None:
-        bench = typer.Typer(help="Benchmarks over grids of agents, attacks and defenses.", no_args_is_help=True)
-        app.add_typer(bench, name="bench")
-    bench.command("attacks")(bench_attacks)
+    bench_group(app).command("attacks")(bench_attacks)

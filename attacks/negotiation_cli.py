@@ -5,16 +5,14 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from parley.attacks.cli import bench_group, split_names
+
 console = Console()
-
-
-def _split(names: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in names.split(",") if n.strip())
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in _split(text))
+        return tuple(float(x) for x in split_names(text))
     except ValueError:
         raise typer.BadParameter(f"{text!r}: expected comma-separated numbers, e.g. 0.005,0.01",
                                  param_hint=option) from None
@@ -43,7 +41,7 @@ def bench_negotiation_backdoor(
     workers: int = typer.Option(1, min=1, help="Cells run in parallel processes."),
     out: str = typer.Option("bench-negotiation-backdoor", "--out", "-o",
                             help="Folder for results.csv, summary.md and backdoor_success.png."),
-    quiet: bool = typer.Option(False, help="No per-cell lines."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-cell lines."),
 ) -> None:
     """Run every attack x defense x budget x seed cell as a negotiation_poisoning_v0 episode; skip cells
     already in OUT/results.csv; write a table of means over seeds with 95% confidence intervals, and a plot."""
@@ -56,7 +54,7 @@ def bench_negotiation_backdoor(
 
     try:
         config = NegotiationBenchConfig(
-            attacks=_split(attacks), defenses=_split(defenses), budgets=_floats(budgets, "--budgets"),
+            attacks=split_names(attacks), defenses=split_names(defenses), budgets=_floats(budgets, "--budgets"),
             annotator_budgets=_floats(annotator_budgets, "--annotator-budgets"), seeds=seeds, corpus=corpus,
             corpus_size=corpus_size, goal=goal, epochs=epochs, hidden=hidden, rl_games=rl_games,
             eval_games=eval_games, eval_episodes=eval_episodes, queries=queries, trigger_rate=trigger_rate,
@@ -74,8 +72,4 @@ def bench_negotiation_backdoor(
 
 def register(app: typer.Typer) -> None:
     """Add ``parley bench negotiation-backdoor`` (creating the ``bench`` group unless another domain did)."""
-    bench = next((g.typer_instance for g in app.registered_groups if g.name == "bench"), None)
-    if bench is None:
-        bench = typer.Typer(help="Benchmarks over grids of agents, attacks and defenses.", no_args_is_help=True)
-        app.add_typer(bench, name="bench")
-    bench.command("negotiation-backdoor")(bench_negotiation_backdoor)
+    bench_group(app).command("negotiation-backdoor")(bench_negotiation_backdoor)
