@@ -27,7 +27,7 @@ import json
 import math
 import time
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,10 +394,12 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _append(path: Path, row: dict[str, Any]) -> None:
+def append_row(path: Path, row: dict[str, Any], columns: Sequence[str]) -> None:
+    """Append ``row`` to a ``results.csv`` with ``columns`` (the header is written first into a new file);
+    floats keep 6 significant digits and NaN is written empty."""
     new = not path.is_file() or path.stat().st_size == 0
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow({k: _fmt(v) for k, v in row.items()})
@@ -484,7 +486,7 @@ def run_grid(config: BenchConfig, *, progress: bool = True,
                       TimeElapsedColumn(), TextColumn("{task.description}"), disable=not progress) as bar:
             task = bar.add_task(f"{len(cells) - len(todo)} cells already done", total=len(todo))
             for row in runner(config, todo):
-                _append(csv_path, row)
+                append_row(csv_path, row, COLUMNS)
                 if on_row is not None:
                     on_row(row)
                 status = "error" if row.get("error") else f"ASR {float(row['attack_success_rate']):.2f}"

@@ -17,7 +17,6 @@ with ``workers > 1``.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from parley.attacks.bench import append_row, read_rows
 from parley.attacks.negotiation_backdoor import (
     GOALS,
     NEGOTIATION_ATTACKS,
@@ -204,23 +204,6 @@ def _safe_run_cell(config: NegotiationBenchConfig, cell: BenchCell) -> dict[str,
         return row
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file() or path.stat().st_size == 0
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else
-                             f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-
-
 def _run(config: NegotiationBenchConfig, todo: list[BenchCell]) -> Iterable[dict[str, Any]]:
     if config.workers == 1:
         for cell in todo:
@@ -244,18 +227,18 @@ def run_negotiation_grid(config: NegotiationBenchConfig, *, progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
     config_id = config.config_id()
-    done = {tuple(row[k] for k in _KEY) for row in _read_rows(csv_path) if not row.get("error")}
+    done = {tuple(row[k] for k in _KEY) for row in read_rows(csv_path) if not row.get("error")}
     todo = [cell for cell in grid_cells(config) if cell.key(config_id) not in done]
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config) | {"config_id": config_id}, indent=2))
     say = print if progress else (lambda *_: None)
     say(f"negotiation-backdoor bench: {len(todo)} cells to run, {len(grid_cells(config)) - len(todo)} done")
     for row in _run(config, todo):
-        _append(csv_path, row)
+        append_row(csv_path, row, COLUMNS)
         if on_row is not None:
             on_row(row)
         status = row["error"] or f"backdoor success {float(row['backdoor_success']):.2f}"
         say(f"  {row['attack']} / {row['defense']} / budget {row['budget']} / seed {row['seed']}: {status}")
-    rows = [row for row in _read_rows(csv_path) if row["config_id"] == config_id]
+    rows = [row for row in read_rows(csv_path) if row["config_id"] == config_id]
     summary = summarize(rows)
     (out / "summary.md").write_text(summary_markdown(summary, config))
     plot_summary(summary, out / "backdoor_success.png")
