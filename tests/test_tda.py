@@ -171,11 +171,15 @@ def test_ppo_learns_to_score_against_a_fixed_partner():
 
 
 def test_every_baseline_trains_in_the_harness(corpus, sl_policy, tmp_path):
+    observations, masks = corpus.observations[:64], corpus.masks[:64]
     for method in METHODS:
         policy = train_method(method, sl_policy, corpus, TINY, tmp_path, oracle=ScriptedExpert())
-        assert policy.act_batch is not None
+        assert masks[np.arange(64), policy.act_batch(observations, masks)].all(), method  # sampled acts legal
+        policy.deterministic = True
+        acts = policy.act_batch(observations, masks)
         saved = tmp_path / method.replace("+", "_")
-        assert load_policy(saved, device="cpu") is not None
+        # the saved policy is the trained one: the same greedy acts on the same states (load_policy is greedy)
+        np.testing.assert_array_equal(load_policy(saved, device="cpu").act_batch(observations, masks), acts)
     with pytest.raises(ValueError, match="unknown method"):
         train_method("magic", sl_policy, corpus, TINY, tmp_path)
 
