@@ -102,7 +102,7 @@ def test_policy_objects_join_and_illegal_acts_are_reported():
     assert result.pair("walker", "conceder").agreement == 0
     assert result.pair("walker", "conceder").turns == 1
     assert math.isnan(result.agent("walker").pareto)
-    with pytest.raises(ValueError, match="'cheater' sent illegal action 250"):
+    with pytest.raises(ValueError, match=r"agent 'cheater' cannot play agree \(action 250\)"):
         run_tournament([Illegal(), "boulware"], contexts=5, first_player=0)
     with pytest.raises(ValueError, match="unknown agent 'nobody'"):
         run_tournament(["nobody"], contexts=5)
