@@ -88,7 +88,13 @@ def test_sigkill_mid_session_keeps_every_turn(study):
             resumed = state["game"]["transcript"]
             assert resumed[: len(before)] == before
             assert resumed[len(before)]["message"] == "third" and resumed[len(before)]["kind"] == "insist"
-            assert resumed[-1]["speaker"] == "partner"  # the owed reply was made after the restart
+            # The owed reply is made after the restart; it shows once the agent's think time has passed.
+            deadline = time.monotonic() + 20
+            while resumed[-1]["speaker"] != "partner" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                resumed = http.get(f"/api/games/{gid}", headers=h).json()["transcript"]
+            assert resumed[-1]["speaker"] == "partner" and len(resumed) == len(before) + 2
+            state["game"] = http.get(f"/api/games/{gid}", headers=h).json()
             # The old token still works too (the signing secret lives in the database).
             assert http.get("/api/state", headers={"X-Session-Token": token}).status_code == 200
             # Finish the session.
