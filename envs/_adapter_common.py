@@ -6,10 +6,11 @@ Private to :mod:`parley.envs`: the adapters import it; users import the adapters
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
 from gymnasium import spaces
 
@@ -84,8 +85,25 @@ def check_common_args(max_turns: int, first_player: int | None, illegal_action: 
         raise ValueError(f"first_player must be None (drawn per episode), 0 or 1; got {first_player!r}")
     if illegal_action not in ILLEGAL_ACTION_MODES:
         raise ValueError(f"illegal_action must be one of {ILLEGAL_ACTION_MODES}, got {illegal_action!r}")
+    check_render_mode(render_mode)
+
+
+def check_render_mode(render_mode: str | None) -> None:
+    """A clear error for a render mode the negotiation envs do not have."""
     if render_mode is not None and render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}")
+
+
+def render_text(render_mode: str | None, text: Callable[[], str]) -> str | None:
+    """``render()`` of a text-rendering env: ``text()`` returned ("ansi") or printed ("human"); with no
+    render mode, a warning and None (Gymnasium's convention)."""
+    if render_mode is None:
+        gymnasium.logger.warn("render() was called without a render_mode; use render_mode='ansi' or 'human'")
+        return None
+    if render_mode == "human":
+        print(text())
+        return None
+    return text()
 
 
 def draw_context(rng: np.random.Generator, contexts: list[Context] | None) -> Context:

@@ -73,6 +73,7 @@ from parley.envs._adapter_common import (
     observation_space,
     outcome_info,
     partner_name,
+    render_text,
     resolve_contexts,
 )
 from parley.envs.negotiation import (
@@ -192,23 +193,18 @@ class NegotiationGymEnv(gymnasium.Env):
         return self.state.legal_action_mask(self.side).astype(bool)
 
     def render(self) -> str | None:
-        if self.render_mode is None:
-            gymnasium.logger.warn("render() was called without a render_mode; use render_mode='ansi' or 'human'")
-            return None
+        return render_text(self.render_mode, self._transcript)
+
+    def _transcript(self) -> str:
         if self.state is None:
-            text = "(no game yet: call reset())"
-        else:
-            names = ["", ""]
-            names[self.side] = "learner"
-            names[1 - self.side] = f"partner ({partner_name(self.partner)})"
-            parts = [context_header(self.state.ctx, names), self.state.transcript(names)]
-            if self.illegal:
-                parts.append("No deal: the learner made an illegal move.")
-            text = "\n".join(p for p in parts if p)
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+            return "(no game yet: call reset())"
+        names = ["", ""]
+        names[self.side] = "learner"
+        names[1 - self.side] = f"partner ({partner_name(self.partner)})"
+        parts = [context_header(self.state.ctx, names), self.state.transcript(names)]
+        if self.illegal:
+            parts.append("No deal: the learner made an illegal move.")
+        return "\n".join(p for p in parts if p)
 
     # ---------------------------------------------------------------------------------------------
 

@@ -93,9 +93,16 @@ from gymnasium.utils import seeding
 from pettingzoo import AECEnv
 from pettingzoo.utils import wrappers
 
+from parley.envs._adapter_common import (
+    RENDER_MODES,
+    check_render_mode,
+    context_header,
+    draw_context,
+    render_text,
+    resolve_contexts,
+)
 from parley.envs.corpus import parse_utterance_cached
 from parley.envs.negotiation import ITEM_NAMES, NUM_ITEM_TYPES, Context, outcome_metrics
-from parley.envs.negotiation_v0 import context_header, draw_context, resolve_contexts
 from parley.envs.policy import Policy
 from parley.envs.realiser import TextPolicy, as_text_player
 
@@ -109,7 +116,6 @@ NO_AGREEMENT = "<no_agreement>"
 DEFAULT_MAX_MESSAGES = 20
 DEFAULT_MAX_UTTERANCE_CHARS = 400
 BAD_INPUT_MODES = ("raise", "penalize")
-RENDER_MODES = ("ansi", "human")
 #: Characters of observations and actions: printable ASCII without tabs and line breaks.
 TEXT_CHARSET = "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c")
 _SPEAKERS = ("YOU", "THEM")
@@ -367,8 +373,7 @@ def _check_args(max_messages: int, max_utterance_chars: int, first_player: int |
         raise ValueError(f"first_player must be None (drawn per episode), 0 or 1; got {first_player!r}")
     if bad_input not in BAD_INPUT_MODES:
         raise ValueError(f"bad_input must be one of {BAD_INPUT_MODES}, got {bad_input!r}")
-    if render_mode is not None and render_mode not in RENDER_MODES:
-        raise ValueError(f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}")
+    check_render_mode(render_mode)
 
 
 class _TextGameBase:
@@ -439,14 +444,7 @@ class _TextGameBase:
         return "\n".join(p for p in parts if p)
 
     def render(self) -> str | None:
-        if self.render_mode is None:
-            gymnasium.logger.warn("render() was called without a render_mode; use render_mode='ansi' or 'human'")
-            return None
-        text = self._render_text(self._render_names())
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return render_text(self.render_mode, lambda: self._render_text(self._render_names()))
 
     def _render_names(self) -> Sequence[str]:
         return AGENTS

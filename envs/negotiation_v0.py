@@ -101,7 +101,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
@@ -117,6 +116,7 @@ from parley.envs._adapter_common import (
     draw_context,
     observation_space,
     outcome_info,
+    render_text,
     resolve_contexts,
 )
 from parley.envs.negotiation import (
@@ -210,14 +210,7 @@ class _NegotiationBase:
         return "\n".join(line for line in lines if line)
 
     def render(self) -> str | None:
-        if self.render_mode is None:
-            gymnasium.logger.warn("render() was called without a render_mode; use render_mode='ansi' or 'human'")
-            return None
-        text = self._transcript()
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return render_text(self.render_mode, self._transcript)
 
     def close(self) -> None:
         pass
