@@ -21,7 +21,7 @@ Pure Python and numpy: no torch, nothing from ``parley.agents``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -38,7 +38,10 @@ from parley.envs.negotiation import (
 )
 from parley.envs.policy import Policy
 
-__all__ = ["TextPolicy", "ActTextPlayer", "realise", "as_text_player", "tracking_state"]
+if TYPE_CHECKING:  # the text env imports this module
+    from parley.envs.negotiation_text_v0 import TextObservation
+
+__all__ = ["TextPolicy", "ActTextPlayer", "realise", "as_text_player", "tracking_state", "replay_dialogue"]
 
 _NUMBER_NAMES = {2: "two", 3: "three", 4: "four"}
 
@@ -137,6 +140,36 @@ def tracking_state(counts: Sequence[int], own_values: Sequence[int], *, first_pl
     return NegotiationState(Context(counts, (own, partner)), max_turns=max_turns, first_player=first_player)
 
 
+def replay_dialogue(view: TextObservation, max_turns: int | None = None) -> NegotiationState:
+    """The coarse game that the talk of ``view`` (a parsed text observation) amounts to, from the
+    observer's side (seat 0).
+
+    Every message is read with the corpus parser and applied in order; a message the parser cannot read
+    passes the turn without an act, and an act the rules do not allow there is skipped. ``max_turns``
+    is the coarse game's turn limit; by default it is long enough for every message, so the replay
+    reads the whole talk. ``agreed_split`` of the result is what the observer keeps under the deal the
+    talk reached (None without one); both sides reading the same talk get complementary splits.
+    """
+    from parley.envs.negotiation_text_v0 import SELECTION_TOKEN
+
+    talk = [(speaker, text) for speaker, text in view.messages if text != SELECTION_TOKEN]
+    first = talk[0][0] if talk else 0
+    limit = len(talk) + 1 if max_turns is None else max_turns
+    state = tracking_state(view.counts, view.values, first_player=first, max_turns=limit)
+    for speaker, text in talk:
+        if state.is_terminal():
+            break
+        act = parse_utterance_cached(text, view.counts)
+        if act is None:
+            continue  # unread: the turn passes without an act
+        state.current_player = speaker
+        try:
+            state.apply_action(act.action())
+        except IllegalActionError:
+            continue
+    return state
+
+
 class ActTextPlayer:
     """A coarse-act :class:`~parley.envs.policy.Policy` playing the text game (see the module docstring).
 
@@ -162,24 +195,10 @@ class ActTextPlayer:
 
     def state_of(self, observation: str) -> tuple[NegotiationState, bool]:
         """The coarse game replayed from a text observation, and whether the talk has ended."""
-        from parley.envs.negotiation_text_v0 import SELECTION_TOKEN, parse_observation
+        from parley.envs.negotiation_text_v0 import parse_observation
 
         view = parse_observation(observation)
-        talk = [(speaker, text) for speaker, text in view.messages if text != SELECTION_TOKEN]
-        first = talk[0][0] if talk else 0
-        state = tracking_state(view.counts, view.values, first_player=first, max_turns=self.max_turns)
-        for speaker, text in talk:
-            if state.is_terminal():
-                break
-            act = parse_utterance_cached(text, view.counts)
-            if act is None:
-                continue  # unread: the turn passes without an act
-            state.current_player = speaker
-            try:
-                state.apply_action(act.action())
-            except IllegalActionError:
-                continue
-        return state, view.selecting
+        return replay_dialogue(view, max_turns=self.max_turns), view.selecting
 
     def reply(self, observation: str) -> str:
         from parley.envs.negotiation_text_v0 import NO_AGREEMENT, SELECTION_TOKEN, format_selection

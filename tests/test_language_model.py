@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -77,3 +78,43 @@ def test_player_rejects_a_bad_temperature(tiny_language_model, temperature):
     model, vocab, _ = load_language_model(tiny_language_model)
     with pytest.raises(ValueError, match="temperature"):
         LanguageModelPlayer(model, vocab, temperature=temperature)
+
+
+def test_language_model_selects_the_deal_the_talk_reached(tiny_language_model):
+    model, vocab, _ = load_language_model(tiny_language_model)
+    lm = LanguageModelPlayer(model, vocab, seed=0)
+    talk = ("THEM: i want the hats , you can have the rest <eos> YOU: i need the ball too <eos> "
+            "THEM: i need both hats and 1 book , you get the ball and the other book <eos> YOU: deal <eos> "
+            "THEM: <selection> <eos>")
+    mine = lm.reply(f"<input> 2 1 2 2 1 4 </input> <dialogue> {talk} </dialogue>")
+    assert parse_selection(mine, (2, 2, 1)) == (1, 0, 1)  # the counter-offer that was accepted
+    theirs_view = talk.replace("THEM:", "@").replace("YOU:", "THEM:").replace("@", "YOU:")
+    theirs = lm.reply(f"<input> 2 3 2 2 1 0 </input> <dialogue> {theirs_view} </dialogue>")
+    assert parse_selection(theirs, (2, 2, 1)) == (1, 2, 0)  # the other side reads the same deal
+
+
+def test_language_model_without_a_read_deal_selects_with_the_model(tiny_language_model):
+    model, vocab, _ = load_language_model(tiny_language_model)
+    obs = ("<input> 2 1 2 2 1 4 </input> <dialogue> THEM: hello <eos> YOU: what do you want ? <eos> "
+           "THEM: <selection> <eos> </dialogue>")
+    picks = {LanguageModelPlayer(model, vocab, seed=s, read_deal=r).reply(obs) for s in range(2) for r in (True, False)}
+    assert len(picks) == 1  # no deal to read: both modes make the model's own (greedy) pick
+    assert parse_selection(picks.pop(), (2, 2, 1)) is not None
+
+
+def test_language_model_and_a_partner_agree_whenever_the_talk_reads_as_a_deal(tiny_language_model):
+    from parley.envs.negotiation import sample_context
+    from parley.envs.negotiation_text_v0 import TextNegotiationState, parse_observation
+    from parley.envs.realiser import replay_dialogue
+
+    players = [make_text_player(tiny_language_model, seed=0), make_text_player("conceder", seed=1)]
+    rng = np.random.default_rng(0)
+    read = 0
+    for _ in range(20):
+        state = TextNegotiationState(sample_context(rng), max_messages=8)
+        while not state.terminal:
+            state.send(players[state.current_player].reply(state.observation(state.current_player)))
+        if replay_dialogue(parse_observation(state.observation(0))).agreed_split is not None:
+            read += 1
+            assert state.metrics()["agreement"]
+    assert read > 0

@@ -24,7 +24,7 @@ from parley.envs.negotiation_text_v0 import (
     parse_observation,
     parse_selection,
 )
-from parley.envs.realiser import ActTextPlayer, realise
+from parley.envs.realiser import ActTextPlayer, realise, replay_dialogue
 from parley.text import make_text_player
 
 CTX = Context((1, 4, 1), ((4, 1, 2), (0, 2, 2)))
@@ -164,6 +164,23 @@ def test_act_text_player_reads_unparsed_text_as_a_passed_turn():
     obs = format_observation(CTX.counts, CTX.values[0], [(0, "I'd like the book and you can have the rest."),
                                                          (1, "Deal."), (0, SELECTION_TOKEN)])
     assert parse_selection(player.reply(obs), CTX.counts) == (1, 0, 0)
+
+
+def test_replay_dialogue_reads_the_accepted_offer_from_both_sides():
+    talk = [(1, "i want the hats, you can have the rest"), (0, "hello?"), (0, "i need the ball and 2 hats"),
+            (1, "ok deal"), (1, SELECTION_TOKEN)]
+    mine = replay_dialogue(parse_observation(format_observation(CTX.counts, CTX.values[0], talk)))
+    assert mine.agreed_split == (0, 2, 1)  # the counter-offer, not the first offer; "hello?" passes
+    flipped = [(1 - speaker, text) for speaker, text in talk]
+    theirs = replay_dialogue(parse_observation(format_observation(CTX.counts, CTX.values[1], flipped)))
+    assert theirs.agreed_split == (1, 2, 0)
+    # no deal without an agreement, and talk longer than the coarse turn limit is still read to its end
+    assert replay_dialogue(parse_observation(format_observation(CTX.counts, CTX.values[0], talk[:3]))).agreed_split \
+        is None
+    long_talk = [(i % 2, "i want the hats, you can have the rest") for i in range(12)] + [(0, "deal")]
+    view = parse_observation(format_observation(CTX.counts, CTX.values[0], long_talk))
+    assert replay_dialogue(view).agreed_split == (1, 0, 1)
+    assert replay_dialogue(view, max_turns=10).agreed_split is None
 
 
 @pytest.mark.parametrize("partner", ["boulware", "random"])

@@ -2,8 +2,11 @@
 
 :class:`LanguageModelPlayer` reads a text observation, runs the model over the context and the dialogue
 so far, and either samples the next utterance after ``YOU:`` (words until ``<eos>``; ``<selection>`` as
-the first word ends the talk, allowed once the partner has spoken) or, once the talk is over, picks its selection item by item, greedily
-among the quantities that fit the counts.
+the first word ends the talk, allowed once the partner has spoken) or, once the talk is over, selects.
+Its selection is the deal the talk reached as the corpus parser reads it -- both sides of a game read
+the same talk, so their selections complement each other, the part that Lewis et al. give to a
+separate selection model that reads the whole dialogue -- and, when the parser reads no deal, the
+model's own pick after ``<selection>``, item by item, greedily among the quantities that fit the counts.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from parley.envs.negotiation_text_v0 import (
     format_selection,
     parse_observation,
 )
+from parley.envs.realiser import replay_dialogue
 
 _SPEAKERS = ("YOU:", "THEM:")
 
@@ -40,10 +44,13 @@ class LanguageModelPlayer:
 
     :param temperature: sampling temperature of the words (Lewis et al. sample with 0.5)
     :param max_words: the longest utterance it writes
+    :param read_deal: select the deal that the talk reached, read with the corpus parser
+        (:func:`~parley.envs.realiser.replay_dialogue`), and fall back to the model's own pick only when
+        the parser reads no deal; False always selects with the model
     """
 
     def __init__(self, model: DialogueLM, vocab: Vocabulary, *, name: str = "lm", temperature: float = 0.5,
-                 max_words: int = 30, seed: int | None = None) -> None:
+                 max_words: int = 30, seed: int | None = None, read_deal: bool = True) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.model = model.eval()
@@ -51,6 +58,7 @@ class LanguageModelPlayer:
         self.name = name
         self.temperature = float(temperature)
         self.max_words = int(max_words)
+        self.read_deal = bool(read_deal)
         self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
         # Words it may say: everything but the special tokens, plus <eos> to stop.
         self._word_mask = torch.ones(len(vocab), dtype=torch.bool)
@@ -106,6 +114,10 @@ class LanguageModelPlayer:
         return " ".join(words) if words else SELECTION_TOKEN
 
     def _select(self, view: TextObservation, context: torch.Tensor) -> str:
+        if self.read_deal:
+            agreed = replay_dialogue(view).agreed_split
+            if agreed is not None:
+                return format_selection(agreed)
         prefix = self._prefix(view)
         logits, state = self.model(context, torch.tensor([prefix]))
         last = logits[0, -1]
