@@ -13,11 +13,14 @@ from parley.envs.negotiation import DEFAULT_MAX_TURNS
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        agents: Path = typer.Option(None, "--agents", help="Study config (agents.yaml); default: a study "
-                                    "against the boulware and conceder scripted partners."),
+        agents: list[Path] = typer.Option(None, "--agents", help="Study config (agents.yaml), or a folder of them; "
+                                          "repeat for several studies on one server (each at /studies/NAME/). "
+                                          "Default: a study against the boulware and conceder scripted partners."),
         db: str = typer.Option("sqlite:///study.db", "--db", help="SQLAlchemy URL or SQLite file path."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; keep loopback behind a reverse proxy."),
         port: int = typer.Option(8000, "--port", help="Port to listen on."),
+        workers: int = typer.Option(1, "--workers", min=1, max=64,
+                                    help="Server processes sharing the port and the database."),
         admin_token: str = typer.Option(None, "--admin-token", envvar="PARLEY_ADMIN_TOKEN",
                                         help="Token for the admin pages; generated and printed if not given."),
         secret: str = typer.Option(None, "--secret", envvar="PARLEY_SECRET",
@@ -29,43 +32,46 @@ def register(app: typer.Typer) -> None:
         oracle_token: str = typer.Option(None, "--oracle-token", envvar="PARLEY_ORACLE_TOKEN",
                                          help="Token for the oracle page (default: the admin token)."),
     ) -> None:
-        """Serve a human-vs-agent study (participant pages at /, admin at /admin)."""
-        import dataclasses
+        """Serve human-vs-agent studies (participant pages at /, admin at /admin)."""
         import secrets
 
         import uvicorn
 
-        from parley.human_eval.app import create_app
-        from parley.human_eval.config import DEFAULT_STUDY, StudyConfig, StudyConfigError
+        from parley.human_eval.config import StudyConfigError
+        from parley.human_eval.server import SETTINGS_ENV, ServeSettings, study_path
 
-        try:
-            config = StudyConfig.from_yaml(agents) if agents is not None else DEFAULT_STUDY
-            if think_time is not None:
-                config = dataclasses.replace(config, think_time_s=think_time)
-        except StudyConfigError as err:
-            raise typer.BadParameter(str(err), param_hint="--agents") from None
         if not admin_token:
             admin_token = secrets.token_urlsafe(18)
             typer.echo(f"admin token (set PARLEY_ADMIN_TOKEN to choose one): {admin_token}")
-        queue = None
-        if oracle_queue is not None:
-            from parley.oracles.queue import QueryQueue
-
-            queue = QueryQueue(oracle_queue)
+        settings = ServeSettings(agents=[str(p) for p in agents or []], db=db, admin_token=admin_token,
+                                 secret=secret, think_time_s=think_time, synchronous=synchronous,
+                                 oracle_queue=None if oracle_queue is None else str(oracle_queue),
+                                 oracle_token=oracle_token)
         try:
-            app = create_app(config, db=db, admin_token=admin_token, secret=secret, synchronous=synchronous,
-                             oracle_queue=queue, oracle_token=oracle_token)
+            configs = settings.configs()
+            # Built here even when workers serve: it checks everything once and creates the schema before
+            # several processes open the database.
+            app = settings.build()
+        except StudyConfigError as err:
+            raise typer.BadParameter(str(err), param_hint="--agents") from None
         except ValueError as err:  # a short secret, an unknown sync mode or partner name
             raise typer.BadParameter(str(err)) from None
-        typer.echo(f"study {config.study!r} with agents {', '.join(a.name for a in config.agents)} at "
-                   f"http://{host}:{port}/?study={config.study}&pid=PARTICIPANT_ID (admin: /admin)")
-        if config.entry == "signed":
-            sig = app.state.signer.sign_link(config.study, "pilot-1")
-            typer.echo(f"links must be signed (POST /api/admin/links makes them); a first one: "
-                       f"http://{host}:{port}/?study={config.study}&pid=pilot-1&sig={sig}")
-        uvicorn.run(app, host=host, port=port, log_level=os.environ.get("PARLEY_LOG_LEVEL", "info"),
-                    proxy_headers=proxy, forwarded_allow_ips="127.0.0.1" if proxy else None,
-                    server_header=False)
+        signer = app.state.signer
+        for config in configs:
+            base = f"http://{host}:{port}" + (study_path(config.study) if len(configs) > 1 else "")
+            typer.echo(f"study {config.study!r} with agents {', '.join(a.name for a in config.agents)} at "
+                       f"{base}/?study={config.study}&pid=PARTICIPANT_ID (admin: {base}/admin)")
+            if config.entry == "signed":
+                sig = signer.sign_link(config.study, "pilot-1")
+                typer.echo(f"  links must be signed (the admin page or POST {base}/api/admin/links makes them); "
+                           f"a first one: {base}/?study={config.study}&pid=pilot-1&sig={sig}")
+        run = dict(host=host, port=port, log_level=os.environ.get("PARLEY_LOG_LEVEL", "info"),
+                   proxy_headers=proxy, forwarded_allow_ips="127.0.0.1" if proxy else None, server_header=False)
+        if workers == 1:
+            uvicorn.run(app, **run)
+            return
+        os.environ[SETTINGS_ENV] = settings.to_env()
+        uvicorn.run("parley.human_eval.server:app_from_env", factory=True, workers=workers, **run)
 
     @app.command("play")
     def play_command(

@@ -13,6 +13,9 @@ Tables
                   requests racing to make the same move cannot both be stored.
 ``surveys``       the post-game questionnaire, one per game.
 ``settings``      server-side values that must survive restarts (the token signing secret).
+``study_locks``   one row per study, written first in every assignment transaction, so that server
+                  processes sharing the database assign one participant at a time (see
+                  :meth:`~parley.human_eval.service.StudyService.start_game`).
 
 Timestamps are UTC seconds since the epoch (float) so latencies are simple differences.
 """
@@ -154,6 +157,20 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class StudyLock(Base):
+    """The row an assignment transaction updates before it reads the assignment counts.
+
+    On PostgreSQL the update takes this row's lock, on SQLite the database's write lock; either is held
+    until the transaction ends, so concurrent assignments -- from any server process -- run one after
+    the other and each sees the games the previous ones created. ``assignments`` counts them.
+    """
+
+    __tablename__ = "study_locks"
+
+    study: Mapped[str] = mapped_column(String(64), primary_key=True)
+    assignments: Mapped[int] = mapped_column(Integer, default=0)
 
 
 def normalise_url(db: str) -> str:

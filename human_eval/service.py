@@ -38,11 +38,12 @@ from parley.envs.negotiation import (
     verbalize_act,
 )
 from parley.human_eval.config import SESSION_PATTERNS, AgentSpec, StudyConfig
-from parley.human_eval.db import Event, Game, GameContextColumns, Participant, Survey
+from parley.human_eval.db import Event, Game, GameContextColumns, Participant, StudyLock, Survey
 from parley.human_eval.security import new_completion_code
 
 HUMAN, AGENT = 0, 1
 GAMES, EVENTS, SURVEYS, PARTICIPANTS = Game.__table__, Event.__table__, Survey.__table__, Participant.__table__
+STUDY_LOCKS = StudyLock.__table__
 _EVENT_VIEW_COLUMNS = (EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.actor, EVENTS.c.action, EVENTS.c.text,
                        EVENTS.c.message, EVENTS.c.created_at)
 _EVENT_OPTIONAL = ("action", "text", "message", "client_ts", "latency_ms", "data")
@@ -157,7 +158,6 @@ class StudyService:
         # table never holds more entries than there are concurrent requests.
         self._game_locks: dict[int, list] = {}
         self._guard = threading.Lock()
-        self._assign_lock = threading.Lock()
         # SQLite allows one writer at a time; queueing writers here keeps them off its busy-retry loop.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         self._rng = random.Random(config.seed if seed is None else seed)
@@ -406,7 +406,12 @@ class StudyService:
 
     def start_game(self, participant_id: int, *, agent: str | None = None, require_flow: bool = True) -> int:
         """Assign an agent and context (balanced) and start a negotiation; returns the game id."""
-        with self._assign_lock, self._session() as s:
+        # The assignment serialises in the database, not only in this process: several server processes
+        # may share it. The study's lock row is written first, before anything is read, so the counts
+        # below are read under the lock (on SQLite a write lock taken by the transaction's first
+        # statement; on PostgreSQL the row lock). This process's writers queue behind it as usual.
+        with self._writing(), self._session() as s:
+            self._lock_assignments(s)
             p = self._participant(s, participant_id)
             if require_flow and (p.consented_at is None or p.instructed_at is None):
                 raise Conflict("consent and instructions come before the negotiation")
@@ -424,21 +429,32 @@ class StudyService:
                 raise Conflict(f"session limit reached: {self.config.sessions_per_participant} per participant")
             agent_name, ctx_index, human_first = self._assign(s, games, agent)
             ctx = self.config.contexts[ctx_index]
-            with self._writing():
-                game = Game(participant_id=p.id, study=p.study, agent=agent_name, context_index=ctx_index,
-                            counts=json.dumps(list(ctx.counts)), human_values=json.dumps(list(ctx.values[0])),
-                            agent_values=json.dumps(list(ctx.values[1])), human_first=human_first,
-                            max_turns=self.config.max_turns, started_at=self.clock())
-                s.add(game)
-                s.flush()
-                s.add(Event(**self._event(game, 0, "start", "system",
-                                          data=json.dumps({"agent": agent_name, "context_index": ctx_index,
-                                                           "human_first": bool(human_first)}))))
-                s.commit()
+            game = Game(participant_id=p.id, study=p.study, agent=agent_name, context_index=ctx_index,
+                        counts=json.dumps(list(ctx.counts)), human_values=json.dumps(list(ctx.values[0])),
+                        agent_values=json.dumps(list(ctx.values[1])), human_first=human_first,
+                        max_turns=self.config.max_turns, started_at=self.clock())
+            s.add(game)
+            s.flush()
+            s.add(Event(**self._event(game, 0, "start", "system",
+                                      data=json.dumps({"agent": agent_name, "context_index": ctx_index,
+                                                       "human_first": bool(human_first)}))))
+            s.commit()
             game_id = game.id
         if not human_first:
             self.agent_turn(game_id)
         return game_id
+
+    def _lock_assignments(self, s: Session) -> None:
+        """Take this study's assignment lock for the rest of the transaction (its first statement)."""
+        bump = update(STUDY_LOCKS).where(STUDY_LOCKS.c.study == self.config.study).values(
+            assignments=STUDY_LOCKS.c.assignments + 1)
+        if s.execute(bump).rowcount:
+            return
+        try:  # the study's first assignment: create the row (inside a savepoint, in case another does too)
+            with s.begin_nested():
+                s.execute(insert(STUDY_LOCKS).values(study=self.config.study, assignments=1))
+        except IntegrityError:
+            s.execute(bump)
 
     def _assign(self, s: Session, own_games: list[Game], agent: str | None) -> tuple[str, int, bool]:
         """Least-used agent (preferring ones this person has not met), then least-used context and order."""
@@ -496,14 +512,9 @@ class StudyService:
             elif split is not None:
                 raise InvalidRequest(f"{kind} takes no split")
             action = encode_act(kind, split)
-            if expected_turn is not None and expected_turn < state.turn:
-                acts = [ev for ev in replay.events if ev.kind == "act"]
-                done = acts[expected_turn] if 0 <= expected_turn < len(acts) else None
-                if done is not None and (done.actor, done.action, done.message) == ("human", action, message):
-                    # A retry of an act already recorded (the answer was lost): the act stands once.
-                    survey_done = game.outcome is not None and conn.execute(
-                        select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
-                    return self._build_view(game, replay, survey_done=survey_done)
+            retried = self._recorded_retry(conn, game, replay, expected_turn, action, message)
+            if retried is not None:
+                return retried
             if game.outcome is not None:
                 raise Conflict(f"the negotiation is over ({game.outcome})")
             if state.current_player != HUMAN:
@@ -527,10 +538,34 @@ class StudyService:
                 event, more = self._agent_move(game, state, seq + 1)
                 events.append(event)
                 updates.update(more)
-            self._write(conn, game, events, updates)
+            try:
+                self._write(conn, game, events, updates)
+            except Conflict:
+                # Another server process wrote to this game first (the per-game lock is per process;
+                # the unique (game, seq) of events decides across processes). If that was this very
+                # act, sent again through the other process, it stands once and this answer shows it.
+                game, replay = self._load_game(conn, participant_id, game_id)
+                retried = self._recorded_retry(conn, game, replay, expected_turn, action, message)
+                if retried is None:
+                    raise
+                return retried
             replay.events.extend(_EventRecord(**e) for e in events)
             # The game was running until this act, so it has no survey: the view needs no further query.
             return self._build_view(game, replay, survey_done=False)
+
+    def _recorded_retry(self, conn: Connection, game: _GameRecord, replay: _Replay, expected_turn: int | None,
+                        action: int, message: str | None) -> dict | None:
+        """The view, if the person's act for ``expected_turn`` is already recorded as ``action`` with
+        ``message`` (a retry whose first answer was lost); None otherwise."""
+        if expected_turn is None or expected_turn >= replay.state.turn:
+            return None
+        acts = [ev for ev in replay.events if ev.kind == "act"]
+        done = acts[expected_turn] if 0 <= expected_turn < len(acts) else None
+        if done is None or (done.actor, done.action, done.message) != ("human", action, message):
+            return None
+        survey_done = game.outcome is not None and conn.execute(
+            select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
+        return self._build_view(game, replay, survey_done=survey_done)
 
     def agent_turn(self, game_id: int) -> bool:
         """Let the agent act if it is its turn; returns whether it acted. Safe to call at any time."""
@@ -610,7 +645,10 @@ class StudyService:
                 Game.study == self.config.study, Game.outcome.is_(None))).all())
         ended = 0
         for game_id, participant_id in open_games:
-            view = self.advance(participant_id, game_id)
+            try:
+                view = self.advance(participant_id, game_id)
+            except Conflict:  # another server process ended or moved this game at the same moment
+                continue
             ended += view["status"] == "finished"
         return ended
 

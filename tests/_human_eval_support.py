@@ -130,13 +130,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(config: Path, db: str, log: Path, port: int | None = None) -> tuple[subprocess.Popen, int]:
-    """``parley serve`` as a subprocess on a free loopback port; returns once /healthz answers."""
+def start_server(config: Path, db: str, log: Path, port: int | None = None,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
+    """``parley serve`` as a subprocess on a free loopback port; returns once /healthz answers.
+
+    ``extra`` are further command-line arguments (``--workers 2``, more ``--agents``)."""
     port = port or free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PARLEY_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "parley.cli", "serve", "--agents", str(config), "--db", db, "--host", "127.0.0.1",
-         "--port", str(port), "--admin-token", ADMIN, "--secret", SECRET],
+         "--port", str(port), "--admin-token", ADMIN, "--secret", SECRET, *extra],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -3,12 +3,14 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// This study's API: the admin page sits at <study root>/admin (the server's root, or /studies/NAME/).
+const BASE = window.location.pathname.replace(/\/admin\/?$/, "");
 const TABLES = ["games", "transcripts", "events", "surveys", "participants"];
 
 function showError(text) { $("error").textContent = text; $("error").hidden = !text; }
 
 async function get(path) {
-  const response = await fetch(path, { headers: { "X-Admin-Token": sessionStorage.getItem("parley:admin") || "" } });
+  const response = await fetch(BASE + path, { headers: { "X-Admin-Token": sessionStorage.getItem("parley:admin") || "" } });
   if (!response.ok) {
     let message = `request failed (${response.status})`;
     try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }

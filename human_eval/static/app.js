@@ -6,6 +6,9 @@ const ITEM_LABELS = { book: "Books", hat: "Hats", ball: "Balls" };
 const STAGES = ["login", "consent", "instructions", "comprehension", "screened_out", "ready", "negotiation", "survey",
                 "done", "returned", "refused"];
 const $ = (id) => document.getElementById(id);
+// Where this study's API lives: the page's own folder (the server's root, or /studies/NAME/ on a server
+// that hosts several studies).
+const BASE = window.location.pathname.replace(/\/$/, "");
 
 const app = { token: null, state: null, game: null, timer: null, deadline: 0, busy: false, walkArmed: false,
               completion: null };
@@ -30,7 +33,7 @@ function showError(text) {
 async function api(method, path, body) {
   const headers = { "Content-Type": "application/json" };
   if (app.token) headers["X-Session-Token"] = app.token;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const response = await fetch(BASE + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   let data = null;
   try { data = await response.json(); } catch (_) { data = null; }
   if (!response.ok) {
