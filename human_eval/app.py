@@ -18,8 +18,10 @@ Participant API (JSON; every request after ``/api/enter`` carries ``X-Session-To
 ========================================  ====================================================
 
 Admin API (``X-Admin-Token`` or ``Authorization: Bearer``): ``/api/admin/status``,
-``/api/admin/export/{games|events|surveys|participants}.{jsonl|csv}``, ``/api/admin/results``,
-``/api/admin/plots/{name}.png``. The pages are ``/`` (participants), ``/admin`` and, when an oracle
+``/api/admin/export/{games|transcripts|events|surveys|participants}.{jsonl|csv}``, ``/api/admin/results``,
+``/api/admin/plots/{name}.png``, ``POST /api/admin/links`` (signed recruitment links),
+``/api/admin/bonuses.csv``, ``/api/admin/games`` and ``/api/admin/games/{id}/replay`` (a game turn by
+turn), ``/api/admin/corpus.txt`` (the games in the corpus format, see :mod:`parley.human_eval.corpus_export`). The pages are ``/`` (participants), ``/admin`` and, when an oracle
 queue is attached, ``/oracle`` (see :mod:`parley.human_eval.oracle_page`).
 """
 
@@ -47,6 +49,7 @@ from sqlalchemy.engine import Engine
 from parley.envs.negotiation import IllegalActionError
 from parley.human_eval import report
 from parley.human_eval.config import StudyConfig
+from parley.human_eval.corpus_export import corpus_text
 from parley.human_eval.db import Setting, make_engine
 from parley.human_eval.security import Allowlist, RateLimiter, TokenError, TokenSigner, new_secret
 from parley.human_eval.service import NotAllowed, NotFound, StudyError, StudyService
@@ -409,6 +412,22 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
         return Response(body, media_type="text/csv", headers={
             "Content-Disposition": f'attachment; filename="{config.study}-bonuses.csv"',
             "X-Bonus-Total": f"{total:.2f} {config.bonus_currency}", "X-Bonus-Participants": str(len(rows))})
+
+    @app.get("/api/admin/games", dependencies=[Depends(admin)])
+    def games_overview() -> JSONResponse:
+        return JSONResponse({"games": service.games_overview()})
+
+    @app.get("/api/admin/games/{game_id}/replay", dependencies=[Depends(admin)])
+    def replay(game_id: GameId) -> JSONResponse:
+        return JSONResponse(service.replay(game_id))
+
+    @app.get("/api/admin/corpus.txt", dependencies=[Depends(admin)])
+    def corpus() -> Response:
+        """The study's finished games in the corpus format (``data.txt`` of Lewis et al.)."""
+        service.expire_idle_games()
+        body = corpus_text(report.load_tables(engine, config.study)["transcripts"])
+        return Response(body, media_type="text/plain", headers={
+            "Content-Disposition": f'attachment; filename="{config.study}-data.txt"'})
 
     @app.get("/api/admin/results", dependencies=[Depends(admin)])
     def results() -> dict:

@@ -108,8 +108,12 @@ def register(app: typer.Typer) -> None:
         db: str = typer.Argument(..., help="Study database: a SQLite file or a SQLAlchemy URL."),
         out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder for report.md, PNGs and exports."),
         study: str = typer.Option(None, "--study", help="Only this study (default: every study in the database)."),
+        corpus: Path = typer.Option(None, "--corpus", help="Also write the games in the corpus format (data.txt "
+                                    "of Lewis et al.) to this file; the report folder always gets corpus.txt."),
     ) -> None:
-        """Write plots (PNG), a markdown report and JSONL/CSV exports of a study database."""
+        """Write plots (PNG), a markdown report, JSONL/CSV exports and a corpus file of a study database."""
+        import shutil
+
         from parley.human_eval.report import write_report
 
         try:
@@ -117,3 +121,7 @@ def register(app: typer.Typer) -> None:
         except FileNotFoundError as err:
             raise typer.BadParameter(str(err), param_hint="DB") from None
         typer.echo(f"wrote {path}")
+        if corpus is not None:
+            corpus.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "corpus.txt", corpus)
+            typer.echo(f"wrote {corpus}")

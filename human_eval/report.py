@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from parley.human_eval.corpus_export import write_corpus
 from parley.human_eval.db import Event, Game, Participant, Survey, make_engine
 
 TABLES = ("games", "transcripts", "events", "surveys", "participants")
@@ -386,7 +387,8 @@ def markdown_literal(text: str) -> str:
 
 
 def write_report(db: str | Engine, out: str | Path, *, study: str | None = None) -> Path:
-    """Write ``report.md``, one PNG per plot and JSONL/CSV exports of every table into ``out``."""
+    """Write ``report.md``, one PNG per plot, JSONL/CSV exports of every table and the games in the corpus
+    format (``corpus.txt``, see :mod:`parley.human_eval.corpus_export`) into ``out``."""
     engine = db if isinstance(db, Engine) else make_engine(_existing_db(db))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -396,6 +398,7 @@ def write_report(db: str | Engine, out: str | Path, *, study: str | None = None)
     for table, rows in tables.items():
         (out / f"{table}.jsonl").write_text(to_jsonl(rows))
         (out / f"{table}.csv").write_text(to_csv(rows))
+    write_corpus(tables["transcripts"], out / "corpus.txt")
     path = out / "report.md"
     path.write_text(markdown_report(tables, study))
     return path

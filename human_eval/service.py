@@ -882,6 +882,63 @@ class StudyService:
         return status
 
 
+    def games_overview(self) -> list[dict]:
+        """Every game of the study, newest first, as the admin's list to pick a replay from."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(GAMES.c.id, PARTICIPANTS.c.external_id, GAMES.c.agent, GAMES.c.outcome,
+                                       GAMES.c.turns, GAMES.c.human_score, GAMES.c.agent_score, GAMES.c.started_at)
+                                .join(PARTICIPANTS, PARTICIPANTS.c.id == GAMES.c.participant_id)
+                                .where(GAMES.c.study == self.config.study).order_by(GAMES.c.id.desc())).all()
+        return [{"game_id": r.id, "pid": r.external_id, "agent": r.agent, "outcome": r.outcome, "turns": r.turns,
+                 "human_score": r.human_score, "agent_score": r.agent_score, "started_at": r.started_at}
+                for r in rows]
+
+    def replay(self, game_id: int) -> dict:
+        """A game turn by turn for the admin: both sides' values, and after every event the state it left.
+
+        ``steps`` holds one entry per event in order (start, acts, timeout, survey, ...): who did what
+        (an offer as what each side gets), the time since the start, and the turn, the standing offer and
+        the deal (what the person gets) after it.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(select(GAMES).where(GAMES.c.id == game_id)).mappings().first()
+            if row is None or row["study"] != self.config.study:
+                raise NotFound(f"no negotiation {game_id} in this study")
+            game = _GameRecord(row)
+            events = conn.execute(select(EVENTS).where(EVENTS.c.game_id == game_id).order_by(EVENTS.c.seq)).all()
+            pid = conn.execute(select(PARTICIPANTS.c.external_id)
+                               .where(PARTICIPANTS.c.id == game.participant_id)).scalar()
+        counts = game.counts_list()
+        values = {"human": game.human_values_list(), "agent": game.agent_values_list()}
+        ctx = Context(tuple(counts), (tuple(values["human"]), tuple(values["agent"])))
+        state = NegotiationState(ctx, max_turns=game.max_turns, first_player=HUMAN if game.human_first else AGENT)
+        steps = []
+        for ev in events:
+            step = {"seq": ev.seq, "kind": ev.kind, "actor": ev.actor, "t_s": round(ev.created_at - game.started_at, 3),
+                    "text": ev.text, "message": ev.message, "latency_ms": ev.latency_ms,
+                    "data": None if ev.data is None else json.loads(ev.data)}
+            if ev.kind == "act":
+                kind, split = decode_act(ev.action)
+                step["act"] = kind
+                if split is not None:
+                    keeps = list(split)
+                    rest = [c - k for c, k in zip(counts, keeps, strict=True)]
+                    step["human_gets"], step["agent_gets"] = (keeps, rest) if ev.actor == "human" else (rest, keeps)
+                state.apply_action(ev.action)
+            offer = state.standing_offer
+            step["turn"] = state.turn
+            step["standing_offer"] = None if offer is None else {
+                "by": "human" if offer[0] == HUMAN else "agent",
+                "human_gets": list(offer[1]) if offer[0] == HUMAN else [c - k for c, k in zip(counts, offer[1], strict=True)]}
+            step["deal_human_gets"] = None if state.agreed_split is None else list(state.agreed_split)
+            steps.append(step)
+        return {"game_id": game.id, "pid": pid, "agent": game.agent, "items": list(ITEM_NAMES), "counts": counts,
+                "human_values": values["human"], "agent_values": values["agent"], "human_first": bool(game.human_first),
+                "max_turns": game.max_turns, "outcome": game.outcome, "ended_by": game.ended_by,
+                "human_score": game.human_score, "agent_score": game.agent_score,
+                "pareto_optimal": game.pareto_optimal, "steps": steps}
+
+
 def study_games(database_url: str, *, protocol: str | None = None) -> list[dict]:
     """Finished games from a study database as rows of ``parley arena``'s results, for its ratings.
 

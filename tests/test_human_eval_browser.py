@@ -132,3 +132,129 @@ def test_a_whole_session_in_headless_chromium(tmp_path):
     human_acts = [e for e in tables["events"] if e["kind"] == "act" and e["actor"] == "human"]
     assert human_acts[0]["message"] == message and human_acts[-1]["action"] == 250  # agree
     assert human_acts[0]["client_ts"] is not None
+
+
+PROLIFIC_PID, PROLIFIC_STUDY = "5f1a2b3c4d5e6f7a8b9c0d1e", "65f0c0ffee0123456789abcd"
+
+
+def test_a_prolific_participant_from_link_to_redirect_and_bonus_in_headless_chromium(tmp_path):
+    """Posted on Prolific as it is, on a server hosting two studies: the signed link with Prolific's
+    parameters, the comprehension check (one wrong try), play, the survey with its attention check, the
+    redirect with the completion code; then the admin's screens: bonuses, links and a replay."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium package (see .ci/run)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from parley.human_eval.service import ATTENTION_ANSWER, COMPREHENSION_QUESTIONS
+
+    config = tmp_path / "prolific.yaml"
+    config.write_text(
+        "study: prol\nagents: [{name: conceder, partner: conceder}]\ncontexts: {count: 3, seed: 5}\n"
+        f"think_time_s: 0.2\nplatform: {{name: prolific, study_id: {PROLIFIC_STUDY}, completion_code: C1DONE}}\n"
+        "bonus: {per_point: 0.1, max: 2.0, currency: GBP}\ncomprehension_attempts: 2\nattention_check: true\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("study: other\nagents: [{name: boulware, partner: boulware}]\n")
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    proc, port = start_server(config, db, tmp_path / "server.log", extra=("--agents", str(other)))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+            page = context.new_page()
+            redirects = []
+
+            def route(r):
+                url = r.request.url
+                if url.startswith(f"{base}/"):
+                    r.continue_()
+                elif url.startswith("https://app.prolific.com/"):  # Prolific's end page, stood in for here
+                    redirects.append(url)
+                    r.fulfill(status=200, content_type="text/html", body="<p>Submission complete</p>")
+                else:
+                    r.abort()
+
+            context.route("**/*", route)
+            sig = TokenSigner(SECRET).sign_link("prol", PROLIFIC_PID)
+            page.goto(f"{base}/?study=prol&PROLIFIC_PID={PROLIFIC_PID}&STUDY_ID={PROLIFIC_STUDY}"
+                      f"&SESSION_ID=sess42&sig={sig}")
+            page.wait_for_selector("#stage-consent:not([hidden])")
+            assert page.url.startswith(f"{base}/studies/prol/?")  # the server sent the link to its study
+            page.check("#consent-box")
+            page.click("#btn-consent")
+            page.wait_for_selector("#stage-instructions:not([hidden])")
+            page.click("#btn-instructions")
+            page.wait_for_selector("#stage-comprehension:not([hidden])")
+            first = COMPREHENSION_QUESTIONS[0]
+            for q in COMPREHENSION_QUESTIONS:  # the first answer wrong: told so, one try left
+                wrong = (q["answer"] + 1) % len(q["options"])
+                page.check(f"#cq-{q['id']}-{wrong if q is first else q['answer']}")
+            page.click("#btn-comprehension")
+            page.wait_for_selector("#comprehension-feedback:has-text('Not quite')")
+            page.check(f"#cq-{first['id']}-{first['answer']}")
+            page.click("#btn-comprehension")
+            page.wait_for_selector("#stage-negotiation:not([hidden])")
+
+            # Play: ask for everything until the partner offers something, then agree.
+            rows = page.locator("#items-body tr")
+            counts = [int(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(3)]
+            for _ in range(10):
+                page.wait_for_selector("#btn-propose:not([disabled]), #outcome:not([hidden])")
+                if page.is_visible("#outcome"):
+                    break
+                if page.is_enabled("#btn-agree"):
+                    page.click("#btn-agree")
+                    break
+                for i, c in enumerate(counts):
+                    page.select_option(f"#keep-{i}", str(c))
+                partners = page.locator("#transcript li.partner").count()
+                page.click("#btn-propose")
+                page.wait_for_function(f"() => document.querySelectorAll('#transcript li.partner').length > {partners}"
+                                       " || !document.querySelector('#outcome').hidden")
+            page.wait_for_selector("#outcome:not([hidden])")
+            page.click("#btn-to-survey")
+            page.wait_for_selector("#stage-survey:not([hidden])")
+            assert page.is_visible("#attention-item")
+            page.check("#fair-3")
+            page.check("#human_like-3")
+            page.check("#negotiate_again-3")
+            page.check(f"#attention-{ATTENTION_ANSWER}")
+            page.click("#btn-survey")
+            page.wait_for_selector("#stage-done:not([hidden])")
+            assert page.inner_text("#completion-code").strip() == "C1DONE"
+            page.wait_for_url("https://app.prolific.com/**", timeout=15_000)
+            assert redirects == ["https://app.prolific.com/submissions/complete?cc=C1DONE"]
+
+            # The admin page of that study: the bonus file holds the participant.
+            admin = context.new_page()
+            admin.goto(f"{base}/studies/prol/admin")
+            admin.fill("#admin-token", ADMIN)
+            admin.click("#token-form button")
+            admin.wait_for_selector("#status-section:not([hidden])")
+            assert "1 participants earned bonuses" in admin.inner_text("#bonus-totals")
+            with admin.expect_download() as download:
+                admin.click("#btn-bonuses")
+            bonus_lines = Path(download.value.path()).read_text().splitlines()
+            # Recruitment links for new ids, made on the admin screen, point at this study.
+            admin.fill("#links-pids", "60aabbccddeeff0011223344")
+            admin.click("#links-form button[type=submit]")
+            admin.wait_for_selector("#links-table td")
+            link = admin.locator("#links-table td").nth(1).inner_text()
+            assert link.startswith(f"{base}/studies/prol/?study=prol&pid=60aabbccddeeff0011223344&sig=")
+            # The game, replayed turn by turn.
+            admin.click("#games-table button")
+            admin.wait_for_selector("#replay:not([hidden])")
+            assert admin.locator("#replay-table tr").count() == 2  # header + the start
+            admin.click("#btn-last")
+            assert admin.inner_text("#replay-state").startswith("After turn") and "deal" in admin.inner_text("#replay-state")
+            _save(admin, tmp_path, "admin-replay.png")
+            browser.close()
+    finally:
+        kill(proc)
+
+    tables = load_tables(make_engine(db), "prol")
+    (game,) = tables["games"]
+    (person,) = tables["participants"]
+    assert (person["pid"], person["platform_session_id"], person["comprehension_tries"]) == (PROLIFIC_PID, "sess42", 2)
+    assert game["outcome"] == "deal" and game["attention_passed"] is True
+    amount = round(min(2.0, 0.1 * game["human_score"]), 2)
+    assert bonus_lines == [f"{PROLIFIC_PID},{amount:.2f}"]

@@ -1,0 +1,79 @@
+"""Study games in the corpus format of Lewis et al. (2017), ``data.txt``, so studies feed the corpus tools.
+
+Each finished game with at least one act becomes two lines, one from each side, as in the corpus::
+
+    <counts and YOU's values> YOU: i'd like 2 books ; you take the rest . <eos> THEM: deal . <eos>
+        YOU: <selection> item0=2 item1=0 item2=0 <eos> reward=8 agree <counts and THEM's values>
+
+The person is YOU in the first line and the agent in the second. Utterances are the acts in words
+(:func:`~parley.envs.negotiation.verbalize_act`, lower-cased and tokenised as the corpus is), which the
+corpus parser reads back to the same acts; the participants' free-text messages are left out (they are in
+the transcripts export). The closing ``<selection>`` holds what YOU keeps after a deal, ``no agreement``
+after a walk-away or the turn limit, and ``disconnect`` when the game timed out, was left, or the agent
+failed. :func:`parley.envs.corpus.load_corpus` reads the file like the corpus: it keeps the line in which
+YOU speak first, and :func:`~parley.envs.corpus.dialogue_to_game` replays the acts (a proposal repeated
+unchanged reads back as ``insist``, the corpus reader's convention).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from parley.envs.negotiation import verbalize_act
+
+_PUNCTUATION = re.compile(r"\s*([.,;!?])\s*")
+_DISCONNECTED = ("timeout", "returned", "agent_error")
+
+
+def corpus_utterance(action: int, counts: list[int]) -> str:
+    """An act as a corpus utterance: its words, lower-cased, punctuation as separate tokens."""
+    text = _PUNCTUATION.sub(r" \1 ", verbalize_act(action, counts).lower().replace("--", " "))
+    return " ".join(text.split())
+
+
+def _context(counts: list[int], values: list[int]) -> str:
+    return " ".join(f"{c} {v}" for c, v in zip(counts, values, strict=True))
+
+
+def game_lines(transcript: dict) -> list[str]:
+    """The two ``data.txt`` lines of one game (a row of the ``transcripts`` export); [] if it has no act
+    or has not ended."""
+    turns = sorted(transcript["turns"], key=lambda t: t["seq"])
+    if transcript["outcome"] is None or not turns:
+        return []
+    counts = list(transcript["counts"])
+    sides = {"human": list(transcript["human_values"]), "agent": list(transcript["agent_values"])}
+    lines = []
+    for me, other in (("human", "agent"), ("agent", "human")):
+        talk = [f"{'YOU' if t['speaker'] == me else 'THEM'}: {corpus_utterance(t['action'], counts)} <eos>"
+                for t in turns]
+        # The side that did not make the last act closes with the selection.
+        closer = "THEM" if turns[-1]["speaker"] == me else "YOU"
+        if transcript["outcome"] == "deal":
+            human_gets = list(transcript["human_gets"])
+            keeps = human_gets if me == "human" else [c - k for c, k in zip(counts, human_gets, strict=True)]
+            score = sum(k * v for k, v in zip(keeps, sides[me], strict=True))
+            selection = " ".join(f"item{i}={k}" for i, k in enumerate(keeps))
+            tail = f"{selection} <eos> reward={score} agree"
+        elif transcript["outcome"] in _DISCONNECTED:
+            tail = "disconnect <eos> reward=disconnect agree"
+        else:
+            tail = "no agreement <eos> reward=no agreement agree"
+        lines.append(f"{_context(counts, sides[me])} {' '.join(talk)} {closer}: <selection> {tail} "
+                     f"{_context(counts, sides[other])}")
+    return lines
+
+
+def corpus_text(transcripts: Iterable[dict]) -> str:
+    """``data.txt`` text for the finished games among ``transcripts`` (rows of the transcripts export)."""
+    lines = [line for t in transcripts for line in game_lines(t)]
+    return "".join(line + "\n" for line in lines)
+
+
+def write_corpus(transcripts: Iterable[dict], path: str | Path) -> int:
+    """Write :func:`corpus_text` to ``path``; returns the number of games written."""
+    text = corpus_text(transcripts)
+    Path(path).write_text(text)
+    return text.count("\n") // 2
