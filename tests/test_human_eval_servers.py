@@ -49,12 +49,14 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def _children(pid: int) -> list[int]:
+def _workers(pid: int) -> list[int]:
+    """The app worker processes of the ``parley serve`` supervisor ``pid`` (not multiprocessing's helper)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if parent == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
                     out.append(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue
@@ -191,9 +193,9 @@ def test_workers_option_serves_whole_sessions_from_several_processes(tmp_path):
     proc, port = start_server(config, db, tmp_path / "server.log", extra=("--workers", "2"))
     try:
         deadline = time.monotonic() + 30
-        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+        while len(_workers(proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(_children(proc.pid)) >= 2  # two workers (multiprocessing may add a helper process)
+        assert len(_workers(proc.pid)) == 2
 
         def session(i: int) -> str:
             person = _Person(port, "workers", f"w{i}")
@@ -216,8 +218,18 @@ def test_workers_option_serves_whole_sessions_from_several_processes(tmp_path):
         assert len(set(codes)) == 8
         status = httpx.get(f"http://127.0.0.1:{port}/api/admin/status", headers={"X-Admin-Token": ADMIN}).json()
         assert status["games"] == 8 and status["surveys"] == 8
+        # A worker killed with SIGKILL: the other one goes on serving, and the supervisor starts a new one.
+        before = _workers(proc.pid)
+        os.kill(before[0], signal.SIGKILL)
+        later = [session(8 + i) for i in range(2)]
+        assert len(set(later + codes)) == 10
+        deadline = time.monotonic() + 30
+        while (len(_workers(proc.pid)) < 2 or before[0] in _workers(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = _workers(proc.pid)
+        assert len(after) == 2 and before[0] not in after
     finally:
-        workers = _children(proc.pid)
+        workers = _workers(proc.pid)
         _stop(proc)
         for pid in workers:  # a worker the supervisor did not stop
             try:
