@@ -850,6 +850,9 @@ class NegotiationState:
 # --------------------------------------------------------------------------------------------------
 
 
+_SEATS = np.arange(2)
+
+
 class BatchedNegotiation:
     """B games advanced in lock-step with numpy array operations.
 
@@ -883,6 +886,11 @@ class BatchedNegotiation:
         self.agreed = np.zeros(b, dtype=bool)
         self.agreed_split = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)  # what agent 0 keeps
         self.walked_away_by = np.full(b, -1, dtype=np.int64)
+        # Both seats' observation vectors, kept up to date by reset_games and apply_actions (as the scalar
+        # state does): reading observations is then one gather instead of assembling every field anew.
+        # Row 2 i + p of the flat view is game i seen by seat p.
+        self._seat_obs = np.zeros((b, 2, self.layout.size), dtype=np.float32)
+        self._seat_obs_flat = self._seat_obs.reshape(2 * b, self.layout.size)
 
     def reset_games(self, idx: np.ndarray, counts: np.ndarray, values: np.ndarray, first_player: np.ndarray) -> None:
         """Start new games at indices ``idx`` with the given contexts and first movers."""
@@ -906,6 +914,12 @@ class BatchedNegotiation:
         self.agreed[idx] = False
         self.agreed_split[idx] = 0
         self.walked_away_by[idx] = -1
+        lay = self.layout
+        fresh = np.zeros((len(idx), 2, lay.size), dtype=np.float32)
+        fresh[:, :, lay.counts] = np.asarray(counts)[:, None, :]
+        fresh[:, :, lay.values] = values
+        fresh[:, :, lay.moved_first] = self.first_player[idx, None] == (0, 1)
+        self._seat_obs[idx] = fresh
 
     def partner_has_offer(self) -> np.ndarray:
         """(B,) whether the last proposal on the table is the current player's partner's."""
@@ -974,7 +988,29 @@ class BatchedNegotiation:
         self.turn[rows] = next_turn
         self.done[rows] = (a >= AGREE_ACTION) | (next_turn >= self.max_turns)
         self.current_player[rows] = 1 - player
+        self._record_observations(rows, player, turn, a, offer_rows, proposer, split)
         return illegal
+
+    def _record_observations(self, rows: np.ndarray, player: np.ndarray, turn: np.ndarray, a: np.ndarray,
+                             offer_rows: np.ndarray, proposer: np.ndarray, split: np.ndarray) -> None:
+        """Write the acts just applied into both seats' observation vectors."""
+        lay, obs = self.layout, self._seat_obs
+        # Both seats' entries in one write each: (rows, seat 0 and 1) at each row's history column.
+        obs[rows, :, lay.history_acts.start + turn] = (a + 1)[:, None]
+        obs[rows, :, lay.history_speakers.start + turn] = np.where(player[:, None] == _SEATS, 1.0, 2.0)
+        obs[rows, :, lay.turn_fraction] = ((turn + 1) / self.max_turns)[:, None]
+        if offer_rows.size:
+            # The speaker's proposal replaces whatever the partner had on the table; the listener sees it
+            # as the partner's standing proposal.
+            flat = self._seat_obs_flat
+            speaker = np.zeros((offer_rows.size, lay.own_offer.stop - lay.partner_offer_flag), dtype=np.float32)
+            speaker[:, lay.own_offer_flag - lay.partner_offer_flag] = 1.0
+            speaker[:, lay.own_offer.start - lay.partner_offer_flag:] = split
+            flat[2 * offer_rows + proposer, lay.partner_offer_flag:lay.own_offer.stop] = speaker
+            listener = np.empty((offer_rows.size, lay.partner_offer.stop - lay.partner_offer_flag), dtype=np.float32)
+            listener[:, 0] = 1.0
+            listener[:, 1:] = self.counts[offer_rows] - split
+            flat[2 * offer_rows + 1 - proposer, lay.partner_offer_flag:lay.partner_offer.stop] = listener
 
     def end_games(self, idx: np.ndarray) -> None:
         """End games at ``idx`` with no deal (used for illegal-action penalties)."""
@@ -998,28 +1034,12 @@ class BatchedNegotiation:
         With ``rows`` (indices), only those games: ``players`` then has one entry per row and the result
         has ``len(rows)`` rows.
         """
-        sel = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
-        counts = self.counts[sel]
-        players = np.asarray(players, dtype=np.int64).reshape(len(counts))
-        first = (players == 0)[:, None]
-        values, has_proposed, last = self.values[sel], self.has_proposed[sel], self.last_proposals[sel]
-        proposer = self.offer_proposer[sel]
-        partner_offer = ((proposer >= 0) & (proposer != players))[:, None]
-        # last_proposals stays zero until a side proposes, so no flag check is needed for the own offer.
-        # Speaker tokens: 1 = the observer, 2 = the partner, 0 = padding. For a speaker s in {0, 1},
-        # s ^ p is 0 when the observer sent the act; padding (-1) gives -1 ^ p <= -1, clipped to 0.
-        return self.layout.assemble(
-            counts=counts,
-            values=np.where(first, values[:, 0], values[:, 1]),
-            partner_offer_flag=partner_offer,
-            partner_offer=(counts - self.offer_split[sel]) * partner_offer,
-            own_offer_flag=np.where(first, has_proposed[:, :1], has_proposed[:, 1:]),
-            own_offer=np.where(first, last[:, 0], last[:, 1]),
-            turn_fraction=self.turn[sel] / self.max_turns,
-            moved_first=self.first_player[sel] == players,
-            history_acts=self.history_actions[sel] + 1,  # padding -1 becomes 0
-            history_speakers=np.maximum((self.history_speakers[sel] ^ players[:, None]) + 1, 0),
-        )
+        players = np.asarray(players, dtype=np.int64).reshape(-1)
+        n = self.batch_size if rows is None else len(rows)
+        if players.shape != (n,) or (n and (players.min() < 0 or players.max() > 1)):
+            raise ValueError(f"players must hold one seat (0 or 1) per game, {n} in all; got {players!r}")
+        flat_rows = players + (2 * np.arange(n) if rows is None else 2 * np.asarray(rows, dtype=np.int64))
+        return np.take(self._seat_obs_flat, flat_rows, axis=0)
 
 
 @functools.lru_cache(maxsize=1)

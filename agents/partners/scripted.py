@@ -180,10 +180,22 @@ class ObservationView:
     @functools.cached_property
     def partner_insisted(self) -> np.ndarray:
         """(B,) whether the partner's standing proposal was sent as ``insist``."""
+        latest = self.latest_partner_offers(1)[0]
+        return self.has_offer & (latest >= 0) & (self.history[np.arange(self.batch_size), latest] >= INSIST_OFFSET)
+
+    def latest_partner_offers(self, n: int) -> list[np.ndarray]:
+        """History positions (B,) of the partner's last ``n`` proposals, latest first (-1 where it made fewer)."""
         _, is_offer = self.partner_offers
-        rank = np.cumsum(is_offer, axis=1)
-        latest = is_offer & (rank == rank[:, -1:])
-        return self.has_offer & np.any(latest & (self.history >= INSIST_OFFSET), axis=1)
+        remaining = is_offer[:, ::-1].copy()  # newest first
+        last = is_offer.shape[1] - 1
+        rows = np.arange(self.batch_size)
+        found = []
+        for _ in range(n):
+            back = remaining.argmax(axis=1)
+            hit = remaining[rows, back]
+            found.append(np.where(hit, last - back, -1))
+            remaining[rows, back] = False
+        return found
 
     def offer_utility(self) -> np.ndarray:
         """(B,) own utility of the partner's standing proposal (0 where there is none)."""
@@ -279,7 +291,7 @@ class ScriptedPartner(BatchPolicy):
         return _closest_above(view.own_split_utilities, feasible, target, self.tie_break(view))
 
     #: Rows decided per pass: keeps the (rows, 125) working arrays in cache at large batches.
-    chunk_size = 1024
+    chunk_size = 4096
 
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         observations, masks = np.asarray(observations), np.asarray(action_masks)
@@ -291,8 +303,7 @@ class ScriptedPartner(BatchPolicy):
     def _act_chunk(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         view, masks = _check_batch(observations, action_masks)
         target = np.asarray(self.targets(view), dtype=np.float64)
-        feasible = masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
-        splits = self.choose_splits(view, feasible, target)
+        splits = self._proposal_splits(view, masks, target)
         offset = INSIST_OFFSET if self.insist else PROPOSE_OFFSET
         accept_at = target
         if self.accept_final_offers:
@@ -300,6 +311,30 @@ class ScriptedPartner(BatchPolicy):
         accept = (masks[:, AGREE_ACTION] > 0) & view.has_offer & (view.offer_utility() >= accept_at - _EPS)
         actions = np.where(accept, AGREE_ACTION, offset + splits)
         return _finalize(actions, masks)
+
+    def _proposal_splits(self, view: ObservationView, masks: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """:meth:`choose_splits` over the mask's splits, read from a per-context table where it gives the
+        same answer (the partner's own rule, a valid own context and a mask as the rules make it)."""
+        table = _split_choice_table(type(self))
+        if table is None:
+            return self.choose_splits(view, masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0, target)
+        keys, ok = _own_context_keys(view, masks)
+        aim = target if self._proposal_target is None else np.full(view.batch_size, self._proposal_target)
+        if ok.all():
+            return table.lookup(keys, _utility_thresholds(aim))
+        splits = np.zeros(view.batch_size, dtype=np.int64)
+        splits[ok] = table.lookup(keys[ok], _utility_thresholds(aim[ok]))
+        # Rows with no split to propose (finished games) keep split 0, as _closest_above gives them.
+        odd = np.flatnonzero(~ok)
+        feasible = masks[odd, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
+        some = feasible.any(axis=1)
+        if some.any():
+            odd, feasible = odd[some], feasible[some]
+            splits[odd] = self.choose_splits(ObservationView(view.observations[odd]), feasible, target[odd])
+        return splits
+
+    #: The own utility every proposal aims at, whatever the target (None: the target).
+    _proposal_target: float | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,8 +415,10 @@ class HardlinerPartner(ScriptedPartner):
     def targets(self, view: ObservationView) -> np.ndarray:
         return np.full(view.batch_size, self.accept_at)
 
+    _proposal_target = _MAX_UTILITY
+
     def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
-        return super().choose_splits(view, feasible, np.full(view.batch_size, _MAX_UTILITY))
+        return super().choose_splits(view, feasible, np.full(view.batch_size, self._proposal_target))
 
 
 class FairSplitPartner(ScriptedPartner):
@@ -506,14 +543,13 @@ class TitForTatPartner(ScriptedPartner):
 
     def partner_concession(self, view: ObservationView) -> np.ndarray:
         """(B,) own-utility gain from the partner's previous proposal to its latest (NaN if < 2 proposals)."""
-        kept, is_offer = view.partner_offers
-        total = (view.counts * view.values).sum(-1)[:, None]
-        received_utility = total - np.take_along_axis(view.own_split_utilities, kept, axis=1)  # (B, H)
-        rank = np.cumsum(is_offer, axis=1)
-        n = rank[:, -1]
-        latest = np.where(is_offer & (rank == n[:, None]), received_utility, 0).sum(axis=1)
-        previous = np.where(is_offer & (rank == (n - 1)[:, None]), received_utility, 0).sum(axis=1)
-        return np.where(n >= 2, (latest - previous).astype(np.float64), np.nan)
+        kept, _ = view.partner_offers
+        latest, previous = view.latest_partner_offers(2)
+        rows = np.arange(view.batch_size)
+        total = (view.counts * view.values).sum(-1)
+        own = _utility_table()[view.value_key[:, None], kept[rows[:, None], np.stack([latest, previous], axis=1)]]  # (B, 2)
+        received_latest, received_previous = total - own[:, 0], total - own[:, 1]
+        return np.where(previous >= 0, (received_latest - received_previous).astype(np.float64), np.nan)
 
     def targets(self, view: ObservationView) -> np.ndarray:
         concession = self.partner_concession(view)
@@ -555,7 +591,8 @@ class ParetoPartner(TimeDependentPartner):
     """
 
     name = "pareto"
-    chunk_size = 256
+    #: Rows per pass when believed frontiers are computed: keeps the (rows, 125) arrays in cache.
+    frontier_chunk_size = 256
 
     def __init__(self, exponent: float = 1.0, reservation: float = 5.0, rationality: float = 1.0,
                  k: float = 0.0, accept_final_offers: bool = True, prior=None, deadline: float = 1.0,
@@ -571,6 +608,7 @@ class ParetoPartner(TimeDependentPartner):
                 raise ValueError(f"prior must be {NUM_ITEM_TYPES} finite numbers (one per item type), got {prior}")
         self.prior = prior
         self._table = _belief_table(self.rationality)
+        self._memos: dict[tuple, _AnswerMemo] = {}
 
     def _table_rows(self, view: ObservationView) -> np.ndarray:
         rows = self._table.lookup[_context_key(view.counts, view.values)]
@@ -579,6 +617,50 @@ class ParetoPartner(TimeDependentPartner):
             raise ValueError(f"observation {bad} holds no valid context: counts {view.counts[bad].tolist()}, "
                              f"values {view.values[bad].tolist()}")
         return rows
+
+    def _proposal_splits(self, view: ObservationView, masks: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """:meth:`choose_splits`, remembered per (own context, the partner's proposals so far, threshold).
+
+        The believed frontier depends on the partner's proposals only through their number and their
+        summed items, and the choice on it only through the integer threshold the target rounds up to,
+        so each answer is computed once and then read back. Subclasses that change the belief or the
+        choice get :meth:`choose_splits` itself.
+        """
+        if any(getattr(type(self), name) is not getattr(ParetoPartner, name) for name in _PARETO_RULE):
+            return super()._proposal_splits(view, masks, target)
+        table_rows = self._table_rows(view)
+        _, ok = _own_context_keys(view, masks)
+        kept, is_offer = view.partner_offers
+        kept_total = (ALL_SPLITS[kept] * is_offer[:, :, None]).sum(axis=1)
+        turns = view.max_turns
+        base = MAX_ITEM_COUNT * turns + 1
+        keys = ((table_rows * base + kept_total[:, 0]) * base + kept_total[:, 1]) * base + kept_total[:, 2]
+        keys = (keys * (turns + 1) + is_offer.sum(axis=1)) * _NUM_THRESHOLDS + _utility_thresholds(target)
+        memo_key = (self.rationality, None if self.prior is None else tuple(self.prior), id(self._table), turns)
+        memo = self._memos.setdefault(memo_key, _AnswerMemo())
+
+        splits = np.zeros(view.batch_size, dtype=np.int64)
+        known = np.flatnonzero(ok)
+        answers, found = memo.get(keys[known])
+        splits[known[found]] = answers[found]
+        new = known[~found]
+        if new.size:
+            _, first, inverse = np.unique(keys[new], return_index=True, return_inverse=True)
+            sample = new[first]
+            chosen = np.concatenate([
+                self.choose_splits(ObservationView(view.observations[part]),
+                                   masks[part, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0, target[part])
+                for part in np.array_split(sample, -(-sample.size // self.frontier_chunk_size))])
+            memo.add(keys[sample], chosen)
+            splits[new] = chosen[inverse.reshape(-1)]
+        # Rows with no split to propose (finished games) keep split 0, as _closest_above gives them.
+        odd = np.flatnonzero(~ok)
+        feasible = masks[odd, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
+        some = feasible.any(axis=1)
+        if some.any():
+            odd, feasible = odd[some], feasible[some]
+            splits[odd] = self.choose_splits(ObservationView(view.observations[odd]), feasible, target[odd])
+        return splits
 
     def belief(self, view: ObservationView) -> tuple[np.ndarray, np.ndarray]:
         """Candidate partner valuations (B, K, 3) and their posterior weights (B, K) (0 on padding)."""
@@ -610,18 +692,20 @@ class ParetoPartner(TimeDependentPartner):
         # Walk the splits from the highest own utility down (a fixed order per context): a split is on the
         # frontier when it beats, for the partner, every split worth strictly more to self and no split
         # worth the same to self is better for the partner.
-        order = table.order[rows]
-        ranked = np.take_along_axis(partner, order, axis=1)
-        usable = table.sorted_feasible[rows] & np.take_along_axis(feasible, order, axis=1)
+        # Per-row gathers as flat takes (row offset + column): the same values as take_along_axis, cheaper.
+        row_base = (np.arange(len(rows)) * NUM_SPLITS)[:, None]
+        order = table.order[rows] + row_base
+        ranked = partner.reshape(-1)[order]
+        usable = table.sorted_feasible[rows] & np.ascontiguousarray(feasible).reshape(-1)[order]
         ranked = np.where(usable, ranked, -np.inf)
-        best_so_far = np.maximum.accumulate(ranked, axis=1)
+        best_so_far = np.maximum.accumulate(ranked, axis=1).reshape(-1)
         start, end = table.level_start[rows], table.level_end[rows]
-        above = np.where(start > 0, np.take_along_axis(best_so_far, np.maximum(start - 1, 0), axis=1), -np.inf)
-        level_best = np.take_along_axis(best_so_far, end, axis=1)
+        above = np.where(start > 0, best_so_far[np.maximum(start - 1, 0) + row_base], -np.inf)
+        level_best = best_so_far[end + row_base]
         on_front = usable & (ranked > above + _PARTNER_TIE) & (ranked >= level_best - _PARTNER_TIE)
-        frontier = np.zeros_like(on_front)
-        np.put_along_axis(frontier, order, on_front, axis=1)
-        return frontier
+        frontier = np.zeros(on_front.size, dtype=bool)
+        frontier[order] = on_front
+        return frontier.reshape(on_front.shape)
 
     def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
         frontier = self.believed_frontier(view, feasible)
@@ -663,6 +747,120 @@ def _fair_tie_break_table() -> np.ndarray:
         unevenness = np.abs(2 * ALL_SPLITS - np.array(counts)).sum(axis=1)
         table[int(_count_key(np.array(counts)))] = unevenness * 10.0 + _ITEMS_KEPT
     return table
+
+
+_NUM_THRESHOLDS = int(VALUE_TOTAL) + 2  # thresholds 0..10, and 11: no split reaches the target
+_SPLIT_FITS = np.all(ALL_SPLITS[None, :, :] <= ALL_SPLITS[:, None, :], axis=2)  # [count code, split]
+# The first 124 entries of each row of _SPLIT_FITS as 0/1 bytes read four at a time (PROPOSE_OFFSET is 0).
+_FIT_WORDS = np.ascontiguousarray(_SPLIT_FITS[:, :NUM_SPLITS - 1].astype(np.int8)).view(np.int32)
+
+
+def _utility_thresholds(target: np.ndarray) -> np.ndarray:
+    """(B,) the smallest integer own utility that reaches each target as :func:`_closest_above` compares
+    (in float32, with its tolerance); 11 where none can (no valid context has a split worth more than 10)."""
+    lowest = np.ceil(np.asarray(target, dtype=np.float64).astype(np.float32) - _EPS)
+    lowest = np.nan_to_num(lowest, nan=_NUM_THRESHOLDS - 1, posinf=_NUM_THRESHOLDS - 1, neginf=0)
+    return np.clip(lowest, 0, _NUM_THRESHOLDS - 1).astype(np.int64)
+
+
+def _own_context_keys(view: ObservationView, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's own context as ``count code * 11**3 + value key``, and whether the row can be answered
+    from the tables: counts 0..4, values 0..10 worth 10 in all, and a mask that allows exactly the splits
+    that fit the counts (as the rules make it)."""
+    counts, values = view.counts, view.values
+    ok = (np.all((counts >= 0) & (counts < _KEY_BASE_COUNT), axis=1)
+          & np.all((values >= 0) & (values < _KEY_BASE_VALUE), axis=1)
+          & ((counts * values).sum(axis=1) == VALUE_TOTAL))
+    codes = _count_key(counts)
+    if masks.dtype == np.int8 and masks.flags.c_contiguous and masks.shape[1] % 4 == 0:
+        # The rules' masks hold 0/1 bytes: compare the propose block four bytes at a time.
+        words = masks.view(np.int32)[:, :_FIT_WORDS.shape[1]]
+        ok &= np.all(words == _FIT_WORDS[codes], axis=1)
+        ok &= masks[:, NUM_SPLITS - 1] == _SPLIT_FITS[codes, NUM_SPLITS - 1]
+    else:
+        ok &= np.all((masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0) == _SPLIT_FITS[codes], axis=1)
+    return codes * _KEY_BASE_VALUE**NUM_ITEM_TYPES + view.value_key, ok
+
+
+class _SplitChoiceTable:
+    """:func:`_closest_above` answered once per own context and integer threshold, filled on first use.
+
+    ``tie_breaks`` (125 count keys, 125 splits) is the partner's tie-break by count vector. An entry is the
+    split the partner proposes in that context when its target rounds up to that threshold, over the
+    splits that fit the counts; -1 until computed.
+    """
+
+    def __init__(self, tie_breaks: np.ndarray) -> None:
+        self.tie_breaks = tie_breaks
+        self.choice = np.full((_KEY_BASE_COUNT**NUM_ITEM_TYPES * _KEY_BASE_VALUE**NUM_ITEM_TYPES, _NUM_THRESHOLDS),
+                              -1, dtype=np.int8)
+
+    def lookup(self, keys: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """(B,) split indices for own-context keys (see :func:`_own_context_keys`) and thresholds."""
+        flat = self.choice.reshape(-1)
+        entries = keys * _NUM_THRESHOLDS
+        missing = flat[entries] < 0
+        if missing.any():
+            self._fill(np.unique(keys[missing]))
+        return flat[entries + thresholds].astype(np.int64)
+
+    def _fill(self, keys: np.ndarray) -> None:
+        codes, value_keys = np.divmod(keys, _KEY_BASE_VALUE**NUM_ITEM_TYPES)
+        rows = np.repeat(np.arange(len(keys)), _NUM_THRESHOLDS)
+        thresholds = np.tile(np.arange(_NUM_THRESHOLDS, dtype=np.float64), len(keys))
+        chosen = _closest_above(_utility_table()[value_keys[rows]], _SPLIT_FITS[codes[rows]], thresholds,
+                                self.tie_breaks[codes[rows]])
+        self.choice[keys] = chosen.reshape(len(keys), _NUM_THRESHOLDS)
+
+
+def _split_choice_table(partner_class: type) -> _SplitChoiceTable | None:
+    """The table that answers ``partner_class``'s proposals, or None when its rule is not table-backed
+    (a :meth:`ScriptedPartner.choose_splits` or tie-break of its own)."""
+    if partner_class.choose_splits not in _TABLE_BACKED_CHOOSERS:
+        return None
+    build = _COUNT_TIE_BREAKS.get(partner_class.tie_break)
+    return None if build is None else _split_choice_cache(build)
+
+
+@functools.lru_cache(maxsize=None)
+def _split_choice_cache(tie_break_table: Callable[[], np.ndarray]) -> _SplitChoiceTable:
+    return _SplitChoiceTable(tie_break_table())
+
+
+class _AnswerMemo:
+    """Small answers (split indices) stored under int64 keys and looked up for a whole batch at once.
+
+    Keys are kept sorted; a lookup is one ``searchsorted``. The memo starts over when it holds
+    ``max_size`` answers, so memory stays bounded whatever the games.
+    """
+
+    max_size = 1 << 21
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype=np.int64)
+        self.values = np.empty(0, dtype=np.int8)
+
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored answers (int64) for ``keys`` and whether each key was found."""
+        if self.keys.size == 0:
+            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
+        return self.values[pos].astype(np.int64), self.keys[pos] == keys
+
+    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Store answers under new keys (distinct, and not stored yet)."""
+        if self.keys.size + len(keys) > self.max_size:
+            self.keys, self.values = self.keys[:0], self.values[:0]
+        order = np.argsort(keys)
+        keys, values = keys[order], np.asarray(values, dtype=np.int8)[order]
+        pos = np.searchsorted(self.keys, keys)
+        self.keys = np.insert(self.keys, pos, keys)
+        self.values = np.insert(self.values, pos, values)
+
+
+def _items_kept_tie_break_table() -> np.ndarray:
+    """(125 count keys, 125 splits): the default tie-break, fewest items kept, for every count vector."""
+    return np.broadcast_to(_ITEMS_KEPT, (_KEY_BASE_COUNT**NUM_ITEM_TYPES, NUM_SPLITS))
 
 
 @dataclass(frozen=True)
@@ -724,6 +922,17 @@ def _belief_table(rationality: float) -> _BeliefTable:
         level_end[row] = np.minimum.accumulate(np.where(last, np.arange(NUM_SPLITS), NUM_SPLITS)[::-1])[::-1]
         lookup[int(_context_key(np.array(counts), np.array(own)))] = row
     return _BeliefTable(lookup, candidates, valid, log_norm, order, sorted_feasible, level_start, level_end)
+
+
+#: The choose_splits rules that are :func:`_closest_above` over the splits that fit, answered by the tables.
+_TABLE_BACKED_CHOOSERS = (ScriptedPartner.choose_splits, HardlinerPartner.choose_splits)
+#: The methods that make ParetoPartner's proposals; a subclass that overrides one is not memoised.
+_PARETO_RULE = ("choose_splits", "tie_break", "believed_frontier", "expected_partner_values", "belief", "_table_rows")
+#: tie_break rules that depend on the count vector only, with the table of their values.
+_COUNT_TIE_BREAKS: dict[Callable, Callable[[], np.ndarray]] = {
+    ScriptedPartner.tie_break: _items_kept_tie_break_table,
+    FairSplitPartner.tie_break: _fair_tie_break_table,
+}
 
 
 # --------------------------------------------------------------------------------------------------
