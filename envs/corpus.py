@@ -38,6 +38,13 @@ The parser (:func:`parse_utterance`), rule by rule
    it``, ``or no deal``...), else ``propose``. Without one: ``walk_away`` for ``no deal``; ``agree``
    for agreement words (``deal``, ``ok``, ``yes``, ``sounds good``...) with no negation; otherwise the
    utterance is unparseable (questions, greetings, bare rejections such as ``no``, value talk).
+6. Refusing to give an item up claims it ("can't give you the ball", "i'm not budging on the ball",
+   "no deal without the hat"); "i can't use X" leaves X to the partner; a reason after ``because`` /
+   ``since`` is a clause of its own; of two offers joined by ", or" the first is read. Thanks on its own
+   ("thank you !") is ``agree`` (in the corpus it answers an agreement or accepts the offer just made),
+   as is an utterance with an agreeing sentence and none that rejects ("that'll work . i don't want you
+   to get shafted"); saying that no deal will come ("we don't have a deal", "we're at an impasse") is
+   ``walk_away``.
 
 Turning a dialogue into a game (:func:`dialogue_to_game`)
 ---------------------------------------------------------
@@ -86,7 +93,7 @@ for _word, _item, _plural in [
     ("book", 0, False), ("books", 0, True), ("boook", 0, False), ("boooks", 0, True), ("bk", 0, False),
     ("hat", 1, False), ("hats", 1, True), ("hatt", 1, False),
     ("ball", 2, False), ("balls", 2, True), ("basketball", 2, False), ("basketballs", 2, True),
-    ("bal", 2, False), ("bals", 2, True),
+    ("bal", 2, False), ("bals", 2, True), ("book's", 0, True), ("hat's", 1, True), ("ball's", 2, True),
 ]:
     _ITEM_WORDS[_word] = (_item, _plural)
 
@@ -112,14 +119,24 @@ _FIRM_PHRASES = ("final", "best i can do", "take it or leave it", "last offer", 
                  "only way", "firm", "bottom line", "have to have", "must have")
 _AGREE_WORDS = {"deal", "ok", "okay", "okey", "k", "kk", "sure", "yes", "yep", "yup", "yeah", "ya", "agreed",
                 "agree", "accept", "accepted", "fine", "perfect", "great", "good", "works", "done", "alright",
-                "cool", "awesome", "excellent", "fair", "deal.", "sold", "absolutely", "definitely"}
+                "cool", "awesome", "excellent", "fair", "deal.", "sold", "absolutely", "definitely", "yea", "yah",
+                "reasonable", "fantastic", "super", "sweet", "wonderful", "terrific", "marvelous", "agreeable",
+                "confirmed", "concur", "okie", "alrighty", "mmk", "deall"}
 
 
 _AGREE_PHRASES = ("i can do that", "can do that", "live with that", "that'll work", "that will work", "that would work",
                   "will have to work", "i guess so", "i'll settle", "i will settle", "let's do it", "lets do it",
                   "let's do that", "lets do that", "i'm in", "im in", "you got it", "very well", "correct",
-                  "it's a deal", "its a deal", "i'll take it", "i will take it", "i can work with that", "will do")
-_WALK_AWAY_PHRASES = ("no deal", "no thanks", "walk away", "no agreement", "nodeal", "no deals", "nd")
+                  "it's a deal", "its a deal", "i'll take it", "i will take it", "i can work with that", "will do",
+                  "sounds like a plan", "you got em", "shake on it", "i suppose", "go with it", "go with that",
+                  "live with it", "ill do that", "i'll do that", "i will do that", "so be it", "go ahead", "right on",
+                  "all yours")
+# Thanks on its own accepts: in the corpus it answers an agreement or, far less often, accepts the offer
+# just made (the recorded selection is then that offer).
+_THANKS = re.compile(r"(?:(?:thanks|thank you|thx|ty|gracias|thanks a lot|thank you very much|thank you so much)"
+                     r"(?: [!.]+)* ?)+")
+_WALK_AWAY_PHRASES = ("no deal", "no thanks", "walk away", "no agreement", "nodeal", "no deals", "nd", "no dealz",
+                      "no dea", "nod eal", "impasse", "impass", "stalemate", "standoff", "standstill")
 # Saying that no deal can be made, when no split is named: "we can't make a deal", "i don't think we will
 # reach a deal", "guess we won't be making a deal".
 _WALK_AWAY_PATTERN = re.compile(
@@ -127,7 +144,15 @@ _WALK_AWAY_PATTERN = re.compile(
     r"(?: be able to| be| be making| ever)? (?:make|making|reach|reaching|come to|get to|agree on|do|have) "
     r"(?:a |any |this |that )?(?:deal|agreement)\b"
     r"|\b(?:don't|dont|do not) think (?:we|this)(?:'ll| will| can| are going to| is going to)"
-    r" (?:get anywhere|work|make a deal|reach a deal|agree|come to)")
+    r" (?:get anywhere|work|make a deal|reach a deal|agree|come to)"
+    r"|\b(?:can't|cant|cannot|won't|wont|not going to|unable to)(?: be able to)? (?:come up with|find) (?:a |any )?"
+    r"(?:deal|agreement)\b"
+    r"|\bwe (?:don't|dont|do not) (?:have|get) (?:a |any )?deal\b"
+    r"|\bwe (?:can't|cant|cannot|won't|wont|couldn't|couldnt) (?:deal|agree|come to (?:an )?agreement|agree to terms)\b"
+    r"|\bwe(?:'re| are|'ll| will)? (?:just )?(?:not|aren't|arent|will not|won't|wont)(?: be able to| going to| gonna)?"
+    r" (?:make|reach|agree|come to|get)\b(?: (?:a|an|any) (?:deal|agreement))?"
+    r"|\b(?:doesn't|does not|doesnt) (?:look|seem) like we (?:can|will|could|are going to) (?:make|reach|agree)"
+    r"|\bwe (?:don't|dont|do not) got (?:a |any )?deal\b")
 
 
 @dataclass(frozen=True)
@@ -218,7 +243,7 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
     for sentence in sentences:
         side: str | None = None  # a side carries across the clauses of one sentence
         pending: list[tuple[int, int | str] | str] = []
-        sentence = _mark_exceptions(_rewrite_phrases(sentence))
+        sentence = _first_alternative(_mark_exceptions(_rewrite_phrases(sentence)))
         sentence_cue = False
         claims_before = (len(claims.speaker), len(claims.partner), claims.speaker_rest, claims.partner_rest)
         for tokens in _clauses(sentence):
@@ -288,6 +313,19 @@ def _collect_claims(sentences: list[list[str]], unclaimed_to_speaker: bool = Tru
 
 _EXCEPT = "<except>"
 
+
+def _first_alternative(sentence: list[str]) -> list[str]:
+    """The first of two offers joined by "or" ("i want the ball and both books , or you get the ball and i
+    take the rest"): the sentence up to ", or" when both sides of it name items and the second one
+    gives someone items of its own."""
+    for i in range(1, len(sentence) - 1):
+        if sentence[i] == "or" and sentence[i - 1] == ",":
+            head, tail = sentence[:i - 1], sentence[i + 1:]
+            cued = any(t in _SPEAKER_CUES or t in _PARTNER_CUES for t in tail)
+            if cued and any(t in _ITEM_WORDS for t in head) and any(t in _ITEM_WORDS for t in tail):
+                return head
+    return sentence
+
 # Phrases rewritten before the claims are read, each as a regular expression over the sentence's
 # space-joined tokens. Rejections that open a sentence ("no", "that won't work for me") say nothing about
 # the split and would otherwise negate the offer after them; "can't give up X" and "can't make a deal
@@ -300,10 +338,20 @@ _PHRASE_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a)
      r"(?: for me)?(?: ,)? ", ""),
     (r"^(?:no can do|can't do that|cant do that|i can't do that|i cant do that|i cannot do that|not happening)"
      r"(?: ,)? ", ""),
-    (rf"\b(?:i )?{_NEG} (?:give up|part with|let go of|lose|go without|do without|live without)\b", "i need"),
+    (rf"\b(?:i )?{_NEG}(?: really)? (?:give up|part with|let go of|lose|go without|do without|live without)\b",
+     "i need"),
+    (rf"(?<!you )(?<!u )\b(?:i )?{_NEG}(?: really)? give (?:you|away|out)\b(?! (?:more|everything|all|both|any|anything|that)\b)",
+     "i need"),
+    (r"(?<!you're )(?<!you are )(?<!youre )\b(?:(?:i'm|im|i am)(?: pretty much| really)? )?not (?:budging on|moving off|moving on|giving up|willing to give up"
+     r"|going to give up|gonna give up|letting go of|parting with)\b", "i need"),
+    (r"\bi (?:don't|dont|do not)(?: really)? want to (?:give up|give away|part with|lose)\b", "i need"),
+    (r"\b(?:there )?(?:won't|wont|will not|can't|cant|cannot) be (?:a|any) deal without\b", "i need"),
+    (r"^no deal without\b", "i need"),
+    (r"\b(?:there's|theres|there is) no way (?:that )?i (?:can|could|will) (?:give up|part with|let go of)\b", "i need"),
+    (rf"(?<!you )(?<!u )\b(?:i )?{_NEG}(?: really)? use\b", "you can have"),
     (rf"\b(?:i )?{_NEG} (?:make a deal|make deal|do a deal|make any deal|deal|do it|do this|do that|do anything"
      r"|leave|go|agree|accept|work|make it work) without(?: getting)?\b", "i need"),
-    (r"\b(?:i )?(?:don't|dont|do not) (?:need|want|care about|care for|value)\b", "you can have"),
+    (r"\b(?:i )?(?:don't|dont|do not)(?: really)? (?:need|want|care about|care for|value)\b", "you can have"),
     (r"\b(?:all the items|all items|all of it|it all|all of them|all of the items)\b", "everything"),
     (r"(?<=\S) no (?=(?:books?|hats?|balls?)\b)", " 0 "),  # "1 book no hats and 1 ball"
     (r"\bone of (?:every item|each item|everything|every thing|each thing|each type)\b", "one of each"),
@@ -340,12 +388,17 @@ _CLAUSE_OPENERS = tuple(p.split() for p in (
     "you can have", "you can keep", "you could keep", "you could have", "how about"))
 
 
+# Words that end a clause. A reason ("... because it is worth the most to me") is a clause of its own, so
+# that its value talk or negation does not hide the claim before it.
+_CLAUSE_BREAKS = {",", ";", "but", "however", ":", "because", "since", "cause", "cuz", "bc"}
+
+
 def _clauses(sentence: list[str]) -> list[list[str]]:
     """Comma-separated clauses of a sentence, leaving out clauses negated before an item mention."""
     out, clause = [], []
     for i, tok in enumerate(sentence + [","]):
         opener = clause and any(sentence[i:i + len(p)] == p for p in _CLAUSE_OPENERS)
-        if tok in {",", ";", "but", "however", ":"} or opener:
+        if tok in _CLAUSE_BREAKS or opener:
             if clause and not _is_negated_before_item(clause):
                 out.append(clause)
             clause = [tok] if opener else []
@@ -439,15 +492,34 @@ def parse_utterance(text: str, counts: Sequence[int]) -> ParsedAct | None:
         return ParsedAct("walk_away")
     if any(t in _ITEM_WORDS for t in tokens):
         return None
-    # Agreement is read from the last clause, which may follow a grumble: "not great for me , but i accept".
+    if _THANKS.fullmatch(" ".join(tokens)):
+        return ParsedAct("agree")
+    # Agreement is read from the whole utterance, from its last clause, which may follow a grumble ("not
+    # great for me , but i accept"), or from its sentences: one agrees and none rejects ("that'll work . i
+    # don't want you to get shafted").
     last = " ".join(tokens)
     last = re.split(r" (?:[,;.!?]|but|so|however) ", " " + last + " ")
     last_words = [w.strip(",.!?") for w in (next((c for c in reversed(last) if c.strip()), "")).split()]
     for words in ([t.strip(",.!?") for t in tokens], last_words):
-        negated = any(w in _NEGATIONS or w.endswith("n't") for w in words)
-        if not negated and (any(w in _AGREE_WORDS for w in words) or _has_phrase(words, _AGREE_PHRASES)):
+        if not _negated(words) and _agrees(words):
+            return ParsedAct("agree")
+    if len(sentences) > 1:
+        agreeing = [_agrees(s) for s in sentences]
+        rejecting = [_negated(s) and (a or s[0] in _REJECTION_OPENERS) for s, a in zip(sentences, agreeing)]
+        if any(agreeing) and not any(rejecting):
             return ParsedAct("agree")
     return None
+
+
+_REJECTION_OPENERS = {"no", "nope", "nah", "not", "never", "sorry", "can't", "cant", "cannot", "won't", "wont"}
+
+
+def _negated(words: Sequence[str]) -> bool:
+    return any(w in _NEGATIONS or w.endswith("n't") for w in words)
+
+
+def _agrees(words: Sequence[str]) -> bool:
+    return any(w.strip(",.!?") in _AGREE_WORDS for w in words) or _has_phrase(words, _AGREE_PHRASES)
 
 
 @functools.lru_cache(maxsize=65536)

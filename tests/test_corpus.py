@@ -54,6 +54,31 @@ HAND_WRITTEN = [
     ("i can live with that", (1, 2, 2), ParsedAct("agree")),
     ("that's not great for me , but i guess i accept .", (1, 2, 2), ParsedAct("agree")),
     ("i don't think we can make a deal", (1, 2, 2), ParsedAct("walk_away")),
+    # refusing to give an item up claims it, in more wordings; a reason after "because" is its own clause
+    ("i cannot give up the ball because it is too valuable to me", (2, 2, 1), ParsedAct("propose", (0, 0, 1))),
+    ("i can't give you the book , but you can have the hat as long as i can have the balls .", (1, 1, 3),
+     ParsedAct("propose", (1, 0, 3))),
+    ("i'm not budging on the ball , you can have everything else .", (1, 3, 1), ParsedAct("propose", (0, 0, 1))),
+    ("i don't really want to give up the book", (1, 2, 2), ParsedAct("propose", (1, 0, 0))),
+    ("there wont be a deal without the ball", (2, 2, 1), ParsedAct("propose", (0, 0, 1))),
+    ("i cant use the books", (2, 2, 1), ParsedAct("propose", (0, 2, 1))),
+    ("i'd like all of the hat's you can have the rest", (1, 2, 2), ParsedAct("propose", (0, 2, 0))),
+    # of two offers joined by ", or" the first is read
+    ("i'd prefer the hats and one book , or i'll take 2 hats and both books", (2, 3, 2),
+     ParsedAct("propose", (1, 3, 0))),
+    # thanks on its own, more agreement words, and an agreeing sentence beside a remark
+    ("thank you !", (1, 1, 3), ParsedAct("agree")),
+    ("thx", (1, 1, 3), ParsedAct("agree")),
+    ("that sounds like a plan .", (2, 2, 1), ParsedAct("agree")),
+    ("okie dokie", (1, 3, 1), ParsedAct("agree")),
+    ("that'll work . i don't want you to get shafted or anything .", (1, 4, 1), ParsedAct("agree")),
+    ("ok . no", (1, 4, 1), None),
+    ("thanks . what do you want ?", (1, 4, 1), None),
+    # no deal can be reached
+    ("then i guess we don't have a deal", (1, 2, 2), ParsedAct("walk_away")),
+    ("then it seems we have reached an impasse .", (4, 1, 1), ParsedAct("walk_away")),
+    ("sorry we couldn't agree", (4, 1, 1), ParsedAct("walk_away")),
+    ("ok , we'll just not make a deal then", (4, 1, 1), ParsedAct("walk_away")),
     # value talk, bare rejections, questions and greetings are not guessed
     ("the hat is worth more to me than the ball or book .", (1, 1, 3), None),
     ("no", (1, 1, 3), None),
