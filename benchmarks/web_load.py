@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 from parley.envs.negotiation import encode_act
 from parley.human_eval.db import Event, make_engine
 from parley.human_eval.security import TokenSigner
+from parley.human_eval.server import worker_pids
 
 ADMIN = "web-load-admin-token-0123456789"
 # The server's token secret, so the simulated participants can sign their own recruitment links.
@@ -92,22 +93,6 @@ def start_server(folder: Path, agent: str, games: int, synchronous: str,
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the server did not start within 60 s")
-
-
-def worker_pids(parent: int) -> list[int]:
-    """The app worker processes of a ``parley serve --workers N`` supervisor (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and b"spawn_main" in cmdline:  # not multiprocessing's resource tracker
-            pids.append(int(entry.name))
-    return sorted(pids)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

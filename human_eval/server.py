@@ -33,7 +33,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
 
 from parley.human_eval.app import (
@@ -288,6 +288,23 @@ class ServeSettings:
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self))
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The app worker processes of a ``parley serve --workers N`` process ``supervisor`` (read from Linux's
+    /proc; [] elsewhere), leaving out multiprocessing's helper process."""
+    pids = []
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == supervisor and b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return sorted(pids)
 
 
 def app_from_env() -> FastAPI:
