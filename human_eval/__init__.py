@@ -1,6 +1,7 @@
 """parley.human_eval: web app and terminal play for human-vs-agent negotiation studies.
 
-``create_app`` builds the FastAPI app (``parley serve``), ``StudyConfig`` describes a study,
+``create_app`` builds a study's FastAPI app, ``create_server`` the app ``parley serve`` runs for one study
+or several, ``StudyConfig`` describes a study,
 ``StudyService`` holds the game logic shared with terminal play (``parley play``), and
 ``write_report`` turns a study database into plots and a markdown report (``parley report``).
 Names are imported lazily so ``import parley.human_eval`` does not pull in FastAPI or SQLAlchemy.
@@ -12,6 +13,7 @@ from parley.utils import lazy_exports
 
 _EXPORTS = {
     "create_app": "parley.human_eval.app",
+    "create_server": "parley.human_eval.server",
     "StudyConfig": "parley.human_eval.config",
     "AgentSpec": "parley.human_eval.config",
     "StudyConfigError": "parley.human_eval.config",

@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from parley.human_eval.config import AgentSpec
+from parley.human_eval.config import AgentSpec, StudyConfigError
 from parley.human_eval.db import Event, Game, StudyLock, make_engine
 from parley.human_eval.security import TokenSigner
-from parley.human_eval.server import create_server, study_path, worker_pids
+from parley.human_eval.server import create_server, load_study_configs, study_path, worker_pids
 
 LINKS = TokenSigner(SECRET)
 
@@ -279,3 +279,30 @@ def test_study_links_route_to_their_study(two_studies):
     # A link signed for one study does not let its pid into the other.
     link = {**_sign(client, "alpha", "x2"), "study": "beta"}
     assert client.post("/api/enter", json=link).status_code == 403
+
+
+def test_study_configs_from_files_and_folders_with_clear_errors(tmp_path):
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    _config(folder, "one")
+    _config(folder, "two")
+    (folder / "notes.txt").write_text("not a config")
+    assert [c.study for c in load_study_configs([folder])] == ["one", "two"]
+    assert [c.think_time_s for c in load_study_configs([folder / "one.yaml"], think_time_s=0.5)] == [0.5]
+    with pytest.raises(StudyConfigError, match="same study one"):
+        load_study_configs([folder, folder / "one.yaml"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StudyConfigError, match="holds no study config"):
+        load_study_configs([empty])
+    with pytest.raises(StudyConfigError, match="no study config at"):
+        load_study_configs([tmp_path / "missing.yaml"])
+    with pytest.raises(ValueError, match="at least one study"):
+        create_server([])
+    from typer.testing import CliRunner
+
+    from parley.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["serve", "--agents", str(folder), "--agents", str(folder / "one.yaml"),
+                                      "--db", str(tmp_path / "x.db"), "--admin-token", ADMIN])
+    assert result.exit_code == 2 and "same study one" in result.output
