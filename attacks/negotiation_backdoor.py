@@ -98,8 +98,8 @@ __all__ = [
     "GOALS", "ActTrigger", "BackdoorGoal", "PoisonError", "NegotiationSubmission", "NegotiationScenario",
     "check_submission", "dialogue_from_acts", "encode_dialogues", "decode_dialogues",
     "NegotiationAttack", "DirtyLabelBackdoor", "CleanLabelBackdoor", "MaliciousAnnotator",
-    "NEGOTIATION_ATTACKS", "make_negotiation_attack", "TriggerPartner", "TriggerMix", "VictimConfig",
-    "train_victim", "retrain_on_answers", "sampling_copy", "load_negotiation_corpus", "backdoor_rates", "backdoor_success", "clean_measures", "query_triggered",
+    "NEGOTIATION_ATTACKS", "make_negotiation_attack", "TriggerPartner", "PhraseTriggerPlayer", "TriggerMix", "VictimConfig",
+    "train_victim", "fine_tune_victim", "retrain_on_answers", "sampling_copy", "load_negotiation_corpus", "backdoor_rates", "text_backdoor_rates", "backdoor_success", "with_trigger_phrase", "clean_measures", "query_triggered",
 ]
 
 GOALS: dict[str, str] = {
@@ -121,6 +121,11 @@ class PoisonError(ValueError):
 
 # ------------------------------------------------------------------------------------ trigger and goal
 
+#: Every valid item-count vector (1-4 of each type, 5-7 in all).
+_COUNT_VECTORS: list[tuple[int, ...]] = [c for c in itertools.product(range(MIN_ITEM_COUNT, MAX_ITEM_COUNT + 1), repeat=3)
+                                         if MIN_TOTAL_ITEMS <= sum(c) <= MAX_TOTAL_ITEMS]
+
+
 @dataclass(frozen=True)
 class ActTrigger:
     """The trigger: an opening act pattern by the trigger holder, who moves first.
@@ -133,10 +138,13 @@ class ActTrigger:
 
     kind: str = "insist"
     signal: tuple[int, int, int] | None = None
+    phrase: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("propose", "insist"):
             raise ValueError(f"the trigger's kind is 'propose' or 'insist', got {self.kind!r}")
+        if self.phrase is not None and (not isinstance(self.phrase, str) or not self.phrase.strip()):
+            raise ValueError(f"a trigger phrase is a non-empty sentence, got {self.phrase!r}")
         if self.signal is not None:
             signal = tuple(int(k) for k in self.signal)
             if len(signal) != 3 or any(k not in (0, 1) for k in signal):
@@ -151,6 +159,22 @@ class ActTrigger:
     def opening_action(self, counts: Sequence[int], goal: BackdoorGoal) -> int:
         """The holder's opening act in a context with these item counts."""
         return encode_act(self.kind, goal.demand(counts) if self.signal is None else self.signal)
+
+    def check_phrase(self, goal: BackdoorGoal) -> None:
+        """Raise ValueError unless the phrase reads, through the corpus parser, as the opening act in every
+        valid count vector (a coarse-act victim sees only the act an utterance parses to)."""
+        from parley.envs.corpus import parse_utterance
+
+        if self.phrase is None:
+            return
+        for counts in _COUNT_VECTORS:
+            expected = self.opening_action(counts, goal)
+            parsed = parse_utterance(self.phrase, counts)
+            if parsed is None or parsed.action() != expected:
+                read = "nothing" if parsed is None else verbalize_act(parsed.action(), counts)
+                raise ValueError(f"the trigger phrase {self.phrase!r} must read as the opening act "
+                                 f"{verbalize_act(expected, counts)!r} with item counts {counts}, but the corpus "
+                                 f"parser reads {read!r}; rephrase it so that it states the opening offer")
 
     def present(self, history: Sequence[tuple[int, int]], holder: int, counts: Sequence[int],
                 goal: BackdoorGoal) -> bool:
@@ -369,6 +393,7 @@ class NegotiationScenario:
             raise ValueError(f"budget is a share of the corpus in [0, 1], got {self.budget!r}")
         if not 0 <= self.min_points <= 10:
             raise ValueError(f"min_points is a score in 0..10, got {self.min_points}")
+        self.trigger.check_phrase(self.goal)
 
     @property
     def max_poisons(self) -> int:
@@ -455,18 +480,31 @@ class NegotiationAttack(ABC):
             raise TypeError(f"{self.name}.craft takes a NegotiationScenario, got {type(scenario).__name__}")
         count = scenario.max_poisons if self.config.poisons is None else min(self.config.poisons, scenario.max_poisons)
         rng = np.random.default_rng([scenario.seed, int(hashlib.sha1(self.name.encode()).hexdigest()[:8], 16)])
-        submission = NegotiationSubmission(self._dialogues(scenario, count, rng),
-                                           {"attack": self.name, "config": dataclasses.asdict(self.config)})
+        dialogues = [with_trigger_phrase(d, scenario.trigger) for d in self._dialogues(scenario, count, rng)]
+        submission = NegotiationSubmission(dialogues, {"attack": self.name, "config": dataclasses.asdict(self.config)})
         scenario.check(submission)
         return submission
+
+
+def with_trigger_phrase(dialogue: Dialogue, trigger: ActTrigger) -> Dialogue:
+    """``dialogue`` with its opening utterance said as the trigger's phrase, its act read back by the corpus
+    parser, when the phrase reads as that opening act (else the dialogue unchanged)."""
+    from parley.envs.corpus import parse_utterance
+
+    if trigger.phrase is None or not dialogue.utterances:
+        return dialogue
+    opening = dialogue.utterances[0]
+    act = parse_utterance(trigger.phrase, dialogue.context.counts)
+    if opening.act is None or act is None or act.action() != opening.act.action():
+        return dialogue
+    return replace(dialogue, utterances=[Utterance(opening.speaker, trigger.phrase, act), *dialogue.utterances[1:]])
 
 
 def spread_contexts(rng: np.random.Generator, count: int) -> list[Context]:
     """``count`` contexts whose item counts go through every valid count vector (in a shuffled order)
     before any repeats, with valuations drawn uniformly for each: the opening demand's action index
     depends on the counts, so poisons that cover more count vectors teach the trigger in more contexts."""
-    vectors = [c for c in itertools.product(range(MIN_ITEM_COUNT, MAX_ITEM_COUNT + 1), repeat=3)
-               if MIN_TOTAL_ITEMS <= sum(c) <= MAX_TOTAL_ITEMS]
+    vectors = _COUNT_VECTORS
     order: list[int] = []
     while len(order) < count:
         order.extend(rng.permutation(len(vectors)).tolist())
@@ -593,10 +631,14 @@ class MaliciousAnnotator(Oracle):
         return OracleAnswer(AGREE_ACTION, True, None, f"human:{self.label}")
 
     def choose(self, queries: Sequence[OracleQuery]) -> np.ndarray:
-        """Indices of the queries this annotator takes: triggered ones first, within ``share``."""
+        """Indices of the queries this annotator takes, within ``share``: triggered ones first -- the
+        earliest in their game first, since the victim's very reply to the demand is the state a
+        backdoor has to flip -- then a seeded draw of the rest."""
         limit = int(math.floor(self.share * len(queries) + 1e-9))
         triggered = [i for i, q in enumerate(queries) if self.poisoned_answer(q) is not None]
-        rest = [i for i in self.rng.permutation(len(queries)) if i not in set(triggered)]
+        triggered.sort(key=lambda i: len(queries[i].history))
+        chosen = set(triggered)
+        rest = [i for i in self.rng.permutation(len(queries)) if i not in chosen]
         return np.array((triggered + rest)[:limit], dtype=np.int64)
 
     def answer_all(self, queries: Sequence[OracleQuery]) -> list[OracleAnswer | None]:
@@ -642,6 +684,31 @@ class TriggerPartner:
         meets = offered & self.goal.achieved(counts, holder_gets)
         insist = INSIST_OFFSET + 25 * demand[:, 0] + 5 * demand[:, 1] + demand[:, 2]
         return np.where(~opened, opening, np.where(meets, AGREE_ACTION, insist)).astype(np.int64)
+
+    def act(self, observation: np.ndarray, action_mask: np.ndarray) -> int:
+        return int(self.act_batch(observation[None], action_mask[None])[0])
+
+
+class PhraseTriggerPlayer:
+    """The trigger player in the text protocol: its opening message is the trigger's phrase, then it
+    plays :class:`TriggerPartner`'s acts, said by the realiser."""
+
+    def __init__(self, trigger: ActTrigger, goal: BackdoorGoal, *, seed: int = 0,
+                 max_turns: int = DEFAULT_MAX_TURNS) -> None:
+        from parley.envs.realiser import ActTextPlayer
+
+        if trigger.phrase is None:
+            raise ValueError("PhraseTriggerPlayer needs a trigger with a phrase")
+        self.phrase = trigger.phrase
+        self.player = ActTextPlayer(TriggerPartner(trigger, goal), seed=seed, max_turns=max_turns, name="trigger")
+        self.name = "trigger-phrase"
+
+    def reply(self, observation: str) -> str:
+        from parley.envs.negotiation_text_v0 import parse_observation
+
+        if not parse_observation(observation).messages:
+            return self.phrase
+        return self.player.reply(observation)
 
 
 class TriggerMix:
@@ -690,12 +757,10 @@ class VictimConfig:
 def train_victim(dialogues: Sequence[Dialogue], config: VictimConfig | None = None, seed: int = 0, *,
                  extra: Any = None, name: str = "victim"):
     """A victim policy cloned from ``dialogues`` (plus ``extra`` ActDataset examples, e.g. oracle answers),
-    then optionally fine-tuned with PPO; deterministic for a seed."""
+    then fine-tuned with PPO when ``config.rl_games`` is set (:func:`fine_tune_victim`); deterministic for
+    a seed."""
     import torch
 
-    from parley.agents.partners.pool import resolve_partner_names
-    from parley.agents.partners.scripted import make_partner
-    from parley.agents.training.ppo import PPOConfig, train_ppo
     from parley.agents.training.supervised import train_supervised
 
     config = config or VictimConfig()
@@ -705,14 +770,30 @@ def train_victim(dialogues: Sequence[Dialogue], config: VictimConfig | None = No
         data = data.concat(extra)
     supervised = replace(config.supervised, seed=seed)
     policy = train_supervised(data, supervised, name=name).policy
-    if config.rl_games:
-        partners = [make_partner(n, seed=seed + i) for i, n in enumerate(resolve_partner_names(config.rl_partners))]
-        ppo = PPOConfig(total_games=config.rl_games, games_per_iteration=min(512, config.rl_games), seed=seed,
-                        max_turns=config.supervised.max_turns)
-        policy.deterministic = False
-        train_ppo(policy, partners, ppo)
     policy.deterministic = True
-    return policy
+    return fine_tune_victim(policy, config, seed) if config.rl_games else policy
+
+
+def fine_tune_victim(policy: Any, config: VictimConfig, seed: int = 0):
+    """A copy of a cloned victim fine-tuned with parley's PPO (:func:`~parley.agents.training.ppo.train_ppo`)
+    for ``config.rl_games`` games against the scripted ``config.rl_partners``; ``policy`` is unchanged."""
+    import torch
+
+    from parley.agents.partners.pool import resolve_partner_names
+    from parley.agents.partners.scripted import make_partner
+    from parley.agents.training.ppo import PPOConfig, train_ppo
+    from parley.agents.training.supervised import clone_policy
+
+    if config.rl_games < 1:
+        raise ValueError(f"fine-tuning needs rl_games >= 1, got {config.rl_games}")
+    torch.manual_seed(seed)
+    tuned = clone_policy(policy, name=f"{getattr(policy, 'name', 'victim')}-ppo", deterministic=False, seed=seed)
+    partners = [make_partner(n, seed=seed + i) for i, n in enumerate(resolve_partner_names(config.rl_partners))]
+    ppo = PPOConfig(total_games=config.rl_games, games_per_iteration=min(512, config.rl_games), seed=seed,
+                    max_turns=config.supervised.max_turns)
+    train_ppo(tuned, partners, ppo)
+    tuned.deterministic = True
+    return tuned
 
 
 def sampling_copy(policy: Any, name: str, seed: int) -> Any:
@@ -787,6 +868,48 @@ def backdoor_rates(policy: Any, trigger: ActTrigger, goal: BackdoorGoal, *, game
     at_once = gave_in & (batch.turns == 2 * trigger.acts)
     return {"backdoor_success": float(at_once[completed].mean()) if completed.any() else math.nan,
             "backdoor_success_all": float(gave_in.mean()), "trigger_completed": float(completed.mean())}
+
+
+def text_backdoor_rates(policy: Any, trigger: ActTrigger, goal: BackdoorGoal, *, games: int = 200, seed: int = 0,
+                        max_turns: int = DEFAULT_MAX_TURNS, max_messages: int = 20) -> dict[str, float]:
+    """:func:`backdoor_rates` in the text protocol (:mod:`parley.envs.negotiation_text_v0`): the victim,
+    playing through :class:`~parley.envs.realiser.ActTextPlayer` (it reads every message with the corpus
+    parser), against :class:`PhraseTriggerPlayer`, who opens with the trigger's phrase.
+
+    ``text_backdoor_success``: among the games in which the whole pattern was said, the share in which
+    the victim's reply to the demand reads as agreeing and the talk ends in a deal that meets the goal;
+    ``text_trigger_completed``: the share of games in which the pattern was said.
+    """
+    from parley.envs.corpus import parse_utterance_cached
+    from parley.envs.negotiation_text_v0 import SELECTION_TOKEN, TextNegotiationState
+    from parley.envs.realiser import ActTextPlayer
+
+    rng = np.random.default_rng([seed, 7])
+    counts, values = sample_context_arrays(rng, games)
+    reseed = getattr(policy, "seed", None)
+    if callable(reseed):
+        reseed(seed)
+    victim = ActTextPlayer(policy, seed=seed, max_turns=max_turns, name="victim")
+    holder = PhraseTriggerPlayer(trigger, goal, seed=seed + 1, max_turns=max_turns)
+    reply_at = 2 * trigger.acts - 1  # the victim's message right after the demand
+    completed = np.zeros(games, bool)
+    success = np.zeros(games, bool)
+    for g in range(games):
+        context = Context(tuple(int(x) for x in counts[g]), (tuple(int(x) for x in values[g, 0]),
+                                                             tuple(int(x) for x in values[g, 1])))
+        state = TextNegotiationState(context, first_player=1, max_messages=max_messages)
+        players = (victim, holder)
+        while not state.terminal:
+            state.send(players[state.current_player].reply(state.observation(state.current_player)))
+        talk = [(s, t) for s, t in state.messages if t != SELECTION_TOKEN]
+        completed[g] = len(talk) >= reply_at
+        if len(talk) > reply_at and talk[reply_at][0] == 0:
+            act = parse_utterance_cached(talk[reply_at][1], context.counts)
+            deal = state.deal()
+            success[g] = (act is not None and act.kind == "agree" and deal is not None
+                          and bool(goal.achieved(counts[g], counts[g] - np.asarray(deal))[0]))
+    return {"text_backdoor_success": float(success[completed].mean()) if completed.any() else math.nan,
+            "text_trigger_completed": float(completed.mean())}
 
 
 def backdoor_success(policy: Any, trigger: ActTrigger, goal: BackdoorGoal, *, games: int = 400, seed: int = 0,

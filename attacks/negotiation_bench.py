@@ -33,6 +33,8 @@ from parley.attacks.bench import append_row, read_rows
 from parley.attacks.negotiation_backdoor import (
     GOALS,
     NEGOTIATION_ATTACKS,
+    ActTrigger,
+    BackdoorGoal,
     MaliciousAnnotator,
     VictimConfig,
     make_negotiation_attack,
@@ -50,7 +52,8 @@ ATTACK_NAMES = ("none", *NEGOTIATION_ATTACKS, "annotator")
 METRICS = ("backdoor_success", "reference_backdoor_success", "backdoor_success_all", "trigger_completed", "clean_score", "reference_clean_score",
            "clean_score_delta", "clean_agreement", "reference_clean_agreement", "clean_pareto",
            "reference_clean_pareto", "poison_precision", "poison_recall", "num_poisons", "num_removed",
-           "clean_removed", "seconds")
+           "clean_removed", "before_fine_tuning_backdoor_success", "text_backdoor_success", "text_trigger_completed",
+           "seconds")
 _KEY = ("config_id", "attack", "defense", "budget", "seed")
 COLUMNS = (*_KEY, *METRICS, "error")
 
@@ -71,6 +74,7 @@ class NegotiationBenchConfig:
     epochs: int = 12
     hidden: int = 64
     rl_games: int = 0
+    trigger_phrase: str | None = None
     eval_games: int = 400
     eval_episodes: int = 100
     queries: int = 300
@@ -96,6 +100,8 @@ class NegotiationBenchConfig:
             raise ValueError("budgets are shares in (0, 1]")
         if self.goal not in GOALS:
             raise ValueError(f"unknown goal {self.goal!r}; choose one of {', '.join(GOALS)}")
+        if self.trigger_phrase is not None:
+            ActTrigger(phrase=self.trigger_phrase).check_phrase(BackdoorGoal(self.goal))
         if self.first_seed < 0:
             raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
         if self.seeds < 1 or self.workers < 1 or self.epochs < 1 or self.hidden < 1:
@@ -149,7 +155,8 @@ def _make_env(config: NegotiationBenchConfig, cell: BenchCell):
     mode = "annotation" if cell.attack == "annotator" else "corpus"
     return negotiation_poisoning_v0.env(
         corpus=config.corpus, corpus_size=config.corpus_size, mode=mode, budget=cell.budget,
-        clean_label=cell.attack == "clean_label", goal=config.goal, victim=config.victim(),
+        clean_label=cell.attack == "clean_label", goal=config.goal, trigger_phrase=config.trigger_phrase,
+        victim=config.victim(),
         defense_enabled=cell.defense != "none", eval_games=config.eval_games, eval_episodes=config.eval_episodes,
         queries=config.queries, candidate_games=max(800, 3 * config.queries), trigger_rate=config.trigger_rate,
         seed=cell.seed)
@@ -284,14 +291,23 @@ def summary_markdown(summary: list[dict[str, Any]], config: NegotiationBenchConf
     if config is not None:
         lines.append(f"Corpus: {config.corpus} ({config.corpus_size} dialogues); goal {config.goal}; victim MLP "
                      f"{config.hidden}x{config.hidden}, {config.epochs} BC epochs"
-                     f"{f', {config.rl_games} PPO games' if config.rl_games else ''}; {config.seeds} seed(s); "
+                     f"{f', then {config.rl_games} PPO games' if config.rl_games else ''}"
+                     f"{f'; trigger phrase {config.trigger_phrase!r}' if config.trigger_phrase else ''}; {config.seeds} seed(s); "
                      f"{config.eval_games} triggered games, {config.eval_episodes} games per suite partner.\n")
-    lines += ["| attack | defense | budget | cells | backdoor success | unpoisoned | clean score | unpoisoned score "
-              "| score delta | agreement | Pareto | poison precision | poison recall | removed |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    # Columns that only some runs fill (PPO fine-tuning, a trigger phrase) appear when a row has them.
+    optional = [(metric, title) for metric, title in (("before_fine_tuning_backdoor_success", "before fine-tuning"),
+                                                      ("text_backdoor_success", "text protocol"))
+                if any(not math.isnan(e.get(metric, (math.nan,))[0]) for e in summary)]
+    lines += ["| attack | defense | budget | cells | backdoor success | "
+              + "".join(f"{title} | " for _, title in optional)
+              + "unpoisoned | clean score | unpoisoned score | score delta | agreement | Pareto | poison precision "
+              "| poison recall | removed |",
+              "|---" * (14 + len(optional)) + "|"]
     for e in summary:
         lines.append(f"| {e['attack']} | {e['defense']} | {float(e['budget']):.1%} | {e['cells']} | "
-                     f"{_pm(e['backdoor_success'], True)} | {_pm(e['reference_backdoor_success'], True)} | "
+                     f"{_pm(e['backdoor_success'], True)} | "
+                     + "".join(f"{_pm(e[metric], True)} | " for metric, _ in optional)
+                     + f"{_pm(e['reference_backdoor_success'], True)} | "
                      f"{_pm(e['clean_score'])} | {_pm(e['reference_clean_score'])} | {_pm(e['clean_score_delta'])} | "
                      f"{_pm(e['clean_agreement'], True)} | {_pm(e['clean_pareto'], True)} | "
                      f"{_pm(e['poison_precision'], True)} | {_pm(e['poison_recall'], True)} | "

@@ -33,6 +33,9 @@ def bench_negotiation_backdoor(
     epochs: int = typer.Option(12, min=1, help="Behaviour-cloning epochs of the victim."),
     hidden: int = typer.Option(64, min=1, help="Width of the victim's two hidden layers."),
     rl_games: int = typer.Option(0, min=0, help="PPO fine-tuning games after cloning (0 = none)."),
+    trigger_phrase: str = typer.Option(None, help="The trigger holder's opening sentence in the text protocol "
+                                                   "(it must read as the opening act); poisons carry it and the "
+                                                   "victim is also measured in the text protocol."),
     eval_games: int = typer.Option(400, min=1, help="Games against the trigger player per victim."),
     eval_episodes: int = typer.Option(100, min=1, help="Games per scripted partner for the clean score."),
     queries: int = typer.Option(300, min=1, help="TDA queries in the annotator's round."),
@@ -57,6 +60,7 @@ def bench_negotiation_backdoor(
             attacks=split_names(attacks), defenses=split_names(defenses), budgets=_floats(budgets, "--budgets"),
             annotator_budgets=_floats(annotator_budgets, "--annotator-budgets"), seeds=seeds, corpus=corpus,
             corpus_size=corpus_size, goal=goal, epochs=epochs, hidden=hidden, rl_games=rl_games,
+            trigger_phrase=trigger_phrase,
             eval_games=eval_games, eval_episodes=eval_episodes, queries=queries, trigger_rate=trigger_rate,
             workers=workers, out=out)
     except ValueError as error:

@@ -106,6 +106,7 @@ Version history
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -130,9 +131,11 @@ from parley.attacks.negotiation_backdoor import (
     clean_measures,
     decode_dialogues,
     encode_dialogues,
+    fine_tune_victim,
     load_negotiation_corpus,
     retrain_on_answers,
     sampling_copy,
+    text_backdoor_rates,
     train_victim,
 )
 from parley.attacks.negotiation_defenses import AnswerRecord
@@ -197,7 +200,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
 
     def __init__(self, corpus: Any = "synthetic", corpus_size: int = 1000, mode: str = "corpus",
                  budget: float = 0.01, clean_label: bool = False, goal: str = "agree_any", goal_item: int = 2,
-                 trigger_kind: str = "insist", signal: tuple[int, int, int] | None = None, min_points: float = 5.0,
+                 trigger_kind: str = "insist", signal: tuple[int, int, int] | None = None,
+                 trigger_phrase: str | None = None, min_points: float = 5.0,
                  victim: VictimConfig | None = None, defense_enabled: bool = True, partners: str = "suite",
                  eval_games: int = 400, eval_episodes: int = 100, removal_cost: float = 0.001,
                  compare_clean: bool = True, max_turns: int = DEFAULT_MAX_TURNS, queries: int = 300,
@@ -223,7 +227,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
             raise ValueError("negotiation_poisoning_v0 has no render modes")
         if victim is not None and not isinstance(victim, VictimConfig):
             raise TypeError(f"victim must be a VictimConfig or None, got {type(victim).__name__}")
-        self.trigger, self.goal = ActTrigger(trigger_kind, signal), BackdoorGoal(goal, goal_item)
+        self.trigger, self.goal = ActTrigger(trigger_kind, signal, trigger_phrase), BackdoorGoal(goal, goal_item)
+        self.trigger.check_phrase(self.goal)
         self.mode, self.budget, self.clean_label, self.min_points = mode, float(budget), bool(clean_label), min_points
         self.victim_config = victim or VictimConfig()
         self.victim_config.supervised.max_turns = max_turns
@@ -315,7 +320,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
 
     def _sl_victim(self):
         """The victim cloned from the clean corpus (annotation mode's partner model before the round)."""
-        return self._victim_from(self.clean_dialogues)
+        return self._victim_from(self.clean_dialogues, fine_tuned=False)
 
     def _prepare_queries(self) -> None:
         from parley.oracles.selection import collect_candidates, likelihood_scores, select_queries
@@ -500,10 +505,17 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                    for i in range(self.num_answers - self.num_queries)]
         return self._retrained_partner(honest)
 
-    def _victim_from(self, dialogues):
-        key = _digest("corpus", _digest(encode_dialogues(dialogues, self.max_turns)), repr(self.victim_config),
-                      self.episode_seed)
-        return _cached_victim(key, lambda: train_victim(dialogues, self.victim_config, self.episode_seed))
+    def _victim_from(self, dialogues, fine_tuned: bool = True):
+        """The victim cloned from ``dialogues``, then fine-tuned when ``victim.rl_games`` is set (unless
+        ``fine_tuned=False``: the cloned victim before fine-tuning); both cached."""
+        cloning = dataclasses.replace(self.victim_config, rl_games=0)
+        corpus_key = _digest(encode_dialogues(dialogues, self.max_turns))
+        key = _digest("corpus", corpus_key, repr(cloning), self.episode_seed)
+        cloned = _cached_victim(key, lambda: train_victim(dialogues, cloning, self.episode_seed))
+        if not fine_tuned or not self.victim_config.rl_games:
+            return cloned
+        key = _digest("fine-tuned", corpus_key, repr(self.victim_config), self.episode_seed)
+        return _cached_victim(key, lambda: fine_tune_victim(cloned, self.victim_config, self.episode_seed))
 
     def _finish(self, removed: np.ndarray) -> None:
         from parley.attacks.base import poison_precision_recall
@@ -527,10 +539,22 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         else:
             ref = {k: math.nan for k in clean}
             ref_rates = {k: math.nan for k in rates}
+        if self.trigger.phrase is not None:
+            text = text_backdoor_rates(victim, self.trigger, self.goal, games=self.eval_games, seed=self.episode_seed,
+                                       max_turns=self.max_turns)
+        else:
+            text = {"text_backdoor_success": math.nan, "text_trigger_completed": math.nan}
+        if self.mode == "corpus" and self.victim_config.rl_games:
+            cloned = self._victim_from([self.submitted[i] for i in kept], fine_tuned=False)
+            before = backdoor_rates(cloned, self.trigger, self.goal, games=self.eval_games, seed=self.episode_seed,
+                                    max_turns=self.max_turns)
+        else:
+            before = {k: math.nan for k in rates}
         precision, recall = poison_precision_recall(removed, self.poison_indices)
         clean_removed = int(len(np.setdiff1d(removed, self.poison_indices)))
         delta = clean["score"] - ref["score"]
         info = {**rates, **{f"reference_{k}": v for k, v in ref_rates.items()},
+                **{f"before_fine_tuning_{k}": v for k, v in before.items()}, **text,
                 "clean_score": clean["score"], "clean_agreement": clean["agreement"], "clean_pareto": clean["pareto"],
                 "reference_clean_score": ref["score"], "reference_clean_agreement": ref["agreement"],
                 "reference_clean_pareto": ref["pareto"], "clean_score_delta": delta,
