@@ -20,6 +20,7 @@ Pure Python and numpy: no torch, nothing from ``parley.agents``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -130,17 +131,23 @@ def tracking_state(counts: Sequence[int], own_values: Sequence[int], *, first_pl
     valid context stands in for them. Raises ``ValueError`` when no valid context has these counts and
     values.
     """
-    counts = tuple(int(c) for c in counts)
-    own = tuple(int(v) for v in own_values)
+    ctx = _tracking_context(tuple(int(c) for c in counts), tuple(int(v) for v in own_values))
+    return NegotiationState(ctx, max_turns=max_turns, first_player=first_player)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tracking_context(counts: tuple[int, int, int], own: tuple[int, int, int]) -> Context:
+    """The context of :func:`tracking_state` (validated once per counts and values: contexts are immutable)."""
     try:
         partner = next(b for a, b in valid_value_pairs(counts) if a == own)
     except StopIteration:
         raise ValueError(f"no valid negotiation has counts {counts} and values {own}: counts are 1-4 of each type, "
                          "5-7 in all, and the values must make the items worth 10") from None
-    return NegotiationState(Context(counts, (own, partner)), max_turns=max_turns, first_player=first_player)
+    return Context(counts, (own, partner))
 
 
-def replay_dialogue(view: TextObservation, max_turns: int | None = None) -> NegotiationState:
+def replay_dialogue(view: TextObservation, max_turns: int | None = None,
+                    resume: tuple[NegotiationState, int] | None = None) -> NegotiationState:
     """The coarse game that the talk of ``view`` (a parsed text observation) amounts to, from the
     observer's side (seat 0).
 
@@ -149,14 +156,21 @@ def replay_dialogue(view: TextObservation, max_turns: int | None = None) -> Nego
     is the coarse game's turn limit; by default it is long enough for every message, so the replay
     reads the whole talk. ``agreed_split`` of the result is what the observer keeps under the deal the
     talk reached (None without one); both sides reading the same talk get complementary splits.
+
+    ``resume`` = (state, n) continues a replay whose state already holds the first ``n`` messages of
+    this talk (a player's previous turn of the same game), instead of starting over; the state is
+    updated in place.
     """
     from parley.envs.negotiation_text_v0 import SELECTION_TOKEN
 
     talk = [(speaker, text) for speaker, text in view.messages if text != SELECTION_TOKEN]
-    first = talk[0][0] if talk else 0
-    limit = len(talk) + 1 if max_turns is None else max_turns
-    state = tracking_state(view.counts, view.values, first_player=first, max_turns=limit)
-    for speaker, text in talk:
+    if resume is not None:
+        state, done = resume
+    else:
+        first = talk[0][0] if talk else 0
+        limit = len(talk) + 1 if max_turns is None else max_turns
+        state, done = tracking_state(view.counts, view.values, first_player=first, max_turns=limit), 0
+    for speaker, text in talk[done:]:
         if state.is_terminal():
             break
         act = parse_utterance_cached(text, view.counts)
@@ -187,6 +201,7 @@ class ActTextPlayer:
         self.max_turns = int(max_turns)
         self.name = name or str(getattr(policy, "name", type(policy).__name__))
         self.rng = np.random.default_rng(seed)
+        self._replay: tuple[tuple, tuple, NegotiationState] | None = None  # the previous turn's replay
 
     def seed(self, seed: int | None) -> None:
         self.rng = np.random.default_rng(seed)
@@ -194,11 +209,24 @@ class ActTextPlayer:
             self.policy.seed(seed)
 
     def state_of(self, observation: str) -> tuple[NegotiationState, bool]:
-        """The coarse game replayed from a text observation, and whether the talk has ended."""
-        from parley.envs.negotiation_text_v0 import parse_observation
+        """The coarse game replayed from a text observation, and whether the talk has ended.
+
+        When the observation continues the one of the player's previous turn (same context, the earlier
+        messages unchanged), only the new messages are replayed.
+        """
+        from parley.envs.negotiation_text_v0 import SELECTION_TOKEN, parse_observation
 
         view = parse_observation(observation)
-        return replay_dialogue(view, max_turns=self.max_turns), view.selecting
+        key, messages = (view.counts, view.values), view.messages
+        resume = None
+        if self._replay is not None:
+            last_key, last_messages, last_state = self._replay
+            # A replay that has read a message knows who opened the game, so it can go on.
+            if last_key == key and last_messages and messages[:len(last_messages)] == last_messages:
+                resume = (last_state, sum(text != SELECTION_TOKEN for _, text in last_messages))
+        state = replay_dialogue(view, max_turns=self.max_turns, resume=resume)
+        self._replay = (key, messages, state)
+        return state, view.selecting
 
     def reply(self, observation: str) -> str:
         from parley.envs.negotiation_text_v0 import NO_AGREEMENT, SELECTION_TOKEN, format_selection

@@ -183,6 +183,23 @@ def test_replay_dialogue_reads_the_accepted_offer_from_both_sides():
     assert replay_dialogue(view, max_turns=10).agreed_split is None
 
 
+def test_act_text_player_replays_only_new_messages_to_the_same_state():
+    reused = ActTextPlayer(make_partner("conceder"), seed=0)
+    rng = np.random.default_rng(3)
+    for game in range(6):  # several games in a row, the same context twice: the replay must start over
+        ctx = CTX if game in (2, 3) else sample_context(rng)
+        state = TextNegotiationState(ctx, first_player=game % 2)
+        players = [reused, make_text_player("boulware", seed=game)]
+        while not state.terminal:
+            obs = state.observation(state.current_player)
+            if state.current_player == 0:
+                mine, _ = reused.state_of(obs)
+                fresh, _ = ActTextPlayer(make_partner("conceder")).state_of(obs)
+                assert (mine.history, mine.agreed_split, mine.standing_offer, mine.terminal) == \
+                    (fresh.history, fresh.agreed_split, fresh.standing_offer, fresh.terminal)
+            state.send(players[state.current_player].reply(obs))
+
+
 @pytest.mark.parametrize("partner", ["boulware", "random"])
 def test_gymnasium_id_plays_a_learner_against_a_named_partner(partner):
     env = gymnasium.make("parley/NegotiationText-v0", partner=partner, partner_seed=0)
