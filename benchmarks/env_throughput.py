@@ -13,10 +13,24 @@ Measured in one run, in interleaved time slices, so the ratios hold even on a bu
   every game at once (:class:`RandomLegalPolicy`, checked for legality and uniformity first).
 
 An agent-step is one act by either side (pyspiel: one ``apply_action`` at a decision node). Chance
-nodes, resets and action picking count in the time. The table replaces its section of
-``benchmarks/RESULTS.md``.
+nodes, resets and action picking count in the time.
 
-    python benchmarks/env_throughput.py [--seconds 4] [--rounds 8] [--batches 1 64 1024 4096] [--no-append]
+A second table counts learner steps -- the learner's act with the scripted partner's reply inside, as the
+native trainer and RLlib's partner-pool setup step the game -- timing the env calls only, on both sides:
+
+* OpenSpiel ``bargaining``: new states and the chance draw, the mover's observation tensor, its legal
+  actions and ``apply_action``, for the learner (uniform over the legal actions) and for the partner,
+  whose act is computed by a Python time-dependent partner on pyspiel's state (parley's ``linear``
+  rule: target ``5 + 5 (1 - t)``, accept an offer worth the target, else propose the cheapest offer that
+  reaches it); the learner's seat is drawn per game;
+* ``NegotiationVectorEnv`` at ``--learner-batch`` games with each scripted partner of the default
+  training pool inside, and ``PartnerPoolVectorEnv`` with the whole pool (a partner drawn per game):
+  ``env.step`` only, the learner picking uniformly from the masks outside the timing.
+
+Both tables replace their section of ``benchmarks/RESULTS.md``.
+
+    python benchmarks/env_throughput.py [--seconds 4] [--rounds 8] [--batches 1 64 1024 4096]
+                                        [--learner-batch 4096] [--no-append]
 """
 
 from __future__ import annotations
@@ -33,6 +47,9 @@ from common import machine, write_results_section
 from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 
 from parley.envs import negotiation_v0
+from parley.agents.partners.pool import PartnerPoolVectorEnv
+from parley.agents.partners.scripted import make_partner
+from parley.agents.training.run import DEFAULT_PARTNERS
 from parley.envs.negotiation import (
     AGREE_ACTION,
     NUM_ACTIONS,
@@ -50,6 +67,9 @@ from parley.envs.policy import BatchPolicy
 COUNTS = ObservationLayout.counts
 TARGET_AEC = 0.3
 TARGET_VECTOR = 10.0
+TARGET_LEARNER_STEPS = 10.0
+#: Vector steps played before the learner-step timings: partners' tables and memos fill as in a long run.
+LEARNER_WARMUP_STEPS = 60
 
 
 class RandomLegalPolicy(BatchPolicy):
@@ -217,6 +237,115 @@ class VectorRunner(Runner):
         return self.env.acts_applied - before
 
 
+class TimedCallsRunner(Runner):
+    """A runner whose rate counts only the time spent inside env calls (``env_seconds``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.env_seconds = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.steps / self.env_seconds if self.env_seconds else 0.0
+
+
+class PySpielLearnerRunner(TimedCallsRunner):
+    """OpenSpiel bargaining, learner steps with a Python time-dependent partner's reply; env calls timed.
+
+    Each timed block is a run of consecutive env calls; the cost of an empty timed block (measured at
+    start) is taken off each one, so the clock's own cost does not slow pyspiel down.
+    """
+
+    name = "OpenSpiel bargaining (pyspiel), time-dependent partner in Python"
+
+    def __init__(self, reservation: float = 5.0, exponent: float = 1.0) -> None:
+        super().__init__()
+        import pyspiel
+
+        self.game = pyspiel.load_game("bargaining")
+        self.max_turns = self.game.max_turns()
+        self.offers = [tuple(offer.quantities) for offer in self.game.all_offers()]
+        self.agree = len(self.offers)
+        self.reservation, self.exponent = reservation, exponent
+        self.rng = random.Random(0)
+        clock, blocks = time.perf_counter, 100_000
+        start = clock()
+        for _ in range(blocks):
+            begin = clock()
+            _ = clock() - begin
+        self.clock_cost = (clock() - start) / blocks
+
+    def partner_act(self, state, player: int, legal: list[int], turn: int) -> int:
+        """The linear time-dependent rule on pyspiel's state (not timed)."""
+        instance = state.instance()
+        values, pool = instance.values[player], instance.pool
+        t = min(turn / max(self.max_turns - 1, 1), 1.0)
+        target = self.reservation + (10 - self.reservation) * (1 - t ** (1 / self.exponent)) - 1e-4
+        offers = state.offers()
+        if offers and self.agree in legal:
+            received = sum(v * (p - k) for v, p, k in zip(values, pool, offers[-1].quantities))
+            if received >= target:
+                return self.agree
+        options = [(sum(v * k for v, k in zip(values, self.offers[a])), sum(self.offers[a]), a)
+                   for a in legal if a != self.agree]
+        reaching = [option for option in options if option[0] >= target]
+        return min(reaching)[2] if reaching else max(options, key=lambda o: (o[0], -o[1], -o[2]))[2]
+
+    def advance(self) -> int:
+        clock, rng, game = time.perf_counter, self.rng, self.game
+        begin = clock()
+        state = game.new_initial_state()
+        outcomes = state.chance_outcomes()
+        state.apply_action(outcomes[rng.randrange(len(outcomes))][0])
+        timed, blocks = clock() - begin, 1
+        learner, turn, steps = rng.randrange(2), 0, 0
+        while not state.is_terminal():
+            player = state.current_player()
+            begin = clock()
+            state.observation_tensor(player)
+            legal = state.legal_actions()
+            timed += clock() - begin
+            if player == learner:
+                action = legal[rng.randrange(len(legal))]
+                steps += 1
+            else:
+                action = self.partner_act(state, player, legal, turn)
+            begin = clock()
+            state.apply_action(action)
+            timed += clock() - begin
+            blocks += 2
+            turn += 1
+        self.env_seconds += max(timed - blocks * self.clock_cost, 0.0)
+        return steps
+
+
+class VectorLearnerRunner(TimedCallsRunner):
+    """``env.step`` of a vector env with a scripted partner (or the pool) inside; learner steps counted."""
+
+    def __init__(self, batch: int, partner: str) -> None:
+        super().__init__()
+        if partner == "pool":
+            self.name = f"PartnerPoolVectorEnv, batch {batch}, default pool ({len(DEFAULT_PARTNERS)} partners)"
+            self.env = PartnerPoolVectorEnv(batch, list(DEFAULT_PARTNERS))
+        else:
+            self.name = f"NegotiationVectorEnv, batch {batch}, partner {partner}"
+            self.env = NegotiationVectorEnv(batch, partner=make_partner(partner))
+        self.learner = RandomLegalPolicy(seed=2)
+        self.obs, _ = self.env.reset(seed=0)
+        for _ in range(LEARNER_WARMUP_STEPS):
+            self.advance()
+        self.steps, self.env_seconds = 0, 0.0
+
+    def advance(self) -> int:
+        env = self.env
+        actions = self.learner.act_batch(self.obs["observation"], self.obs["action_mask"])
+        learner_steps = env.num_envs - int(np.count_nonzero(env.needs_reset))  # the others restart
+        begin = time.perf_counter()
+        self.obs, *_ = env.step(actions)
+        self.env_seconds += time.perf_counter() - begin
+        return learner_steps
+
+
 def busy_note() -> str:
     """A warning for the record when other work shared the machine (absolute rates then drop)."""
     if not hasattr(os, "getloadavg") or os.getloadavg()[0] <= (os.cpu_count() or 1):
@@ -230,9 +359,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="time per environment, in total")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved slices per environment")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 4096])
+    parser.add_argument("--learner-batch", type=int, default=4096,
+                        help="games per vector env in the learner-step table (scripted partner inside)")
+    parser.add_argument("--learner-only", action="store_true", help="only the learner-step table")
     parser.add_argument("--no-append", action="store_true", help="print only; do not write RESULTS.md")
     args = parser.parse_args()
     where = machine(f"; Python {platform.python_version()}, numpy {np.__version__}")
+    if args.learner_only:
+        learner_table = learner_steps_table(args)
+        print(learner_table)
+        if not args.no_append:
+            write_learner_section(args, where, learner_table)
+        return
     check_sampler()
 
     # Pareto frontiers (reported at each game's end) are computed once per context on first use; fill that
@@ -273,11 +411,47 @@ def main() -> None:
         lines.append(f"| {name} | {rate:,.0f} | {ratio} | {note} |")
     table = "\n".join(lines)
     print(table)
+    learner_table = learner_steps_table(args)
+    print(learner_table)
 
     if not args.no_append:
         write_results_section("Negotiation env throughput", where,
                        f"Random legal play, {args.seconds:g} s per row in {args.rounds} interleaved slices, all rows "
                        f"in one run. An agent-step is one act by either side.{busy_note()}", table)
+        write_learner_section(args, where, learner_table)
+
+
+def write_learner_section(args: argparse.Namespace, where: str, table: str) -> None:
+    write_results_section("Negotiation learner steps with a scripted partner inside", where,
+                          f"Env calls only on both sides, {args.seconds:g} s per row in {args.rounds} interleaved "
+                          f"slices, all rows in one run. A learner step is the learner's act with the partner's "
+                          f"reply inside; the learner picks uniformly among its legal acts outside the timing. "
+                          f"pyspiel: new state, chance draw, observation tensor, legal actions and apply for both "
+                          f"sides, the partner's act computed in Python by the linear time-dependent rule (not "
+                          f"timed). parley: `env.step` after {LEARNER_WARMUP_STEPS} warm-up steps (per-context "
+                          f"tables and the Pareto partner's memo fill as in a long run).{busy_note()}", table)
+
+
+def learner_steps_table(args: argparse.Namespace) -> str:
+    """Learner steps per second of env calls: pyspiel with a Python partner vs the vector envs."""
+    runners: list[TimedCallsRunner] = []
+    try:
+        runners.append(PySpielLearnerRunner())
+    except ImportError:
+        print("pyspiel is not installed: the learner-step table has no OpenSpiel row.", file=sys.stderr)
+    runners += [VectorLearnerRunner(args.learner_batch, name) for name in [*DEFAULT_PARTNERS, "pool"]]
+    for _ in range(args.rounds):
+        for runner in runners:
+            runner.run(args.seconds / args.rounds)
+    spiel = runners[0].rate if isinstance(runners[0], PySpielLearnerRunner) else None
+    lines = ["| environment | learner steps/s (env calls) | vs pyspiel | notes |", "|---|---:|---:|---|"]
+    for runner in runners:
+        note = ""
+        if isinstance(runner, VectorLearnerRunner):
+            note = f"{1000 * runner.env_seconds / runner.calls:.2f} ms per step; target >= {TARGET_LEARNER_STEPS:g}x"
+        ratio = f"{runner.rate / spiel:.2f}x" if spiel else "n/a"
+        lines.append(f"| {runner.name} | {runner.rate:,.0f} | {ratio} | {note} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -850,9 +850,6 @@ class NegotiationState:
 # --------------------------------------------------------------------------------------------------
 
 
-_SEATS = np.arange(2)
-
-
 class BatchedNegotiation:
     """B games advanced in lock-step with numpy array operations.
 
@@ -983,22 +980,31 @@ class BatchedNegotiation:
         walk = a == WALK_AWAY_ACTION
         self.walked_away_by[rows[walk]] = player[walk]
 
-
-        next_turn = turn + 1
-        self.turn[rows] = next_turn
-        self.done[rows] = (a >= AGREE_ACTION) | (next_turn >= self.max_turns)
-        self.current_player[rows] = 1 - player
+        # Whole-batch updates in place (cheaper than scattering to the acting rows).
+        self.turn += act
+        self.done |= act & ((actions >= AGREE_ACTION) | (self.turn >= self.max_turns))
+        self.current_player ^= act
         self._record_observations(rows, player, turn, a, offer_rows, proposer, split)
         return illegal
 
     def _record_observations(self, rows: np.ndarray, player: np.ndarray, turn: np.ndarray, a: np.ndarray,
                              offer_rows: np.ndarray, proposer: np.ndarray, split: np.ndarray) -> None:
         """Write the acts just applied into both seats' observation vectors."""
-        lay, obs = self.layout, self._seat_obs
-        # Both seats' entries in one write each: (rows, seat 0 and 1) at each row's history column.
-        obs[rows, :, lay.history_acts.start + turn] = (a + 1)[:, None]
-        obs[rows, :, lay.history_speakers.start + turn] = np.where(player[:, None] == _SEATS, 1.0, 2.0)
-        obs[rows, :, lay.turn_fraction] = ((turn + 1) / self.max_turns)[:, None]
+        lay = self.layout
+        size, flat = lay.size, self._seat_obs.reshape(-1)
+        # Positions in the flat array: game r seen by seat p starts at (2 r + p) * size.
+        seat0 = rows * (2 * size)
+        at = seat0 + (lay.history_acts.start + turn)
+        token = a + 1
+        flat[at] = token
+        flat[at + size] = token
+        spoke = seat0 + player * size + (lay.history_speakers.start + turn)
+        flat[spoke] = 1.0
+        flat[spoke + (1 - 2 * player) * size] = 2.0
+        at = seat0 + lay.turn_fraction
+        fraction = (turn + 1) / self.max_turns
+        flat[at] = fraction
+        flat[at + size] = fraction
         if offer_rows.size:
             # The speaker's proposal replaces whatever the partner had on the table; the listener sees it
             # as the partner's standing proposal.

@@ -240,13 +240,8 @@ class NegotiationVectorEnv(VectorEnv):
         rows = np.flatnonzero(waiting)
         if rows.size == 0:
             return
-        if rows.size > self.num_envs // 4:
-            # Building every game's view and indexing is cheaper than gathering each field for most rows.
-            obs = game.observations(1 - self.side)[rows]
-            masks = game.legal_masks()[rows]
-        else:
-            obs = game.observations(1 - self.side[rows], rows)
-            masks = game.legal_masks(rows)
+        obs = game.observations(1 - self.side[rows], rows)
+        masks = game.legal_masks(rows)
         chosen = np.asarray(self.partner.act_batch(obs, masks), dtype=np.int64).reshape(-1)
         actions = np.zeros(self.num_envs, dtype=np.int64)
         actions[rows] = chosen

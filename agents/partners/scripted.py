@@ -114,9 +114,13 @@ class ObservationView:
         self.max_turns = self.layout.max_turns
         self.observations = obs
 
-    # Fields are decoded on first use: a partner pays only for what it reads.
+    # Fields are decoded on first use, all integer fields in one pass: a partner pays once for what it reads.
+    @functools.cached_property
+    def _all_ints(self) -> np.ndarray:
+        return np.rint(self.observations).astype(np.int64)
+
     def _ints(self, where: slice | int) -> np.ndarray:
-        return np.rint(self.observations[:, where]).astype(np.int64)
+        return self._all_ints[:, where]
 
     @functools.cached_property
     def counts(self) -> np.ndarray:
@@ -148,7 +152,7 @@ class ObservationView:
 
     @functools.cached_property
     def time(self) -> np.ndarray:
-        return np.clip(self.turn / max(self.max_turns - 1, 1), 0.0, 1.0)
+        return np.minimum(np.maximum(self.turn / max(self.max_turns - 1, 1), 0.0), 1.0)
 
     @functools.cached_property
     def history(self) -> np.ndarray:
@@ -169,7 +173,7 @@ class ObservationView:
 
     @functools.cached_property
     def value_key(self) -> np.ndarray:
-        v = np.clip(self.values, 0, VALUE_TOTAL)
+        v = np.minimum(np.maximum(self.values, 0), VALUE_TOTAL)
         return (v[:, 0] * (VALUE_TOTAL + 1) + v[:, 1]) * (VALUE_TOTAL + 1) + v[:, 2]
 
     @functools.cached_property
@@ -181,20 +185,22 @@ class ObservationView:
     def partner_insisted(self) -> np.ndarray:
         """(B,) whether the partner's standing proposal was sent as ``insist``."""
         latest = self.latest_partner_offers(1)[0]
-        return self.has_offer & (latest >= 0) & (self.history[np.arange(self.batch_size), latest] >= INSIST_OFFSET)
+        latest_act = self.history[np.arange(self.batch_size), latest]
+        return self.has_offer & (latest >= 0) & (latest_act >= INSIST_OFFSET)
 
     def latest_partner_offers(self, n: int) -> list[np.ndarray]:
         """History positions (B,) of the partner's last ``n`` proposals, latest first (-1 where it made fewer)."""
-        _, is_offer = self.partner_offers
-        remaining = is_offer[:, ::-1].copy()  # newest first
-        last = is_offer.shape[1] - 1
+        remaining = self._partner_offer_mask[:, ::-1]  # newest first
+        last = remaining.shape[1] - 1
         rows = np.arange(self.batch_size)
         found = []
-        for _ in range(n):
+        for i in range(n):
             back = remaining.argmax(axis=1)
             hit = remaining[rows, back]
             found.append(np.where(hit, last - back, -1))
-            remaining[rows, back] = False
+            if i + 1 < n:
+                remaining = remaining.copy()
+                remaining[rows, back] = False
         return found
 
     def offer_utility(self) -> np.ndarray:
@@ -208,8 +214,13 @@ class ObservationView:
     @functools.cached_property
     def partner_offers(self) -> tuple[np.ndarray, np.ndarray]:
         """The partner's proposals in the history: split indices it kept (B, H) and a validity mask (B, H)."""
-        is_offer = self.from_partner & (self.history >= 0) & (self.history < AGREE_ACTION)
+        is_offer = self._partner_offer_mask
         return np.where(is_offer, self.history % NUM_SPLITS, 0), is_offer
+
+    @functools.cached_property
+    def _partner_offer_mask(self) -> np.ndarray:
+        history = self.history
+        return self.from_partner & (history >= 0) & (history < AGREE_ACTION)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -722,12 +733,12 @@ _PARTNER_TIE = 1e-6
 
 
 def _count_key(counts: np.ndarray) -> np.ndarray:
-    c = np.clip(counts, 0, _KEY_BASE_COUNT - 1)
+    c = np.minimum(np.maximum(counts, 0), _KEY_BASE_COUNT - 1)
     return (c[..., 0] * _KEY_BASE_COUNT + c[..., 1]) * _KEY_BASE_COUNT + c[..., 2]
 
 
 def _context_key(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    v = np.clip(values, 0, _KEY_BASE_VALUE - 1)
+    v = np.minimum(np.maximum(values, 0), _KEY_BASE_VALUE - 1)
     value_key = (v[..., 0] * _KEY_BASE_VALUE + v[..., 1]) * _KEY_BASE_VALUE + v[..., 2]
     return _count_key(counts) * _KEY_BASE_VALUE**NUM_ITEM_TYPES + value_key
 
@@ -759,8 +770,8 @@ def _utility_thresholds(target: np.ndarray) -> np.ndarray:
     """(B,) the smallest integer own utility that reaches each target as :func:`_closest_above` compares
     (in float32, with its tolerance); 11 where none can (no valid context has a split worth more than 10)."""
     lowest = np.ceil(np.asarray(target, dtype=np.float64).astype(np.float32) - _EPS)
-    lowest = np.nan_to_num(lowest, nan=_NUM_THRESHOLDS - 1, posinf=_NUM_THRESHOLDS - 1, neginf=0)
-    return np.clip(lowest, 0, _NUM_THRESHOLDS - 1).astype(np.int64)
+    lowest = np.where(np.isnan(lowest), _NUM_THRESHOLDS - 1, lowest)
+    return np.minimum(np.maximum(lowest, 0), _NUM_THRESHOLDS - 1).astype(np.int64)
 
 
 def _own_context_keys(view: ObservationView, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
