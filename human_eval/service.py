@@ -7,6 +7,12 @@ against the rules, writes the event before answering, and lets the agent answer 
 is part of the balanced assignment.
 
 Nothing a participant receives from :meth:`StudyService.view` contains the agent's values or score.
+
+Several server processes may run one study on one database. Locks inside a process only spare its
+threads a wait; what holds across processes is in the database: an assignment takes the study's lock
+row before it reads the counts (:meth:`StudyService.start_game`), and a change to a game appends events
+at the next ``seq`` after the ones it replayed, so with ``(game_id, seq)`` unique it is stored only if
+no other request changed the game in between (the turn it checked is still the turn it writes).
 """
 
 from __future__ import annotations
