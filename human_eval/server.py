@@ -208,7 +208,8 @@ class _RootDispatch:
             try:
                 parsed = strict_json(body) if body else {}
             except json.JSONDecodeError:
-                parsed = {}
+                await _error(400, "the request body is not valid JSON")(scope, receive, send)
+                return
             study = parsed.get("study") if isinstance(parsed, dict) else None
             if study not in self.studies:
                 await _error(404, f"unknown study {study!r}; this server hosts "

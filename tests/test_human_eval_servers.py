@@ -276,6 +276,7 @@ def test_study_links_route_to_their_study(two_studies):
     r = client.post("/api/enter", json=_sign(client, "gamma", "x1"))
     assert r.status_code == 404 and "alpha, beta" in r.json()["error"]
     assert client.get("/api/state").status_code == 401
+    assert client.post("/api/enter", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
     # A link signed for one study does not let its pid into the other.
     link = {**_sign(client, "alpha", "x2"), "study": "beta"}
     assert client.post("/api/enter", json=link).status_code == 403
