@@ -94,13 +94,16 @@ def load_study_configs(paths: Sequence[str | Path], *, think_time_s: float | Non
 
 def create_server(configs: Sequence[StudyConfig], *, db: str | Engine = "sqlite:///study.db",
                   admin_token: str | None = None, secret: str | None = None, synchronous: str = "FULL",
-                  oracle_queue=None, oracle_token: str | None = None, **app_kwargs) -> FastAPI:
-    """The app serving ``configs``: one study's own app, or the router over several described above.
+                  oracle_queue=None, oracle_token: str | None = None, **app_kwargs) -> FastAPI | _RootDispatch:
+    """The ASGI app serving ``configs``: one study's own app, or the router over several described above
+    (its ``state`` holds ``studies``, each study's app by name, and the ``signer``).
 
     ``app_kwargs`` go to every study's :func:`create_app`.
     """
     if not configs:
         raise ValueError("a server needs at least one study config")
+    if len({c.study for c in configs}) != len(configs):
+        raise ValueError("each study config needs its own study name")
     if len(configs) == 1:
         return create_app(configs[0], db=db, admin_token=admin_token, secret=secret, synchronous=synchronous,
                           oracle_queue=oracle_queue, oracle_token=oracle_token, **app_kwargs)
@@ -108,8 +111,6 @@ def create_server(configs: Sequence[StudyConfig], *, db: str | Engine = "sqlite:
     secret = secret or load_or_create_secret(engine)
     studies = {c.study: create_app(c, db=engine, admin_token=admin_token, secret=secret, **app_kwargs)
                for c in configs}
-    if len(studies) != len(configs):
-        raise ValueError("each study config needs its own study name")
     signer = TokenSigner(secret)
 
     @contextlib.asynccontextmanager
