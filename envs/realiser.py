@@ -42,7 +42,8 @@ from parley.envs.policy import Policy
 if TYPE_CHECKING:  # the text env imports this module
     from parley.envs.negotiation_text_v0 import TextObservation
 
-__all__ = ["TextPolicy", "ActTextPlayer", "realise", "as_text_player", "tracking_state", "replay_dialogue"]
+__all__ = ["TextPolicy", "ActTextPlayer", "realise", "as_text_player", "tracking_state", "replay_dialogue",
+           "read_deal"]
 
 _NUMBER_NAMES = {2: "two", 3: "three", 4: "four"}
 
@@ -182,6 +183,28 @@ def replay_dialogue(view: TextObservation, max_turns: int | None = None,
         except IllegalActionError:
             continue
     return state
+
+
+def read_deal(view: TextObservation) -> tuple[int, int, int] | None:
+    """What the observer keeps under the deal that the talk of ``view`` reached, read with the corpus
+    parser, or None.
+
+    The deal is the agreed split of :func:`replay_dialogue`; without one, a talk that a side ended with
+    ``<selection>`` while the other side's offer was on the table ends on that offer, taken as accepted.
+    Both sides of a game read the same talk, so their readings complement each other.
+    """
+    from parley.envs.negotiation_text_v0 import SELECTION_TOKEN
+
+    state = replay_dialogue(view)
+    if state.agreed_split is not None or state.terminal:
+        return state.agreed_split
+    ender = next((speaker for speaker, text in view.messages if text == SELECTION_TOKEN), None)
+    if ender is None or state.standing_offer is None:
+        return None
+    proposer, kept = state.standing_offer
+    if proposer == ender:
+        return None
+    return tuple(kept) if proposer == 0 else tuple(c - k for c, k in zip(view.counts, kept))
 
 
 class ActTextPlayer:

@@ -24,7 +24,7 @@ from parley.envs.negotiation_text_v0 import (
     parse_observation,
     parse_selection,
 )
-from parley.envs.realiser import ActTextPlayer, realise, replay_dialogue
+from parley.envs.realiser import ActTextPlayer, read_deal, realise, replay_dialogue
 from parley.text import make_text_player
 
 CTX = Context((1, 4, 1), ((4, 1, 2), (0, 2, 2)))
@@ -181,6 +181,18 @@ def test_replay_dialogue_reads_the_accepted_offer_from_both_sides():
     view = parse_observation(format_observation(CTX.counts, CTX.values[0], long_talk))
     assert replay_dialogue(view).agreed_split == (1, 0, 1)
     assert replay_dialogue(view, max_turns=10).agreed_split is None
+
+
+def test_read_deal_takes_ending_the_talk_on_the_other_sides_offer_as_accepting_it():
+    def deal(values, talk):
+        return read_deal(parse_observation(format_observation(CTX.counts, values, talk)))
+
+    offer = [(1, "i want the hats, you can have the rest")]
+    assert deal(CTX.values[0], offer + [(0, SELECTION_TOKEN)]) == (1, 0, 1)  # I ended on their offer
+    assert deal(CTX.values[1], [(0, offer[0][1]), (1, SELECTION_TOKEN)]) == (0, 4, 0)  # they ended on mine
+    assert deal(CTX.values[0], offer + [(1, SELECTION_TOKEN)]) is None  # they ended on their own offer
+    assert deal(CTX.values[0], offer + [(0, "no deal"), (1, SELECTION_TOKEN)]) is None  # walked away
+    assert deal(CTX.values[0], offer + [(0, "deal"), (1, "hello"), (1, SELECTION_TOKEN)]) == (1, 0, 1)
 
 
 def test_act_text_player_replays_only_new_messages_to_the_same_state():

@@ -3,10 +3,12 @@
 :class:`LanguageModelPlayer` reads a text observation, runs the model over the context and the dialogue
 so far, and either samples the next utterance after ``YOU:`` (words until ``<eos>``; ``<selection>`` as
 the first word ends the talk, allowed once the partner has spoken) or, once the talk is over, selects.
-Its selection is the deal the talk reached as the corpus parser reads it -- both sides of a game read
-the same talk, so their selections complement each other, the part that Lewis et al. give to a
-separate selection model that reads the whole dialogue -- and, when the parser reads no deal, the
-model's own pick after ``<selection>``, item by item, greedily among the quantities that fit the counts.
+Its selection is the deal the talk reached as the corpus parser reads it
+(:func:`~parley.envs.realiser.read_deal`: an agreed offer, or the other side's offer on the table when
+the talk was ended on it) -- both sides of a game read the same talk, so their selections complement
+each other; Lewis et al. give this part to a separate selection model that reads the whole dialogue --
+and, when the parser reads no deal, the model's own pick after ``<selection>``, item by item, greedily
+among the quantities that fit the counts.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from parley.envs.negotiation_text_v0 import (
     format_selection,
     parse_observation,
 )
-from parley.envs.realiser import replay_dialogue
+from parley.envs.realiser import read_deal
 
 _SPEAKERS = ("YOU:", "THEM:")
 
@@ -45,7 +47,7 @@ class LanguageModelPlayer:
     :param temperature: sampling temperature of the words (Lewis et al. sample with 0.5)
     :param max_words: the longest utterance it writes
     :param read_deal: select the deal that the talk reached, read with the corpus parser
-        (:func:`~parley.envs.realiser.replay_dialogue`), and fall back to the model's own pick only when
+        (:func:`~parley.envs.realiser.read_deal`), and fall back to the model's own pick only when
         the parser reads no deal; False always selects with the model
     """
 
@@ -115,9 +117,9 @@ class LanguageModelPlayer:
 
     def _select(self, view: TextObservation, context: torch.Tensor) -> str:
         if self.read_deal:
-            agreed = replay_dialogue(view).agreed_split
-            if agreed is not None:
-                return format_selection(agreed)
+            deal = read_deal(view)
+            if deal is not None:
+                return format_selection(deal)
         prefix = self._prefix(view)
         logits, state = self.model(context, torch.tensor([prefix]))
         last = logits[0, -1]
