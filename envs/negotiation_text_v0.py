@@ -78,6 +78,7 @@ Version history
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -139,14 +140,25 @@ class TextInputError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
+# ASCII characters that an utterance drops (everything outside TEXT_CHARSET, and the tag brackets).
+_DROPPED_ASCII = str.maketrans("", "", "".join(chr(i) for i in range(128) if chr(i) not in TEXT_CHARSET or chr(i) in "<>"))
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalised(text: str) -> str:
+    """Unicode punctuation to ASCII, other characters outside TEXT_CHARSET and '<', '>' dropped, whitespace
+    collapsed. Cached: template players say the same sentences over and over."""
+    text = unicodedata.normalize("NFKC", text.translate(_UNICODE_PUNCTUATION))
+    text = text.encode("ascii", "ignore").decode("ascii").translate(_DROPPED_ASCII)
+    return " ".join(text.split())
+
+
 def normalise_utterance(text: str, max_chars: int = DEFAULT_MAX_UTTERANCE_CHARS) -> str:
     """The utterance as the game records it (see the module docstring); raises :class:`TextInputError`
     when it is not a string, is empty after normalising or is longer than ``max_chars``."""
     if not isinstance(text, str):
         raise TextInputError(f"an utterance must be a string, got {type(text).__name__}")
-    text = unicodedata.normalize("NFKC", text.translate(_UNICODE_PUNCTUATION))
-    text = "".join(c for c in text if c in TEXT_CHARSET and c not in "<>")
-    text = " ".join(text.split())
+    text = _normalised(text)
     if not text:
         raise TextInputError("an utterance must say something (it is empty after dropping characters outside "
                              "printable ASCII and '<', '>')")
