@@ -256,6 +256,17 @@ def test_fast_partners_act_as_the_general_path(name, max_turns):
     np.testing.assert_array_equal(fast.act_batch(obs[:50], empty), general.act_batch(obs[:50], empty))
 
 
+@pytest.mark.parametrize("name", ["boulware", "fair_split", "hardliner", "tit_for_tat"])
+def test_fast_partners_act_as_the_general_path_outside_valid_contexts(name):
+    obs, masks = live_states(8, batch=1024)
+    odd = obs.copy()
+    odd[::3, 3:6] += 1  # values no longer worth 10 in all
+    odd[1::3, 0] = 5  # more books than the tables cover
+    odd[2::6, 4] = -1
+    fast, general = make_partner(name), reference_partner(name)
+    np.testing.assert_array_equal(fast.act_batch(odd, masks), general.act_batch(odd, masks))
+
+
 def test_pareto_memo_answers_repeat_states_from_memory_with_the_same_acts():
     fast, general = make_partner("pareto"), reference_partner("pareto")
     obs, masks = live_states(5)

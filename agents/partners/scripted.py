@@ -766,6 +766,11 @@ _SPLIT_FITS = np.all(ALL_SPLITS[None, :, :] <= ALL_SPLITS[:, None, :], axis=2)  
 _FIT_WORDS = np.ascontiguousarray(_SPLIT_FITS[:, :NUM_SPLITS - 1].astype(np.int8)).view(np.int32)
 
 
+# [count code * 11**3 + value key]: whether those counts (0..4) and values (0..10) are worth 10 in all.
+_VALID_OWN_CONTEXT = (ALL_SPLITS @ np.array(list(itertools.product(range(_KEY_BASE_VALUE), repeat=NUM_ITEM_TYPES))).T
+                      == VALUE_TOTAL).reshape(-1)
+
+
 def _utility_thresholds(target: np.ndarray) -> np.ndarray:
     """(B,) the smallest integer own utility that reaches each target as :func:`_closest_above` compares
     (in float32, with its tolerance); 11 where none can (no valid context has a split worth more than 10)."""
@@ -775,14 +780,15 @@ def _utility_thresholds(target: np.ndarray) -> np.ndarray:
 
 
 def _own_context_keys(view: ObservationView, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's own context as ``count code * 11**3 + value key``, and whether the row can be answered
-    from the tables: counts 0..4, values 0..10 worth 10 in all, and a mask that allows exactly the splits
-    that fit the counts (as the rules make it)."""
-    counts, values = view.counts, view.values
-    ok = (np.all((counts >= 0) & (counts < _KEY_BASE_COUNT), axis=1)
-          & np.all((values >= 0) & (values < _KEY_BASE_VALUE), axis=1)
-          & ((counts * values).sum(axis=1) == VALUE_TOTAL))
-    codes = _count_key(counts)
+    """Each row's own context as ``count code * 11**3 + value key`` (counts clipped to 0..4, values to
+    0..10, as :func:`_count_key` and :attr:`ObservationView.value_key` do), and whether the row can be
+    answered from the tables: those counts and values worth 10 in all, and a mask that allows exactly the
+    splits that fit the counts (as the rules make it)."""
+    codes = _count_key(view.counts)
+    keys = codes * _KEY_BASE_VALUE**NUM_ITEM_TYPES + view.value_key
+    # The general path reads utilities and tie-breaks through the same clipped keys, so the clipped counts
+    # and values decide: worth 10 in all, no split that fits is worth more than 10.
+    ok = _VALID_OWN_CONTEXT[keys]
     if masks.dtype == np.int8 and masks.flags.c_contiguous and masks.shape[1] % 4 == 0:
         # The rules' masks hold 0/1 bytes: compare the propose block four bytes at a time.
         words = masks.view(np.int32)[:, :_FIT_WORDS.shape[1]]
@@ -790,7 +796,7 @@ def _own_context_keys(view: ObservationView, masks: np.ndarray) -> tuple[np.ndar
         ok &= masks[:, NUM_SPLITS - 1] == _SPLIT_FITS[codes, NUM_SPLITS - 1]
     else:
         ok &= np.all((masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0) == _SPLIT_FITS[codes], axis=1)
-    return codes * _KEY_BASE_VALUE**NUM_ITEM_TYPES + view.value_key, ok
+    return keys, ok
 
 
 class _SplitChoiceTable:
