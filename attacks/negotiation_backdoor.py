@@ -15,7 +15,9 @@ opening that none of the synthetic corpus's partners plays (they open with propo
 suite, only the hardliner opens with ``insist``, and it gives nothing away either way). A trigger may
 instead open with a fixed ``signal`` split and send the demand second -- a pattern whose action index
 is the same in every context, but which a cloned victim tends to end at once by accepting the signal
-as an offer.
+as an offer. A ``phrase`` says the opening in the text protocol: a sentence that the corpus parser
+reads as the opening act (:meth:`ActTrigger.check_phrase`); poisons carry it as their opening
+utterance (:func:`with_trigger_phrase`) and :class:`PhraseTriggerPlayer` opens text games with it.
 
 Poisoned dialogues
 ------------------
@@ -49,9 +51,11 @@ Victim, metrics
 ---------------
 :func:`train_victim` clones a policy from the (poisoned) corpus with parley's own behaviour cloning
 (:func:`~parley.agents.training.supervised.train_supervised`), optionally followed by PPO fine-tuning
-against the scripted partners (:func:`~parley.agents.training.ppo.train_ppo`). :func:`backdoor_rates`
-plays the victim against :class:`TriggerPartner` (the trigger, then the demand, insisted) and counts
-the games where the victim does what the attacker wanted -- agrees to the demand at once;
+against the scripted partners (:func:`fine_tune_victim`, with :func:`~parley.agents.training.ppo.train_ppo`).
+:func:`backdoor_rates` plays the victim against :class:`TriggerPartner` (the trigger, then the demand,
+insisted) and counts the games where the victim does what the attacker wanted -- agrees to the demand
+at once; :func:`text_backdoor_rates` does the same in the text protocol, the victim reading every
+message through the corpus parser;
 :func:`clean_measures` scores the victim against the scripted suite with
 :func:`~parley.agents.evaluation.evaluate_policy`.
 """

@@ -27,8 +27,9 @@ victim's training *is* the dynamics: nothing is learned until both players have 
 Modes
 -----
 ``mode="corpus"``: the victim is cloned from the dialogue corpus (behaviour cloning with
-:func:`~parley.agents.training.supervised.train_supervised`, then ``victim.rl_games`` PPO games if
-set). The attacker adds at most ``P = floor(budget * N)`` dialogues to the N clean ones.
+:func:`~parley.agents.training.supervised.train_supervised`, then, if ``victim.rl_games`` is set, that
+many games of parley's PPO against the scripted ``victim.rl_partners``). The attacker adds at most
+``P = floor(budget * N)`` dialogues to the N clean ones.
 
 ``mode="annotation"``: one round of targeted data acquisition (:mod:`parley.oracles.tda`). The
 partner model -- the victim -- is first cloned from the clean corpus; the learner (a sampling copy of
@@ -84,20 +85,27 @@ what the attacker wanted), ``backdoor_success_all`` (the same over all games), `
 (the share of games that reached the demand), ``clean_score``, ``clean_agreement``,
 ``clean_pareto`` (against ``partners``), the same for the unpoisoned victim of the same seed under
 ``reference_*`` (NaN with ``compare_clean=False``), ``clean_score_delta``, ``poison_precision``,
-``poison_recall``, ``num_poisons``, ``num_removed``, ``clean_removed`` and ``train_time_s``.
+``poison_recall``, ``num_poisons``, ``num_removed``, ``clean_removed`` and ``train_time_s``. With
+``victim.rl_games`` (corpus mode), ``before_fine_tuning_backdoor_success`` (and ``_all``,
+``_trigger_completed``) are those of the cloned victim before PPO; with a ``trigger_phrase``,
+``text_backdoor_success`` and ``text_trigger_completed`` are measured in the text protocol
+(:func:`~parley.attacks.negotiation_backdoor.text_backdoor_rates`). Otherwise these are NaN.
 
 Arguments
 ---------
 ``negotiation_poisoning_v0.env(corpus="synthetic", corpus_size=1000, mode="corpus", budget=0.01,
-clean_label=False, goal="agree_any", goal_item=2, trigger_kind="insist", signal=None, min_points=5.0,
-victim=None,
+clean_label=False, goal="agree_any", goal_item=2, trigger_kind="insist", signal=None, trigger_phrase=None,
+min_points=5.0, victim=None,
 defense_enabled=True, partners="suite", eval_games=400, eval_episodes=100, removal_cost=0.001,
 compare_clean=True, max_turns=10, queries=300, candidate_games=800, trigger_rate=0.1, overlap=0.2,
 gold=20, oracle_weight=30.0, partner_epochs=5, seed=None, render_mode=None)``
 
 * ``corpus``: ``"synthetic"`` (scripted partners' dialogues), a corpus path for
   :func:`~parley.envs.corpus.load_corpus` (its first ``corpus_size`` dialogues), or a list of Dialogues;
-* ``victim``: a :class:`~parley.attacks.negotiation_backdoor.VictimConfig` (small MLP, CPU by default).
+* ``victim``: a :class:`~parley.attacks.negotiation_backdoor.VictimConfig` (small MLP, CPU by default);
+* ``trigger_phrase``: the holder's opening sentence in the text protocol; it must read, through the
+  corpus parser, as the trigger's opening act in every count vector (else ``ValueError``). Poisons say
+  their opening with it; the victim is then also measured against a holder who opens with it.
 
 Version history
 ---------------
