@@ -334,18 +334,26 @@ class Cutout(Defense):
 
 
 class Strip(Defense):
-    """STRIP (Gao et al., ACSAC 2019): a trojaned input keeps its (target) prediction when it is blended
-    with unrelated clean images, so its predictions have low entropy; a clean input's do not.
+    """STRIP (Gao et al., ACSAC 2019): a trojaned input keeps its (target) prediction when it is
+    superimposed on unrelated clean images, so its predictions have low entropy; a clean input's do not.
 
-    Each input is blended with ``n_overlays`` clean images, ``alpha * input + (1 - alpha) * clean``,
-    and scored by the mean entropy of the model's softmax over the blends. The detection threshold is
-    the ``false_rejection_rate`` quantile of the scores of held-out clean inputs (each blended with
-    other clean images), so that share of clean inputs is wrongly flagged -- the paper fixes this rate
-    (1%) and reports the false acceptance rate (trojaned inputs let through) that results.
+    Each input is superimposed on ``n_overlays`` clean images,
+    ``clip(input_weight * input + overlay_weight * clean, 0, 1)``, and scored by the mean entropy of the
+    model's softmax over the superimposed images. The default weights (1, 1) add the two images and clip,
+    as the reference code does (``cv2.addWeighted(background, 1, overlay, 1, 0)`` on 8-bit images): a
+    full-contrast patch survives the overlay intact. A convex blend (weights 0.5, 0.5) halves the patch's
+    contrast, and a victim that learned the full-contrast patch (BadNets) no longer answers to it, so
+    its blends look as uncertain as a clean input's.
+
+    The detection threshold is the ``false_rejection_rate`` quantile of the scores of held-out clean
+    inputs (each superimposed on other clean images), so that share of clean inputs is wrongly flagged --
+    the paper fixes this rate (1%) and reports the false acceptance rate (trojaned inputs let through)
+    that results.
 
     Args:
-        n_overlays: Clean images blended with each input (the paper uses 100).
-        alpha: Weight of the input in each blend.
+        n_overlays: Clean images superimposed on each input (the paper uses 100).
+        input_weight: Weight of the input in each superimposed image.
+        overlay_weight: Weight of the clean overlay.
         false_rejection_rate: Share of clean inputs the threshold may flag.
         seed: Seed of the overlay draw.
     """
@@ -353,42 +361,50 @@ class Strip(Defense):
     name = "strip"
     stage = "inference"
 
-    def __init__(self, n_overlays: int = 32, alpha: float = 0.5, false_rejection_rate: float = 0.05,
-                 seed: int = 0) -> None:
+    def __init__(self, n_overlays: int = 32, input_weight: float = 1.0, overlay_weight: float = 1.0,
+                 false_rejection_rate: float = 0.05, seed: int = 0) -> None:
         if n_overlays < 1:
             raise ValueError(f"n_overlays must be >= 1, got {n_overlays}")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        for label, weight in (("input_weight", input_weight), ("overlay_weight", overlay_weight)):
+            if not 0 < weight <= 1:
+                raise ValueError(f"{label} must be in (0, 1], got {weight}")
         if not 0 <= false_rejection_rate < 1:
             raise ValueError(f"false_rejection_rate must be in [0, 1), got {false_rejection_rate}")
         self.n_overlays = n_overlays
-        self.alpha = alpha
+        self.input_weight = input_weight
+        self.overlay_weight = overlay_weight
         self.false_rejection_rate = false_rejection_rate
         self.seed = seed
         self.threshold_: float | None = None
 
+    def superimpose(self, inputs: torch.Tensor, overlays: torch.Tensor) -> torch.Tensor:
+        """``inputs`` superimposed on ``overlays`` (broadcast), clipped to valid pixels."""
+        return (self.input_weight * inputs + self.overlay_weight * overlays).clamp(0.0, 1.0)
+
     def entropies(self, model: nn.Module, inputs: torch.Tensor, overlays: torch.Tensor, *,
                   exclude_self: bool = False, batch_size: int = 1024) -> np.ndarray:
-        """Mean prediction entropy (nats) of each input over its blends with randomly drawn overlays."""
+        """Mean prediction entropy (nats) of each input over its superimpositions on randomly drawn
+        overlays; ``exclude_self`` (inputs and overlays are the same images) never draws an input's own
+        image."""
         if len(overlays) < 1 + int(exclude_self):
-            raise ValueError("STRIP needs at least two clean images to blend with")
+            raise ValueError("STRIP needs at least two clean images to superimpose on")
         gen = torch.Generator().manual_seed(self.seed)
+        picks = torch.randint(0, len(overlays) - int(exclude_self), (len(inputs), self.n_overlays), generator=gen)
+        if exclude_self:  # skip the input's own index: shift picks at or above it by one
+            picks = picks + (picks >= torch.arange(len(inputs)).unsqueeze(1)).long()
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
+        per_chunk = max(1, batch_size // self.n_overlays)
         out = np.zeros(len(inputs))
         try:
             with torch.no_grad():
-                for i in range(len(inputs)):
-                    picks = torch.randint(0, len(overlays) - int(exclude_self), (self.n_overlays,), generator=gen)
-                    if exclude_self:  # skip the input's own index: shift picks at or above it by one
-                        picks = picks + (picks >= i).long()
-                    blends = self.alpha * inputs[i:i + 1] + (1 - self.alpha) * overlays[picks]
-                    total = 0.0
-                    for start in range(0, len(blends), batch_size):
-                        probs = torch.softmax(model(blends[start:start + batch_size].to(device)).float(), dim=1)
-                        total += float(-(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1).sum())
-                    out[i] = total / self.n_overlays
+                for start in range(0, len(inputs), per_chunk):
+                    chunk = inputs[start:start + per_chunk].unsqueeze(1)      # (b, 1, C, H, W)
+                    images = self.superimpose(chunk, overlays[picks[start:start + per_chunk]]).flatten(0, 1)
+                    probs = torch.softmax(model(images.to(device)).float(), dim=1)
+                    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1)
+                    out[start:start + len(chunk)] = entropy.view(len(chunk), self.n_overlays).mean(dim=1).cpu().numpy()
         finally:
             model.train(was_training)
         return out
@@ -400,7 +416,7 @@ class Strip(Defense):
         return self.threshold_
 
     def detect(self, model: nn.Module, inputs: torch.Tensor, clean_inputs: torch.Tensor) -> np.ndarray:
-        """True where an input's blend entropy falls below the threshold calibrated on ``clean_inputs``
+        """True where an input's entropy falls below the threshold calibrated on ``clean_inputs``
         (which also serve as the overlay pool)."""
         threshold = self.calibrate(model, clean_inputs)
         return self.entropies(model, inputs, clean_inputs) < threshold

@@ -160,8 +160,50 @@ def test_strip_flags_trojaned_inputs_at_the_chosen_false_rejection_rate():
     trojaned[:, :, :2, :2] = 1.0
     model = _TrojanedModel()
     assert (model(trojaned).argmax(1) == 0).all()
-    strip = make_defense("strip", n_overlays=16, false_rejection_rate=0.05)
+    # the toy's patch fires at half contrast, so a convex blend keeps it
+    strip = make_defense("strip", n_overlays=16, input_weight=0.5, overlay_weight=0.5, false_rejection_rate=0.05)
     detected = strip.detect(model, trojaned, clean_pool)
     false_alarms = strip.detect(model, clean_test, clean_pool)
     assert detected.mean() >= 0.95
     assert false_alarms.mean() <= 0.2
+    with pytest.raises(ValueError, match="input_weight"):
+        make_defense("strip", input_weight=0)
+    with pytest.raises(ValueError, match="overlay_weight"):
+        make_defense("strip", overlay_weight=1.5)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Train on one thread: a few seconds, where several threads crawl on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_strip_flags_a_trained_badnets_victims_triggered_digits(one_torch_thread):
+    """A victim trained on digits with a full-contrast corner patch relabelled to class 0 (BadNets):
+    STRIP's default superimposition keeps the patch whole and flags the triggered digits at a low false
+    rejection rate; a 50/50 blend halves the patch's contrast and lets them through."""
+    from parley.attacks.datasets import load_digits
+    from parley.attacks.triggers import make_trigger
+    from parley.attacks.victims import TrainingRecipe, make_victim, train_model
+
+    torch.manual_seed(0)
+    data = load_digits()
+    trigger = make_trigger(1, 3, seed=0, placement="fixed")
+    x, y = data.x_train.clone(), data.y_train.clone()
+    stamped = torch.as_tensor(np.random.default_rng(0).choice(np.flatnonzero(y.numpy() != 0), 100, replace=False))
+    x[stamped], y[stamped] = trigger.apply(x[stamped]), 0
+    recipe = TrainingRecipe.tiny(data).replace(epochs=6, crop_padding=0)
+    model = train_model(make_victim("small_cnn", data, width=16), x, y, recipe, device="cpu", seed=0)
+    pool, scored = data.x_test[0::2], data.x_test[1::2]
+    clean = scored[data.y_test[1::2] != 0]
+    triggered = trigger.apply(clean)
+    assert (model(triggered).argmax(1) == 0).float().mean() >= 0.9  # the backdoor is planted
+
+    strip = make_defense("strip", false_rejection_rate=0.05)
+    assert strip.detect(model, triggered, pool).mean() >= 0.6  # 0.67-0.88 over training seeds
+    assert strip.detect(model, clean, pool).mean() <= 0.2  # 5% nominal, measured on 164 other digits
+    blend = make_defense("strip", input_weight=0.5, overlay_weight=0.5)
+    assert blend.detect(model, triggered, pool).mean() <= 0.1
