@@ -382,10 +382,10 @@ def _mark_exceptions(sentence: list[str]) -> list[str]:
 
 # An affirmative demand or offer opens a new clause even without a comma, so that a rejection before it
 # does not negate it: "sorry i cant do that i need the book and balls".
-_CLAUSE_OPENERS = tuple(p.split() for p in (
+_CLAUSE_OPENERS = (
     "i need", "i want", "i'll take", "ill take", "i will take", "i must have", "i would need", "i would like",
     "i'd like", "id like", "i can only offer", "i would give you", "i will give you", "i'll give you",
-    "you can have", "you can keep", "you could keep", "you could have", "how about"))
+    "you can have", "you can keep", "you could keep", "you could have", "how about")
 
 
 # Words that end a clause. A reason ("... because it is worth the most to me") is a clause of its own, so
@@ -397,7 +397,8 @@ def _clauses(sentence: list[str]) -> list[list[str]]:
     """Comma-separated clauses of a sentence, leaving out clauses negated before an item mention."""
     out, clause = [], []
     for i, tok in enumerate(sentence + [","]):
-        opener = clause and any(sentence[i:i + len(p)] == p for p in _CLAUSE_OPENERS)
+        opener = bool(clause) and i < len(sentence) and \
+            _match_any(sentence, i, _CLAUSE_OPENERS, "opener") is not None
         if tok in _CLAUSE_BREAKS or opener:
             if clause and not _is_negated_before_item(clause):
                 out.append(clause)
@@ -407,12 +408,23 @@ def _clauses(sentence: list[str]) -> list[list[str]]:
     return out
 
 
-def _match_any(tokens: Sequence[str], i: int, phrases: Iterable[str], label: str) -> tuple[str, int] | None:
-    for phrase in phrases:
-        words = phrase.split()
+def _match_any(tokens: Sequence[str], i: int, phrases: tuple[str, ...], label: str) -> tuple[str, int] | None:
+    """(label, length in words) of the first of ``phrases`` that starts at ``tokens[i]``, or None."""
+    for words in _phrases_by_first_word(phrases).get(tokens[i], ()):
         if list(tokens[i:i + len(words)]) == words:
             return label, len(words)
     return None
+
+
+@functools.cache
+def _phrases_by_first_word(phrases: tuple[str, ...]) -> dict[str, list[list[str]]]:
+    """``phrases`` as word lists grouped by their first word, in their order (looking up one token's
+    candidates is much cheaper than trying every phrase at every token)."""
+    index: dict[str, list[list[str]]] = {}
+    for phrase in phrases:
+        words = phrase.split()
+        index.setdefault(words[0], []).append(words)
+    return index
 
 
 def _add_claim(claims: _Claims, side: str, claim: tuple[int, int | str] | str) -> None:
