@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 import torch
 from common import machine, write_results_section
 
-from parley.attacks.bench import BenchConfig, grid_cells, run_grid, summarize, summary_markdown
+from parley.attacks.bench import BenchConfig, grid_cells, read_rows, run_grid, summarize, summary_markdown
 from parley.attacks.datasets import load_dataset
 
 
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--table-only", action="store_true",
+                        help="tabulate the cells already finished in --out, run none (each row's cells column "
+                             "says how many it has)")
     args = parser.parse_args(argv)
     config = BenchConfig(
         dataset=args.dataset, attacks=tuple(args.attacks.split(",")), defenses=tuple(args.defenses.split(",")),
@@ -78,7 +82,11 @@ def main(argv: list[str] | None = None) -> str:
         workers=args.workers, threads_per_worker=args.threads, device=args.device,
         out=args.out or f"bench-{args.dataset}-{args.attacks.replace(',', '-')}-{args.defenses.replace(',', '-')}"
                         f"-{args.budget:g}-{args.trigger_placement}")
-    rows = run_grid(config)
+    if args.table_only:
+        rows = [r for r in read_rows(Path(config.out) / "results.csv")
+                if r["config_id"] == config.config_id() and not r.get("error")]
+    else:
+        rows = run_grid(config)
     # The folder may hold cells of a larger grid (more pairs, other attacks): the table covers this one.
     cells = {(c.attack, c.defense, str(c.source_class), str(c.target_class), str(c.seed))
              for c in grid_cells(config, load_dataset(config.dataset, **config.dataset_kwargs).num_classes)}
@@ -93,6 +101,9 @@ def main(argv: list[str] | None = None) -> str:
                 f"{torch.__version__}). Source ASR: patched source-class test images sent to the target; full "
                 "ASR: patched test images of every non-target class; clean-acc drop: against a victim of the "
                 "same seed trained on the clean set; patch alone: that clean victim's source ASR.")
+        if args.table_only:
+            note += (" Table of the cells finished when the grid was stopped (the cells column); rows with "
+                     "fewer cells cover the first pairs of the draw.")
         title = (f"Poisoning on {args.dataset}: {args.attacks} vs {args.defenses}, budget {args.budget:.0%}, "
                  f"eps {args.eps:g}/255, {args.trigger_placement} trigger")
         where = machine()
