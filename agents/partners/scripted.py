@@ -335,14 +335,18 @@ class ScriptedPartner(BatchPolicy):
             return table.lookup(keys, _utility_thresholds(aim))
         splits = np.zeros(view.batch_size, dtype=np.int64)
         splits[ok] = table.lookup(keys[ok], _utility_thresholds(aim[ok]))
-        # Rows with no split to propose (finished games) keep split 0, as _closest_above gives them.
-        odd = np.flatnonzero(~ok)
-        feasible = masks[odd, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
+        self._choose_off_table(view, masks, target, np.flatnonzero(~ok), splits)
+        return splits
+
+    def _choose_off_table(self, view: ObservationView, masks: np.ndarray, target: np.ndarray, rows: np.ndarray,
+                          splits: np.ndarray) -> None:
+        """Fill ``splits[rows]`` through :meth:`choose_splits`; rows with no split to propose (finished
+        games) keep their 0, as :func:`_closest_above` gives them."""
+        feasible = masks[rows, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
         some = feasible.any(axis=1)
         if some.any():
-            odd, feasible = odd[some], feasible[some]
-            splits[odd] = self.choose_splits(ObservationView(view.observations[odd]), feasible, target[odd])
-        return splits
+            rows, feasible = rows[some], feasible[some]
+            splits[rows] = self.choose_splits(ObservationView(view.observations[rows]), feasible, target[rows])
 
     #: The own utility every proposal aims at, whatever the target (None: the target).
     _proposal_target: float | None = None
@@ -664,13 +668,7 @@ class ParetoPartner(TimeDependentPartner):
                 for part in np.array_split(sample, -(-sample.size // self.frontier_chunk_size))])
             memo.add(keys[sample], chosen)
             splits[new] = chosen[inverse.reshape(-1)]
-        # Rows with no split to propose (finished games) keep split 0, as _closest_above gives them.
-        odd = np.flatnonzero(~ok)
-        feasible = masks[odd, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0
-        some = feasible.any(axis=1)
-        if some.any():
-            odd, feasible = odd[some], feasible[some]
-            splits[odd] = self.choose_splits(ObservationView(view.observations[odd]), feasible, target[odd])
+        self._choose_off_table(view, masks, target, np.flatnonzero(~ok), splits)
         return splits
 
     def belief(self, view: ObservationView) -> tuple[np.ndarray, np.ndarray]:
