@@ -138,3 +138,22 @@ def test_report_writes_the_corpus_file(client, tmp_path):
     assert text == (tmp_path / "c" / "data.txt").read_text() and len(text.splitlines()) == 2
     [dialogue] = load_corpus(tmp_path / "c" / "data.txt")
     assert dialogue.outcome == "agree"
+
+
+def test_games_without_a_deal_close_as_the_corpus_does():
+    from parley.envs.corpus import parse_raw_line
+    from parley.human_eval.corpus_export import game_lines
+
+    counts = [1, 2, 2]
+    offer = encode_act("propose", (1, 2, 2))
+    base = {"counts": counts, "human_values": [2, 2, 2], "agent_values": [6, 1, 1], "human_first": True,
+            "human_gets": None, "turns": [{"seq": 1, "speaker": "human", "action": offer}]}
+    closing = {"turn_limit": "no_agreement", "walk_away": "no_agreement", "timeout": "disconnect",
+               "returned": "disconnect", "agent_error": "disconnect"}
+    for outcome, expected in closing.items():
+        person, agent = (parse_raw_line(line) for line in game_lines({**base, "outcome": outcome}))
+        assert person.outcome == agent.outcome == expected
+        assert person.context.values == ((2, 2, 2), (6, 1, 1)) and agent.context.values == ((6, 1, 1), (2, 2, 2))
+        assert [u.speaker for u in person.utterances] == [0] and [u.speaker for u in agent.utterances] == [1]
+    assert game_lines({**base, "outcome": None}) == []  # still running
+    assert game_lines({**base, "outcome": "timeout", "turns": []}) == []  # no act to learn from
