@@ -14,6 +14,8 @@ that lets any coarse-act policy play the text game.
   policy's turn limit) the player ends the talk with ``<selection>``; its selection is the agreed split,
   or -- if the talk ended with the partner's offer on the table -- that offer when the policy would
   agree to it, else ``<no_agreement>``.
+* :func:`replay_dialogue` is that replay for any talk, and :func:`read_deal` reads from it the deal a
+  talk reached (what the dialogue model selects).
 
 Pure Python and numpy: no torch, nothing from ``parley.agents``.
 """
@@ -224,6 +226,8 @@ class ActTextPlayer:
         self.max_turns = int(max_turns)
         self.name = name or str(getattr(policy, "name", type(policy).__name__))
         self.rng = np.random.default_rng(seed)
+        if seed is not None and callable(getattr(policy, "seed", None)):
+            policy.seed(seed)
         self._replay: tuple[tuple, tuple, NegotiationState] | None = None  # the previous turn's replay
 
     def seed(self, seed: int | None) -> None:

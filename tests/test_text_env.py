@@ -195,6 +195,18 @@ def test_read_deal_takes_ending_the_talk_on_the_other_sides_offer_as_accepting_i
     assert deal(CTX.values[0], offer + [(0, "deal"), (1, "hello"), (1, SELECTION_TOKEN)]) == (1, 0, 1)
 
 
+def test_text_players_by_name_are_reproducible_with_a_seed():
+    def transcript(seed):
+        players = [make_text_player("random", seed=seed), make_text_player("random", seed=seed + 1)]
+        state = TextNegotiationState(CTX)
+        while not state.terminal:
+            state.send(players[state.current_player].reply(state.observation(state.current_player)))
+        return state.messages, state.selections
+
+    assert transcript(3) == transcript(3)
+    assert len({str(transcript(seed)) for seed in range(6)}) > 1
+
+
 def test_act_text_player_replays_only_new_messages_to_the_same_state():
     reused = ActTextPlayer(make_partner("conceder"), seed=0)
     rng = np.random.default_rng(3)
