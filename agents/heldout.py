@@ -70,6 +70,8 @@ FAMILY_MEMBER_STREAM = 0x46414D49  # "FAMI"
 #: Added to the seed when the training families serve as validation partners.
 VALIDATION_SEED_OFFSET = 50_000
 CORPUS_FAMILY = "corpus_sl"
+#: The validation stand-in for the corpus partner (trained without the val.txt dialogues).
+VALIDATION_CORPUS_FAMILY = "corpus_sl_validation"
 DEFAULT_MEMBERS = 12
 
 
@@ -94,6 +96,10 @@ class PartnerFamily:
             partner = TimeDependentPartner(**params)
         elif kind == "pareto":
             partner = ParetoPartner(**params)
+        elif kind == "stochastic":
+            from parley.agents.partners.stochastic import StochasticPartner
+
+            partner = StochasticPartner(**params)
         else:
             partner = make_partner(kind, **params)
         partner.name = self.name
@@ -120,6 +126,12 @@ def _pareto(rng):
                       "rationality": _rationality(rng, (0.5, 0.7, 1.0, 1.4, 2.0))}
 
 
+def _stochastic(rng):
+    return "stochastic", {"accept_probability": rng.uniform(0.1, 0.4), "accept_slope": rng.uniform(0.0, 0.05),
+                          "walk_away_probability": rng.uniform(0.0, 0.1), "exponent": _log_uniform(rng, 0.3, 3.0),
+                          "reservation": rng.uniform(2, 7)}
+
+
 def _deadline_tactic(rng):
     return "time_dependent", {"exponent": _log_uniform(rng, 0.1, 10.0), "reservation": rng.uniform(2, 8),
                               "k": rng.uniform(0, 0.3), "deadline": rng.uniform(0.3, 0.9),
@@ -142,6 +154,7 @@ FAMILIES: dict[str, PartnerFamily] = {f.name: f for f in (
     PartnerFamily("tactic", "time-dependent tactic, random exponent, reservation and k", _tactic),
     PartnerFamily("fair_split", "even item split, random share", _fair),
     PartnerFamily("pareto", "Pareto-aware, uniform prior, random exponent, reservation and rationality", _pareto),
+    PartnerFamily("stochastic", "agrees and walks away at random, else a time-dependent tactic", _stochastic),
     PartnerFamily("deadline_tactic", "time-dependent tactic with its own deadline; wider exponents and "
                   "reservations", _deadline_tactic),
     PartnerFamily("tit_for_tat", "tit-for-tat, random reservation, opening concession and kindness", _tit_for_tat),
@@ -149,7 +162,7 @@ FAMILIES: dict[str, PartnerFamily] = {f.name: f for f in (
                   "deadline", _pareto_prior),
 )}
 #: Families training (and the choice of its settings) may use.
-TRAIN_FAMILIES = ("tactic", "fair_split", "pareto")
+TRAIN_FAMILIES = ("tactic", "fair_split", "pareto", "stochastic")
 #: Families read only for the final table (plus :data:`CORPUS_FAMILY` when a corpus partner is given).
 HELDOUT_FAMILIES = ("deadline_tactic", "tit_for_tat", "pareto_prior")
 
@@ -157,9 +170,9 @@ HELDOUT_FAMILIES = ("deadline_tactic", "tit_for_tat", "pareto_prior")
 def check_split(train: Sequence[str] = TRAIN_FAMILIES, heldout: Sequence[str] = HELDOUT_FAMILIES) -> None:
     """Raise ValueError unless both sets name known families and share none."""
     for name in (*train, *heldout):
-        if name not in FAMILIES and name != CORPUS_FAMILY:
+        if name not in (*FAMILIES, CORPUS_FAMILY, VALIDATION_CORPUS_FAMILY):
             raise ValueError(f"unknown partner family {name!r}; known families: {', '.join(FAMILIES)}, "
-                             f"{CORPUS_FAMILY}")
+                             f"{CORPUS_FAMILY}, {VALIDATION_CORPUS_FAMILY}")
     shared = sorted(set(train) & set(heldout))
     if shared:
         raise ValueError(f"families {shared} are both training and held-out families")
@@ -181,9 +194,9 @@ def family_groups(names: Sequence[str], *, members: int = DEFAULT_MEMBERS, seed:
     """One :class:`~parley.agents.evaluation.PartnerGroup` per family (``corpus_sl`` needs ``corpus_partner``)."""
     groups = {}
     for name in names:
-        if name == CORPUS_FAMILY:
+        if name in (CORPUS_FAMILY, VALIDATION_CORPUS_FAMILY):
             if corpus_partner is None:
-                raise ValueError(f"the {CORPUS_FAMILY} family needs a corpus partner (train_corpus_partner)")
+                raise ValueError(f"the {name} family needs a corpus partner (train_corpus_partner)")
             groups[name] = PartnerGroup(name, (corpus_partner,))
         else:
             groups[name] = PartnerGroup(name, tuple(family_members(name, members, seed)))
@@ -192,12 +205,17 @@ def family_groups(names: Sequence[str], *, members: int = DEFAULT_MEMBERS, seed:
 
 def corpus_test_contexts(corpus: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(counts, values) of every context in the corpus test split (``test.txt`` in ``corpus`` or beside it)."""
-    from parley.envs.contexts import load_contexts
-
     path = Path(corpus)
     path = path / "test.txt" if path.is_dir() else path.parent / "test.txt" if path.name != "test.txt" else path
+    return _split_contexts(path)
+
+
+def _split_contexts(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from parley.envs.contexts import load_contexts
+
     if not path.is_file():
-        raise FileNotFoundError(f"no corpus test split at {path} (give the corpus directory holding test.txt)")
+        split = {"test.txt": "test", "val.txt": "validation"}.get(path.name, path.stem)
+        raise FileNotFoundError(f"no corpus {split} split at {path} (give the corpus directory holding {path.name})")
     contexts = load_contexts(path, skip_invalid=True)
     if not contexts:
         raise ValueError(f"{path} holds no valid context")
@@ -206,17 +224,31 @@ def corpus_test_contexts(corpus: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return counts, values
 
 
-def train_corpus_partner(corpus: str | Path, *, epochs: int = 10, seed: int = 0, device: str = "cpu") -> Policy:
+def corpus_validation_contexts(corpus: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, values) of every context in the corpus validation split (``val.txt`` in ``corpus``)."""
+    return _split_contexts(Path(corpus) / "val.txt")
+
+
+def train_corpus_partner(corpus: str | Path, *, epochs: int = 10, seed: int = 0, device: str = "cpu",
+                         validation: bool = False) -> Policy:
     """The supervised corpus partner: behaviour cloning on the corpus's training dialogues, sampling its acts.
 
-    Dialogues of ``test.txt`` are left out (:func:`~parley.envs.corpus.load_corpus` drops them).
+    Dialogues of ``test.txt`` are left out (:func:`~parley.envs.corpus.load_corpus` drops them). With
+    ``validation`` the dialogues of ``val.txt`` are left out too and the partner is named
+    :data:`VALIDATION_CORPUS_FAMILY`: the stand-in for the held-out corpus partner that choosing
+    settings may use (it plays on the validation contexts, :func:`evaluate_validation`).
     """
     from parley.agents.training.supervised import SupervisedConfig, train_supervised
     from parley.envs.corpus import corpus_dataset, load_corpus
 
-    data = corpus_dataset(load_corpus(corpus))
+    dialogues = load_corpus(corpus)
+    if validation:
+        validation_keys = {d.key() for d in load_corpus(Path(corpus) / "val.txt", parse=False)}
+        dialogues = [d for d in dialogues if d.key() not in validation_keys]
+    data = corpus_dataset(dialogues)
     config = SupervisedConfig(epochs=epochs, seed=seed, device=device)
-    policy = train_supervised(data, config, name=CORPUS_FAMILY).policy
+    name = VALIDATION_CORPUS_FAMILY if validation else CORPUS_FAMILY
+    policy = train_supervised(data, config, name=name).policy
     policy.deterministic = False
     return policy
 
@@ -256,7 +288,8 @@ def _best(name: str, agent: EvalRow, scripted: Mapping[str, Sequence[EvalRow]], 
 def evaluate_heldout(policy: Policy, *, families: Sequence[str] | None = None, episodes: int = 200,
                      seed: int = 0, members: int = DEFAULT_MEMBERS, corpus: str | Path | None = None,
                      corpus_partner: Policy | None = None, scripted: str | Sequence[str] = "suite",
-                     max_turns: int = DEFAULT_MAX_TURNS) -> HeldoutReport:
+                     max_turns: int = DEFAULT_MAX_TURNS,
+                     corpus_contexts: tuple[np.ndarray, np.ndarray] | None = None) -> HeldoutReport:
     """The held-out table of ``policy``: each family's rows and the gap to the best scripted partner.
 
     ``families`` defaults to :data:`HELDOUT_FAMILIES` (plus ``corpus_sl`` when ``corpus_partner`` is
@@ -276,7 +309,10 @@ def evaluate_heldout(policy: Policy, *, families: Sequence[str] | None = None, e
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     groups = family_groups(families, members=members, seed=seed, corpus_partner=corpus_partner)
-    if corpus is not None:
+    if corpus_contexts is not None:
+        contexts = corpus_contexts
+        source = f"corpus ({len(contexts[0])} contexts)"
+    elif corpus is not None:
         contexts = corpus_test_contexts(corpus)
         source = f"corpus test split ({len(contexts[0])} contexts)"
     else:
@@ -291,6 +327,49 @@ def evaluate_heldout(policy: Policy, *, families: Sequence[str] | None = None, e
     names = [*families, ALL_PARTNERS_ROW]
     results = {name: _best(name, agent_rows[i], scripted_rows, i) for i, name in enumerate(names)}
     return HeldoutReport(results, scripted_rows, source, episodes, members, seed)
+
+
+def pool_rows(rows: Sequence[EvalRow], name: str = ALL_PARTNERS_ROW) -> EvalRow:
+    """One row over every game of ``rows`` (means weighted by games; Pareto % by deals)."""
+    games = np.array([r.games for r in rows], dtype=np.float64)
+    deals = games * np.array([r.agreement for r in rows])
+
+    def mean(field: str, weights: np.ndarray) -> float:
+        values = np.array([getattr(r, field) for r in rows], dtype=np.float64)
+        keep = weights > 0
+        return float(np.average(values[keep], weights=weights[keep])) if keep.any() else math.nan
+
+    return EvalRow(name, int(games.sum()), *(mean(f, games) for f in ("score", "partner_score", "joint", "agreement")),
+                   mean("pareto", deals), mean("nash_product", games), mean("turns", games))
+
+
+def evaluate_validation(policy: Policy, *, episodes: int = 200, seed: int = 0, members: int = DEFAULT_MEMBERS,
+                        corpus: str | Path | None = None, corpus_partner: Policy | None = None,
+                        scripted: str | Sequence[str] = "suite", max_turns: int = DEFAULT_MAX_TURNS) -> HeldoutReport:
+    """The table settings are chosen on: the training families on validation games, gap per family.
+
+    Members and contexts come from ``seed + VALIDATION_SEED_OFFSET`` (other members and games than
+    training draws). With ``corpus_partner`` (:func:`train_corpus_partner` with ``validation=True``)
+    and ``corpus``, that partner joins as :data:`VALIDATION_CORPUS_FAMILY`, playing on the contexts of
+    the corpus validation split; ``"all"`` then pools every game.
+    """
+    seed = seed + VALIDATION_SEED_OFFSET
+    common = dict(episodes=episodes, seed=seed, members=members, scripted=scripted, max_turns=max_turns)
+    report = evaluate_heldout(policy, families=list(TRAIN_FAMILIES), **common)
+    if corpus_partner is None:
+        return report
+    if corpus is None:
+        raise ValueError("the validation corpus partner plays on the corpus validation contexts: give corpus")
+    corpus_report = evaluate_heldout(policy, families=[VALIDATION_CORPUS_FAMILY], corpus_contexts=corpus_validation_contexts(corpus),
+                                     corpus_partner=corpus_partner, **common)
+    rows = {name: result for name, result in report.rows.items() if name != ALL_PARTNERS_ROW}
+    rows[VALIDATION_CORPUS_FAMILY] = corpus_report.rows[VALIDATION_CORPUS_FAMILY]
+    scripted_rows = {name: [*report.scripted[name][:-1], corpus_report.scripted[name][0]] for name in report.scripted}
+    scripted_rows = {name: [*each, pool_rows(each)] for name, each in scripted_rows.items()}
+    agent_all = pool_rows([result.agent for result in rows.values()])
+    rows[ALL_PARTNERS_ROW] = _best(ALL_PARTNERS_ROW, agent_all, scripted_rows, len(rows))
+    return HeldoutReport(rows, scripted_rows, f"{report.contexts}; {corpus_report.contexts} for "
+                         f"{VALIDATION_CORPUS_FAMILY}", episodes, members, seed)
 
 
 def heldout_table(report: HeldoutReport, title: str = "Held-out partner families"):

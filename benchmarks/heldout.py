@@ -4,6 +4,7 @@
     python benchmarks/heldout.py --policy runs/NAME     # evaluate a policy trained before
     python benchmarks/heldout.py --train "framework=native,iterations=60"   # other training settings
     python benchmarks/heldout.py --no-corpus --no-append --episodes 50      # a quick look, print only
+    python benchmarks/heldout.py --policy runs/NAME --protocol validation    # the table settings are chosen on
 
 The protocol is :func:`parley.agents.heldout.evaluate_heldout`: the held-out partner families (random
 parameters per member), and with the corpus (default: the shared copy, when present) contexts from its
@@ -12,7 +13,9 @@ the suite plays the same games in the agent's seat; the table shows, per family,
 the best scripted partner's score and the gap, then the agent's and the best scripted partner's
 agreement, Pareto-optimal share of deals and Nash product over all families. It writes its section of
 ``benchmarks/RESULTS.md`` (replacing the one an earlier run wrote) with the command, the machine and the
-training time.
+training time. ``--protocol validation`` plays the training families on their validation games instead
+(and, with the corpus, a corpus partner trained without ``val.txt`` on the validation contexts): the
+table for choosing settings, written to a section of its own.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from common import machine, parse_overrides, write_results_section  # noqa: E402
 from parley.agents.heldout import (  # noqa: E402
     CORPUS_FAMILY,
     HELDOUT_FAMILIES,
+    VALIDATION_CORPUS_FAMILY,
     evaluate_heldout,
+    evaluate_validation,
     heldout_table,
     train_corpus_partner,
 )
@@ -52,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=12, help="partners drawn per family")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=Path, default=Path("runs") / "bench-heldout", help="where training writes its run")
+    p.add_argument("--protocol", choices=("heldout", "validation"), default="heldout",
+                   help="heldout: the final table; validation: the training families' validation games")
     p.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
     return p.parse_args(argv)
 
@@ -107,24 +114,35 @@ def main(argv: list[str] | None = None) -> None:
     policy = load_policy(policy_path, device="cpu")
     corpus = None if args.no_corpus else (args.corpus or (DEFAULT_CORPUS if (DEFAULT_CORPUS / "test.txt").is_file()
                                                             else None))
-    corpus_partner = train_corpus_partner(corpus, seed=args.seed) if corpus is not None else None
-    families = [*HELDOUT_FAMILIES, *([CORPUS_FAMILY] if corpus_partner is not None else [])]
-    report = evaluate_heldout(policy, families=families, episodes=args.episodes, seed=args.seed,
-                              members=args.members, corpus=corpus, corpus_partner=corpus_partner)
+    validation = args.protocol == "validation"
+    corpus_partner = (train_corpus_partner(corpus, seed=args.seed, validation=validation)
+                      if corpus is not None else None)
+    if validation:
+        report = evaluate_validation(policy, episodes=args.episodes, seed=args.seed, members=args.members,
+                                     corpus=corpus, corpus_partner=corpus_partner)
+    else:
+        families = [*HELDOUT_FAMILIES, *([CORPUS_FAMILY] if corpus_partner is not None else [])]
+        report = evaluate_heldout(policy, families=families, episodes=args.episodes, seed=args.seed,
+                                  members=args.members, corpus=corpus, corpus_partner=corpus_partner)
     from rich.console import Console
 
-    Console(width=160).print(heldout_table(report, title=f"{agent_name} vs held-out partner families"))
+    which = "training families, validation games" if validation else "held-out partner families"
+    Console(width=160).print(heldout_table(report, title=f"{agent_name} vs {which}"))
     table = markdown(report, agent_name)
     print(table)
     elapsed = (time.perf_counter() - started) / 60
     print(f"total {elapsed:.1f} min")
     if args.no_append:
         return
+    stand_in = (f" ({VALIDATION_CORPUS_FAMILY}: trained without the val.txt and test.txt dialogues, playing on "
+                "the val.txt contexts)" if validation and corpus_partner is not None else "")
     note = (f"{train_note}Contexts: {report.contexts}; {args.episodes} games per family, {args.members} partners "
-            f"drawn per family (seed {args.seed}); the corpus partner samples its acts. Scores are points out of "
-            "10 (no deal: 0), greedy agent; every scripted partner plays the same games in the agent's seat. "
-            f"Total {elapsed:.1f} min.")
-    write_results_section("Held-out partner families: parley train vs the scripted suite", machine(), note, table)
+            f"drawn per family (seed {report.seed}); the corpus partner samples its acts{stand_in}. Scores are "
+            "points out of 10 (no deal: 0), greedy agent; every scripted partner plays the same games in the "
+            f"agent's seat. Total {elapsed:.1f} min.")
+    section = ("Validation partner families: parley train vs the scripted suite" if validation
+               else "Held-out partner families: parley train vs the scripted suite")
+    write_results_section(section, machine(), note, table)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,11 @@ def train_command(
     backbone_config: str | None = typer.Option(None, "--backbone-config", show_default="the backbone's own",
                                                help="Backbone options as inline YAML, e.g. '{d_model: 32}'."),
     partners: str = typer.Option(",".join(DEFAULTS.partners), "--partners", "-p",
-                                 help="Comma-separated scripted partners drawn per episode, or 'suite'."),
+                                 help="Comma-separated population drawn per episode: scripted partners ('suite': "
+                                      "all) and training families as family:NAME (tactic, fair_split, pareto, "
+                                      "stochastic)."),
+    family_members: int = typer.Option(DEFAULTS.family_members, "--family-members", min=1,
+                                       help="Partners with drawn parameters each family:NAME entry adds."),
     self_play: bool = typer.Option(DEFAULTS.self_play, "--self-play/--no-self-play",
                                    help="Self-play against a league of frozen snapshots (RLlib)."),
     independent: bool = typer.Option(DEFAULTS.independent, "--independent/--no-independent",
@@ -92,7 +96,7 @@ def train_command(
             raise typer.BadParameter("must be a mapping, e.g. '{d_model: 32, n_layers: 2}'",
                                      param_hint="--backbone-config")
     values = dict(framework=framework, backbone=backbone, backbone_config=parsed_backbone_config,
-                  partners=partners, self_play=self_play, independent=independent, iterations=iterations,
+                  partners=partners, family_members=family_members, self_play=self_play, independent=independent, iterations=iterations,
                   timesteps=timesteps, num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs,
                   address=address, device=device, out=None if out is None else str(out), resume=resume, seed=seed,
                   init_from=None if init_from is None else str(init_from), adapters=adapters,
@@ -136,10 +140,13 @@ def eval_command(
     protocol: str = typer.Option("suite", "--protocol",
                                  help="suite: the scripted partners of --partners; heldout: the held-out partner "
                                       "families (parley.agents.heldout), with the best scripted partner on the "
-                                      "same games and the gap."),
+                                      "same games and the gap; validation: the same table on the training "
+                                      "families' validation games, for choosing settings."),
     corpus: Path | None = typer.Option(None, "--corpus",
                                        help="With --protocol heldout: a corpus directory; contexts come from its "
-                                            "test.txt and a supervised corpus partner joins the families."),
+                                            "test.txt and a supervised corpus partner joins the families. With "
+                                            "--protocol validation: a partner trained without val.txt plays on "
+                                            "its contexts."),
     members: int = typer.Option(12, "--members", min=1,
                                 help="With --protocol heldout: partners drawn per family."),
 ) -> None:
@@ -148,37 +155,44 @@ def eval_command(
     from parley.agents.nn.torch_policy import load_policy
     from parley.agents.partners.pool import resolve_partner_names
 
-    if protocol not in ("suite", "heldout"):
-        raise typer.BadParameter(f"unknown protocol {protocol!r}; use suite or heldout", param_hint="--protocol")
-    if corpus is not None and protocol != "heldout":
-        raise typer.BadParameter("--corpus is read by --protocol heldout only", param_hint="--corpus")
+    if protocol not in ("suite", "heldout", "validation"):
+        raise typer.BadParameter(f"unknown protocol {protocol!r}; use suite, heldout or validation",
+                                 param_hint="--protocol")
+    if corpus is not None and protocol == "suite":
+        raise typer.BadParameter("--corpus is read by --protocol heldout and validation only", param_hint="--corpus")
     try:
         names = resolve_partner_names(partners)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--partners") from None
     if not Path(path).exists():
         raise typer.BadParameter(f"no run, checkpoint or policy at {path}", param_hint="PATH")
-    if corpus is not None and not (corpus / "test.txt").is_file():
-        raise typer.BadParameter(f"{corpus} holds no test.txt (the corpus test split)", param_hint="--corpus")
+    split = "val.txt" if protocol == "validation" else "test.txt"
+    if corpus is not None and not (corpus / split).is_file():
+        raise typer.BadParameter(f"{corpus} holds no {split} (the corpus {protocol} split)", param_hint="--corpus")
     try:
         policy = load_policy(path)
     except (ValueError, FileNotFoundError) as err:
         raise typer.BadParameter(str(err), param_hint="PATH") from None
-    if protocol == "heldout":
+    if protocol in ("heldout", "validation"):
         from parley.agents.heldout import (
             evaluate_heldout,
+            evaluate_validation,
             heldout_table,
             train_corpus_partner,
             write_heldout_csv,
         )
 
+        validation = protocol == "validation"
         corpus_partner = None
         if corpus is not None:
-            console.print(f"training the supervised corpus partner on {corpus} (test dialogues left out)")
-            corpus_partner = train_corpus_partner(corpus, seed=seed)
-        report = evaluate_heldout(policy, episodes=episodes, seed=seed, members=members, corpus=corpus,
-                                  corpus_partner=corpus_partner, max_turns=max_turns)
-        console.print(heldout_table(report, title=f"{path}: greedy policy vs held-out partner families"))
+            console.print(f"training the supervised corpus partner on {corpus} (test dialogues"
+                          f"{' and val.txt' if validation else ''} left out)")
+            corpus_partner = train_corpus_partner(corpus, seed=seed, validation=validation)
+        evaluate = evaluate_validation if validation else evaluate_heldout
+        report = evaluate(policy, episodes=episodes, seed=seed, members=members, corpus=corpus,
+                          corpus_partner=corpus_partner, max_turns=max_turns)
+        which = "training families, validation games" if validation else "held-out partner families"
+        console.print(heldout_table(report, title=f"{path}: greedy policy vs {which}"))
         if out is not None:
             console.print(f"wrote {write_heldout_csv(report, out, policy=path)}")
         return

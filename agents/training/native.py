@@ -94,12 +94,12 @@ def build_learner(config: TrainConfig, device: str):
 
 def train_native(config: TrainConfig, run: Path, *, console=None, on_iteration=None) -> TrainResult:
     from parley.agents.nn.torch_policy import TorchPolicy
-    from parley.agents.partners.scripted import make_partner
+    from parley.agents.training.population import build_population
     from parley.agents.training.ppo import train_ppo
     from parley.utils import resolve_device
 
     device = resolve_device(config.device)
-    partners = [make_partner(name, seed=config.seed * 7919 + i) for i, name in enumerate(config.partners)]
+    partners = build_population(config.partners, family_members=config.family_members, seed=config.seed)
     iteration = env_steps = 0
     elapsed_before = 0.0
     optimizer_state = None

@@ -162,7 +162,7 @@ def build_algorithm_config(config: TrainConfig, backbone: str, backbone_config: 
                                        league_threshold=config.league_threshold)
     if config.setup == "independent":
         return setups.independent_learners_config(**common)
-    return setups.partner_pool_config(config.partners, **common)
+    return setups.partner_pool_config(config.partners, family_members=config.family_members, **common)
 
 
 def trained_modules(config: TrainConfig) -> list[str]:

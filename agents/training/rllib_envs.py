@@ -349,18 +349,23 @@ def multi_agent_env_creator(config: dict[str, Any]) -> NegotiationMultiAgentEnv:
 
 
 def partner_pool_env_creator(config: dict[str, Any]) -> gym.Env | gym.vector.VectorEnv:
-    """The learner-vs-scripted-partners env; the batched vector env of ``num_envs`` games when RLlib asks."""
-    from parley.agents.partners.pool import make_pool_env
+    """The learner-vs-partner-population env; the batched vector env of ``num_envs`` games when RLlib asks.
+
+    ``config`` holds the population (``partners``, ``family_members``, ``partner_seed``; see
+    :mod:`parley.agents.training.population`) and the env's own keyword arguments.
+    """
+    from parley.agents.training.population import build_population, make_population_env
 
     config = dict(config)
-    partners = config.pop("partners")
+    population = dict(partners=config.pop("partners"), family_members=int(config.pop("family_members", 1)),
+                      seed=int(config.pop("partner_seed", 0)))
     num_envs = config.pop("num_envs", None)
     if num_envs is None:
         config.pop("reward_scale", None)  # RLlib only probes the single env for its spaces
-        return make_pool_env(partners, **config)
-    from parley.agents.partners.pool import PartnerPoolVectorEnv, resolve_partner_names
+        return make_population_env(**population, **config)
+    from parley.agents.partners.pool import PartnerPoolVectorEnv
 
-    return PartnerPoolVectorEnv(int(num_envs), resolve_partner_names(partners), **config)
+    return PartnerPoolVectorEnv(int(num_envs), build_population(**population), **config)
 
 
 def register_rllib_envs() -> None:

@@ -225,8 +225,10 @@ def _base_config(settings: PPOSettings, *, seed: int, device: str) -> PPOConfig:
 
 def partner_pool_config(partners: list[str], *, backbone: str = "mlp", backbone_config: dict | None = None,
                         settings: PPOSettings | None = None, seed: int = 0, device: str = "cpu",
-                        trainable: str = "all") -> PPOConfig:
-    """Setup 1: one learner against scripted partners drawn per episode from ``partners``."""
+                        trainable: str = "all", family_members: int = 1) -> PPOConfig:
+    """Setup 1: one learner against partners drawn per episode from ``partners`` (scripted names and
+    ``family:NAME`` entries, each adding ``family_members`` partners; see
+    :mod:`parley.agents.training.population`)."""
     settings = settings or PPOSettings()
     if not partners:
         raise ValueError("the partner pool is empty; name at least one scripted partner")
@@ -235,7 +237,8 @@ def partner_pool_config(partners: list[str], *, backbone: str = "mlp", backbone_
     fragment = max(1, settings.train_batch_size // (envs * runners))
     return (
         _base_config(settings, seed=seed, device=device)
-        .environment(PARTNER_POOL_ENV, env_config={"partners": list(partners), "max_turns": settings.max_turns,
+        .environment(PARTNER_POOL_ENV, env_config={"partners": list(partners), "family_members": family_members,
+                                                   "partner_seed": seed, "max_turns": settings.max_turns,
                                                    "reward_scale": settings.reward_scale})
         .env_runners(num_envs_per_env_runner=envs, gym_env_vectorize_mode="vector_entry_point",
                      rollout_fragment_length=fragment, env_runner_cls=PartnerPoolEnvRunner)

@@ -51,6 +51,8 @@ DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat
 #: decisions, about 200,000 games): against the default partners this is where the policy passes the
 #: best scripted partner on the training families' validation games by about one point (docs/training.md).
 DEFAULT_TIMESTEPS = 550_000
+#: Partners a ``family:NAME`` entry of ``--partners`` adds to the population (parley.agents.training.population).
+DEFAULT_FAMILY_MEMBERS = 6
 DEFAULT_LR = 1e-3
 # A few hundred adapter weights want a larger step than a whole network (docs/studies/compacter.md).
 DEFAULT_ADAPTER_LR = 1e-2
@@ -73,6 +75,7 @@ class TrainConfig:
     backbone: str = "mlp"
     backbone_config: dict[str, Any] = field(default_factory=dict)
     partners: list[str] = field(default_factory=lambda: list(DEFAULT_PARTNERS))
+    family_members: int = DEFAULT_FAMILY_MEMBERS  # partners drawn per family:NAME entry of partners
     self_play: bool = False
     independent: bool = False
     iterations: int | None = None
@@ -146,6 +149,7 @@ class TrainConfig:
         """Check every setting; return a copy with defaults filled in (partners expanded, out chosen)."""
         from parley.agents.nn.backbones import backbone_config, list_backbones
         from parley.agents.partners.pool import resolve_partner_names
+        from parley.agents.training.population import resolve_population
         from parley.utils import resolve_device
 
         if self.framework not in FRAMEWORKS:
@@ -167,7 +171,7 @@ class TrainConfig:
             except (TypeError, ValueError) as err:
                 raise TrainConfigError(str(err)) from None
         try:
-            partners = resolve_partner_names(self.partners)
+            partners = resolve_population(self.partners)
             if self.eval_partners != "suite":
                 resolve_partner_names(self.eval_partners)
         except ValueError as err:

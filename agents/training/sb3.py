@@ -223,11 +223,12 @@ class _SB3Run:
 
 
 def make_sb3_env(config: TrainConfig) -> DummyVecEnv:
-    from parley.agents.partners.pool import make_pool_env
+    from parley.agents.training.population import make_population_env
 
     def make(index: int):
         def build():
-            env = make_pool_env(config.partners, max_turns=config.max_turns)
+            env = make_population_env(config.partners, family_members=config.family_members, seed=config.seed,
+                                      max_turns=config.max_turns)
             env.reset(seed=config.seed * 1000 + index)
             # The same reward scale as the RLlib setups; infos keep the points.
             return gym.wrappers.TransformReward(env, lambda reward: reward * config.reward_scale)
