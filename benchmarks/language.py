@@ -20,8 +20,9 @@ import multiprocessing
 import time
 
 import numpy as np
-from common import append_results, machine
+from common import machine, write_results_section
 
+from parley.agents.lm.player import LanguageModelPlayer
 from parley.agents.partners.scripted import list_partners
 from parley.envs.negotiation import sample_context
 from parley.envs.negotiation_text_v0 import TextNegotiationState
@@ -44,11 +45,20 @@ def play_games(players, contexts, first_players) -> list[dict]:
     return out
 
 
+SELF_OWN_PICK = "self, each side selecting with the model alone"
+
+
 def pairing_row(model_dir: str, partner: str, games: int, seed: int) -> list[str]:
+    """The model against ``partner`` (a scripted partner's name, "self", or :data:`SELF_OWN_PICK`: itself,
+    both sides selecting with the network after ``<selection>`` rather than reading the deal)."""
     rng = np.random.default_rng(seed)
     contexts = [sample_context(rng) for _ in range(games)]
-    model = make_text_player(model_dir, seed=seed)
-    other = make_text_player(model_dir, seed=seed + 1) if partner == "self" else make_text_player(partner, seed=seed)
+    if partner == SELF_OWN_PICK:
+        model = LanguageModelPlayer.load(model_dir, seed=seed, read_deal=False)
+        other = LanguageModelPlayer.load(model_dir, seed=seed + 1, read_deal=False)
+    else:
+        model = make_text_player(model_dir, seed=seed)
+        other = make_text_player(model_dir, seed=seed + 1) if partner == "self" else make_text_player(partner, seed=seed)
     results = []
     for swap in (0, 1):  # the model plays seat 0, then seat 1 with the roles swapped
         ctxs = contexts if not swap else [c.swapped() for c in contexts]
@@ -104,7 +114,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     training = json.loads((Path(args.model) / "lm.json").read_text()).get("training", {})
-    rows = [pairing_row(args.model, partner, args.games, args.seed) for partner in ["self", *list_partners()]]
+    pairings = ["self", SELF_OWN_PICK, *list_partners()]
+    rows = [pairing_row(args.model, partner, args.games, args.seed) for partner in pairings]
     header = ["partner", "games", "model score", "partner score", "agreement %", "Pareto % of deals",
               "unparsed utterances %"]
     table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
@@ -117,10 +128,12 @@ def main() -> None:
     note = (f"Model: {args.model}, trained {training.get('minutes', float('nan')):.1f} min on "
             f"{training.get('train_views', '?')} dialogue views, validation perplexity "
             f"{training.get('valid_perplexity', float('nan')):.2f}; sampled contexts, seed {args.seed}, the model in "
-            "each seat for every context. Scores are the model's and the partner's mean points (0 without a deal).")
+            "each seat for every context. Scores are the model's and the partner's mean points (0 without a deal). "
+            "The model selects the deal it reads from the talk with the corpus parser, or its own pick when it reads "
+            f"none; the row '{SELF_OWN_PICK}' selects with the network alone.")
     print(table)
     if not args.no_append:
-        append_results("Text negotiation: the dialogue model and the text env", machine(), note, table)
+        write_results_section("Text negotiation: the dialogue model and the text env", machine(), note, table)
 
 
 if __name__ == "__main__":
