@@ -643,8 +643,9 @@ def _context_outcomes(ctx: Context) -> tuple[tuple[tuple[float, float], ...], tu
 class ObservationLayout:
     """Where each field sits in the observation vector for a given ``max_turns``.
 
-    Every observation is written through these names: :class:`NegotiationState` updates its vectors
-    field by field, :class:`BatchedNegotiation` joins its columns with :meth:`assemble`.
+    Every observation is written through these names: :class:`NegotiationState` and
+    :class:`BatchedNegotiation` update both seats' vectors field by field as acts are applied;
+    :meth:`assemble` joins whole columns into vectors.
     """
 
     max_turns: int = DEFAULT_MAX_TURNS
@@ -1043,7 +1044,8 @@ class BatchedNegotiation:
         players = np.asarray(players, dtype=np.int64).reshape(-1)
         n = self.batch_size if rows is None else len(rows)
         if players.shape != (n,) or (n and (players.min() < 0 or players.max() > 1)):
-            raise ValueError(f"players must hold one seat (0 or 1) per game, {n} in all; got {players!r}")
+            raise ValueError(f"players must hold one seat (0 or 1) per game, {n} in all; got shape {players.shape}"
+                             f"{f', values {players.min()}..{players.max()}' if players.size else ''}")
         flat_rows = players + (2 * np.arange(n) if rows is None else 2 * np.asarray(rows, dtype=np.int64))
         return np.take(self._seat_obs_flat, flat_rows, axis=0)
 

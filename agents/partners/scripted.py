@@ -301,7 +301,8 @@ class ScriptedPartner(BatchPolicy):
         """(B,) split indices to propose."""
         return _closest_above(view.own_split_utilities, feasible, target, self.tie_break(view))
 
-    #: Rows decided per pass: keeps the (rows, 125) working arrays in cache at large batches.
+    #: Rows decided per pass at large batches (the tables need no (rows, 125) working arrays, so passes
+    #: can be large).
     chunk_size = 4096
 
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
