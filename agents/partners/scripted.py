@@ -702,20 +702,24 @@ class ParetoPartner(TimeDependentPartner):
         # Walk the splits from the highest own utility down (a fixed order per context): a split is on the
         # frontier when it beats, for the partner, every split worth strictly more to self and no split
         # worth the same to self is better for the partner.
-        # Per-row gathers as flat takes (row offset + column): the same values as take_along_axis, cheaper.
+        # Only the ranked positions of splits that fit can be on the frontier (the others rank last), so
+        # the walk covers the widest such prefix among these rows. Per-row gathers are flat takes (row
+        # offset + column): the same values as take_along_axis, cheaper.
+        width = int(table.fit_count[rows].max()) if len(rows) else 0
         row_base = (np.arange(len(rows)) * NUM_SPLITS)[:, None]
-        order = table.order[rows] + row_base
+        order = table.order[rows, :width] + row_base
         ranked = partner.reshape(-1)[order]
-        usable = table.sorted_feasible[rows] & np.ascontiguousarray(feasible).reshape(-1)[order]
+        usable = table.sorted_feasible[rows, :width] & np.ascontiguousarray(feasible).reshape(-1)[order]
         ranked = np.where(usable, ranked, -np.inf)
         best_so_far = np.maximum.accumulate(ranked, axis=1).reshape(-1)
-        start, end = table.level_start[rows], table.level_end[rows]
-        above = np.where(start > 0, best_so_far[np.maximum(start - 1, 0) + row_base], -np.inf)
-        level_best = best_so_far[end + row_base]
+        ranked_base = (np.arange(len(rows)) * width)[:, None]
+        start, end = table.level_start[rows, :width], table.level_end[rows, :width]
+        above = np.where(start > 0, best_so_far[np.maximum(start - 1, 0) + ranked_base], -np.inf)
+        level_best = best_so_far[np.minimum(end, width - 1) + ranked_base]  # past a row's fits: unusable anyway
         on_front = usable & (ranked > above + _PARTNER_TIE) & (ranked >= level_best - _PARTNER_TIE)
-        frontier = np.zeros(on_front.size, dtype=bool)
+        frontier = np.zeros(len(rows) * NUM_SPLITS, dtype=bool)
         frontier[order] = on_front
-        return frontier.reshape(on_front.shape)
+        return frontier.reshape(len(rows), NUM_SPLITS)
 
     def choose_splits(self, view: ObservationView, feasible: np.ndarray, target: np.ndarray) -> np.ndarray:
         frontier = self.believed_frontier(view, feasible)
@@ -887,7 +891,8 @@ class _BeliefTable:
     ``valid`` (N, K); ``log_norm`` (N, K) = log sum over feasible splits of exp(rationality * utility).
     ``order`` (N, 125) lists split indices by decreasing own utility (infeasible last);
     ``sorted_feasible`` follows that order; ``level_start`` / ``level_end`` give, per ranked position,
-    the first and last position holding the same own utility.
+    the first and last position holding the same own utility; ``fit_count`` (N,) how many splits fit
+    (they come first in ``order``).
     """
 
     lookup: np.ndarray
@@ -898,6 +903,7 @@ class _BeliefTable:
     sorted_feasible: np.ndarray
     level_start: np.ndarray
     level_end: np.ndarray
+    fit_count: np.ndarray
 
 
 @functools.lru_cache(maxsize=16)
@@ -937,7 +943,8 @@ def _belief_table(rationality: float) -> _BeliefTable:
         last = np.r_[ranked_level[1:] != ranked_level[:-1], True]
         level_end[row] = np.minimum.accumulate(np.where(last, np.arange(NUM_SPLITS), NUM_SPLITS)[::-1])[::-1]
         lookup[int(_context_key(np.array(counts), np.array(own)))] = row
-    return _BeliefTable(lookup, candidates, valid, log_norm, order, sorted_feasible, level_start, level_end)
+    return _BeliefTable(lookup, candidates, valid, log_norm, order, sorted_feasible, level_start, level_end,
+                        sorted_feasible.sum(axis=1))
 
 
 #: The choose_splits rules that are :func:`_closest_above` over the splits that fit, answered by the tables.
