@@ -114,13 +114,18 @@ class ObservationView:
         self.max_turns = self.layout.max_turns
         self.observations = obs
 
-    # Fields are decoded on first use, all integer fields in one pass: a partner pays once for what it reads.
-    @functools.cached_property
-    def _all_ints(self) -> np.ndarray:
-        return np.rint(self.observations).astype(np.int64)
+    # Fields are decoded on first use: a partner pays only for what it reads. Partners that read most
+    # fields decode them all in one pass first (decode_all).
+    def decode_all(self) -> ObservationView:
+        """Decode every integer field in one pass (cheaper than field by field when most are read)."""
+        self._all_ints = np.rint(self.observations).astype(np.int64)
+        return self
 
     def _ints(self, where: slice | int) -> np.ndarray:
-        return self._all_ints[:, where]
+        decoded = self.__dict__.get("_all_ints")
+        if decoded is None:
+            return np.rint(self.observations[:, where]).astype(np.int64)
+        return decoded[:, where]
 
     @functools.cached_property
     def counts(self) -> np.ndarray:
@@ -314,6 +319,7 @@ class ScriptedPartner(BatchPolicy):
 
     def _act_chunk(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         view, masks = _check_batch(observations, action_masks)
+        view.decode_all()
         target = np.asarray(self.targets(view), dtype=np.float64)
         splits = self._proposal_splits(view, masks, target)
         offset = INSIST_OFFSET if self.insist else PROPOSE_OFFSET
