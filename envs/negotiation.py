@@ -886,9 +886,7 @@ class BatchedNegotiation:
         self.walked_away_by = np.full(b, -1, dtype=np.int64)
         # Both seats' observation vectors, kept up to date by reset_games and apply_actions (as the scalar
         # state does): reading observations is then one gather instead of assembling every field anew.
-        # Row 2 i + p of the flat view is game i seen by seat p.
         self._seat_obs = np.zeros((b, 2, self.layout.size), dtype=np.float32)
-        self._seat_obs_flat = self._seat_obs.reshape(2 * b, self.layout.size)
 
     def reset_games(self, idx: np.ndarray, counts: np.ndarray, values: np.ndarray, first_player: np.ndarray) -> None:
         """Start new games at indices ``idx`` with the given contexts and first movers."""
@@ -918,6 +916,12 @@ class BatchedNegotiation:
         fresh[:, :, lay.values] = values
         fresh[:, :, lay.moved_first] = self.first_player[idx, None] == (0, 1)
         self._seat_obs[idx] = fresh
+
+    @property
+    def _seat_obs_flat(self) -> np.ndarray:
+        """(2 B, D) view of both seats' observations: row 2 i + p is game i seen by seat p. Derived on use
+        rather than stored, so that copies and pickles of the game keep a single array."""
+        return self._seat_obs.reshape(2 * self.batch_size, self.layout.size)
 
     def partner_has_offer(self) -> np.ndarray:
         """(B,) whether the last proposal on the table is the current player's partner's."""

@@ -220,6 +220,22 @@ def test_kept_observations_equal_assembled_ones_over_many_games(max_turns):
     assert checked >= 60 * batch
 
 
+def test_copied_and_pickled_games_keep_their_observations_in_step():
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(11)
+    game = BatchedNegotiation(64)
+    counts, values = sample_context_arrays(rng, 64)
+    game.reset_games(np.arange(64), counts, values, rng.integers(2, size=64))
+    players = UniformLegal(seed=2)
+    for clone in (copy.deepcopy(game), pickle.loads(pickle.dumps(game))):
+        for _ in range(4):
+            clone.apply_actions(players.act_batch(clone.observations(clone.current_player), clone.legal_masks()))
+            seats = clone.current_player
+            np.testing.assert_array_equal(clone.observations(seats), assembled_observations(clone, seats))
+
+
 def test_observations_reject_seats_other_than_0_and_1():
     game = BatchedNegotiation(2)
     with pytest.raises(ValueError, match="0 or 1"):
