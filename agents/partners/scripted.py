@@ -658,7 +658,9 @@ class ParetoPartner(TimeDependentPartner):
         base = MAX_ITEM_COUNT * turns + 1
         keys = ((table_rows * base + kept_total[:, 0]) * base + kept_total[:, 1]) * base + kept_total[:, 2]
         keys = (keys * (turns + 1) + is_offer.sum(axis=1)) * _NUM_THRESHOLDS + _utility_thresholds(target)
-        memo_key = (self.rationality, None if self.prior is None else tuple(self.prior), id(self._table), turns)
+        if self.__dict__.get("_memos_table") is not self._table:  # answers hold for one belief table only
+            self._memos, self._memos_table = {}, self._table
+        memo_key = (self.rationality, None if self.prior is None else tuple(self.prior), turns)
         memo = self._memos.setdefault(memo_key, _AnswerMemo())
 
         splits = np.zeros(view.batch_size, dtype=np.int64)
