@@ -14,6 +14,9 @@ tactic             train   time-dependent tactic, exponent e log-uniform in [0.2
 fair_split         train   asks for a share in [0.4, 0.7] of its value with an even item split
 pareto             train   Pareto-aware, uniform prior, e in [0.3, 3], reservation in [3, 7],
                            rationality one of 0.5, 0.7, 1, 1.4, 2
+stochastic         train   agrees to an offer with probability in [0.1, 0.4] (+ up to 0.05 per point above
+                           its reservation), walks away with probability in [0, 0.1], else a
+                           time-dependent tactic (e log-uniform in [0.3, 3], reservation in [2, 7])
 deadline_tactic    held    time-dependent tactic with its own deadline in [0.3, 0.9] of the game,
                    out     e log-uniform in [0.1, 10], reservation in [2, 8], k in [0, 0.3], final
                            offers accepted or not
@@ -27,7 +30,9 @@ corpus_sl          held    the supervised partner trained on the corpus's traini
 =================  ======  ==========================================================================
 
 Validation: settings are chosen on the training families with :data:`VALIDATION_SEED_OFFSET` added to
-the seed (other members, other contexts); the held-out families are read for the final table.
+the seed (other members, other contexts) and, with a corpus, on a stand-in for the corpus partner
+trained without the ``val.txt`` dialogues, playing on the ``val.txt`` contexts
+(:func:`evaluate_validation`); the held-out families are read for the final table.
 
 Contexts: from the corpus test split (``test.txt``, :func:`corpus_test_contexts`) when a corpus is
 given; otherwise generated from a stream of their own (:data:`HELDOUT_CONTEXT_STREAM`), separate from
@@ -59,9 +64,10 @@ from parley.agents.evaluation import ALL_PARTNERS_ROW, EvalRow, PartnerGroup, ev
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, sample_context_arrays
 from parley.envs.policy import Policy
 
-__all__ = ["CORPUS_FAMILY", "FAMILIES", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "VALIDATION_SEED_OFFSET",
-           "FamilyResult", "HeldoutReport", "PartnerFamily", "check_split", "corpus_test_contexts",
-           "evaluate_heldout", "family_groups", "family_members", "heldout_table", "train_corpus_partner",
+__all__ = ["CORPUS_FAMILY", "FAMILIES", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "VALIDATION_CORPUS_FAMILY",
+           "VALIDATION_SEED_OFFSET", "FamilyResult", "HeldoutReport", "PartnerFamily", "check_split",
+           "corpus_test_contexts", "corpus_validation_contexts", "evaluate_heldout", "evaluate_validation",
+           "family_groups", "family_members", "heldout_table", "pool_rows", "train_corpus_partner",
            "write_heldout_csv"]
 
 #: Seed-sequence tags that keep the protocol's random streams apart from training's.
@@ -294,8 +300,9 @@ def evaluate_heldout(policy: Policy, *, families: Sequence[str] | None = None, e
 
     ``families`` defaults to :data:`HELDOUT_FAMILIES` (plus ``corpus_sl`` when ``corpus_partner`` is
     given). With ``corpus`` the contexts are the corpus test split's, else drawn from the held-out
-    context stream. ``episodes`` games per family; every scripted partner in ``scripted`` plays the same
-    games in the agent's seat.
+    context stream; ``corpus_contexts`` (counts, values) gives the contexts directly (the validation
+    table passes the corpus validation split's). ``episodes`` games per family; every scripted partner in
+    ``scripted`` plays the same games in the agent's seat.
     """
     from parley.agents.partners.pool import resolve_partner_names
     from parley.agents.partners.scripted import make_partner
@@ -317,7 +324,7 @@ def evaluate_heldout(policy: Policy, *, families: Sequence[str] | None = None, e
         source = f"corpus test split ({len(contexts[0])} contexts)"
     else:
         contexts = sample_context_arrays(np.random.default_rng([HELDOUT_CONTEXT_STREAM, seed]), episodes)
-        source = "generated (held-out context stream)"
+        source = f"generated (the protocol's context stream, seed {seed})"
 
     def rows_of(agent: Policy) -> list[EvalRow]:
         return evaluate_policy(agent, groups, episodes=episodes, seed=seed, max_turns=max_turns, contexts=contexts)
@@ -360,7 +367,8 @@ def evaluate_validation(policy: Policy, *, episodes: int = 200, seed: int = 0, m
         return report
     if corpus is None:
         raise ValueError("the validation corpus partner plays on the corpus validation contexts: give corpus")
-    corpus_report = evaluate_heldout(policy, families=[VALIDATION_CORPUS_FAMILY], corpus_contexts=corpus_validation_contexts(corpus),
+    contexts = corpus_validation_contexts(corpus)
+    corpus_report = evaluate_heldout(policy, families=[VALIDATION_CORPUS_FAMILY], corpus_contexts=contexts,
                                      corpus_partner=corpus_partner, **common)
     rows = {name: result for name, result in report.rows.items() if name != ALL_PARTNERS_ROW}
     rows[VALIDATION_CORPUS_FAMILY] = corpus_report.rows[VALIDATION_CORPUS_FAMILY]
@@ -368,8 +376,8 @@ def evaluate_validation(policy: Policy, *, episodes: int = 200, seed: int = 0, m
     scripted_rows = {name: [*each, pool_rows(each)] for name, each in scripted_rows.items()}
     agent_all = pool_rows([result.agent for result in rows.values()])
     rows[ALL_PARTNERS_ROW] = _best(ALL_PARTNERS_ROW, agent_all, scripted_rows, len(rows))
-    return HeldoutReport(rows, scripted_rows, f"{report.contexts}; {corpus_report.contexts} for "
-                         f"{VALIDATION_CORPUS_FAMILY}", episodes, members, seed)
+    return HeldoutReport(rows, scripted_rows, f"{report.contexts}; corpus validation split ({len(contexts[0])} "
+                         f"contexts) for {VALIDATION_CORPUS_FAMILY}", episodes, members, seed)
 
 
 def heldout_table(report: HeldoutReport, title: str = "Held-out partner families"):
