@@ -160,12 +160,13 @@ FAMILIES: dict[str, PartnerFamily] = {f.name: f for f in (
     PartnerFamily("tactic", "time-dependent tactic, random exponent, reservation and k", _tactic),
     PartnerFamily("fair_split", "even item split, random share", _fair),
     PartnerFamily("pareto", "Pareto-aware, uniform prior, random exponent, reservation and rationality", _pareto),
-    PartnerFamily("stochastic", "agrees and walks away at random, else a time-dependent tactic", _stochastic),
     PartnerFamily("deadline_tactic", "time-dependent tactic with its own deadline; wider exponents and "
                   "reservations", _deadline_tactic),
     PartnerFamily("tit_for_tat", "tit-for-tat, random reservation, opening concession and kindness", _tit_for_tat),
     PartnerFamily("pareto_prior", "Pareto-aware with a random prior over the partner's values and a "
                   "deadline", _pareto_prior),
+    # Later families go last: a family's members are drawn from a stream keyed by its position.
+    PartnerFamily("stochastic", "agrees and walks away at random, else a time-dependent tactic", _stochastic),
 )}
 #: Families training (and the choice of its settings) may use.
 TRAIN_FAMILIES = ("tactic", "fair_split", "pareto", "stochastic")

@@ -23,7 +23,7 @@ from parley.agents.training.population import (
     make_population_env,
     resolve_population,
 )
-from parley.agents.training.run import TrainConfig, TrainConfigError
+from parley.agents.training.run import DEFAULT_PARTNERS, TrainConfig, TrainConfigError
 from parley.envs.negotiation import AGREE_ACTION, WALK_AWAY_ACTION
 from parley.envs.play import play_batch
 
@@ -77,6 +77,7 @@ def test_population_expands_families_and_refuses_held_out_ones():
     assert "stochastic" in TRAIN_FAMILIES
     names = resolve_population("boulware,family:stochastic,suite")
     assert names[:2] == ["boulware", "family:stochastic"] and "pareto" in names and len(names) == len(set(names))
+    assert resolve_population("default,family:stochastic") == [*DEFAULT_PARTNERS, "family:stochastic"]
     population = build_population(["linear", "family:stochastic", "family:tactic"], family_members=5, seed=2)
     assert len(population) == 11
     stochastic = [p for p in population if isinstance(p, StochasticPartner)]

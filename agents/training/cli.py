@@ -31,8 +31,8 @@ def train_command(
                                                help="Backbone options as inline YAML, e.g. '{d_model: 32}'."),
     partners: str = typer.Option(",".join(DEFAULTS.partners), "--partners", "-p",
                                  help="Comma-separated population drawn per episode: scripted partners ('suite': "
-                                      "all) and training families as family:NAME (tactic, fair_split, pareto, "
-                                      "stochastic)."),
+                                      "all; 'default': these defaults) and training families as family:NAME "
+                                      "(tactic, fair_split, pareto, stochastic)."),
     family_members: int = typer.Option(DEFAULTS.family_members, "--family-members", min=1,
                                        help="Partners with drawn parameters each family:NAME entry adds."),
     self_play: bool = typer.Option(DEFAULTS.self_play, "--self-play/--no-self-play",

@@ -1,7 +1,8 @@
 """The partners ``parley train`` draws from: scripted partners and members of the training families.
 
 ``--partners`` names entries of the population. An entry is a scripted partner (``boulware``,
-``pareto``, ... or ``suite`` for all of them) or ``family:NAME``, a training family of
+``pareto``, ..., ``suite`` for all of them, ``default`` for ``parley train``'s default partners) or
+``family:NAME``, a training family of
 :mod:`parley.agents.heldout` (``family:tactic``, ``family:stochastic``, ...), which contributes
 ``family_members`` partners with parameters drawn from the family. Every game meets one partner drawn
 uniformly from the expanded population, so a family weighs ``family_members`` times a scripted partner.
@@ -28,13 +29,16 @@ TRAINING_MEMBER_SEED = 20_000
 
 
 def resolve_population(partners: str | Sequence[str]) -> list[str]:
-    """Checked population entries from ``"a,family:b"`` or a list: scripted names (``suite`` expanded)
-    and ``family:NAME`` of a training family; raises ValueError naming what is allowed."""
+    """Checked population entries from ``"a,family:b"`` or a list: scripted names (``suite`` and
+    ``default`` expanded) and ``family:NAME`` of a training family; raises ValueError naming what is
+    allowed."""
     from parley.agents.heldout import CORPUS_FAMILY, HELDOUT_FAMILIES, TRAIN_FAMILIES
     from parley.agents.partners.pool import resolve_partner_names
+    from parley.agents.training.run import DEFAULT_PARTNERS
 
     if isinstance(partners, str):
         partners = [p.strip() for p in partners.split(",") if p.strip()]
+    partners = [name for entry in partners for name in (DEFAULT_PARTNERS if entry == "default" else [entry])]
     entries: list[str] = []
     scripted: list[str] = []
     for entry in partners:
