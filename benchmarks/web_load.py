@@ -8,7 +8,7 @@ goes through the whole flow (enter, consent, instructions, start), plays ``--gam
 pauses ``--pause`` seconds (+-50% jitter) before each act as a person would (people take several
 seconds). Participants arrive uniformly over ``--ramp`` seconds. Reported: act latency p50/p99/max
 as seen by the client (the person's act, the agent's reply and both event writes), acts per second,
-and errors (any non-2xx answer, or a request that failed while every worker was up).
+and errors (any non-2xx answer, or a request whose connection failed before any worker was killed).
 
 ``--kill-worker-at S`` adds, for each setting with two or more workers, a run in which one worker is
 killed with SIGKILL S seconds in. A participant whose request is cut off resumes by its link (enters
