@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from _human_eval_support import ADMIN, Participant, free_port, play_to_deal, study_config
 from fastapi.testclient import TestClient
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
