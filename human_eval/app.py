@@ -14,6 +14,9 @@ Participant API (JSON; every request after ``/api/enter`` carries ``X-Session-To
 ``POST /api/games``                       start the next negotiation (balanced assignment)
 ``GET  /api/games/{id}``                  the negotiation as the participant may see it
 ``POST /api/games/{id}/act``              ``{kind, split?, message?, turn?}`` -> the view after the agent's reply
+``POST /api/games/{id}/say``              text protocol: ``{text, turn}`` -> the view after the agent's reply
+``POST /api/games/{id}/end_talk``         text protocol: ``{turn}`` ends the talk (``<selection>``)
+``POST /api/games/{id}/select``           text protocol: ``{split, turn}`` (``split`` null: no agreement)
 ``POST /api/games/{id}/survey``           ``{fair, human_like, negotiate_again, comment}`` -> completion code
 ========================================  ====================================================
 
@@ -103,6 +106,26 @@ class ActRequest(_Body):
     turn: StrictInt = Field(ge=0, le=1000)
     # The page's clock, seconds since the epoch.
     client_ts: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1e11)] | None = None
+
+
+class _TextMoveRequest(_Body):
+    # The view's ``turn`` (moves made by both sides so far): a retried move is then recorded once.
+    turn: StrictInt = Field(ge=0, le=1000)
+    client_ts: Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1e11)] | None = None
+
+
+class SayRequest(_TextMoveRequest):
+    # The service checks the study's own limit after normalising; this bound only keeps bodies small.
+    text: str = Field(max_length=4000)
+
+
+class EndTalkRequest(_TextMoveRequest):
+    pass
+
+
+class SelectRequest(_TextMoveRequest):
+    # How many of each item the person keeps; null (given explicitly) for no agreement.
+    split: list[StrictInt] | None = Field(max_length=3)
 
 
 class SurveyRequest(_Body):
@@ -361,12 +384,34 @@ def create_app(config: StudyConfig | None = None, *, db: str | Engine = "sqlite:
         view = await run_in_threadpool(service.act, pid, game_id, body.kind, body.split, message=body.message,
                                        client_ts=None if body.client_ts is None else float(body.client_ts),
                                        expected_turn=body.turn, reply=config.think_time_s == 0)
+        return await agent_reply(pid, game_id, view)
+
+    async def text_move(pid: int, game_id: int, kind: str, body: _TextMoveRequest, **move) -> JSONResponse:
+        view = await run_in_threadpool(lambda: service.send_text(
+            pid, game_id, kind, client_ts=None if body.client_ts is None else float(body.client_ts),
+            expected_turn=body.turn, reply=config.think_time_s == 0, **move))
+        return await agent_reply(pid, game_id, view)
+
+    async def agent_reply(pid: int, game_id: int, view: dict) -> JSONResponse:
+        """The view after the agent's reply, shown only once its think time has passed."""
         if view["status"] == "active" and not view["your_turn"]:
             if config.think_time_s > 0:
                 await asyncio.sleep(config.think_time_s)
             await run_in_threadpool(service.agent_turn, game_id)
             view = await run_in_threadpool(service.view, pid, game_id)
         return JSONResponse(view)
+
+    @app.post("/api/games/{game_id}/say")
+    async def say(game_id: GameId, body: SayRequest, pid: int = Depends(participant)) -> JSONResponse:
+        return await text_move(pid, game_id, "say", body, text=body.text)
+
+    @app.post("/api/games/{game_id}/end_talk")
+    async def end_talk(game_id: GameId, body: EndTalkRequest, pid: int = Depends(participant)) -> JSONResponse:
+        return await text_move(pid, game_id, "end_talk", body)
+
+    @app.post("/api/games/{game_id}/select")
+    async def select_items(game_id: GameId, body: SelectRequest, pid: int = Depends(participant)) -> JSONResponse:
+        return await text_move(pid, game_id, "select", body, split=body.split)
 
     @app.post("/api/games/{game_id}/survey")
     def survey(game_id: GameId, body: SurveyRequest, pid: int = Depends(participant)) -> JSONResponse:

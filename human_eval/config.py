@@ -10,6 +10,8 @@ A study is described by a YAML file (``agents.yaml``)::
       - {name: gpt, player: "chat:http://127.0.0.1:8000/v1#gpt"}  # any `parley arena` player spec
     contexts: {count: 20, seed: 0}  # generated; or a file path readable by load_contexts
     max_turns: 10
+    protocol: acts                 # acts (offers built on the page) or text (chat, then secret selections)
+    max_messages: 20               # text protocol: the talk ends after this many messages
     think_time_s: 1.5              # how long the agent "thinks" before its reply is shown
     idle_timeout_s: 210            # no act for this long on the person's turn -> no deal
     session_time_s: 1200           # a whole negotiation may take at most this long
@@ -45,6 +47,9 @@ from parley.envs.negotiation import Context, sample_context
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 ENTRY_MODES = ("signed", "allowlist", "open")
+# How people negotiate: coarse acts built with the offer builder, or the text protocol of
+# parley.envs.negotiation_text_v0 (utterances, then a secret selection each).
+PROTOCOLS = ("acts", "text")
 PLATFORMS = ("prolific", "mturk")
 # The ids each platform puts in its links: Prolific ids are 24 hex digits; MTurk ids are upper-case
 # letters and digits. Any other study takes pids of letters, digits, '-', '_' and '.'.
@@ -70,8 +75,9 @@ def _check_name(value: Any, what: str) -> str:
 @dataclass(frozen=True)
 class AgentSpec:
     """One agent of a study: a scripted ``partner`` (with ``params``), a trained ``checkpoint``, or a
-    ``player``: any player spec of ``parley arena`` that plays coarse acts (a scripted name, ``policy:RUN``,
-    ``chat:URL#MODEL`` -- a language model behind an OpenAI-compatible endpoint). Naming the agent as the
+    ``player``: any player spec of ``parley arena`` (a scripted name, ``policy:RUN``,
+    ``chat:URL#MODEL`` -- a language model behind an OpenAI-compatible endpoint -- and, in a study of
+    ``protocol: text``, ``lm:DIR``, a dialogue model written by ``parley train-lm``). Naming the agent as the
     arena names the player lets ``parley arena --study-db`` rate people and that player together."""
 
     name: str
@@ -108,9 +114,6 @@ class AgentSpec:
                 parsed = parse_player(str(player))
             except ArenaError as err:
                 raise StudyConfigError(f"{where} ({name}): {err}") from None
-            if parsed.kind == "lm":
-                raise StudyConfigError(f"{where} ({name}): the study app plays coarse acts; a dialogue model "
-                                       "(lm:) plays only the text game")
         return cls(name=name, partner=None if partner is None else str(partner),
                    checkpoint=None if checkpoint is None else str(checkpoint), params=dict(params),
                    player=None if player is None else str(player))
@@ -166,6 +169,9 @@ class StudyConfig:
                                      AgentSpec("conceder", partner="conceder"))
     contexts: tuple[Context, ...] = ()
     max_turns: int = 10
+    # "acts" or "text" (see PROTOCOLS); max_messages is the text protocol's limit on the talk.
+    protocol: str = "acts"
+    max_messages: int = 20
     think_time_s: float = 1.0
     idle_timeout_s: float = 210.0
     session_time_s: float = 1200.0
@@ -203,7 +209,15 @@ class StudyConfig:
         if not self.contexts:
             rng = np.random.default_rng(self.seed)
             object.__setattr__(self, "contexts", tuple(sample_context(rng) for _ in range(20)))
+        if self.protocol not in PROTOCOLS:
+            raise StudyConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "acts":
+            dialogue_models = [a.name for a in self.agents if a.player is not None and a.player.startswith("lm:")]
+            if dialogue_models:
+                raise StudyConfigError(f"agents {dialogue_models}: a dialogue model (lm:) plays only the text game; "
+                                       "set protocol: text")
         checks = [("max_turns", self.max_turns >= 2, "at least 2"),
+                  ("max_messages", self.max_messages >= 1, "at least 1"),
                   ("think_time_s", self.think_time_s >= 0, ">= 0"),
                   ("idle_timeout_s", self.idle_timeout_s > 0, "> 0"),
                   ("session_time_s", self.session_time_s > 0, "> 0"),
@@ -260,7 +274,8 @@ class StudyConfig:
         for key in ("think_time_s", "idle_timeout_s", "session_time_s", "rate_per_s"):
             if key in kwargs:
                 kwargs[key] = _number(kwargs[key], key, float)
-        for key in ("max_turns", "sessions_per_participant", "max_message_chars", "rate_burst", "seed"):
+        for key in ("max_turns", "max_messages", "sessions_per_participant", "max_message_chars", "rate_burst",
+                    "seed"):
             if key in kwargs:
                 kwargs[key] = _number(kwargs[key], key, int)
         if "study" in kwargs:
@@ -281,6 +296,8 @@ class StudyConfig:
             raise StudyConfigError(f"attention_check must be true or false, got {kwargs['attention_check']!r}")
         if "entry" in kwargs:
             kwargs["entry"] = str(kwargs["entry"])
+        if "protocol" in kwargs and not isinstance(kwargs["protocol"], str):
+            raise StudyConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {kwargs['protocol']!r}")
         if kwargs.get("allowlist") is not None:
             allowlist = Path(str(kwargs["allowlist"]))
             if not allowlist.is_absolute() and base_dir is not None:

@@ -98,7 +98,10 @@ class Game(GameContextColumns, Base):
     human_values: Mapped[str] = mapped_column(String(32))
     agent_values: Mapped[str] = mapped_column(String(32))
     human_first: Mapped[bool] = mapped_column(Boolean)
+    # The coarse game's turn limit; in a text-protocol game, the message limit of the talk.
     max_turns: Mapped[int] = mapped_column(Integer)
+    # "acts" (offers built on the page) or "text" (talk, then secret selections); None in older databases: acts.
+    protocol: Mapped[str | None] = mapped_column(String(8), nullable=True)
     started_at: Mapped[float] = mapped_column(Float)
     # Outcome summary, set once when the game ends.
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -124,7 +127,7 @@ class Event(Base):
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"), index=True)
     game_id: Mapped[int | None] = mapped_column(ForeignKey("games.id"), index=True, nullable=True)
     seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # order within a game
-    kind: Mapped[str] = mapped_column(String(16))  # enter|consent|instructions|start|act|timeout|agent_error|survey
+    kind: Mapped[str] = mapped_column(String(16))  # enter|consent|instructions|start|act|say|select|timeout|agent_error|survey
     actor: Mapped[str] = mapped_column(String(8))  # human|agent|system
     action: Mapped[int | None] = mapped_column(Integer, nullable=True)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)  # the act in words

@@ -8,6 +8,13 @@ is part of the balanced assignment.
 
 Nothing a participant receives from :meth:`StudyService.view` contains the agent's values or score.
 
+A study of ``protocol: text`` plays the text protocol of :mod:`parley.envs.negotiation_text_v0`
+instead: its games replay ``say`` and ``select`` events on a
+:class:`~parley.envs.negotiation_text_v0.TextNegotiationState` (the env's own rules), the person
+talks and selects through :meth:`StudyService.send_text`, and the agent answers through
+:class:`~parley.envs.realiser.ActTextPlayer` (or directly, when it speaks text). The agent's selection
+is part of no view until the game is over.
+
 Several server processes may run one study on one database. Locks inside a process only spare its
 threads a wait; what holds across processes is in the database: an assignment takes the study's lock
 row before it reads the counts (:meth:`StudyService.start_game`), and a change to a game appends events
@@ -43,6 +50,15 @@ from parley.envs.negotiation import (
     encode_act,
     verbalize_act,
 )
+from parley.envs.negotiation_text_v0 import (
+    NO_AGREEMENT,
+    SELECTION_TOKEN,
+    TextInputError,
+    TextNegotiationState,
+    format_selection,
+    normalise_utterance,
+)
+from parley.envs.realiser import ActTextPlayer
 from parley.human_eval.config import SESSION_PATTERNS, AgentSpec, StudyConfig
 from parley.human_eval.db import Event, Game, GameContextColumns, Participant, StudyLock, Survey
 from parley.human_eval.security import new_completion_code
@@ -53,6 +69,9 @@ STUDY_LOCKS = StudyLock.__table__
 _EVENT_VIEW_COLUMNS = (EVENTS.c.seq, EVENTS.c.kind, EVENTS.c.actor, EVENTS.c.action, EVENTS.c.text,
                        EVENTS.c.message, EVENTS.c.created_at)
 _EVENT_OPTIONAL = ("action", "text", "message", "client_ts", "latency_ms", "data")
+# The events that move a text-protocol game: an utterance (or <selection>, which ends the talk) and a selection.
+TEXT_EVENTS = ("say", "select")
+TEXT_ACTS = ("say", "end_talk", "select")
 LIKERT_QUESTIONS = ("fair", "human_like", "negotiate_again")
 LIKERT_RANGE = (1, 5)
 # The survey's attention check: an item that tells the reader which answer to give.
@@ -105,13 +124,13 @@ class Conflict(StudyError):
     status_code = 409
 
 
-def build_policy(spec: AgentSpec):
+def build_policy(spec: AgentSpec, protocol: str = "acts"):
     """Instantiate the agent of a spec: a scripted partner by name, a checkpoint via ``load_policy``, or an
-    arena player spec (:func:`parley.agents.arena.build_player`, coarse acts)."""
+    arena player spec (:func:`parley.agents.arena.build_player` for the study's ``protocol``)."""
     if spec.player is not None:
         from parley.agents.arena import build_player, parse_player
 
-        return build_player(parse_player(spec.player), "acts", concurrency=1)
+        return build_player(parse_player(spec.player), protocol, concurrency=1)
     if spec.partner is not None:
         from parley.agents.partners.scripted import make_partner
 
@@ -177,7 +196,7 @@ class StudyService:
             lock = self._policy_locks[name]
         with lock:
             if name not in self._policies:
-                self._policies[name] = build_policy(self.config.agent(name))
+                self._policies[name] = build_policy(self.config.agent(name), self.config.protocol)
             return self._policies[name]
 
     def warm_up(self, include_checkpoints: bool = False) -> None:
@@ -230,13 +249,25 @@ class StudyService:
 
     def _replay(self, conn: Connection, game: _GameRecord) -> _Replay:
         ctx = Context(tuple(game.counts_list()), (tuple(game.human_values_list()), tuple(game.agent_values_list())))
-        state = NegotiationState(ctx, max_turns=game.max_turns, first_player=HUMAN if game.human_first else AGENT)
+        first = HUMAN if game.human_first else AGENT
         events = list(conn.execute(select(*_EVENT_VIEW_COLUMNS).where(EVENTS.c.game_id == game.id)
                                    .order_by(EVENTS.c.seq)).all())
+        if _is_text(game):
+            text_state = TextNegotiationState(ctx, first_player=first, max_messages=game.max_turns,
+                                              max_utterance_chars=self._max_utterance_chars)
+            for ev in events:
+                if ev.kind in TEXT_EVENTS:
+                    text_state.send(ev.text)
+            return _Replay(text_state, events)
+        state = NegotiationState(ctx, max_turns=game.max_turns, first_player=first)
         for ev in events:
             if ev.kind == "act":
                 state.apply_action(ev.action)
         return _Replay(state, events)
+
+    @property
+    def _max_utterance_chars(self) -> int:
+        return max(1, self.config.max_message_chars)
 
     def _event(self, game, seq: int, kind: str, actor: str, **fields) -> dict:
         """An events row (every column present, so rows can be inserted together)."""
@@ -245,18 +276,31 @@ class StudyService:
                    created_at=self.clock(), **fields)
         return row
 
-    def _finish(self, game: _GameRecord, state: NegotiationState, outcome: str, ended_by: str) -> dict:
+    def _finish(self, game: _GameRecord, state: NegotiationState | TextNegotiationState, outcome: str,
+                ended_by: str) -> dict:
         """Set the outcome summary on ``game`` and return it as the games-row update."""
         m = state.metrics()
         human_score, agent_score = (float(x) for x in m["scores"])
-        updates = {"ended_at": self.clock(), "outcome": outcome, "ended_by": ended_by, "turns": state.turn,
+        if isinstance(state, TextNegotiationState):
+            turns, deal = m["messages"], m["deal"]
+        else:
+            turns, deal = state.turn, state.agreed_split
+        updates = {"ended_at": self.clock(), "outcome": outcome, "ended_by": ended_by, "turns": turns,
                    "human_score": human_score, "agent_score": agent_score,
                    "pareto_optimal": bool(m["pareto_optimal"]),
-                   "human_gets": json.dumps(list(state.agreed_split)) if state.agreed_split is not None else None}
+                   "human_gets": json.dumps(list(deal)) if deal is not None else None}
         game.__dict__.update(updates)
         return updates
 
-    def _finish_if_over(self, game: _GameRecord, state: NegotiationState, actor: str) -> dict:
+    def _finish_if_over(self, game: _GameRecord, state: NegotiationState | TextNegotiationState, actor: str) -> dict:
+        if isinstance(state, TextNegotiationState):
+            if not state.terminal:
+                return {}
+            if state.deal() is not None:
+                return self._finish(game, state, "deal", actor)
+            # No deal: someone chose no agreement, or the two selections do not add up to the items.
+            return self._finish(game, state, "no_agreement" if NO_AGREEMENT in state.selections else "mismatch",
+                                actor)
         if not state.is_terminal():
             return {}
         if state.agreed_split is not None:
@@ -434,11 +478,13 @@ class StudyService:
             if len(games) >= self.config.sessions_per_participant:
                 raise Conflict(f"session limit reached: {self.config.sessions_per_participant} per participant")
             agent_name, ctx_index, human_first = self._assign(s, games, agent)
+            text = self.config.protocol == "text"
             ctx = self.config.contexts[ctx_index]
             game = Game(participant_id=p.id, study=p.study, agent=agent_name, context_index=ctx_index,
                         counts=json.dumps(list(ctx.counts)), human_values=json.dumps(list(ctx.values[0])),
                         agent_values=json.dumps(list(ctx.values[1])), human_first=human_first,
-                        max_turns=self.config.max_turns, started_at=self.clock())
+                        max_turns=self.config.max_messages if text else self.config.max_turns,
+                        protocol=self.config.protocol, started_at=self.clock())
             s.add(game)
             s.flush()
             s.add(Event(**self._event(game, 0, "start", "system",
@@ -503,6 +549,9 @@ class StudyService:
             message = message or None
         with self._game_lock(game_id), self.engine.connect() as conn:
             game, replay = self._load_game(conn, participant_id, game_id)
+            if _is_text(game):
+                raise Conflict("this negotiation uses the text protocol: send messages and your selection instead "
+                               "of offers")
             state = replay.state
             counts = game.counts_list()
             if kind in ("propose", "insist"):
@@ -582,14 +631,17 @@ class StudyService:
             game = _GameRecord(row)
             replay = self._replay(conn, game)
             state = replay.state
-            if state.current_player != AGENT or state.is_terminal():
+            if state.current_player != AGENT or _over(state):
                 return False
             event, updates = self._agent_move(game, state, replay.events[-1].seq + 1)
             self._write(conn, game, [event], updates)
             return True
 
-    def _agent_move(self, game: _GameRecord, state: NegotiationState, seq: int) -> tuple[dict, dict]:
+    def _agent_move(self, game: _GameRecord, state: NegotiationState | TextNegotiationState,
+                    seq: int) -> tuple[dict, dict]:
         """Ask the agent for its act and apply it to ``state``; returns the event row and game-row updates."""
+        if isinstance(state, TextNegotiationState):
+            return self._agent_text_move(game, state, seq)
         started = time.perf_counter()
         error = None
         try:
@@ -607,6 +659,105 @@ class StudyService:
         event = self._event(game, seq, "agent_error", "system", latency_ms=compute_ms,
                             data=json.dumps({"error": error[:2000]}))
         return event, self._finish(game, state, "agent_error", "system")
+
+    def _agent_text_move(self, game: _GameRecord, state: TextNegotiationState, seq: int) -> tuple[dict, dict]:
+        """The agent's turn of a text game: an utterance (or ``<selection>``) while talking, its secret
+        selection after; returns the event row and game-row updates."""
+        started = time.perf_counter()
+        error = None
+        kind = "select" if state.selecting else "say"
+        try:
+            policy = self.policy(game.agent)
+            with self._policy_locks[game.agent]:
+                player = policy if callable(getattr(policy, "reply", None)) else ActTextPlayer(
+                    policy, seed=game.id * 1009 + seq, max_turns=self.config.max_turns)
+                reply = player.reply(state.observation(AGENT))
+            recorded = _recorded_text(state, reply)
+            state.send(recorded)
+        except Exception as err:  # a broken agent ends the game instead of hanging the participant
+            error = f"{type(err).__name__}: {err}"
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        if error is None:
+            event = self._event(game, seq, kind, "agent", text=recorded, latency_ms=compute_ms)
+            return event, self._finish_if_over(game, state, "agent")
+        event = self._event(game, seq, "agent_error", "system", latency_ms=compute_ms,
+                            data=json.dumps({"error": error[:2000]}))
+        return event, self._finish(game, state, "agent_error", "system")
+
+    def send_text(self, participant_id: int, game_id: int, kind: str, *, text: str | None = None,
+                  split: list[int] | None = None, client_ts: float | None = None,
+                  expected_turn: int | None = None, reply: bool = False) -> dict:
+        """The person's move in a text-protocol game, checked by the text protocol's rules.
+
+        ``kind`` is ``say`` (``text``: an utterance, at most ``max_message_chars`` after dropping control
+        and non-ASCII characters), ``end_talk`` (send ``<selection>``) or ``select`` (``split``: how many
+        of each item the person keeps, or None for no agreement). ``expected_turn`` is the view's
+        ``turn``: a retried move is recorded once. The agent answers as in :meth:`act`. Returns the view.
+        """
+        if kind not in TEXT_ACTS:
+            raise InvalidRequest(f"unknown move {kind!r}; moves are {', '.join(TEXT_ACTS)}")
+        if kind == "say":
+            try:
+                recorded = normalise_utterance(text, self._max_utterance_chars)
+            except TextInputError as err:
+                raise InvalidRequest(str(err)) from None
+        elif kind == "end_talk":
+            recorded = SELECTION_TOKEN
+        with self._game_lock(game_id), self.engine.connect() as conn:
+            game, replay = self._load_game(conn, participant_id, game_id)
+            if not _is_text(game):
+                raise Conflict("this negotiation is played with offers, not messages")
+            state: TextNegotiationState = replay.state
+            if kind == "select":
+                recorded = format_selection(_checked_selection(split, game.counts_list()))
+            retried = self._recorded_text_retry(conn, game, replay, expected_turn, kind, recorded)
+            if retried is not None:
+                return retried
+            if game.outcome is not None:
+                raise Conflict(f"the negotiation is over ({game.outcome})")
+            if state.current_player != HUMAN:
+                raise Conflict("it is not your turn; wait for your partner's reply")
+            turn = _text_turn(replay)
+            if expected_turn is not None and expected_turn != turn:
+                raise Conflict(f"this move was meant for turn {expected_turn}, but the negotiation is at turn "
+                               f"{turn}; reload to see the latest state")
+            if state.selecting and kind != "select":
+                raise Conflict("the talk is over: submit your selection")
+            if not state.selecting and kind == "select":
+                raise Conflict("end the talk before you submit your selection")
+            state.send(recorded)
+            now = self.clock()
+            seq = replay.events[-1].seq + 1
+            events = [self._event(game, seq, "select" if kind == "select" else "say", "human", text=recorded,
+                                  client_ts=client_ts, latency_ms=(now - replay.last_time) * 1000.0)]
+            updates = self._finish_if_over(game, state, "human")
+            if reply and not state.terminal and state.current_player == AGENT:
+                event, more = self._agent_move(game, state, seq + 1)
+                events.append(event)
+                updates.update(more)
+            try:
+                self._write(conn, game, events, updates)
+            except Conflict:  # another server process wrote first; if it was this very move, it stands once
+                game, replay = self._load_game(conn, participant_id, game_id)
+                retried = self._recorded_text_retry(conn, game, replay, expected_turn, kind, recorded)
+                if retried is None:
+                    raise
+                return retried
+            replay.events.extend(_EventRecord(**e) for e in events)
+            return self._build_view(game, replay, survey_done=False)
+
+    def _recorded_text_retry(self, conn: Connection, game: _GameRecord, replay: _Replay, expected_turn: int | None,
+                             kind: str, recorded: str) -> dict | None:
+        """The view, if the person's move for ``expected_turn`` is already recorded as ``recorded``; else None."""
+        moves = [ev for ev in replay.events if ev.kind in TEXT_EVENTS]
+        if expected_turn is None or not 0 <= expected_turn < len(moves):
+            return None
+        done = moves[expected_turn]
+        if (done.actor, done.kind == "select", done.text) != ("human", kind == "select", recorded):
+            return None
+        survey_done = game.outcome is not None and conn.execute(
+            select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
+        return self._build_view(game, replay, survey_done=survey_done)
 
     def _timed_out(self, game: _GameRecord, replay: _Replay) -> bool:
         now = self.clock()
@@ -635,7 +786,7 @@ class StudyService:
             state = replay.state
             # An owed reply is made here only once its think time is over (e.g. after a restart): a read
             # during the think time must not show the reply before the act's own answer does.
-            if (game.outcome is None and state.current_player == AGENT and not state.is_terminal()
+            if (game.outcome is None and state.current_player == AGENT and not _over(state)
                     and self.clock() - replay.last_time >= self.config.think_time_s):
                 event, updates = self._agent_move(game, state, replay.events[-1].seq + 1)
                 self._write(conn, game, [event], updates)
@@ -669,6 +820,8 @@ class StudyService:
         return self._build_view(game, replay, survey_done=survey is not None)
 
     def _build_view(self, game: _GameRecord, replay: _Replay, *, survey_done: bool) -> dict:
+        if _is_text(game):
+            return self._build_text_view(game, replay, survey_done=survey_done)
         state = replay.state
         counts, values = game.counts_list(), game.human_values_list()
         transcript = []
@@ -686,24 +839,29 @@ class StudyService:
         if state.standing_offer is not None and state.standing_offer[0] == AGENT:
             you_get = [c - k for c, k in zip(counts, state.standing_offer[1], strict=True)]
             partner_offer = {"you_get": you_get, "your_points": sum(v * k for v, k in zip(values, you_get, strict=True))}
+        view = self._view_common(game, replay, survey_done=survey_done)
+        view.update(turn=state.turn, can_agree=view["your_turn"] and partner_offer is not None,
+                    partner_offer=partner_offer, transcript=transcript)
+        return view
+
+    def _view_common(self, game: _GameRecord, replay: _Replay, *, survey_done: bool) -> dict:
+        """The parts of a view both protocols share: items, whose turn, time left and the outcome."""
+        counts, values = game.counts_list(), game.human_values_list()
         now = self.clock()
         active = game.outcome is None
-        your_turn = active and state.current_player == HUMAN
+        your_turn = active and replay.state.current_player == HUMAN
         session_left = self.config.session_time_s - (now - game.started_at)
         seconds_left = session_left
         if your_turn:
             seconds_left = min(session_left, self.config.idle_timeout_s - (now - replay.last_time))
         view = {
             "game_id": game.id,
+            "protocol": "text" if _is_text(game) else "acts",
             "status": "active" if active else "finished",
             "items": [{"name": n, "count": c, "your_value": v} for n, c, v in zip(ITEM_NAMES, counts, values, strict=True)],
-            "turn": state.turn,
             "max_turns": game.max_turns,
             "your_turn": your_turn,
             "you_move_first": bool(game.human_first),
-            "can_agree": your_turn and partner_offer is not None,
-            "partner_offer": partner_offer,
-            "transcript": transcript,
             "seconds_left": max(0.0, round(seconds_left, 1)) if active else 0.0,
             "idle_timeout_s": self.config.idle_timeout_s,
             "think_time_s": self.config.think_time_s,
@@ -718,6 +876,23 @@ class StudyService:
                 "you_get": json.loads(game.human_gets) if deal else None,
                 "your_points": game.human_score,
             }
+        return view
+
+    def _build_text_view(self, game: _GameRecord, replay: _Replay, *, survey_done: bool) -> dict:
+        """A text game as the person sees it: the talk, the phase, and their own selection. The agent's
+        selection appears only in the outcome, once the game is over."""
+        state: TextNegotiationState = replay.state
+        transcript = [{"seq": ev.seq, "speaker": "you" if ev.actor == "human" else "partner",
+                       "kind": "end_talk" if ev.text == SELECTION_TOKEN else "say",
+                       "text": None if ev.text == SELECTION_TOKEN else ev.text}
+                      for ev in replay.events if ev.kind == "say"]
+        view = self._view_common(game, replay, survey_done=survey_done)
+        view.update(turn=_text_turn(replay), phase="select" if state.selecting else "talk",
+                    max_messages=game.max_turns, messages_sent=len(state.utterances),
+                    max_message_chars=self._max_utterance_chars, transcript=transcript,
+                    your_selection=_selection_view(state.selections[HUMAN]))
+        if view["outcome"] is not None:
+            view["outcome"]["partner_selection"] = _selection_view(state.selections[AGENT])
         return view
 
     # ------------------------------------------------------------------------------------------ surveys
@@ -945,11 +1120,60 @@ class StudyService:
                 "pareto_optimal": game.pareto_optimal, "steps": steps}
 
 
+def _is_text(game) -> bool:
+    """Whether a game (a games row) plays the text protocol; rows without a protocol play coarse acts."""
+    return getattr(game, "protocol", None) == "text"
+
+
+def _over(state: NegotiationState | TextNegotiationState) -> bool:
+    return state.terminal if isinstance(state, TextNegotiationState) else state.is_terminal()
+
+
+def _text_turn(replay: _Replay) -> int:
+    """A text game's turn: how many moves (utterances, <selection> and selections) both sides have made."""
+    return sum(ev.kind in TEXT_EVENTS for ev in replay.events)
+
+
+def _recorded_text(state: TextNegotiationState, reply: str) -> str:
+    """An agent's reply as the game records it (normalised utterance, ``<selection>`` or a selection in
+    the ``book=k hat=k ball=k`` form); raises ``TextInputError`` for a reply the protocol does not allow."""
+    from parley.envs.negotiation_text_v0 import parse_selection
+
+    if state.selecting:
+        return format_selection(parse_selection(reply, state.ctx.counts))
+    if isinstance(reply, str) and reply.strip() == SELECTION_TOKEN:
+        return SELECTION_TOKEN
+    return normalise_utterance(reply, state.max_utterance_chars)
+
+
+def _checked_selection(split: list[int] | None, counts: list[int]) -> tuple[int, ...] | None:
+    """The person's selection: None (no agreement) or how many of each item they keep; InvalidRequest
+    naming what is allowed otherwise."""
+    if split is None:
+        return None
+    allowed = f"how many you keep of {', '.join(ITEM_NAMES)}, each between 0 and {counts}, or null for no agreement"
+    if not isinstance(split, (list, tuple)) or len(split) != len(counts):
+        raise InvalidRequest(f"a selection is {allowed}; got {split!r}")
+    if not all(isinstance(k, int) and not isinstance(k, bool) for k in split):
+        raise InvalidRequest(f"a selection must be whole numbers ({allowed}); got {split!r}")
+    bad = [f"{name}: {k} (0..{c})" for name, k, c in zip(ITEM_NAMES, split, counts, strict=True) if not 0 <= k <= c]
+    if bad:
+        raise InvalidRequest(f"selection out of range: {', '.join(bad)}")
+    return tuple(split)
+
+
+def _selection_view(selection) -> dict | None:
+    """A selection as a view shows it: None before it is made, else ``{keep}`` (None for no agreement)."""
+    if selection is None:
+        return None
+    return {"keep": None if selection == NO_AGREEMENT else list(selection)}
+
+
 def study_games(database_url: str, *, protocol: str | None = None) -> list[dict]:
     """Finished games from a study database as rows of ``parley arena``'s results, for its ratings.
 
     The person is named ``human`` and the agent by its name in the study; the person sits in seat 0 of
-    the row. ``protocol`` keeps only games of that protocol (the study app plays coarse acts).
+    the row. ``protocol`` keeps only games of that protocol (``acts`` or ``text``).
     """
     rows = finished_games_for_arena(database_url)
     return [r for r in rows if protocol is None or r["protocol"] == protocol]
@@ -979,7 +1203,7 @@ def finished_games_for_arena(database: str) -> list[dict]:
                     "score1": float(game.agent_score or 0.0), "agreement": int(deal is not None),
                     "deal": "" if deal is None else " ".join(map(str, deal)),
                     "pareto_optimal": "" if deal is None else int(bool(game.pareto_optimal)),
-                    "turns": int(game.turns or 0), "bad_input": "", "protocol": "acts",
+                    "turns": int(game.turns or 0), "bad_input": "", "protocol": game.protocol or "acts",
                     "source": f"study:{game.study}",
                 })
     finally:
