@@ -425,6 +425,7 @@ class StudyService:
                  "sessions_allowed": self.config.sessions_per_participant,
                  "completed": sum(g.id in surveyed for g in games), "game": None,
                  "platform": self.config.platform.name if self.config.platform else None,
+                 "protocol": self.config.protocol,
                  "attention_question": ATTENTION_QUESTION if self.config.attention_check else None}
         attempts = self.config.comprehension_attempts
         if p.returned_at is not None:

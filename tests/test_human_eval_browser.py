@@ -258,3 +258,58 @@ def test_a_prolific_participant_from_link_to_redirect_and_bonus_in_headless_chro
     assert game["outcome"] == "deal" and game["attention_passed"] is True
     amount = round(min(2.0, 0.1 * game["human_score"]), 2)
     assert bonus_lines == [f"{PROLIFIC_PID},{amount:.2f}"]
+
+
+def test_a_text_protocol_game_in_headless_chromium(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium package (see .ci/run)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    config = tmp_path / "agents.yaml"
+    config.write_text("study: chat\nagents: [{name: conceder, partner: conceder}]\nprotocol: text\n"
+                      "contexts: {count: 2, seed: 5}\nthink_time_s: 0.3\n")
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    proc, port = start_server(config, db, tmp_path / "server.log")
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                f"http://127.0.0.1:{port}/") else route.abort())
+            sig = TokenSigner(SECRET).sign_link("chat", "chromium-text")
+            page.goto(f"http://127.0.0.1:{port}/?study=chat&pid=chromium-text&sig={sig}")
+            page.wait_for_selector("#stage-consent:not([hidden])")
+            page.check("#consent-box")
+            page.click("#btn-consent")
+            page.wait_for_selector("#stage-instructions:not([hidden])")
+            assert page.is_visible("#rules-text") and not page.is_visible("#rules-acts")
+            page.click("#btn-instructions")
+            page.wait_for_selector("#stage-negotiation:not([hidden])")
+            page.wait_for_selector("#btn-say:not([disabled])")
+            # The chat box and selection form stand in for the offer buttons.
+            assert not page.is_visible("#btn-propose") and not page.is_visible("#select-form")
+
+            # Offer the partner everything (the conceder agrees), end the chat, and choose nothing.
+            partner_before = page.locator("#transcript li.partner").count()
+            page.fill("#chat-input", "You can have everything.")
+            page.click("#btn-say")
+            page.locator("#transcript li.partner").nth(partner_before).wait_for()
+            assert "You can have everything." in page.inner_text("#transcript li.you")
+            page.wait_for_selector("#btn-end-talk:not([disabled])")
+            page.click("#btn-end-talk")
+            page.wait_for_selector("#btn-select:not([disabled])")
+            assert not page.is_visible("#chat-form")
+            for i in range(3):
+                page.select_option(f"#keep-{i}", "0")
+            page.click("#btn-select")
+            page.wait_for_selector("#outcome:not([hidden])")
+            assert page.inner_text("#outcome").startswith("Deal!")
+            _save(page, tmp_path, "text-protocol.png")
+            browser.close()
+    finally:
+        kill(proc)
+    engine = make_engine(db)
+    try:
+        games = load_tables(engine, "chat")["games"]
+    finally:
+        engine.dispose()
+    assert [(g["outcome"], g["human_score"], g["agent_score"]) for g in games] == [("deal", 0.0, 10.0)]

@@ -69,6 +69,9 @@ function describe(items, counts) {
 function render(state) {
   app.state = state;
   $("who").textContent = state.pid ? `Participant ${state.pid}` : "";
+  const text = state.protocol === "text";
+  $("rules-acts").hidden = text;
+  $("rules-text").hidden = !text;
   if (state.stage === "negotiation") {
     renderGame(state.game);
     showStage("negotiation");
@@ -144,7 +147,7 @@ async function submitComprehension(event) {
     $("comprehension-feedback").textContent = data.passed ? "" :
       `Not quite: ${data.wrong.length} answer(s) are wrong. Read the rules again and try once more.`;
     if (!data.passed && data.state.stage === "comprehension") {
-      const rules = $("stage-instructions").querySelector("ul").cloneNode(true);
+      const rules = $("stage-instructions").querySelector("ul:not([hidden])").cloneNode(true);
       $("comprehension-feedback").append(rules);
     }
     render(data.state);
@@ -227,6 +230,12 @@ function outcomeText(game) {
   if (o.result === "walk_away") return `No deal: ${o.ended_by === "you" ? "you" : "your partner"} walked away. You get 0 points.`;
   if (o.result === "turn_limit") return "No deal: the turns ran out. You get 0 points.";
   if (o.result === "timeout") return "No deal: the time ran out. You get 0 points.";
+  if (o.result === "mismatch") return `No deal: your choices did not fit together (your partner chose to keep ` +
+    `${describe(o.partner_selection.keep, game.items)}). You get 0 points.`;
+  if (o.result === "no_agreement") {
+    const you = game.your_selection && game.your_selection.keep === null;
+    return `No deal: ${you ? "you" : "your partner"} chose no agreement. You get 0 points.`;
+  }
   return "The negotiation ended without a deal.";
 }
 
@@ -235,14 +244,22 @@ function renderGame(game) {
   app.game = game;
   if (fresh) buildItems(game);
   updateOfferPoints();
-  $("turn-counter").textContent = game.status === "active"
-    ? `Turn ${game.turn + 1} of ${game.max_turns}` : `${game.turn} of ${game.max_turns} turns used`;
+  const text = game.protocol === "text";
+  if (text) {
+    $("turn-counter").textContent = game.status !== "active" ? `${game.messages_sent} of ${game.max_messages} messages used`
+      : game.phase === "talk" ? `Message ${game.messages_sent + 1} of ${game.max_messages}`
+      : "The chat is over: choose what you keep";
+  } else {
+    $("turn-counter").textContent = game.status === "active"
+      ? `Turn ${game.turn + 1} of ${game.max_turns}` : `${game.turn} of ${game.max_turns} turns used`;
+  }
 
   const list = $("transcript");
   list.replaceChildren();
   for (const entry of game.transcript) {
     const li = el("li", entry.speaker);
-    li.append(el("span", "who", entry.speaker === "you" ? "You:" : "Partner:"), el("span", "said", entry.text));
+    const said = entry.kind === "end_talk" ? "(ended the chat)" : entry.text;
+    li.append(el("span", "who", entry.speaker === "you" ? "You:" : "Partner:"), el("span", "said", said));
     if (entry.message) li.append(el("span", "note", `“${entry.message}”`));
     list.append(li);
   }
@@ -259,10 +276,24 @@ function renderGame(game) {
 
   const active = game.status === "active";
   const mine = active && game.your_turn && !app.busy;
-  for (const id of ["btn-propose", "btn-insist", "btn-walk"]) $(id).disabled = !mine;
-  $("btn-agree").disabled = !(mine && game.can_agree);
-  for (let i = 0; i < game.items.length; i++) $(`keep-${i}`).disabled = !mine;
-  $("message").disabled = !mine;
+  $("acts-controls").hidden = text;
+  $("text-controls").hidden = !text;
+  $("offer-label").textContent = text ? "Your choice is" : "Your offer is";
+  if (text) {
+    const talking = game.phase === "talk";
+    $("chat-form").hidden = !talking;
+    $("select-form").hidden = talking || !active;
+    for (const id of ["chat-input", "btn-say", "btn-end-talk"]) $(id).disabled = !(mine && talking);
+    for (const id of ["btn-select", "btn-no-agreement"]) $(id).disabled = !(mine && !talking);
+    $("chat-input").maxLength = game.max_message_chars;
+    // The table is a planner while chatting and the selection form after.
+    for (let i = 0; i < game.items.length; i++) $(`keep-${i}`).disabled = !active || app.busy;
+  } else {
+    for (const id of ["btn-propose", "btn-insist", "btn-walk"]) $(id).disabled = !mine;
+    $("btn-agree").disabled = !(mine && game.can_agree);
+    for (let i = 0; i < game.items.length; i++) $(`keep-${i}`).disabled = !mine;
+    $("message").disabled = !mine;
+  }
   $("status").textContent = active ? (game.your_turn ? "Your move." : "Your partner is thinking…") : "";
   $("btn-leave").hidden = !(active && app.state && app.state.platform);
 
@@ -297,16 +328,30 @@ function startTimer(game) {
 
 async function sendAct(kind) {
   if (!app.game || app.busy) return;
-  const body = { kind, turn: app.game.turn, client_ts: Date.now() / 1000 };
+  const body = { kind };
   if (kind === "propose" || kind === "insist") body.split = keepSplit();
   const message = $("message").value.trim();
   if (message) body.message = message;
+  await sendMove("act", body, () => { $("message").value = ""; });
+}
+
+// A move of the text protocol: say (a chat message), end_talk, or select (what the person keeps; null: no
+// agreement).
+async function sendText(path, body) {
+  await sendMove(path, body, () => { if (path === "say") $("chat-input").value = ""; });
+}
+
+// Post a move with the view's turn (a retried request is then recorded once) and show the view after the
+// partner's reply.
+async function sendMove(path, body, done) {
+  if (!app.game || app.busy) return;
+  const request = { ...body, turn: app.game.turn, client_ts: Date.now() / 1000 };
   app.busy = true;
   renderGame({ ...app.game, your_turn: false });
   showError("");
   try {
-    const view = await api("POST", `/api/games/${app.game.game_id}/act`, body);
-    $("message").value = "";
+    const view = await api("POST", `/api/games/${app.game.game_id}/${path}`, request);
+    done();
     app.busy = false;
     renderGame(view);
   } catch (e) {
@@ -373,6 +418,15 @@ function wire() {
   $("btn-propose").addEventListener("click", () => sendAct("propose"));
   $("btn-insist").addEventListener("click", () => sendAct("insist"));
   $("btn-agree").addEventListener("click", () => sendAct("agree"));
+  $("chat-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("chat-input").value.trim();
+    if (!text) { showError("Type a message first."); return; }
+    sendText("say", { text });
+  });
+  $("btn-end-talk").addEventListener("click", () => sendText("end_talk", {}));
+  $("btn-select").addEventListener("click", () => sendText("select", { split: keepSplit() }));
+  $("btn-no-agreement").addEventListener("click", () => sendText("select", { split: null }));
   $("btn-walk").addEventListener("click", () => {
     if (!app.walkArmed) {
       app.walkArmed = true;
