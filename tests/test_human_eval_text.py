@@ -194,3 +194,36 @@ def test_message_limit_ends_the_talk(tmp_path):
     if view["phase"] == "talk":
         view = move(p, gid, "say", text="hi")
     assert view["phase"] == "select" and view["messages_sent"] == 2
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_reply_is_hidden_during_the_think_time(tmp_path):
+    from parley.human_eval.db import make_engine
+    from parley.human_eval.service import StudyService
+
+    clock = FakeClock()
+    service = StudyService(text_config(think_time_s=2.0), make_engine(f"sqlite:///{tmp_path / 's.db'}"), clock=clock)
+    p = service.enter("teststudy", "reader")
+    service.record_step(p, "consent")
+    service.record_step(p, "instructions")
+    gid = service.start_game(p)
+    view = service.advance(p, gid)
+    if not view["your_turn"]:  # the partner opens: its first message is owed after the think time too
+        clock.now += 2.5
+        view = service.advance(p, gid)
+    n = len(view["transcript"])
+    service.send_text(p, gid, "say", text="You can have everything.", expected_turn=view["turn"])
+    clock.now += 1.0  # mid think time: reads show the person's message and no reply
+    for read in (service.advance(p, gid), service.participant_state(p)["game"], service.view(p, gid)):
+        assert len(read["transcript"]) == n + 1 and read["transcript"][-1]["speaker"] == "you"
+        assert not read["your_turn"]
+    clock.now += 1.5
+    view = service.advance(p, gid)
+    assert view["transcript"][-1]["speaker"] == "partner" and view["your_turn"]
