@@ -227,3 +227,18 @@ def test_the_reply_is_hidden_during_the_think_time(tmp_path):
     clock.now += 1.5
     view = service.advance(p, gid)
     assert view["transcript"][-1]["speaker"] == "partner" and view["your_turn"]
+
+
+def test_a_dialogue_model_plays_a_text_study(tmp_path, tiny_language_model):
+    client = make_client(tmp_path, text_config(agents=(AgentSpec("lm", player=f"lm:{tiny_language_model}"),)))
+    p = Participant(client, "lm1")
+    game = p.begin()
+    gid = game["game_id"]
+    view = move(p, gid, "say", text="I would like the book, you can have the rest.")
+    assert view["transcript"][-1]["speaker"] == "partner" or view["phase"] == "select"
+    if view["phase"] == "talk":
+        view = move(p, gid, "end_talk")
+    if view["status"] == "active":
+        view = move(p, gid, "select", split=[1, 0, 0])
+    assert view["status"] == "finished" and view["outcome"]["result"] in ("deal", "mismatch", "no_agreement")
+    assert not any(e.kind == "agent_error" for e in events(client, gid))
