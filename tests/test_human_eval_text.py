@@ -242,3 +242,20 @@ def test_a_dialogue_model_plays_a_text_study(tmp_path, tiny_language_model):
         view = move(p, gid, "select", split=[1, 0, 0])
     assert view["status"] == "finished" and view["outcome"]["result"] in ("deal", "mismatch", "no_agreement")
     assert not any(e.kind == "agent_error" for e in events(client, gid))
+
+
+def test_admin_pages_read_text_games(tmp_path):
+    client = make_client(tmp_path, text_config())
+    p = Participant(client, "admin1")
+    game = p.begin()
+    talk_to_agreement(p, game)
+    move(p, game["game_id"], "select", split=[0, 0, 0])
+    admin = {"X-Admin-Token": ADMIN}
+    for path in ("/api/admin/status", "/api/admin/results", "/api/admin/corpus.txt", "/api/admin/games",
+                 f"/api/admin/games/{game['game_id']}/replay", "/api/admin/export/transcripts.jsonl",
+                 "/api/admin/export/events.csv"):
+        assert client.get(path, headers=admin).status_code == 200, path
+    replay = client.get(f"/api/admin/games/{game['game_id']}/replay", headers=admin).json()
+    said = [s["text"] for s in replay["steps"] if s["kind"] == "say"]
+    offer = realise(encode_act("propose", (0, 0, 0)), CONTEXT.counts, np.random.default_rng(0))
+    assert offer in said and said[-1] == "<selection>" and replay["outcome"] == "deal"
