@@ -111,7 +111,7 @@ class AgentSpec:
             if params:
                 raise StudyConfigError(f"{where} ({name}): params apply to 'partner' and 'checkpoint' agents only")
             try:
-                parsed = parse_player(str(player))
+                parse_player(str(player))  # a spec it cannot read raises
             except ArenaError as err:
                 raise StudyConfigError(f"{where} ({name}): {err}") from None
         return cls(name=name, partner=None if partner is None else str(partner),

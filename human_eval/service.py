@@ -571,13 +571,7 @@ class StudyService:
             retried = self._recorded_retry(conn, game, replay, expected_turn, action, message)
             if retried is not None:
                 return retried
-            if game.outcome is not None:
-                raise Conflict(f"the negotiation is over ({game.outcome})")
-            if state.current_player != HUMAN:
-                raise Conflict("it is not your turn; wait for your partner's reply")
-            if expected_turn is not None and expected_turn != state.turn:
-                raise Conflict(f"this act was meant for turn {expected_turn}, but the negotiation is at turn "
-                               f"{state.turn}; reload to see the latest state")
+            _check_persons_turn(game, state, expected_turn, state.turn, "act")
             try:
                 state.apply_action(action)
             except IllegalActionError:
@@ -594,20 +588,34 @@ class StudyService:
                 event, more = self._agent_move(game, state, seq + 1)
                 events.append(event)
                 updates.update(more)
-            try:
-                self._write(conn, game, events, updates)
-            except Conflict:
-                # Another server process wrote to this game first (the per-game lock is per process;
-                # the unique (game, seq) of events decides across processes). If that was this very
-                # act, sent again through the other process, it stands once and this answer shows it.
-                game, replay = self._load_game(conn, participant_id, game_id)
-                retried = self._recorded_retry(conn, game, replay, expected_turn, action, message)
-                if retried is None:
-                    raise
-                return retried
-            replay.events.extend(_EventRecord(**e) for e in events)
-            # The game was running until this act, so it has no survey: the view needs no further query.
-            return self._build_view(game, replay, survey_done=False)
+            return self._commit_move(conn, participant_id, game, replay, events, updates, lambda g, r: (
+                self._recorded_retry(conn, g, r, expected_turn, action, message)))
+
+    def _commit_move(self, conn: Connection, participant_id: int, game: _GameRecord, replay: _Replay,
+                     events: list[dict], updates: dict, recorded_retry) -> dict:
+        """Write the person's move (and the agent's reply, if made) and return the view after it.
+
+        When another server process wrote to this game first (the per-game lock is per process; the
+        unique (game, seq) of events decides across processes) and that was this very move, sent again
+        through the other process, it stands once and this answer shows it: ``recorded_retry(game,
+        replay)`` gives that view, or None when the move is not recorded, and the Conflict stands.
+        """
+        try:
+            self._write(conn, game, events, updates)
+        except Conflict:
+            game, replay = self._load_game(conn, participant_id, game.id)
+            retried = recorded_retry(game, replay)
+            if retried is None:
+                raise
+            return retried
+        replay.events.extend(_EventRecord(**e) for e in events)
+        # The game was running until this move, so it has no survey: the view needs no further query.
+        return self._build_view(game, replay, survey_done=False)
+
+    def _view_after_retry(self, conn: Connection, game: _GameRecord, replay: _Replay) -> dict:
+        survey_done = game.outcome is not None and conn.execute(
+            select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
+        return self._build_view(game, replay, survey_done=survey_done)
 
     def _recorded_retry(self, conn: Connection, game: _GameRecord, replay: _Replay, expected_turn: int | None,
                         action: int, message: str | None) -> dict | None:
@@ -619,9 +627,7 @@ class StudyService:
         done = acts[expected_turn] if 0 <= expected_turn < len(acts) else None
         if done is None or (done.actor, done.action, done.message) != ("human", action, message):
             return None
-        survey_done = game.outcome is not None and conn.execute(
-            select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
-        return self._build_view(game, replay, survey_done=survey_done)
+        return self._view_after_retry(conn, game, replay)
 
     def agent_turn(self, game_id: int) -> bool:
         """Let the agent act if it is its turn; returns whether it acted. Safe to call at any time."""
@@ -714,14 +720,7 @@ class StudyService:
             retried = self._recorded_text_retry(conn, game, replay, expected_turn, kind, recorded)
             if retried is not None:
                 return retried
-            if game.outcome is not None:
-                raise Conflict(f"the negotiation is over ({game.outcome})")
-            if state.current_player != HUMAN:
-                raise Conflict("it is not your turn; wait for your partner's reply")
-            turn = _text_turn(replay)
-            if expected_turn is not None and expected_turn != turn:
-                raise Conflict(f"this move was meant for turn {expected_turn}, but the negotiation is at turn "
-                               f"{turn}; reload to see the latest state")
+            _check_persons_turn(game, state, expected_turn, _text_turn(replay), "move")
             if state.selecting and kind != "select":
                 raise Conflict("the talk is over: submit your selection")
             if not state.selecting and kind == "select":
@@ -736,16 +735,8 @@ class StudyService:
                 event, more = self._agent_move(game, state, seq + 1)
                 events.append(event)
                 updates.update(more)
-            try:
-                self._write(conn, game, events, updates)
-            except Conflict:  # another server process wrote first; if it was this very move, it stands once
-                game, replay = self._load_game(conn, participant_id, game_id)
-                retried = self._recorded_text_retry(conn, game, replay, expected_turn, kind, recorded)
-                if retried is None:
-                    raise
-                return retried
-            replay.events.extend(_EventRecord(**e) for e in events)
-            return self._build_view(game, replay, survey_done=False)
+            return self._commit_move(conn, participant_id, game, replay, events, updates, lambda g, r: (
+                self._recorded_text_retry(conn, g, r, expected_turn, kind, recorded)))
 
     def _recorded_text_retry(self, conn: Connection, game: _GameRecord, replay: _Replay, expected_turn: int | None,
                              kind: str, recorded: str) -> dict | None:
@@ -756,9 +747,7 @@ class StudyService:
         done = moves[expected_turn]
         if (done.actor, done.kind == "select", done.text) != ("human", kind == "select", recorded):
             return None
-        survey_done = game.outcome is not None and conn.execute(
-            select(SURVEYS.c.id).where(SURVEYS.c.game_id == game.id)).first() is not None
-        return self._build_view(game, replay, survey_done=survey_done)
+        return self._view_after_retry(conn, game, replay)
 
     def _timed_out(self, game: _GameRecord, replay: _Replay) -> bool:
         now = self.clock()
@@ -1119,6 +1108,17 @@ class StudyService:
                 "max_turns": game.max_turns, "outcome": game.outcome, "ended_by": game.ended_by,
                 "human_score": game.human_score, "agent_score": game.agent_score,
                 "pareto_optimal": game.pareto_optimal, "steps": steps}
+
+
+def _check_persons_turn(game: _GameRecord, state, expected_turn: int | None, turn: int, what: str) -> None:
+    """Conflict unless the game runs, it is the person's turn, and ``expected_turn`` (if given) is ``turn``."""
+    if game.outcome is not None:
+        raise Conflict(f"the negotiation is over ({game.outcome})")
+    if state.current_player != HUMAN:
+        raise Conflict("it is not your turn; wait for your partner's reply")
+    if expected_turn is not None and expected_turn != turn:
+        raise Conflict(f"this {what} was meant for turn {expected_turn}, but the negotiation is at turn "
+                       f"{turn}; reload to see the latest state")
 
 
 def _is_text(game) -> bool:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from _human_eval_support import ADMIN, Participant, make_client, study_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,8 +16,6 @@ from parley.envs.negotiation_text_v0 import TextNegotiationState, format_selecti
 from parley.envs.realiser import realise
 from parley.human_eval.config import AgentSpec, StudyConfig, StudyConfigError
 from parley.human_eval.db import Event, Game
-
-from _human_eval_support import ADMIN, Participant, make_client, study_config
 
 CONTEXT = Context((1, 2, 2), ((2, 2, 2), (6, 1, 1)))
 
