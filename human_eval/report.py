@@ -81,7 +81,8 @@ def load_tables(engine: Engine, study: str | None = None) -> dict[str, list[dict
             "pid": external.get(g.participant_id), "source": source.get(g.participant_id), "agent": g.agent,
             "context_index": g.context_index, "counts": json.loads(g.counts),
             "human_values": json.loads(g.human_values), "agent_values": json.loads(g.agent_values),
-            "human_first": bool(g.human_first), "max_turns": g.max_turns, "started_at": _iso(g.started_at),
+            "human_first": bool(g.human_first), "max_turns": g.max_turns, "protocol": g.protocol or "acts",
+            "started_at": _iso(g.started_at),
             "ended_at": _iso(g.ended_at),
             "duration_s": None if g.ended_at is None else round(g.ended_at - g.started_at, 3),
             "outcome": g.outcome, "ended_by": g.ended_by,
@@ -100,14 +101,15 @@ def load_tables(engine: Engine, study: str | None = None) -> dict[str, list[dict
                    "data": None if e.data is None else json.loads(e.data)} for e in events]
     acts_by_game: dict[int, list[dict]] = {}
     for e in event_rows:
-        if e["kind"] == "act":
+        # Coarse acts, and a text game's messages (say: an utterance or <selection>) and selections.
+        if e["kind"] in ("act", "say", "select"):
             acts_by_game.setdefault(e["game_id"], []).append(
-                {"seq": e["seq"], "speaker": e["actor"], "action": e["action"], "text": e["text"],
+                {"seq": e["seq"], "kind": e["kind"], "speaker": e["actor"], "action": e["action"], "text": e["text"],
                  "message": e["message"], "time": e["time"], "latency_ms": e["latency_ms"]})
     transcripts = []
     for row in game_rows:
         turns = sorted(acts_by_game.get(row["game_id"], []), key=lambda t: t["seq"])
-        transcripts.append({k: row[k] for k in ("game_id", "pid", "agent", "counts", "human_values",
+        transcripts.append({k: row[k] for k in ("game_id", "pid", "agent", "protocol", "counts", "human_values",
                                                  "agent_values", "human_first", "outcome", "human_gets",
                                                  "human_score", "agent_score")} | {"turns": turns})
     survey_rows = [{"game_id": v.game_id, "participant_id": v.participant_id, "agent": agent_of.get(v.game_id),

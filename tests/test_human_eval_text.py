@@ -10,7 +10,7 @@ from _human_eval_support import ADMIN, Participant, make_client, study_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from parley.envs.corpus import parse_utterance
+from parley.envs.corpus import parse_raw_line, parse_utterance
 from parley.envs.negotiation import Context, encode_act
 from parley.envs.negotiation_text_v0 import TextNegotiationState, format_selection
 from parley.envs.realiser import realise
@@ -258,3 +258,24 @@ def test_admin_pages_read_text_games(tmp_path):
     said = [s["text"] for s in replay["steps"] if s["kind"] == "say"]
     offer = realise(encode_act("propose", (0, 0, 0)), CONTEXT.counts, np.random.default_rng(0))
     assert offer in said and said[-1] == "<selection>" and replay["outcome"] == "deal"
+
+
+def test_corpus_export_writes_what_was_said_and_selected(tmp_path):
+    client = make_client(tmp_path, text_config())
+    results = {}
+    for pid, keep in (("c-deal", [0, 0, 0]), ("c-mismatch", list(CONTEXT.counts))):
+        p = Participant(client, pid)
+        game = p.begin()
+        talk_to_agreement(p, game)
+        results[game["game_id"]] = (keep, move(p, game["game_id"], "select", split=keep)["outcome"]["result"])
+    assert sorted(r for _, r in results.values()) == ["deal", "mismatch"]
+    lines = client.get("/api/admin/corpus.txt", headers={"X-Admin-Token": ADMIN}).text.splitlines()
+    assert len(lines) == 4  # two sides of two games
+    offer = realise(encode_act("propose", (0, 0, 0)), CONTEXT.counts, np.random.default_rng(0))
+    for (keep, result), (person, agent) in zip(results.values(), (lines[:2], lines[2:]), strict=True):
+        mine, theirs = parse_raw_line(person), parse_raw_line(agent)
+        assert mine.outcome == theirs.outcome == ("agree" if result == "deal" else "disagree")
+        assert tuple(mine.selection) == tuple(keep) and tuple(theirs.selection) == CONTEXT.counts
+        said = [u.text for u in mine.utterances]
+        assert offer.lower().rstrip(".") in said[-2] and parse_utterance(said[-1], CONTEXT.counts).kind == "agree"
+        assert "YOU: <selection>" in person and "THEM: <selection>" in agent  # the person ended the talk
