@@ -279,3 +279,23 @@ def test_corpus_export_writes_what_was_said_and_selected(tmp_path):
         said = [u.text for u in mine.utterances]
         assert offer.lower().rstrip(".") in said[-2] and parse_utterance(said[-1], CONTEXT.counts).kind == "agree"
         assert "YOU: <selection>" in person and "THEM: <selection>" in agent  # the person ended the talk
+
+
+def test_an_idle_person_times_out_while_selecting(tmp_path):
+    from parley.human_eval.db import make_engine
+    from parley.human_eval.service import StudyService
+
+    clock = FakeClock()
+    service = StudyService(text_config(idle_timeout_s=60.0), make_engine(f"sqlite:///{tmp_path / 's.db'}"),
+                           clock=clock)
+    p = service.enter("teststudy", "idle")
+    service.record_step(p, "consent")
+    service.record_step(p, "instructions")
+    gid = service.start_game(p)
+    view = service.send_text(p, gid, "end_talk", expected_turn=service.advance(p, gid)["turn"], reply=True)
+    assert view["phase"] == "select" and view["your_turn"]
+    clock.now += 61.0
+    assert service.expire_idle_games() == 1
+    view = service.view(p, gid)
+    assert view["outcome"]["result"] == "timeout" and view["outcome"]["your_points"] == 0
+    assert view["outcome"]["partner_selection"] is not None  # shown once the game is over
