@@ -130,6 +130,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class FakeClock:
+    """A clock for StudyService that moves only when a test sets ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def start_server(config: Path, db: str, log: Path, port: int | None = None,
                  extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
     """``parley serve`` as a subprocess on a free loopback port; returns once /healthz answers.

@@ -27,7 +27,6 @@ from parley.agents.partners.scripted import (
 from parley.envs.negotiation import (
     AGREE_ACTION,
     INSIST_OFFSET,
-    NUM_SPLITS,
     BatchedNegotiation,
     sample_context_arrays,
 )

@@ -9,6 +9,7 @@ import re
 import pytest
 from _human_eval_support import (
     ADMIN,
+    FakeClock,
     Participant,
     make_client,
     play_to_deal,
@@ -169,14 +170,6 @@ def test_non_finite_and_overflowing_numbers_are_refused(client):
 
 
 # ---------------------------------------------------------------------------------- the game itself
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_read_during_the_think_time_does_not_reveal_the_reply(tmp_path):

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from _human_eval_support import LEAK_CONTEXT, Participant, study_config
+from _human_eval_support import LEAK_CONTEXT, FakeClock, Participant, study_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -16,14 +16,6 @@ from parley.human_eval.config import AgentSpec, StudyConfig, StudyConfigError
 from parley.human_eval.db import Event, Game, Survey, make_engine
 from parley.human_eval.report import load_tables, mean_interval, summarise, wilson_interval
 from parley.human_eval.service import Conflict, StudyService
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _service(tmp_path, config=None, **kwargs):

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from _human_eval_support import ADMIN, Participant, make_client, study_config
+from _human_eval_support import ADMIN, FakeClock, Participant, make_client, study_config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -193,14 +193,6 @@ def test_message_limit_ends_the_talk(tmp_path):
     if view["phase"] == "talk":
         view = move(p, gid, "say", text="hi")
     assert view["phase"] == "select" and view["messages_sent"] == 2
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_reply_is_hidden_during_the_think_time(tmp_path):
