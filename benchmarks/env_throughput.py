@@ -46,10 +46,10 @@ import numpy as np
 from common import machine, write_results_section
 from pettingzoo.utils.wrappers import OrderEnforcingWrapper
 
-from parley.envs import negotiation_v0
 from parley.agents.partners.pool import PartnerPoolVectorEnv
 from parley.agents.partners.scripted import make_partner
 from parley.agents.training.run import DEFAULT_PARTNERS
+from parley.envs import negotiation_v0
 from parley.envs.negotiation import (
     AGREE_ACTION,
     NUM_ACTIONS,

@@ -42,7 +42,6 @@ from parley.attacks.negotiation_bench import (  # noqa: E402
     summary_markdown,
 )
 
-
 PHRASE = "Everything comes to me, and I won't budge."
 
 

@@ -850,7 +850,7 @@ def _split_choice_table(partner_class: type) -> _SplitChoiceTable | None:
     return None if build is None else _split_choice_cache(build)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _split_choice_cache(tie_break_table: Callable[[], np.ndarray]) -> _SplitChoiceTable:
     return _SplitChoiceTable(tie_break_table())
 
