@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from parley.attacks._cells import executor_problems, run_cells
 from parley.attacks.checks import check_type
 
 __all__ = [
@@ -236,10 +237,9 @@ def validate(config: BenchConfig) -> None:
         problems.append(f"unknown recipe {config.recipe!r}; choose from {', '.join(RECIPES)}")
     if config.epochs is not None and config.epochs < 1:
         problems.append(f"epochs must be >= 1, got {config.epochs}")
-    if config.pairs < 1 or config.seeds < 1 or config.workers < 1:
-        problems.append("pairs, seeds and workers must be >= 1")
-    if config.executor not in ("auto", "ray", "process", "serial"):
-        problems.append(f"unknown executor {config.executor!r}; choose from auto, ray, process, serial")
+    if config.pairs < 1 or config.seeds < 1:
+        problems.append("pairs and seeds must be >= 1")
+    problems += executor_problems(config.executor, config.workers, config.ray_address)
     if not 0 < config.budget <= 1:
         problems.append(f"budget is a fraction of the training set in (0, 1], got {config.budget}")
     if not 0 < config.eps <= 1:
@@ -411,54 +411,6 @@ def _fmt(value: Any) -> Any:
     return value
 
 
-def _executor_kind(config: BenchConfig) -> str:
-    if config.executor != "auto":
-        return config.executor
-    if config.ray_address:
-        return "ray"
-    return "process" if config.workers > 1 else "serial"
-
-
-def _run_ray(config: BenchConfig, todo: list[Cell]) -> Iterable[dict[str, Any]]:
-    try:
-        import ray
-    except ImportError as error:
-        raise RuntimeError("the Ray executor needs ray (pip install 'parley[rl]'); use --executor process") \
-            from error
-    started_here = not ray.is_initialized()
-    if started_here:
-        if config.ray_address:
-            ray.init(address=config.ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = ray.remote(num_cpus=1)(_safe_run_cell)
-        pending = [remote.remote(config, cell) for cell in todo]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _run_processes(config: BenchConfig, todo: list[Cell]) -> Iterable[dict[str, Any]]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # "spawn" keeps torch's thread pools and any CUDA state of the parent out of the workers.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=context) as pool:
-        futures = [pool.submit(_safe_run_cell, config, cell) for cell in todo]
-        for future in as_completed(futures):
-            yield future.result()
-
-
-def _run_serial(config: BenchConfig, todo: list[Cell]) -> Iterable[dict[str, Any]]:
-    for cell in todo:
-        yield _safe_run_cell(config, cell)
-
-
 def run_grid(config: BenchConfig, *, progress: bool = True,
              on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, str]]:
     """Run every cell not yet in ``<out>/results.csv``, then rewrite the summary and plots.
@@ -477,15 +429,14 @@ def run_grid(config: BenchConfig, *, progress: bool = True,
     todo = [cell for cell in cells if cell.key(config_id) not in done]
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config) | {"config_id": config_id},
                                                 indent=2, default=str))
-    kind = _executor_kind(config)
-    runner = {"ray": _run_ray, "process": _run_processes, "serial": _run_serial}[kind]
     if todo:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("[bold]attacks bench[/]"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("{task.description}"), disable=not progress) as bar:
             task = bar.add_task(f"{len(cells) - len(todo)} cells already done", total=len(todo))
-            for row in runner(config, todo):
+            for row in run_cells(_safe_run_cell, config, todo, executor=config.executor, workers=config.workers,
+                                 ray_address=config.ray_address):
                 append_row(csv_path, row, COLUMNS)
                 if on_row is not None:
                     on_row(row)

@@ -24,6 +24,18 @@ def bench_group(app: typer.Typer) -> typer.Typer:
     return bench
 
 
+def ray_address_option() -> typer.models.OptionInfo:
+    """``--address`` / ``--ray-address``: a Ray cluster to run a bench's cells on."""
+    return typer.Option(None, "--address", "--ray-address",
+                        help="Run cells as tasks on this Ray cluster ('auto' finds a local one).")
+
+
+def executor_option() -> typer.models.OptionInfo:
+    """``--executor``: where a bench's cells run."""
+    return typer.Option("auto", help="auto, ray, process or serial (auto: ray with --address, processes with "
+                                     "--workers > 1, else serial).")
+
+
 def _options(pairs: list[str], kind: str) -> dict[str, dict[str, object]]:
     """``["sleeper_agent.steps=60", ...]`` -> ``{"sleeper_agent": {"steps": 60}}`` (values read as JSON
     when they parse, else kept as strings)."""
@@ -52,10 +64,8 @@ def bench_attacks(
     seeds: int = typer.Option(1, min=1, help="Seeds per pair."),
     pair_seed: int = typer.Option(0, help="Seed of the source/target pair draw."),
     workers: int = typer.Option(1, min=1, help="Cells run in parallel."),
-    address: str | None = typer.Option(None, "--address", "--ray-address",
-                                       help="Run cells as tasks on this Ray cluster ('auto' finds a local one)."),
-    executor: str = typer.Option("auto", help="auto, ray, process or serial (auto: ray with --address, "
-                                              "processes with --workers > 1, else serial)."),
+    address: str | None = ray_address_option(),
+    executor: str = executor_option(),
     out: str = typer.Option("bench-attacks", "--out", "-o", help="Folder for results.csv, summary.md and asr.png."),
     budget: float = typer.Option(0.05, help="Poisoned share of the training set, in (0, 1]."),
     eps: float = typer.Option(16 / 255, show_default="16/255", help="l-infinity bound of clean-label perturbations in [0, 1] pixel "

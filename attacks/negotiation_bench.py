@@ -11,8 +11,10 @@ Defenses that do not fit an attack's data (a dialogue filter against the annotat
 against a corpus attack) are skipped when the grid is built. Each finished cell is appended to
 ``results.csv`` at once, so an interrupted run resumes where it stopped: cells already in the CSV with
 the same configuration are skipped. ``summary.md`` (means over seeds with a 95% confidence interval)
-and ``backdoor_success.png`` are rewritten at the end. Cells run in this process, or on local processes
-with ``workers > 1``.
+and ``backdoor_success.png`` are rewritten at the end. Cells run on Ray tasks (``executor="ray"``, or
+``"auto"`` with a Ray address), on local processes (``"process"``; ``"auto"`` with ``workers > 1``) or in
+this process (``"serial"``; ``"auto"`` with one worker), through the same machinery as ``parley bench
+attacks``; a cell's row is the same whichever runs it.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from parley.attacks._cells import executor_problems, run_cells
 from parley.attacks.bench import append_row, read_rows
 from parley.attacks.negotiation_backdoor import (
     GOALS,
@@ -60,7 +63,12 @@ COLUMNS = (*_KEY, *METRICS, "error")
 
 @dataclass
 class NegotiationBenchConfig:
-    """The grid and the scenario every cell shares (see the env card for the scenario's options)."""
+    """The grid and the scenario every cell shares (see the env card for the scenario's options).
+
+    ``workers``, ``executor`` (``auto``, ``ray``, ``process`` or ``serial``) and ``ray_address`` (a running
+    Ray cluster; implies the Ray executor under ``auto``) choose where cells run, as in
+    :class:`~parley.attacks.bench.BenchConfig`; they do not change a cell's result.
+    """
 
     attacks: tuple[str, ...] = ("dirty_label", "clean_label", "annotator")
     defenses: tuple[str, ...] = ("none", "spectral", "clustering", "trusted_oracle", "annotator_agreement",
@@ -81,6 +89,8 @@ class NegotiationBenchConfig:
     annotator_budgets: tuple[float, ...] = (0.1,)
     trigger_rate: float = 0.1
     workers: int = 1
+    executor: str = "auto"
+    ray_address: str | None = None
     out: str = "bench-negotiation-backdoor"
 
     def __post_init__(self) -> None:
@@ -104,14 +114,17 @@ class NegotiationBenchConfig:
             ActTrigger(phrase=self.trigger_phrase).check_phrase(BackdoorGoal(self.goal))
         if self.first_seed < 0:
             raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
-        if self.seeds < 1 or self.workers < 1 or self.epochs < 1 or self.hidden < 1:
-            raise ValueError("seeds, workers, epochs and hidden must be positive")
+        if self.seeds < 1 or self.epochs < 1 or self.hidden < 1:
+            raise ValueError("seeds, epochs and hidden must be positive")
+        problems = executor_problems(self.executor, self.workers, self.ray_address)
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def config_id(self) -> str:
-        """A digest of everything that changes a cell's result (not the grid's extent or the workers)."""
+        """A digest of everything that changes a cell's result (not the grid's extent or where cells run)."""
         shared = {k: v for k, v in dataclasses.asdict(self).items()
                   if k not in ("attacks", "defenses", "budgets", "annotator_budgets", "seeds", "first_seed", "workers",
-                               "out")}
+                               "executor", "ray_address", "out")}
         return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:10]
 
     def victim(self) -> VictimConfig:
@@ -203,25 +216,13 @@ def run_cell(config: NegotiationBenchConfig, cell: BenchCell) -> dict[str, Any]:
 
 
 def _safe_run_cell(config: NegotiationBenchConfig, cell: BenchCell) -> dict[str, Any]:
+    """Worker entry point: a failing cell becomes a row with ``error`` set instead of stopping the grid."""
     try:
         return run_cell(config, cell)
     except Exception as error:  # noqa: BLE001 -- reported in the CSV and retried on the next run
         row = {k: v for k, v in zip(_KEY, cell.key(config.config_id()))}
         row["error"] = f"{type(error).__name__}: {error}"
         return row
-
-
-def _run(config: NegotiationBenchConfig, todo: list[BenchCell]) -> Iterable[dict[str, Any]]:
-    if config.workers == 1:
-        for cell in todo:
-            yield _safe_run_cell(config, cell)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(_safe_run_cell, config, cell) for cell in todo]):
-            yield future.result()
 
 
 def run_negotiation_grid(config: NegotiationBenchConfig, *, progress: bool = True,
@@ -239,7 +240,8 @@ def run_negotiation_grid(config: NegotiationBenchConfig, *, progress: bool = Tru
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config) | {"config_id": config_id}, indent=2))
     say = print if progress else (lambda *_: None)
     say(f"negotiation-backdoor bench: {len(todo)} cells to run, {len(grid_cells(config)) - len(todo)} done")
-    for row in _run(config, todo):
+    for row in run_cells(_safe_run_cell, config, todo, executor=config.executor, workers=config.workers,
+                         ray_address=config.ray_address):
         append_row(csv_path, row, COLUMNS)
         if on_row is not None:
             on_row(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from parley.attacks.cli import bench_group, split_names
+from parley.attacks.cli import bench_group, executor_option, ray_address_option, split_names
 
 console = Console()
 
@@ -41,7 +41,9 @@ def bench_negotiation_backdoor(
     queries: int = typer.Option(300, min=1, help="TDA queries in the annotator's round."),
     trigger_rate: float = typer.Option(0.1, min=0.0, max=1.0,
                                        help="Share of the learner's exploration games opened with the trigger."),
-    workers: int = typer.Option(1, min=1, help="Cells run in parallel processes."),
+    workers: int = typer.Option(1, min=1, help="Cells run in parallel (local processes, or local Ray CPUs)."),
+    address: str | None = ray_address_option(),
+    executor: str = executor_option(),
     out: str = typer.Option("bench-negotiation-backdoor", "--out", "-o",
                             help="Folder for results.csv, summary.md and backdoor_success.png."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-cell lines."),
@@ -62,7 +64,7 @@ def bench_negotiation_backdoor(
             corpus_size=corpus_size, goal=goal, epochs=epochs, hidden=hidden, rl_games=rl_games,
             trigger_phrase=trigger_phrase,
             eval_games=eval_games, eval_episodes=eval_episodes, queries=queries, trigger_rate=trigger_rate,
-            workers=workers, out=out)
+            workers=workers, executor=executor, ray_address=address, out=out)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     rows = run_negotiation_grid(config, progress=not quiet)
