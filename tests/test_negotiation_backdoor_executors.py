@@ -37,6 +37,9 @@ def test_unknown_executor_and_bad_settings_are_refused_with_the_allowed_names(tm
                                    str(tmp_path / "cli")])
     assert bad.exit_code == 2 and "unknown executor 'cloud'" in bad.output and "serial" in bad.output
     assert not (tmp_path / "cli").exists()
+    clash = CliRunner().invoke(app, ["bench", "negotiation-backdoor", "--executor", "serial", "--address",
+                                     "10.0.0.1:6379", "--out", str(tmp_path / "cli")])
+    assert clash.exit_code == 2 and "needs the ray" in clash.output
 
 
 def test_where_cells_run_does_not_change_the_configuration_a_resume_matches():
