@@ -99,10 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         note = ("Rows: `--schedule paper --budget 0.1 --width 32 --pairs 3-8`; `--schedule paper --pairs 3-8,6-1`; "
                 "`--schedule small_images --pairs 3-8,6-1` at `--eps` 16, `--eps 32 --pairs 3-8`, `--eps 64` and "
-                "`--eps 255` on both pairs; `--schedule none`. Validation pairs only (mnist5k training split carved 80/20, seed 1); one crafting and one victim "
+                "`--eps 255` on both pairs; `--schedule small_images --budget 0.1 --eps 64` on both pairs; "
+                "`--schedule none`. Validation pairs only (mnist5k training split carved 80/20, seed 1); one crafting and one victim "
                 "per row (small CNN, 15 epochs, from scratch); trigger 7x7 at random places. Crafting times were "
                 "measured while other jobs loaded the two cores (load average 10-15), so they overstate the cost "
-                "on an idle machine. Rows accumulate from several invocations of this command.")
+                "on an idle machine (the 10% / 64/255 rows ran two at a time at load 2: 147 s each). At a 10% "
+                "budget the poisons are nearly every target-class training image, and the victim's clean accuracy "
+                "falls by about 9 points. Rows accumulate from several invocations of this command.")
         write_results_section("Sleeper Agent schedules on mnist5k validation pairs", machine(), note, text)
 
 
