@@ -216,7 +216,10 @@ def _base_config(settings: PPOSettings, *, seed: int, device: str) -> PPOConfig:
             minibatch_size=settings.minibatch_size,
             num_epochs=settings.num_epochs,
         )
-        .environment(disable_env_checking=True)  # its random-action probe ignores the action mask
+        # disable_env_checking: its random-action probe ignores the action mask. normalize_actions and
+        # clip_actions only matter for Box actions; off, RLlib skips a deep copy and a per-game pass over the
+        # sampled acts in every env step.
+        .environment(disable_env_checking=True, normalize_actions=False, clip_actions=False)
         .debugging(seed=seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=1000)
     )
