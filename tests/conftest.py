@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +77,31 @@ def tiny_language_model(text_games_corpus, tmp_path_factory) -> Path:
     train_language_model(text_games_corpus, out, TrainLMConfig(epochs=4, batch_size=16, lr=1e-2),
                          LMConfig(embed_dim=16, context_dim=8, hidden_dim=32), log=lambda *_: None)
     return out
+
+
+@contextlib.contextmanager
+def _served_in_thread(app):
+    """``app`` served by uvicorn in a thread on a free loopback port; yields ``http://127.0.0.1:PORT``."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """``with serve_app(app) as base_url:`` serves an ASGI app by uvicorn in a thread on loopback."""
+    return _served_in_thread

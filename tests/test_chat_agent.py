@@ -291,27 +291,14 @@ def test_chat_mode_walks_away_from_an_unusable_talk_and_selects_no_agreement(ser
 
 
 @pytest.fixture(scope="module")
-def lm_serve():
+def lm_serve(serve_app):
     pytest.importorskip("fastapi")
-    import uvicorn
-
     from parley.agents.lm.server import create_app
     from parley.text import make_text_player
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     app = create_app(make_text_player("boulware", seed=0), "boulware")
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as base:
+        yield f"{base}/v1"
 
 
 def test_chat_mode_plays_text_games_against_lm_serve(lm_serve, tmp_path):

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import httpx
 import pytest
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
 
 from parley.agents.lm.server import create_app  # noqa: E402
 from parley.envs.corpus import parse_utterance  # noqa: E402
@@ -20,30 +15,13 @@ from parley.text import make_text_player  # noqa: E402
 SYSTEM = {"role": "system", "content": "You negotiate. <input> 1 4 4 1 1 2 </input>"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["boulware", "lm"])
-def server(request, tiny_language_model):
+def server(request, tiny_language_model, serve_app):
     spec = "boulware" if request.param == "boulware" else tiny_language_model
     player = make_text_player(spec, seed=0)
-    port = _free_port()
-    config = uvicorn.Config(create_app(player, request.param, max_utterance_chars=100, max_messages=6),
-                            host="127.0.0.1", port=port, log_level="error")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    app = create_app(player, request.param, max_utterance_chars=100, max_messages=6)
+    with serve_app(app) as base, httpx.Client(base_url=base, timeout=30) as client:
         yield request.param, client
-    instance.should_exit = True
-    thread.join(timeout=10)
 
 
 def chat(client, name, messages, **extra):
