@@ -46,7 +46,7 @@ from parley.envs.negotiation import DEFAULT_MAX_TURNS, sample_context_arrays
 from parley.envs.play import GameBatch, play_batch
 from parley.envs.policy import Policy
 
-__all__ = ["ALL_PARTNERS_ROW", "MEASURES", "EvalRow", "PartnerGroup", "eval_table", "evaluate_policy",
+__all__ = ["ALL_PARTNERS_ROW", "MEASURES", "EvalRow", "Measures", "PartnerGroup", "eval_table", "evaluate_policy",
            "game_measures", "mean_measures", "write_eval_csv"]
 
 ALL_PARTNERS_ROW = "all"
@@ -98,11 +98,9 @@ def mean_measures(*per_game: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class EvalRow:
-    """The agent against one partner (or ``"all"``: every game against every partner)."""
+class Measures:
+    """The :data:`MEASURES` of a set of games, in table order (the base of every result row)."""
 
-    partner: str
-    games: int
     score: float
     partner_score: float
     joint: float
@@ -110,6 +108,20 @@ class EvalRow:
     pareto: float
     nash_product: float
     turns: float
+
+
+@dataclass(frozen=True)
+class _PartnerGames:
+    partner: str
+    games: int
+
+
+# Measures comes first among the bases so that its fields come last: dataclasses collect fields from the
+# bases in reverse order, and rows keep their identifying fields first (positional use, CSV columns).
+@dataclass(frozen=True)
+class EvalRow(Measures, _PartnerGames):
+    """The agent against one partner (or ``"all"``: every game against every partner): ``partner``,
+    ``games``, then the :class:`Measures`."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from parley.agents.evaluation import (
     ALL_PARTNERS_ROW,
     MEASURES,
     EvalRow,
+    Measures,
     eval_table,
     evaluate_policy,
     game_measures,
@@ -19,7 +21,7 @@ from parley.agents.evaluation import (
     write_eval_csv,
 )
 from parley.agents.partners.scripted import make_partner
-from parley.agents.partners.tournament import run_tournament
+from parley.agents.partners.tournament import AgentResult, PairResult, run_tournament
 from parley.envs.negotiation import Context, NegotiationState, sample_context_arrays
 from parley.envs.play import play_batch
 
@@ -71,6 +73,15 @@ def test_tournament_pairs_report_the_evaluation_measures():
         pair = result.pair("boulware", row.partner)
         for key in MEASURES:
             assert getattr(pair, key) == pytest.approx(getattr(row, key), nan_ok=True), key
+
+
+def test_every_result_row_has_the_measures_after_its_identifying_fields():
+    assert [f.name for f in fields(Measures)] == list(MEASURES)
+    for row_class, identity in ((EvalRow, ["partner", "games"]), (PairResult, ["agent", "partner", "games"]),
+                                (AgentResult, ["agent", "games"])):
+        assert [f.name for f in fields(row_class)] == identity + list(MEASURES), row_class.__name__
+    row = EvalRow("boulware", 10, *range(len(MEASURES)))
+    assert (row.partner, row.games, row.score, row.turns) == ("boulware", 10, 0, len(MEASURES) - 1)
 
 
 def test_partners_as_names_objects_or_a_mapping_and_evaluations_repeat():

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parley.agents.evaluation import game_measures, mean_measures
+from parley.agents.evaluation import Measures, game_measures, mean_measures
 from parley.agents.partners.scripted import PARTNERS, make_partner
 from parley.envs.negotiation import (
     DEFAULT_MAX_TURNS,
@@ -46,34 +46,27 @@ __all__ = ["PairResult", "AgentResult", "TournamentResult", "resolve_agent", "ru
 
 
 @dataclass(frozen=True)
-class PairResult:
-    """``agent`` (seat 0) against ``partner`` (seat 1) over ``games`` contexts; measures from ``agent``'s side."""
-
+class _AgentPartnerGames:
     agent: str
     partner: str
     games: int
-    score: float
-    partner_score: float
-    joint: float
-    agreement: float
-    pareto: float
-    nash_product: float
-    turns: float
 
 
 @dataclass(frozen=True)
-class AgentResult:
-    """One agent over every game it played, in either seat (self-play games count once per seat)."""
-
+class _AgentGames:
     agent: str
     games: int
-    score: float
-    partner_score: float
-    joint: float
-    agreement: float
-    pareto: float
-    nash_product: float
-    turns: float
+
+
+# Measures is the first base so that the identifying fields come first (see EvalRow).
+@dataclass(frozen=True)
+class PairResult(Measures, _AgentPartnerGames):
+    """``agent`` (seat 0) against ``partner`` (seat 1) over ``games`` contexts; measures from ``agent``'s side."""
+
+
+@dataclass(frozen=True)
+class AgentResult(Measures, _AgentGames):
+    """One agent over every game it played, in either seat (self-play games count once per seat)."""
 
 
 @dataclass
