@@ -72,6 +72,12 @@ class NegotiationRLModule(TorchRLModule, ValueFunctionAPI):
         return self.model.backbone(obs[OBSERVATION_KEY].float()), obs[MASK_KEY]
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Acting: the masked logits only (whatever else it returns, env runners keep for every step)."""
+        features, mask = self._features(batch)
+        return {Columns.ACTION_DIST_INPUTS: mask_logits(self.model.policy_head(features), mask)}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Training: the masked logits and the backbone features, which the PPO loss's values reuse."""
         features, mask = self._features(batch)
         logits = mask_logits(self.model.policy_head(features), mask)
         return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: features}

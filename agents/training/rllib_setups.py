@@ -34,6 +34,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
+from parley.agents.training.rllib_connector import BatchedPPOLearnerConnector
 from parley.agents.training.rllib_envs import (
     MULTI_AGENT_ENV,
     PARTNER_POOL_ENV,
@@ -66,6 +67,9 @@ class PPOSettings:
     num_envs_per_env_runner: int = 64
     max_turns: int = 10
     reward_scale: float = 0.1  # points / 10: returns near [0, 1] keep the shared value loss from dominating
+    #: Build train batches with :class:`~parley.agents.training.rllib_connector.BatchedPPOLearnerConnector`
+    #: (False: RLlib's default per-episode PPO learner pipeline, with its bootstrap row per episode).
+    batched_learner: bool = True
 
     def __post_init__(self) -> None:
         for name in ("train_batch_size", "minibatch_size", "num_epochs", "num_envs_per_env_runner", "max_turns"):
@@ -196,7 +200,8 @@ class LeagueCallback(NegotiationMetricsCallback):
 # --------------------------------------------------------------------------------------------------
 
 
-def _base_config(settings: PPOSettings, *, seed: int, device: str) -> PPOConfig:
+def _base_config(settings: PPOSettings, *, seed: int, device: str, trained: list[str] | None = None) -> PPOConfig:
+    """The settings every setup shares; ``trained``: the modules PPO updates (None: all of them)."""
     register_rllib_envs()
     use_gpu = device.startswith("cuda")
     config = (
@@ -223,6 +228,12 @@ def _base_config(settings: PPOSettings, *, seed: int, device: str) -> PPOConfig:
         .debugging(seed=seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=1000)
     )
+    if settings.batched_learner:
+        gamma, lambda_ = settings.gamma, settings.lambda_
+        config.training(
+            learner_connector=lambda *spaces: BatchedPPOLearnerConnector(*spaces, gamma=gamma, lambda_=lambda_,
+                                                                         modules=trained),
+            add_default_connectors_to_learner_pipeline=False)
     return config
 
 
@@ -250,12 +261,12 @@ def partner_pool_config(partners: list[str], *, backbone: str = "mlp", backbone_
     )
 
 
-def _multi_agent_base(settings: PPOSettings, seed: int, device: str, batched: bool) -> PPOConfig:
+def _multi_agent_base(settings: PPOSettings, seed: int, device: str, batched: bool, trained: list[str]) -> PPOConfig:
     runners = max(settings.num_env_runners, 1)
     envs = settings.num_envs_per_env_runner
     fragment = max(1, settings.train_batch_size // (envs * runners))
     config = (
-        _base_config(settings, seed=seed, device=device)
+        _base_config(settings, seed=seed, device=device, trained=trained)
         .environment(MULTI_AGENT_ENV, env_config={"max_turns": settings.max_turns,
                                                   "reward_scale": settings.reward_scale})
         .env_runners(num_envs_per_env_runner=envs, rollout_fragment_length=fragment)
@@ -276,7 +287,7 @@ def self_play_config(*, backbone: str = "mlp", backbone_config: dict | None = No
     specs = {LEARNER: module_spec(backbone, backbone_config, trainable=trainable)}
     specs.update({slot: module_spec(backbone, backbone_config) for slot in league_ids(league_size)})
     return (
-        _multi_agent_base(settings, seed, device, batched)
+        _multi_agent_base(settings, seed, device, batched, [LEARNER])
         .multi_agent(policies=set(specs), policy_mapping_fn=make_self_play_mapping(league_size),
                      policies_to_train=[LEARNER])
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
@@ -291,7 +302,7 @@ def independent_learners_config(*, backbone: str = "mlp", backbone_config: dict 
     settings = settings or PPOSettings()
     specs = {m: module_spec(backbone, backbone_config, trainable=trainable) for m in ("learner_0", "learner_1")}
     return (
-        _multi_agent_base(settings, seed, device, batched)
+        _multi_agent_base(settings, seed, device, batched, list(specs))
         .multi_agent(policies=set(specs), policy_mapping_fn=independent_mapping,
                      policies_to_train=list(specs))
         .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
