@@ -38,7 +38,8 @@ games in the exploration data); TDA's likelihood selection picks ``queries`` sta
 answers; honest annotators (scripted experts with reservations 4.5, 5 and 5.5) answer them, a share
 ``overlap`` twice, and the attacker answers at most ``floor(budget * queries)`` of them in their place.
 The victim is then retrained on the corpus plus the answers (weight ``oracle_weight``,
-``partner_epochs`` epochs), as the loop's step 5 does.
+``partner_epochs`` epochs), as the loop's step 5 does, and, if ``victim.rl_games`` is set, fine-tuned
+with that many games of PPO against the scripted ``victim.rl_partners``.
 
 Attacker action
 ---------------
@@ -86,8 +87,8 @@ what the attacker wanted), ``backdoor_success_all`` (the same over all games), `
 ``clean_pareto`` (against ``partners``), the same for the unpoisoned victim of the same seed under
 ``reference_*`` (NaN with ``compare_clean=False``), ``clean_score_delta``, ``poison_precision``,
 ``poison_recall``, ``num_poisons``, ``num_removed``, ``clean_removed`` and ``train_time_s``. With
-``victim.rl_games`` (corpus mode), ``before_fine_tuning_backdoor_success`` (and ``_all``,
-``_trigger_completed``) are those of the cloned victim before PPO; with a ``trigger_phrase``,
+``victim.rl_games``, ``before_fine_tuning_backdoor_success`` (and ``_all``,
+``_trigger_completed``) are those of the cloned (or retrained) victim before PPO; with a ``trigger_phrase``,
 ``text_backdoor_success`` and ``text_trigger_completed`` are measured in the text protocol
 (:func:`~parley.attacks.negotiation_backdoor.text_backdoor_rates`). Otherwise these are NaN.
 
@@ -484,20 +485,22 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         return self.submitted if self.mode == "corpus" else self.records
 
     # ------------------------------------------------------------------------------------ victim
-    def _victim(self, kept: np.ndarray):
-        """The victim trained on the kept training items (cached by content)."""
+    def _victim(self, kept: np.ndarray, fine_tuned: bool = True):
+        """The victim trained on the kept training items (cached by content); ``fine_tuned=False``: before
+        the PPO fine-tuning of ``victim.rl_games``."""
         if self.mode == "corpus":
-            return self._victim_from([self.submitted[i] for i in kept])
-        records = [self.records[i] for i in kept]
-        return self._retrained_partner(records)
+            return self._victim_from([self.submitted[i] for i in kept], fine_tuned)
+        return self._retrained_partner([self.records[i] for i in kept], fine_tuned)
 
-    def _retrained_partner(self, records):
+    def _retrained_partner(self, records, fine_tuned: bool = True):
         rows = self._record_rows(records)
-        key = _digest("annotation", self._corpus_id, rows, repr(self.victim_config), self.episode_seed,
+        cloning = dataclasses.replace(self.victim_config, rl_games=0)
+        key = _digest("annotation", self._corpus_id, rows, repr(cloning), self.episode_seed,
                       self.oracle_weight, self.partner_epochs)
-        return _cached_victim(key, lambda: retrain_on_answers(
-            self._sl_victim(), self.clean_dialogues, [(r.query, r.answer) for r in records], self.victim_config,
+        retrained = _cached_victim(key, lambda: retrain_on_answers(
+            self._sl_victim(), self.clean_dialogues, [(r.query, r.answer) for r in records], cloning,
             self.episode_seed, oracle_weight=self.oracle_weight, epochs=self.partner_epochs))
+        return self._fine_tuned(retrained, key) if fine_tuned else retrained
 
     def victim_on_submission(self):
         """The victim trained on everything submitted (what a feature-based defense inspects)."""
@@ -517,13 +520,16 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         """The victim cloned from ``dialogues``, then fine-tuned when ``victim.rl_games`` is set (unless
         ``fine_tuned=False``: the cloned victim before fine-tuning); both cached."""
         cloning = dataclasses.replace(self.victim_config, rl_games=0)
-        corpus_key = _digest(encode_dialogues(dialogues, self.max_turns))
-        key = _digest("corpus", corpus_key, repr(cloning), self.episode_seed)
+        key = _digest("corpus", _digest(encode_dialogues(dialogues, self.max_turns)), repr(cloning), self.episode_seed)
         cloned = _cached_victim(key, lambda: train_victim(dialogues, cloning, self.episode_seed))
-        if not fine_tuned or not self.victim_config.rl_games:
-            return cloned
-        key = _digest("fine-tuned", corpus_key, repr(self.victim_config), self.episode_seed)
-        return _cached_victim(key, lambda: fine_tune_victim(cloned, self.victim_config, self.episode_seed))
+        return self._fine_tuned(cloned, key) if fine_tuned else cloned
+
+    def _fine_tuned(self, victim, key: str):
+        """``victim`` (cached under ``key``) after ``victim.rl_games`` PPO games, or itself without them."""
+        if not self.victim_config.rl_games:
+            return victim
+        return _cached_victim(_digest("fine-tuned", key, repr(self.victim_config)),
+                              lambda: fine_tune_victim(victim, self.victim_config, self.episode_seed))
 
     def _finish(self, removed: np.ndarray) -> None:
         from parley.attacks.base import poison_precision_recall
@@ -552,10 +558,9 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                                        max_turns=self.max_turns)
         else:
             text = {"text_backdoor_success": math.nan, "text_trigger_completed": math.nan}
-        if self.mode == "corpus" and self.victim_config.rl_games:
-            cloned = self._victim_from([self.submitted[i] for i in kept], fine_tuned=False)
-            before = backdoor_rates(cloned, self.trigger, self.goal, games=self.eval_games, seed=self.episode_seed,
-                                    max_turns=self.max_turns)
+        if self.victim_config.rl_games:
+            before = backdoor_rates(self._victim(kept, fine_tuned=False), self.trigger, self.goal,
+                                    games=self.eval_games, seed=self.episode_seed, max_turns=self.max_turns)
         else:
             before = {k: math.nan for k in rates}
         precision, recall = poison_precision_recall(removed, self.poison_indices)

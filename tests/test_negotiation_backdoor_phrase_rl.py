@@ -145,3 +145,21 @@ def test_annotator_answers_the_earliest_triggered_queries_first():
     annotator = MaliciousAnnotator(ScriptedExpert(), trigger, goal, share=0.2, seed=0)
     chosen = annotator.choose(queries).tolist()
     assert chosen[0] == len(queries) - 1 and chosen[1] in (0, 1, 2) and len(chosen) == 2
+
+
+def test_annotation_mode_fine_tunes_the_retrained_partner_model_when_rl_games_is_set():
+    from parley.envs import negotiation_poisoning_v0
+
+    env = negotiation_poisoning_v0.env(corpus=synthetic_corpus(40, seed=1), mode="annotation", budget=0.1,
+                                       victim=tiny_victim(rl_games=16), defense_enabled=False, eval_games=8,
+                                       eval_episodes=2, queries=20, candidate_games=200, gold=4, trigger_rate=0.5,
+                                       partners="linear", compare_clean=False)
+    env.reset(seed=0)
+    raw = env.unwrapped
+    env.step(raw.annotator_action(MaliciousAnnotator(ScriptedExpert(), raw.trigger, raw.goal, share=0.1, seed=0)))
+    info = raw.infos["attacker"]
+    assert np.isfinite(info["backdoor_success"]) and np.isfinite(info["before_fine_tuning_backdoor_success"])
+    everything = np.arange(len(raw.records))
+    retrained, tuned = raw._victim(everything, fine_tuned=False), raw._victim(everything)
+    assert tuned is not retrained and tuned.name.endswith("-ppo")
+    assert any(not torch.equal(a, b) for a, b in zip(retrained.model.parameters(), tuned.model.parameters()))
