@@ -35,6 +35,10 @@ def train_command(
                                       "(tactic, fair_split, pareto, stochastic)."),
     family_members: int = typer.Option(DEFAULTS.family_members, "--family-members", min=1,
                                        help="Partners with drawn parameters each family:NAME entry adds."),
+    partner_sampling: str = typer.Option(DEFAULTS.partner_sampling, "--partner-sampling",
+                                         help="How each game's partner is drawn: uniform, or prioritised (native: "
+                                              "more often the partners the learner trails the best scripted "
+                                              "partner against)."),
     self_play: bool = typer.Option(DEFAULTS.self_play, "--self-play/--no-self-play",
                                    help="Self-play against a league of frozen snapshots (RLlib)."),
     independent: bool = typer.Option(DEFAULTS.independent, "--independent/--no-independent",
@@ -96,7 +100,7 @@ def train_command(
             raise typer.BadParameter("must be a mapping, e.g. '{d_model: 32, n_layers: 2}'",
                                      param_hint="--backbone-config")
     values = dict(framework=framework, backbone=backbone, backbone_config=parsed_backbone_config,
-                  partners=partners, family_members=family_members, self_play=self_play, independent=independent, iterations=iterations,
+                  partners=partners, family_members=family_members, partner_sampling=partner_sampling, self_play=self_play, independent=independent, iterations=iterations,
                   timesteps=timesteps, num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs,
                   address=address, device=device, out=None if out is None else str(out), resume=resume, seed=seed,
                   init_from=None if init_from is None else str(init_from), adapters=adapters,

@@ -11,8 +11,11 @@ How the shared settings map onto it:
 * an iteration plays ``train_batch_size // GAMES_PER_BATCH_STEP`` complete games (with the default
   pool a game holds about 2.7 learner decisions, so an iteration sees about 0.7 x
   ``train_batch_size`` learner steps; ``progress.csv`` logs the exact count);
-* each game's partner is drawn uniformly from ``--partners``; the learner's seat and the first mover
-  are drawn per game too;
+* each game's partner is drawn from ``--partners``, uniformly or (``--partner-sampling prioritised``)
+  by the learner's gap to the best scripted partner against it
+  (:func:`~parley.agents.training.population.reference_scores`,
+  :class:`~parley.agents.training.ppo.PrioritisedSampling`; a resumed run measures the gaps afresh);
+  the learner's seat and the first mover are drawn per game too;
 * ``lr``, ``entropy_coeff``, ``num_epochs``, ``reward_scale`` and ``max_turns`` carry over;
   ``train_batch_size / minibatch_size`` gives the number of minibatches per epoch;
 * env steps are the learner's decisions, as in the single-agent env that RLlib and SB3 train on.
@@ -94,12 +97,14 @@ def build_learner(config: TrainConfig, device: str):
 
 def train_native(config: TrainConfig, run: Path, *, console=None, on_iteration=None) -> TrainResult:
     from parley.agents.nn.torch_policy import TorchPolicy
-    from parley.agents.training.population import build_population
-    from parley.agents.training.ppo import train_ppo
+    from parley.agents.training.population import build_population, reference_scores
+    from parley.agents.training.ppo import PrioritisedSampling, train_ppo
     from parley.utils import resolve_device
 
     device = resolve_device(config.device)
     partners = build_population(config.partners, family_members=config.family_members, seed=config.seed)
+    sampling = (PrioritisedSampling(reference_scores(partners, seed=config.seed))
+                if config.partner_sampling == "prioritised" else None)
     iteration = env_steps = 0
     elapsed_before = 0.0
     optimizer_state = None
@@ -167,7 +172,7 @@ def train_native(config: TrainConfig, run: Path, *, console=None, on_iteration=N
     try:
         if not stop_reached(config, iteration, env_steps):
             train_ppo(learner, partners, ppo, on_iteration=after_iteration, start_iteration=iteration,
-                      optimizer_state=optimizer_state)
+                      optimizer_state=optimizer_state, partner_sampling=sampling)
     finally:
         torch.set_num_threads(threads)
         view.close()

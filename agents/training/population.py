@@ -11,6 +11,12 @@ Held-out families cannot be named: they are read only for final tables (:func:`r
 refuses them). Family members are drawn from a stream of their own (:data:`TRAINING_MEMBER_SEED`
 plus the run's seed), apart from the validation members (``VALIDATION_SEED_OFFSET``) and from the
 members the held-out table draws.
+
+With ``parley train --partner-sampling prioritised`` (native trainer) the partners are not drawn
+uniformly: :func:`reference_scores` measures the best scripted partner's score against each member of
+the population before training, and :class:`~parley.agents.training.ppo.PrioritisedSampling` draws
+each game's partner by how far the learner trails that score against it (refreshed every few
+iterations).
 """
 
 from __future__ import annotations
@@ -18,14 +24,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from parley.envs.policy import Policy
 
-__all__ = ["FAMILY_PREFIX", "TRAINING_MEMBER_SEED", "build_population", "make_population_env",
-           "resolve_population"]
+__all__ = ["FAMILY_PREFIX", "REFERENCE_SEED", "TRAINING_MEMBER_SEED", "build_population", "make_population_env",
+           "reference_scores", "resolve_population"]
 
 FAMILY_PREFIX = "family:"
 #: Added to the run's seed for the family members a population draws.
 TRAINING_MEMBER_SEED = 20_000
+#: Added to the run's seed for the games :func:`reference_scores` plays (apart from training's and evaluation's).
+REFERENCE_SEED = 30_000
 
 
 def resolve_population(partners: str | Sequence[str]) -> list[str]:
@@ -89,6 +99,29 @@ def build_population(partners: str | Sequence[str], *, family_members: int, seed
         if callable(getattr(partner, "seed", None)):
             partner.seed(seed * 7919 + index)
     return population
+
+
+def reference_scores(population: Sequence[Policy], *, episodes: int = 200, seed: int = 0,
+                     scripted: str | Sequence[str] = "suite") -> np.ndarray:
+    """Per partner of ``population``: the best score a scripted partner of ``scripted`` reaches against it.
+
+    Every scripted partner plays ``episodes`` games against each population partner (the same
+    contexts and first movers for all, drawn from ``REFERENCE_SEED + seed``); the reference prioritised
+    sampling measures the learner's gap against.
+    """
+    from parley.agents.evaluation import evaluate_policy
+    from parley.agents.partners.pool import resolve_partner_names
+    from parley.agents.partners.scripted import make_partner
+
+    if not population:
+        raise ValueError("the population is empty; give at least one partner")
+    named = {f"{index}:{getattr(partner, 'name', type(partner).__name__)}": partner
+             for index, partner in enumerate(population)}
+    best = np.full(len(population), -np.inf)
+    for name in resolve_partner_names(scripted):
+        rows = evaluate_policy(make_partner(name, seed=seed), named, episodes=episodes, seed=REFERENCE_SEED + seed)
+        best = np.maximum(best, [row.score for row in rows[:len(population)]])
+    return best
 
 
 def make_population_env(partners: str | Sequence[str], *, family_members: int, seed: int = 0, **env_kwargs: Any):

@@ -9,7 +9,8 @@ directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
   :func:`parley.envs.play.play_batch`; in each game the learner's seat and the first mover are drawn
   at random, the other seat is played by ``partner`` (any batched :class:`~parley.envs.policy.Policy`:
   a scripted partner, a supervised partner model, ...) or, given a list of policies, by one of them
-  drawn uniformly per game (a partner pool); play_batch's ``on_step`` hook records the learner's
+  drawn per game (a partner pool: uniformly, or by a :class:`PrioritisedSampling` that favours the
+  partners the learner does worst against); play_batch's ``on_step`` hook records the learner's
   observations, masks, acts, log-probabilities and values;
 * the learner's decisions form short episodes (at most ``ceil(max_turns / 2)`` steps) whose only
   reward comes at the end of the game; advantages use GAE over the learner's own steps;
@@ -113,6 +114,58 @@ def shaped_reward(metrics: dict[str, np.ndarray], learner_seat: np.ndarray, conf
     return own - config.fairness_weight * np.where(agreed, np.abs(own - partner), 0.0)
 
 
+class PrioritisedSampling:
+    """Prioritised opponent sampling: each game's partner drawn by how far the learner trails a reference.
+
+    ``reference[i]`` is the score (points) the learner should reach against partner ``i`` -- for
+    ``parley train``, the best scripted partner's score against it. The learner's own score against
+    each partner is averaged over the training games of the last ``refresh_every`` iterations; then
+    partner ``i`` is drawn with probability
+
+        (1 - uniform_share) * softmax((reference - score) / temperature)[i] + uniform_share / n,
+
+    so partners the learner trails are met more often, and every partner keeps at least
+    ``uniform_share / n`` of the games (what it has learnt against the others is not forgotten).
+    Until the first refresh, and for a partner not met since, the draw treats the gap as 0.
+    """
+
+    def __init__(self, reference: Sequence[float], *, refresh_every: int = 5, temperature: float = 1.0,
+                 uniform_share: float = 0.25) -> None:
+        self.reference = np.asarray(reference, dtype=np.float64)
+        if self.reference.ndim != 1 or len(self.reference) == 0 or not np.isfinite(self.reference).all():
+            raise ValueError("reference must hold one finite score per partner")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be at least 1 iteration, got {refresh_every}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive (points), got {temperature}")
+        if not 0.0 <= uniform_share <= 1.0:
+            raise ValueError(f"uniform_share must be in [0, 1], got {uniform_share}")
+        self.refresh_every, self.temperature, self.uniform_share = refresh_every, temperature, uniform_share
+        n = len(self.reference)
+        self.gap = np.zeros(n)  # reference - the learner's score, as of the last refresh
+        self.probabilities = np.full(n, 1.0 / n)
+        self._sums, self._games, self._observed = np.zeros(n), np.zeros(n), 0
+
+    def observe(self, partner_of: np.ndarray, scores: np.ndarray) -> None:
+        """Record one iteration's games (partner index and the learner's points per game); refresh the
+        probabilities every ``refresh_every`` calls."""
+        n = len(self.reference)
+        if np.any((partner_of < 0) | (partner_of >= n)):
+            raise ValueError(f"partner indices must be in [0, {n})")
+        self._sums += np.bincount(partner_of, weights=scores, minlength=n)
+        self._games += np.bincount(partner_of, minlength=n)
+        self._observed += 1
+        if self._observed % self.refresh_every:
+            return
+        met = self._games > 0
+        self.gap = np.where(met, self.reference - self._sums / np.maximum(self._games, 1), 0.0)
+        logits = self.gap / self.temperature
+        prioritised = np.exp(logits - logits.max())
+        self.probabilities = ((1 - self.uniform_share) * prioritised / prioritised.sum()
+                              + self.uniform_share / n)
+        self._sums[:], self._games[:] = 0.0, 0.0
+
+
 @dataclass
 class PPOResult:
     """The trained learner (the same object passed in) and one log row per iteration."""
@@ -165,11 +218,14 @@ class _LearnerRollout:
 def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: PPOConfig | None = None, *,
               sl_data: ActDataset | None = None, log_every: int = 0,
               on_iteration: Callable[[dict[str, float], torch.optim.Optimizer], bool | None] | None = None,
-              start_iteration: int = 0, optimizer_state: dict[str, Any] | None = None) -> PPOResult:
+              start_iteration: int = 0, optimizer_state: dict[str, Any] | None = None,
+              partner_sampling: PrioritisedSampling | None = None) -> PPOResult:
     """Train ``learner`` in place against ``partner`` (or a pool of partners) with masked PPO.
 
     Returns the learner and one log row per iteration. Iterations run from ``start_iteration + 1`` to
     ``total_games // games_per_iteration``; ``optimizer_state`` restores Adam's state when resuming.
+    Each game's partner is drawn uniformly from the pool, or by ``partner_sampling`` (one reference
+    score per partner); with it each row also logs ``partner_probability_max``.
     """
     config = config or PPOConfig()
     if config.sl_coef > 0 and (sl_data is None or len(sl_data) == 0):
@@ -178,6 +234,9 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
     if not partners:
         raise ValueError("the partner pool is empty; give at least one partner policy")
     partner_name = ",".join(str(getattr(p, "name", p)) for p in partners)
+    if partner_sampling is not None and len(partner_sampling.reference) != len(partners):
+        raise ValueError(f"partner_sampling has {len(partner_sampling.reference)} reference scores for "
+                         f"{len(partners)} partners")
     # A resumed run continues a fresh random stream rather than replaying the first iterations' games.
     rng = np.random.default_rng([config.seed, start_iteration])
     torch.manual_seed(config.seed + start_iteration)
@@ -200,7 +259,8 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
         # ---- roll out: n complete games, learner seat, first mover and partner drawn per game -------
         counts, values = sample_context_arrays(rng, n)
         learner_seat = rng.integers(0, 2, size=n)
-        partner_of = rng.integers(0, len(partners), size=n)
+        partner_of = (rng.integers(0, len(partners), size=n) if partner_sampling is None
+                      else rng.choice(len(partners), size=n, p=partner_sampling.probabilities))
         first_player = rng.integers(0, 2, size=n)
         rollout = _LearnerRollout(learner, n, max_steps)
         model.eval()
@@ -213,6 +273,8 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
 
         # ---- returns and advantages over each game's learner steps --------------------------------
         metrics = games.metrics
+        if partner_sampling is not None:
+            partner_sampling.observe(partner_of, metrics["scores"][np.arange(n), learner_seat])
         final_reward = shaped_reward(metrics, learner_seat, config) * config.reward_scale
         last = step_of - 1  # index of the learner's last step (-1: the learner never moved)
         rewards = np.zeros((max_steps, n), dtype=np.float32)
@@ -288,6 +350,8 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
             "env_steps_per_s": env_steps / (time.perf_counter() - start_time),
             "learner_steps_per_s": learner_steps / (time.perf_counter() - start_time),
         }
+        if partner_sampling is not None:
+            row["partner_probability_max"] = float(partner_sampling.probabilities.max())
         history.append(row)
         if log_every and iteration % log_every == 0:
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

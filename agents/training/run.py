@@ -53,6 +53,8 @@ DEFAULT_PARTNERS = ("boulware", "linear", "conceder", "fair_split", "tit_for_tat
 DEFAULT_TIMESTEPS = 550_000
 #: Partners a ``family:NAME`` entry of ``--partners`` adds to the population (parley.agents.training.population).
 DEFAULT_FAMILY_MEMBERS = 6
+#: How each game's partner is drawn from the population (prioritised: native trainer only).
+PARTNER_SAMPLING = ("uniform", "prioritised")
 DEFAULT_LR = 1e-3
 # A few hundred adapter weights want a larger step than a whole network (docs/studies/compacter.md).
 DEFAULT_ADAPTER_LR = 1e-2
@@ -76,6 +78,7 @@ class TrainConfig:
     backbone_config: dict[str, Any] = field(default_factory=dict)
     partners: list[str] = field(default_factory=lambda: list(DEFAULT_PARTNERS))
     family_members: int = DEFAULT_FAMILY_MEMBERS  # partners drawn per family:NAME entry of partners
+    partner_sampling: str = "uniform"  # or "prioritised": by the learner's gap to the best scripted partner
     self_play: bool = False
     independent: bool = False
     iterations: int | None = None
@@ -185,6 +188,12 @@ class TrainConfig:
                                        "--independent need --framework rllib")
             if self.address is not None or self.num_env_runners:
                 raise TrainConfigError("--address and --num-env-runners are Ray settings; they need --framework rllib")
+        if self.partner_sampling not in PARTNER_SAMPLING:
+            raise TrainConfigError(f"unknown partner sampling {self.partner_sampling!r}; use one of "
+                                   f"{', '.join(PARTNER_SAMPLING)}")
+        if self.partner_sampling == "prioritised" and self.framework != "native":
+            raise TrainConfigError("--partner-sampling prioritised needs --framework native (RLlib and "
+                                   "Stable-Baselines3 draw partners uniformly)")
         for name in ("iterations", "timesteps"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
