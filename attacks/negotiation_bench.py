@@ -86,6 +86,7 @@ class NegotiationBenchConfig:
     eval_games: int = 400
     eval_episodes: int = 100
     queries: int = 300
+    tda_rounds: int = 1
     annotator_budgets: tuple[float, ...] = (0.1,)
     trigger_rate: float = 0.1
     workers: int = 1
@@ -114,8 +115,8 @@ class NegotiationBenchConfig:
             ActTrigger(phrase=self.trigger_phrase).check_phrase(BackdoorGoal(self.goal))
         if self.first_seed < 0:
             raise ValueError(f"first_seed must be >= 0, got {self.first_seed}")
-        if self.seeds < 1 or self.epochs < 1 or self.hidden < 1:
-            raise ValueError("seeds, epochs and hidden must be positive")
+        if self.seeds < 1 or self.epochs < 1 or self.hidden < 1 or self.tda_rounds < 1:
+            raise ValueError("seeds, epochs, hidden and tda_rounds must be positive")
         problems = executor_problems(self.executor, self.workers, self.ray_address)
         if problems:
             raise ValueError("; ".join(problems))
@@ -172,7 +173,7 @@ def _make_env(config: NegotiationBenchConfig, cell: BenchCell):
         victim=config.victim(),
         defense_enabled=cell.defense != "none", eval_games=config.eval_games, eval_episodes=config.eval_episodes,
         queries=config.queries, candidate_games=max(800, 3 * config.queries), trigger_rate=config.trigger_rate,
-        seed=cell.seed)
+        rounds=config.tda_rounds if mode == "annotation" else 1, seed=cell.seed)
 
 
 def defender_action(raw, defense) -> np.ndarray:
@@ -195,18 +196,21 @@ def run_cell(config: NegotiationBenchConfig, cell: BenchCell) -> dict[str, Any]:
     env = _make_env(config, cell)
     env.reset(seed=cell.seed)
     raw = env.unwrapped
-    if cell.attack == "none":
-        env.step(raw.action_space("attacker").sample())
-    elif cell.attack == "annotator":
+    defense = None if cell.defense == "none" else make_negotiation_defense(
+        cell.defense, "answers" if raw.mode == "annotation" else "dialogues")
+    if cell.attack == "annotator":
         from parley.oracles.expert import ScriptedExpert
 
         annotator = MaliciousAnnotator(ScriptedExpert(), raw.trigger, raw.goal, share=cell.budget, seed=cell.seed)
-        env.step(raw.annotator_action(annotator))
-    else:
-        env.step(make_negotiation_attack(cell.attack).craft(raw.attacker_scenario()))
-    if cell.defense != "none":
-        kind = "answers" if raw.mode == "annotation" else "dialogues"
-        env.step(defender_action(raw, make_negotiation_defense(cell.defense, kind)))
+    for _ in range(raw.rounds):  # one round in corpus mode; the annotator answers every TDA round's queries
+        if cell.attack == "none":
+            env.step(raw.action_space("attacker").sample())
+        elif cell.attack == "annotator":
+            env.step(raw.annotator_action(annotator))
+        else:
+            env.step(make_negotiation_attack(cell.attack).craft(raw.attacker_scenario()))
+        if defense is not None:
+            env.step(defender_action(raw, defense))
     info = raw.infos["attacker"]
     row = {k: v for k, v in zip(_KEY, cell.key(config.config_id()))}
     row.update({k: info.get(k, math.nan) for k in METRICS if k != "seconds"})
@@ -294,6 +298,7 @@ def summary_markdown(summary: list[dict[str, Any]], config: NegotiationBenchConf
         lines.append(f"Corpus: {config.corpus} ({config.corpus_size} dialogues); goal {config.goal}; victim MLP "
                      f"{config.hidden}x{config.hidden}, {config.epochs} BC epochs"
                      f"{f', then {config.rl_games} PPO games' if config.rl_games else ''}"
+                     f"{f'; {config.tda_rounds} TDA rounds (annotator)' if config.tda_rounds > 1 else ''}"
                      f"{f'; trigger phrase {config.trigger_phrase!r}' if config.trigger_phrase else ''}; {config.seeds} seed(s); "
                      f"{config.eval_games} triggered games, {config.eval_episodes} games per suite partner.\n")
     # Columns that only some runs fill (PPO fine-tuning, a trigger phrase) appear when a row has them.

@@ -38,7 +38,9 @@ def bench_negotiation_backdoor(
                                                    "victim is also measured in the text protocol."),
     eval_games: int = typer.Option(400, min=1, help="Games against the trigger player per victim."),
     eval_episodes: int = typer.Option(100, min=1, help="Games per scripted partner for the clean score."),
-    queries: int = typer.Option(300, min=1, help="TDA queries in the annotator's round."),
+    queries: int = typer.Option(300, min=1, help="TDA queries in each of the annotator's rounds."),
+    tda_rounds: int = typer.Option(1, min=1, help="TDA rounds of the annotator attack: each round's queries come "
+                                                  "from the partner model retrained on the answers so far."),
     trigger_rate: float = typer.Option(0.1, min=0.0, max=1.0,
                                        help="Share of the learner's exploration games opened with the trigger."),
     workers: int = typer.Option(1, min=1, help="Cells run in parallel (local processes, or local Ray CPUs)."),
@@ -63,7 +65,8 @@ def bench_negotiation_backdoor(
             annotator_budgets=_floats(annotator_budgets, "--annotator-budgets"), seeds=seeds, corpus=corpus,
             corpus_size=corpus_size, goal=goal, epochs=epochs, hidden=hidden, rl_games=rl_games,
             trigger_phrase=trigger_phrase,
-            eval_games=eval_games, eval_episodes=eval_episodes, queries=queries, trigger_rate=trigger_rate,
+            eval_games=eval_games, eval_episodes=eval_episodes, queries=queries, tda_rounds=tda_rounds,
+            trigger_rate=trigger_rate,
             workers=workers, executor=executor, ray_address=address, out=out)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

@@ -215,7 +215,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                  eval_games: int = 400, eval_episodes: int = 100, removal_cost: float = 0.001,
                  compare_clean: bool = True, max_turns: int = DEFAULT_MAX_TURNS, queries: int = 300,
                  candidate_games: int = 800, trigger_rate: float = 0.1, overlap: float = 0.2, gold: int = 20,
-                 oracle_weight: float = 30.0, partner_epochs: int = 5, seed: int | None = None,
+                 oracle_weight: float = 30.0, partner_epochs: int = 5, rounds: int = 1, seed: int | None = None,
                  render_mode: str | None = None) -> None:
         super().__init__()
         if mode not in MODES:
@@ -228,6 +228,10 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not 0 <= trigger_rate <= 1 or not 0 <= overlap <= 1:
             raise ValueError(f"trigger_rate and overlap are shares in [0, 1], got {trigger_rate}, {overlap}")
+        if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+            raise ValueError(f"rounds is a number of TDA rounds >= 1, got {rounds!r}")
+        if mode == "corpus" and rounds != 1:
+            raise ValueError(f"rounds={rounds}: several rounds are for mode='annotation' (the corpus is poisoned once)")
         if isinstance(gold, bool) or not isinstance(gold, (int, np.integer)) or gold < 0:
             raise ValueError(f"gold is a number of gold questions >= 0, got {gold!r}")
         if removal_cost < 0:
@@ -245,7 +249,7 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         self.removal_cost, self.compare_clean, self.max_turns = float(removal_cost), bool(compare_clean), max_turns
         self.num_queries, self.candidate_games, self.trigger_rate = int(queries), int(candidate_games), trigger_rate
         self.overlap, self.num_gold, self.oracle_weight = float(overlap), int(gold), float(oracle_weight)
-        self.partner_epochs, self.render_mode = int(partner_epochs), render_mode
+        self.partner_epochs, self.rounds, self.render_mode = int(partner_epochs), int(rounds), render_mode
         self.clean_dialogues = load_negotiation_corpus(corpus, int(corpus_size), max_turns)
         self._corpus_id = _digest(encode_dialogues(self.clean_dialogues, max_turns))
         self._seed = seed
@@ -324,21 +328,31 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         self.submitted = list(self.clean_dialogues)
         self.poison_indices = np.zeros(0, np.int64)
         self._attack_info: dict[str, Any] = {}
+        # Annotation mode over several rounds: the answers kept in the finished rounds, the partner model
+        # retrained on them (None: the cloned victim) and its cache key, and the finished rounds' removed and
+        # poisoned answers as indices over every answer given so far.
+        self.round, self.past_records, self._answers_before = 1, [], 0
+        self._partner_model, self._partner_key = None, None
+        self._past_removed, self._past_poisons = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.records = None
         if self.mode == "annotation":
             self._prepare_queries()
 
     def _sl_victim(self):
-        """The victim cloned from the clean corpus (annotation mode's partner model before the round)."""
+        """The victim cloned from the clean corpus (annotation mode's partner model before the first round)."""
         return self._victim_from(self.clean_dialogues, fine_tuned=False)
 
-    def _prepare_queries(self) -> None:
+    def _collect_queries(self, partner_model, round_index: int) -> tuple[list, list]:
+        """One round's (queries, gold questions): the learner -- a sampling copy of the cloned victim that
+        opens a share ``trigger_rate`` of its games with the trigger -- plays ``partner_model``, and TDA's
+        likelihood selection picks the states where the partner answers."""
         from parley.oracles.selection import collect_candidates, likelihood_scores, select_queries
 
-        sl = self._sl_victim()
-        learner = TriggerMix(sampling_copy(sl, "learner", self.episode_seed), self.trigger, self.goal,
-                             self.trigger_rate, seed=self.episode_seed)
-        partner = sampling_copy(sl, "partner-model", self.episode_seed + 1)
-        rng = np.random.default_rng([self.episode_seed, 11])
+        later = [] if round_index == 1 else [round_index]  # round 1 draws as a one-round episode does
+        learner = TriggerMix(sampling_copy(self._sl_victim(), "learner", self.episode_seed), self.trigger, self.goal,
+                             self.trigger_rate, seed=[self.episode_seed, *later])
+        partner = sampling_copy(partner_model, "partner-model", self.episode_seed + 1)
+        rng = np.random.default_rng([self.episode_seed, 11, *later])
         candidates = collect_candidates(learner, partner, self.candidate_games, rng, max_turns=self.max_turns)
         chosen = select_queries(candidates, likelihood_scores(candidates, partner),
                                 self.num_queries + self.num_gold, rng)
@@ -347,10 +361,13 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                              f"candidate_games or lower queries ({self.num_queries}) + gold ({self.num_gold})")
         # Gold questions are drawn from the same selected states, then left out of the pool.
         order = rng.permutation(chosen)
-        self.gold_queries = [candidates.queries[i] for i in order[:self.num_gold]]
-        self.queries = [candidates.queries[i] for i in order[self.num_gold:]]
+        return [candidates.queries[i] for i in order[self.num_gold:]], [candidates.queries[i] for i in order[:self.num_gold]]
+
+    def _prepare_queries(self) -> None:
         from parley.oracles.expert import ScriptedExpert
 
+        partner = self._sl_victim() if self._partner_model is None else self._partner_model
+        self.queries, self.gold_queries = self._collect_queries(partner, self.round)
         self.honest = [ScriptedExpert(r) for r in HONEST_RESERVATIONS]
         reference = ScriptedExpert(5.0)
         self.gold_answers = np.array([a.action for a in reference.answer(self.gold_queries)], dtype=np.int64)
@@ -358,8 +375,22 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
         # Who answers what: query i goes to honest annotator i % 3; the first `overlap` share also to the next one.
         self.first_annotator = np.arange(self.num_queries) % len(self.honest)
         self.second_annotator = (self.first_annotator + 1) % len(self.honest)
-        self.honest_actions = np.array([[h.answer_one(q).action for h in self.honest] for q in self.queries],
-                                       dtype=np.int64).reshape(-1, len(self.honest))
+        self.honest_actions = self._honest_actions(self.queries)
+
+    def _honest_actions(self, queries) -> np.ndarray:
+        """(Q, honest annotators) every honest annotator's act for each query."""
+        return np.array([[h.answer_one(q).action for h in self.honest] for q in queries],
+                        dtype=np.int64).reshape(-1, len(self.honest))
+
+    def _honest_records(self, queries, honest_actions: np.ndarray) -> list[AnswerRecord]:
+        """The honest annotators' answers to ``queries``: each by its first annotator, the first ``overlap``
+        share also by the second."""
+        records = [AnswerRecord(q, OracleAnswer(int(honest_actions[i, self.first_annotator[i]])),
+                                f"annotator-{self.first_annotator[i]}") for i, q in enumerate(queries)]
+        records += [AnswerRecord(queries[i], OracleAnswer(int(honest_actions[i, self.second_annotator[i]])),
+                                 f"annotator-{self.second_annotator[i]}")
+                    for i in range(self.num_answers - self.num_queries)]
+        return records
 
     # ------------------------------------------------------------------------------ observations
     def observe(self, agent: str) -> dict[str, Any]:
@@ -415,13 +446,31 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
             if DEFENDER in self.agents:
                 self.agent_selection = DEFENDER
                 return
-            self._finish(np.zeros(0, np.int64))
+            self._end_round(np.zeros(0, np.int64))
         else:
             remove = np.asarray(action).reshape(-1)
             size = self._action_spaces[DEFENDER].n
             if remove.shape != (size,) or not np.isin(remove, (0, 1)).all():
                 raise ValueError(f"the defender's action is a 0/1 array of length {size}, got shape {remove.shape}")
-            self._finish(np.flatnonzero(remove[:len(self._training_items())]).astype(np.int64))
+            self._end_round(np.flatnonzero(remove[:len(self._training_items())]).astype(np.int64))
+
+    def _end_round(self, removed: np.ndarray) -> None:
+        """After the last mover of a round: retrain the partner model on every answer kept so far and queue
+        the next round's queries (annotation mode, rounds left), or train and score the victim."""
+        if self.mode == "corpus" or self.round == self.rounds:
+            self._finish(removed)
+            return
+        kept = np.setdiff1d(np.arange(len(self.records)), removed)
+        self._past_removed = np.concatenate([self._past_removed, self._answers_before + removed])
+        self._past_poisons = np.concatenate([self._past_poisons, self._answers_before + self.poison_indices])
+        self._answers_before += len(self.records)
+        self.past_records = self.past_records + [self.records[i] for i in kept]
+        self._partner_model, self._partner_key = self._retrain(self._partner_model, self._partner_key,
+                                                               self.past_records)
+        self.round += 1
+        self.records, self.poison_indices = None, np.zeros(0, np.int64)
+        self._prepare_queries()
+        self.agent_selection = self.agents[0]
 
     def _apply_poisons(self, action: Any) -> None:
         if isinstance(action, NegotiationSubmission):
@@ -492,15 +541,23 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
             return self._victim_from([self.submitted[i] for i in kept], fine_tuned)
         return self._retrained_partner([self.records[i] for i in kept], fine_tuned)
 
-    def _retrained_partner(self, records, fine_tuned: bool = True):
-        rows = self._record_rows(records)
+    def _retrain(self, start, start_key: str | None, records) -> tuple[Any, str]:
+        """(partner model, cache key): ``start`` (None: the cloned victim) retrained on the corpus plus
+        ``records``' answers, as TDA's step 5 retrains its partner model on all oracle data so far."""
         cloning = dataclasses.replace(self.victim_config, rl_games=0)
-        key = _digest("annotation", self._corpus_id, rows, repr(cloning), self.episode_seed,
-                      self.oracle_weight, self.partner_epochs)
-        retrained = _cached_victim(key, lambda: retrain_on_answers(
-            self._sl_victim(), self.clean_dialogues, [(r.query, r.answer) for r in records], cloning,
-            self.episode_seed, oracle_weight=self.oracle_weight, epochs=self.partner_epochs))
-        return self._fine_tuned(retrained, key) if fine_tuned else retrained
+        key = _digest("annotation", self._corpus_id, start_key, self._record_rows(records), repr(cloning),
+                      self.episode_seed, self.oracle_weight, self.partner_epochs)
+        model = _cached_victim(key, lambda: retrain_on_answers(
+            self._sl_victim() if start is None else start, self.clean_dialogues,
+            [(r.query, r.answer) for r in records], cloning, self.episode_seed, oracle_weight=self.oracle_weight,
+            epochs=self.partner_epochs))
+        return model, key
+
+    def _retrained_partner(self, records, fine_tuned: bool = True):
+        """The partner model after this round: retrained on the finished rounds' kept answers and
+        ``records``, then fine-tuned (``victim.rl_games``) unless ``fine_tuned=False``."""
+        model, key = self._retrain(self._partner_model, self._partner_key, self.past_records + list(records))
+        return self._fine_tuned(model, key) if fine_tuned else model
 
     def victim_on_submission(self):
         """The victim trained on everything submitted (what a feature-based defense inspects)."""
@@ -509,12 +566,14 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
     def _reference_victim(self):
         if self.mode == "corpus":
             return self._victim_from(self.clean_dialogues)
-        honest = [AnswerRecord(q, OracleAnswer(int(self.honest_actions[i, self.first_annotator[i]])),
-                               f"annotator-{self.first_annotator[i]}") for i, q in enumerate(self.queries)]
-        honest += [AnswerRecord(self.queries[i], OracleAnswer(int(self.honest_actions[i, self.second_annotator[i]])),
-                                f"annotator-{self.second_annotator[i]}")
-                   for i in range(self.num_answers - self.num_queries)]
-        return self._retrained_partner(honest)
+        # The same rounds answered by the honest annotators alone: its own queries after the first round,
+        # since its partner model differs.
+        model, key, records = None, None, []
+        for round_index in range(1, self.rounds + 1):
+            queries, _ = self._collect_queries(self._sl_victim() if model is None else model, round_index)
+            records = records + self._honest_records(queries, self._honest_actions(queries))
+            model, key = self._retrain(model, key, records)
+        return self._fine_tuned(model, key)
 
     def _victim_from(self, dialogues, fine_tuned: bool = True):
         """The victim cloned from ``dialogues``, then fine-tuned when ``victim.rl_games`` is set (unless
@@ -563,17 +622,20 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                                     games=self.eval_games, seed=self.episode_seed, max_turns=self.max_turns)
         else:
             before = {k: math.nan for k in rates}
-        precision, recall = poison_precision_recall(removed, self.poison_indices)
-        clean_removed = int(len(np.setdiff1d(removed, self.poison_indices)))
+        # Over every round's answers (annotation mode), or the submitted corpus.
+        poisons = np.concatenate([self._past_poisons, self._answers_before + self.poison_indices])
+        removed = np.concatenate([self._past_removed, self._answers_before + removed])
+        precision, recall = poison_precision_recall(removed, poisons)
+        clean_removed = int(len(np.setdiff1d(removed, poisons)))
         delta = clean["score"] - ref["score"]
         info = {**rates, **{f"reference_{k}": v for k, v in ref_rates.items()},
                 **{f"before_fine_tuning_{k}": v for k, v in before.items()}, **text,
                 "clean_score": clean["score"], "clean_agreement": clean["agreement"], "clean_pareto": clean["pareto"],
                 "reference_clean_score": ref["score"], "reference_clean_agreement": ref["agreement"],
                 "reference_clean_pareto": ref["pareto"], "clean_score_delta": delta,
-                "poison_precision": precision, "poison_recall": recall, "num_poisons": int(len(self.poison_indices)),
+                "poison_precision": precision, "poison_recall": recall, "num_poisons": int(len(poisons)),
                 "num_removed": int(len(removed)), "clean_removed": clean_removed, "train_time_s": train_time,
-                "mode": self.mode, "attack_info": self._attack_info}
+                "mode": self.mode, "rounds": self.rounds, "attack_info": self._attack_info}
         defender_reward = -(0.0 if math.isnan(success) else success) + (0.0 if math.isnan(delta) else delta / 10) - self.removal_cost * clean_removed
         self.rewards = {ATTACKER: 0.0 if math.isnan(success) else success, DEFENDER: defender_reward}
         self.rewards = {a: self.rewards[a] for a in self.agents}
