@@ -8,9 +8,11 @@ Each seed runs, in its own process, the grid of :mod:`parley.attacks.negotiation
 ``negotiation_poisoning_v0``): the dirty-label and clean-label attacks at ``--budget`` of the corpus
 against no defense, spectral signatures, activation clustering and the trusted oracle; the malicious
 annotator at ``--annotator-budget`` of one round's TDA queries against no control, annotator agreement
-and gold questions. Three smaller grids follow, dirty-label and undefended: a budget sweep, the victim
+and gold questions. Smaller grids follow, first dirty-label and undefended: a budget sweep, the victim
 fine-tuned with ``--rl-games`` PPO games after cloning (backdoor success before and after), and the
-trigger said as ``--phrase`` in the text protocol. The script pools the seeds, prints the tables, checks
+trigger said as ``--phrase`` in the text protocol; then the malicious annotator over ``--tda-rounds`` TDA
+rounds (against no control and annotator agreement), and after one round followed by ``--rl-games`` PPO
+games. The script pools the seeds, prints the tables, checks
 
 1. dirty-label at <= 1% of the corpus: backdoor success >= 90% and clean score within 0.2 of the
    unpoisoned victim of the same seed;
@@ -53,15 +55,21 @@ def _run_seed(configs: list[NegotiationBenchConfig]) -> None:
         run_negotiation_grid(config, progress=True)
 
 
-def extra_grids(config: NegotiationBenchConfig, budgets: tuple[float, ...], rl_games: int,
-                phrase: str) -> dict[str, NegotiationBenchConfig]:
-    """The dirty-label, undefended side grids: a budget sweep, PPO fine-tuning after cloning, the phrase."""
+def extra_grids(config: NegotiationBenchConfig, budgets: tuple[float, ...], rl_games: int, phrase: str,
+                tda_rounds: int) -> dict[str, NegotiationBenchConfig]:
+    """The side grids, by heading: dirty-label undefended -- a budget sweep, PPO fine-tuning after cloning,
+    the phrase; the annotator over several TDA rounds, and followed by PPO fine-tuning."""
     base = replace(config, attacks=("dirty_label",), defenses=("none",))
-    return {"budget sweep": replace(base, budgets=budgets),
-            f"cloning, then {rl_games} PPO games against the scripted suite":
+    annotator = replace(config, attacks=("annotator",))
+    return {"Dirty-label, no defense -- budget sweep": replace(base, budgets=budgets),
+            f"Dirty-label, no defense -- cloning, then {rl_games} PPO games against the scripted suite":
                 replace(base, budgets=(config.budgets[0], budgets[-1]), rl_games=rl_games),
-            f"trigger phrase {phrase!r} (text protocol)":
-                replace(base, budgets=(config.budgets[0], budgets[-1]), trigger_phrase=phrase)}
+            f"Dirty-label, no defense -- trigger phrase {phrase!r} (text protocol)":
+                replace(base, budgets=(config.budgets[0], budgets[-1]), trigger_phrase=phrase),
+            f"Malicious annotator -- {tda_rounds} TDA rounds, answering its share of every round's queries":
+                replace(annotator, defenses=("none", "annotator_agreement"), tda_rounds=tda_rounds),
+            f"Malicious annotator, no control -- one TDA round, then {rl_games} PPO games against the scripted suite":
+                replace(annotator, defenses=("none",), rl_games=rl_games)}
 
 
 def verdicts(summary: list[dict]) -> list[str]:
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--annotator-budget", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--rl-games", type=int, default=1024, help="PPO games of the fine-tuning grid")
+    parser.add_argument("--rl-games", type=int, default=1024, help="PPO games of the fine-tuning grids")
+    parser.add_argument("--tda-rounds", type=int, default=3, help="TDA rounds of the annotator's multi-round grid")
     parser.add_argument("--phrase", default=PHRASE, help="the trigger phrase of the text-protocol grid")
     parser.add_argument("--out", default="runs/bench-negotiation-backdoor")
     parser.add_argument("--quick", action="store_true", help="a tiny grid: 60 dialogues, 1 epoch, one seed")
@@ -131,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         config = replace(config, corpus_size=60, epochs=1, hidden=8, eval_games=20, eval_episodes=5, queries=40)
         seeds, rl_games = 1, 64
-    extras = extra_grids(config, tuple(float(b) for b in args.sweep.split(",")), rl_games, args.phrase)
+    extras = extra_grids(config, tuple(float(b) for b in args.sweep.split(",")), rl_games, args.phrase,
+                         args.tda_rounds)
     grids = {"main": config, **extras}
 
     def for_seed(c: NegotiationBenchConfig, name: str, s: int) -> NegotiationBenchConfig:
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = verdicts(summary)
             tables.append(summary_markdown(summary, replace(c, seeds=seeds)))
         else:
-            tables.append(f"Dirty-label, no defense -- {name}:\n\n" + summary_markdown(summary))
+            tables.append(f"{name}:\n\n" + summary_markdown(summary))
     table = "\n".join(tables)
     print(table)
     print("\n".join(lines))
