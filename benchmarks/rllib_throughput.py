@@ -5,21 +5,25 @@
     python benchmarks/rllib_throughput.py --quality-iterations 0   # skip the training-quality check
 
 Rows (PPO, mlp backbone, ``parley train``'s defaults: 8,192 env steps per iteration, minibatch 2,048, 4
-epochs, 128 games per env runner), each timed over ``--iterations`` ``algo.train()`` calls after one
-untimed warm-up iteration, all in this one run so the rows compare on the same machine load:
+epochs, 128 games per env runner, torch on one thread), each timed over ``--iterations`` ``algo.train()``
+calls after one untimed warm-up iteration, all in this one run so the rows compare on the same machine
+load:
 
-* the default ``parley train`` setup (learner vs the scripted partner pool, sampling in the driver), as it
-  runs now (torch on one thread, as Ray sets up its workers) and the way it ran before (RLlib's plain env
-  runner, torch on every core);
-* RLlib self-play on the batched rules (``NegotiationVectorMultiAgentEnv``) and on the per-step PettingZoo
-  adapter (``batched=False``, RLlib's plain multi-agent env runner, torch on every core);
-* the native trainer (``--framework native``) at the same batch, as it runs (torch on every core) and
-  with torch on one thread;
+* the default ``parley train`` setup (learner vs the scripted partner pool, sampling in the driver) with
+  parley's batched learner connector (as it runs), with RLlib's default per-episode PPO learner pipeline
+  (``PPOSettings(batched_learner=False)``), and with the batched connector at minibatch 4,096;
+* RLlib self-play on the batched rules with each learner pipeline;
 * the partner pool on 1 and on 2 remote env runners (one CPU each); "sampling/s per runner" is the env
-  steps each runner samples per second of sampling, the figure to plan a cluster with.
+  steps each runner samples per second of sampling, the figure to plan a cluster with;
+* the native trainer (``--framework native``) at the same batch, as it runs (torch on every core) and
+  with torch on one thread.
 
-Training quality: self-play trained for ``--quality-iterations`` iterations on each path from the same
-seed; the greedy learner plays ``--eval-episodes`` games against every scripted partner.
+"Where the time goes" splits the default setup's iteration into sampling, the learner connector and the
+SGD steps (RLlib's own timers, mean per timed iteration).
+
+Training quality at equal env steps: each learner pipeline trains the partner-pool and the self-play
+setups for ``--quality-iterations`` iterations from the same seed; the greedy learner plays
+``--eval-episodes`` games against every scripted partner.
 """
 
 from __future__ import annotations
@@ -33,25 +37,38 @@ from pathlib import Path
 from common import machine, write_results_section
 
 POOL = ["boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto"]
+DEFAULT_SETUP = "default `parley train` (partner pool, driver samples)"
+SELF_PLAY = "RLlib self-play, league of 4"
+REMOTE = "partner pool, remote env runners"
+BATCHED = "batched learner connector"
+RLLIB = "RLlib's PPO learner pipeline"
+BIG_MINIBATCH = "batched learner connector, minibatch 4,096"
 
 
-def time_iterations(config, iterations: int, *, one_thread: bool) -> dict:
-    """Build the algorithm, run one warm-up iteration, then time ``iterations`` more."""
+def time_iterations(config, iterations: int) -> dict:
+    """Build the algorithm, run one warm-up iteration, then time ``iterations`` more (torch on one thread)."""
     from parley.agents.training.rllib_envs import one_torch_thread
 
-    with one_torch_thread() if one_thread else contextlib.nullcontext():
+    with one_torch_thread():
         algo = config.build_algo()
         try:
             algo.train()
-            steps = sampling_s = 0.0
+            steps = sampling_s = connector_s = update_s = 0.0
             start = time.perf_counter()
             for _ in range(iterations):
                 result = algo.train()
                 steps += result["env_runners"]["num_env_steps_sampled"]
-                sampling_s += float(result.get("timers", {}).get("env_runner_sampling_timer", float("nan")))
+                timers = result.get("timers", {})
+                sampling_s += float(timers.get("env_runner_sampling_timer", float("nan")))
+                update_s += float(timers.get("learner_update_timer", float("nan")))
+                connector = result.get("learners", {}).get("__all_modules__", {}).get("learner_connector", {})
+                connector_s += float(connector.get("connector_pipeline_timer", float("nan")))
             seconds = time.perf_counter() - start
             return {"steps": int(steps), "seconds": seconds, "rate": steps / seconds,
-                    "sampling_rate": steps / sampling_s if sampling_s > 0 else float("nan")}
+                    "sampling_rate": steps / sampling_s if sampling_s > 0 else float("nan"),
+                    "split": {"iteration": seconds / iterations, "sampling": sampling_s / iterations,
+                              "learner connector": connector_s / iterations,
+                              "SGD": (update_s - connector_s) / iterations, "steps": steps / iterations}}
         finally:
             algo.stop()
 
@@ -68,22 +85,21 @@ def native_rate(iterations: int, batch: int, *, one_thread: bool) -> float:
     return (last["env_steps"] - first["env_steps"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
-def self_play_quality(iterations: int, batched: bool, episodes: int, seed: int):
-    """Train self-play ``iterations`` iterations on one path; the greedy learner's eval rows."""
+def training_quality(config, module_id: str, iterations: int, episodes: int, seed: int):
+    """Train ``iterations`` iterations; the env steps and the greedy learner's row against every scripted
+    partner."""
     from parley.agents.evaluation import evaluate_policy
     from parley.agents.partners.scripted import list_partners
-    from parley.agents.training import rllib_setups as setups
     from parley.agents.training.rllib import current_policy
     from parley.agents.training.rllib_envs import one_torch_thread
 
-    config = setups.self_play_config(settings=setups.PPOSettings(), seed=seed, batched=batched)
     with one_torch_thread():
         algo = config.build_algo()
         try:
             steps = 0
             for _ in range(iterations):
                 steps += algo.train()["env_runners"]["num_env_steps_sampled"]
-            policy = current_policy(algo, setups.LEARNER, "mlp", {}, 36)
+            policy = current_policy(algo, module_id, "mlp", {}, 36)
         finally:
             algo.stop()
     rows = evaluate_policy(policy, list(list_partners()), episodes=episodes, seed=seed)
@@ -94,49 +110,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per row (3)")
     parser.add_argument("--quality-iterations", type=int, default=4,
-                        help="self-play iterations per path for the quality check (4; 0 skips it)")
+                        help="training iterations per row of the quality check (4; 0 skips it)")
     parser.add_argument("--eval-episodes", type=int, default=100, help="games per scripted partner (100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-append", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
     import ray
-    from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
-    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
     from parley.agents.training import rllib_setups as setups
     from parley.agents.training.rllib import ray_log_to_file
 
     where = machine()
-    settings = setups.PPOSettings(num_envs_per_env_runner=128)
+
+    def settings(**changes) -> setups.PPOSettings:
+        return setups.PPOSettings(num_envs_per_env_runner=128, **changes)
+
+    pipelines = {BATCHED: {}, RLLIB: {"batched_learner": False}}
     rows: list[tuple[str, str, dict | float]] = []
+    quality = []
     with tempfile.TemporaryDirectory() as logs, ray_log_to_file(Path(logs) / "ray.log"):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
-            pool = setups.partner_pool_config(POOL, settings=settings, seed=args.seed)
-            rows.append(("default `parley train` (partner pool, driver samples)", "now",
-                         time_iterations(pool, args.iterations, one_thread=True)))
-            before = setups.partner_pool_config(POOL, settings=settings, seed=args.seed).env_runners(
-                env_runner_cls=SingleAgentEnvRunner)
-            rows.append(("default `parley train` (partner pool, driver samples)", "before",
-                         time_iterations(before, args.iterations, one_thread=False)))
-            rows.append(("RLlib self-play, league of 4", "batched rules",
-                         time_iterations(setups.self_play_config(settings=settings, seed=args.seed),
-                                         args.iterations, one_thread=True)))
-            per_step = setups.self_play_config(settings=settings, seed=args.seed, batched=False).env_runners(
-                env_runner_cls=MultiAgentEnvRunner)
-            rows.append(("RLlib self-play, league of 4", "per-step adapter (before)",
-                         time_iterations(per_step, args.iterations, one_thread=False)))
+            for path, changes in pipelines.items():
+                rows.append((DEFAULT_SETUP, path, time_iterations(
+                    setups.partner_pool_config(POOL, settings=settings(**changes), seed=args.seed), args.iterations)))
+            rows.append((DEFAULT_SETUP, BIG_MINIBATCH, time_iterations(
+                setups.partner_pool_config(POOL, settings=settings(minibatch_size=4096), seed=args.seed),
+                args.iterations)))
+            for path, changes in pipelines.items():
+                rows.append((SELF_PLAY, path, time_iterations(
+                    setups.self_play_config(settings=settings(**changes), seed=args.seed), args.iterations)))
             for runners in (1, 2):
-                remote = setups.PPOSettings(num_envs_per_env_runner=128, num_env_runners=runners)
-                rows.append(("partner pool, remote env runners", f"{runners} runner{'s' * (runners > 1)}",
-                             time_iterations(setups.partner_pool_config(POOL, settings=remote, seed=args.seed),
-                                             args.iterations, one_thread=True)))
-            quality = []
+                rows.append((REMOTE, f"{runners} runner{'s' * (runners > 1)}", time_iterations(
+                    setups.partner_pool_config(POOL, settings=settings(num_env_runners=runners), seed=args.seed),
+                    args.iterations)))
             if args.quality_iterations > 0:
-                for batched in (True, False):
-                    quality.append((batched, *self_play_quality(args.quality_iterations, batched,
-                                                                args.eval_episodes, args.seed)))
+                variants = [(DEFAULT_SETUP, path, changes) for path, changes in pipelines.items()]
+                variants.append((DEFAULT_SETUP, BIG_MINIBATCH, {"minibatch_size": 4096}))
+                variants += [(SELF_PLAY, path, changes) for path, changes in pipelines.items()]
+                for name, path, changes in variants:
+                    if name == SELF_PLAY:
+                        config, module_id = setups.self_play_config(settings=settings(**changes), seed=args.seed), \
+                            setups.LEARNER
+                    else:
+                        config, module_id = setups.partner_pool_config(POOL, settings=settings(**changes),
+                                                                       seed=args.seed), "default_policy"
+                    quality.append((name, path, *training_quality(config, module_id, args.quality_iterations,
+                                                                  args.eval_episodes, args.seed)))
         finally:
             ray.shutdown()
     for one_thread in (False, True):
@@ -153,19 +174,27 @@ def main() -> None:
         else:
             lines.append(f"| {name} | {path} | {value:,.0f} | -- |")
     rate = {(n, p): v["rate"] for n, p, v in rows if isinstance(v, dict)}
-    pool_name, sp_name, remote_name = rows[0][0], rows[2][0], rows[4][0]
-    ratios = (f"Ratios in this run: default setup now / before {rate[(pool_name, 'now')] / rate[(pool_name, 'before')]:.1f}x; "
-              f"self-play batched / per-step {rate[(sp_name, 'batched rules')] / rate[(sp_name, 'per-step adapter (before)')]:.1f}x; "
-              f"2 env runners / 1 {rate[(remote_name, '2 runners')] / rate[(remote_name, '1 runner')]:.2f}x.")
+    ratios = (f"Ratios in this run: default setup, batched connector / RLlib's pipeline "
+              f"{rate[(DEFAULT_SETUP, BATCHED)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x; self-play "
+              f"{rate[(SELF_PLAY, BATCHED)] / rate[(SELF_PLAY, RLLIB)]:.2f}x; minibatch 4,096 / 2,048 "
+              f"{rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, BATCHED)]:.2f}x; 2 env runners / 1 "
+              f"{rate[(REMOTE, '2 runners')] / rate[(REMOTE, '1 runner')]:.2f}x.")
     table = "\n".join(lines) + "\n\n" + ratios
+    split = {path: v["split"] for n, path, v in rows if n == DEFAULT_SETUP and path in pipelines}
+    table += ("\n\nWhere the time of one default iteration goes (s per iteration, RLlib's timers):\n\n"
+              "| learner pipeline | env steps | sampling | learner connector | SGD | whole iteration |\n"
+              "|---|---:|---:|---:|---:|---:|\n")
+    for path, part in split.items():
+        table += (f"| {path} | {part['steps']:,.0f} | {part['sampling']:.2f} | {part['learner connector']:.2f} | "
+                  f"{part['SGD']:.2f} | {part['iteration']:.2f} |\n")
     if quality:
-        table += ("\n\nTraining quality at equal env steps (self-play, learner's greedy play vs every scripted "
-                  f"partner, {args.eval_episodes} games each, seed {args.seed}):\n\n"
-                  "| self-play env | env steps | score | partner score | agreement % | Pareto % |\n"
-                  "|---|---:|---:|---:|---:|---:|\n")
-        for batched, steps, row in quality:
-            table += (f"| {'batched rules' if batched else 'per-step adapter'} | {steps:,} | {row.score:.2f} | "
-                      f"{row.partner_score:.2f} | {100 * row.agreement:.1f} | {100 * row.pareto:.1f} |\n")
+        table += ("\nTraining quality at equal env steps (learner's greedy play vs every scripted partner, "
+                  f"{args.eval_episodes} games each, seed {args.seed}):\n\n"
+                  "| setup | learner pipeline | env steps | score | partner score | agreement % | Pareto % |\n"
+                  "|---|---|---:|---:|---:|---:|---:|\n")
+        for name, path, steps, row in quality:
+            table += (f"| {name} | {path} | {steps:,} | {row.score:.2f} | {row.partner_score:.2f} | "
+                      f"{100 * row.agreement:.1f} | {100 * row.pareto:.1f} |\n")
     print(table)
     if not args.no_append:
         note = ("Each row times `algo.train()` over the same run, so rows compare at the same machine load; "

@@ -92,3 +92,29 @@ def test_batched_connector_builds_rllibs_train_batch_without_the_bootstrap_rows(
     reference = (reference - reference.mean()) / reference.std()
     np.testing.assert_allclose(ours["advantages"].numpy(), reference, atol=1e-4)
     assert abs(float(ours["advantages"].mean())) < 1e-5
+
+
+def test_masked_categorical_gives_rllibs_categorical_loss_and_gradients():
+    """The PPO loss's pieces (log-probability, KL from the sampling distribution, entropy) and their
+    gradients with the module's distribution equal those with RLlib's TorchCategorical on masked logits."""
+    import torch
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
+
+    from parley.agents.nn.torch_policy import mask_logits
+    from parley.agents.training.rllib_module import MaskedCategorical
+
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(400, 252, generator=generator) < 0.2).to(torch.int8)
+    masks[:, 7] = 1
+    actions = torch.stack([torch.multinomial(m.float(), 1, generator=generator)[0] for m in masks])
+    logits = torch.randn(400, 252, generator=generator, requires_grad=True)
+    sampled = mask_logits(torch.randn(400, 252, generator=generator), masks)
+    results = []
+    for cls in (TorchCategorical, MaskedCategorical):
+        logits.grad = None
+        current, before = cls.from_logits(mask_logits(logits, masks)), cls.from_logits(sampled)
+        pieces = torch.stack([current.logp(actions).mean(), before.kl(current).mean(), current.entropy().mean()])
+        pieces.sum().backward()
+        results.append((pieces.detach(), logits.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)

@@ -33,12 +33,24 @@ FORMAT_VERSION = 1
 
 
 def mask_logits(logits: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
-    """Add log(mask), clamped to the dtype's most negative value, so illegal actions get ~zero mass.
+    """Set illegal actions' logits to the dtype's most negative value, so they get ~zero mass.
 
-    Clamping instead of using -inf keeps softmax and entropy finite when a row is fully masked.
+    The same as adding log(mask) clamped to that value, without the logarithm (several times slower on
+    CPU); a finite floor instead of -inf keeps softmax and entropy finite when a row is fully masked.
     """
-    floor = torch.finfo(logits.dtype).min
-    return logits + torch.clamp(torch.log(action_mask.to(logits.dtype)), min=floor)
+    return torch.where(action_mask.bool(), logits, torch.finfo(logits.dtype).min)
+
+
+class LogSoftmaxCategorical(torch.distributions.Categorical):
+    """torch's Categorical over ``logits``, normalised with ``log_softmax``: the same distribution, but
+    Categorical's own normalisation (``logsumexp``) runs about 15 times slower on CPU for rows of 252
+    masked logits."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits.log_softmax(-1)
+        self._param = self.logits
+        self._num_events = self.logits.size(-1)
+        torch.distributions.Distribution.__init__(self, self.logits.size()[:-1], validate_args=False)
 
 
 class ActorCritic(nn.Module):
@@ -117,7 +129,7 @@ class TorchPolicy(BatchPolicy):
             torch.distributions.Categorical, torch.Tensor]:
         """The masked action distribution and the value estimate for a batch of observations."""
         logits, values = self.model(observations)
-        return torch.distributions.Categorical(logits=mask_logits(logits, action_masks)), values
+        return LogSoftmaxCategorical(mask_logits(logits, action_masks)), values
 
     @torch.no_grad()
     def act_batch(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
