@@ -69,6 +69,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _setting_order(item: tuple) -> tuple:
+    (schedule, changes, budget, eps, width), _ = item
+    return schedule, changes, -1 if budget == "–" else budget, -1 if eps == "–" else eps, width
+
+
+def curve(rows: list[dict]) -> str:
+    """Mean source ASR and clean accuracy over the validation pairs of each setting (the curve)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        changes = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "–"
+        key = (r["schedule"], changes, "–" if r["schedule"] == "none" else r["budget"],
+               "–" if r["schedule"] == "none" else r["eps_255"], r["width"])
+        groups.setdefault(key, []).append(r)
+    lines = ["| schedule | changes | budget | eps | victim width | pairs | mean source ASR % | min-max % "
+             "| mean clean acc % |",
+             "|---|---|---|---|---:|---|---:|---:|---:|"]
+    for (schedule, changes, budget, eps, width), group in sorted(groups.items(), key=_setting_order):
+        asr = [100 * r["asr"] for r in group]
+        pairs = ", ".join(f"{r['pair'][0]}->{r['pair'][1]}" for r in group)
+        budget_text = budget if budget == "–" else f"{budget:.0%}"
+        eps_text = eps if eps == "–" else f"{eps:g}/255"
+        lines.append(f"| {schedule} | {changes} | {budget_text} | {eps_text} | {width} | {pairs} | "
+                     f"{sum(asr) / len(asr):.1f} | {min(asr):.1f}-{max(asr):.1f} | "
+                     f"{100 * sum(r['clean_accuracy'] for r in group) / len(group):.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedule", choices=[*sorted(SCHEDULES), "none"], default="small_images",
@@ -94,18 +121,19 @@ def main(argv: list[str] | None = None) -> None:
         with log.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    text = table(rows)
+    text = f"Every row:\n\n{table(rows)}\n\nThe curve (means over the validation pairs of each setting):\n\n{curve(rows)}"
     print(text)
     if not args.no_write:
         note = ("Rows: `--schedule paper --budget 0.1 --width 32 --pairs 3-8`; `--schedule paper --pairs 3-8,6-1`; "
-                "`--schedule small_images --pairs 3-8,6-1` at `--eps` 16, `--eps 32 --pairs 3-8`, `--eps 64` and "
-                "`--eps 255` on both pairs; `--schedule small_images --budget 0.1 --eps 64` on both pairs; "
-                "`--schedule none`. Validation pairs only (mnist5k training split carved 80/20, seed 1); one crafting and one victim "
-                "per row (small CNN, 15 epochs, from scratch); trigger 7x7 at random places. Crafting times were "
-                "measured while other jobs loaded the two cores (load average 10-15), so they overstate the cost "
-                "on an idle machine (the 10% / 64/255 rows ran two at a time at load 2: 147 s each). At a 10% "
-                "budget the poisons are nearly every target-class training image, and the victim's clean accuracy "
-                "falls by about 9 points. Rows accumulate from several invocations of this command.")
+                "`--schedule small_images --pairs 3-8,6-1` at `--eps` 16, `--eps 32 --pairs 3-8`; `--schedule "
+                "small_images` at `--eps` 64, 128 and 255 on `--pairs 3-8,6-1,7-1`; `--schedule small_images --budget "
+                "0.1 --eps 64 --pairs 3-8,6-1,7-1`; `--schedule none --pairs 3-8,6-1,7-1`. Validation pairs only "
+                "(mnist5k training split carved 80/20, seed 1; 7->1 is the first pair of `draw_pairs(10, 10, seed=1)` "
+                "that is not a test pair); one crafting and one victim per row (small CNN, 15 epochs, from scratch); "
+                "trigger 7x7 at random places. Crafting times depend on the load other jobs put on the two cores "
+                "(load average 2-15 during these rows; 147-265 s per row at load 2-8). At a 10% budget the poisons "
+                "are nearly every target-class training image, and the victim's clean accuracy falls by about 9 "
+                "points. Rows accumulate from several invocations of this command.")
         write_results_section("Sleeper Agent schedules on mnist5k validation pairs", machine(), note, text)
 
 
