@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"--split must be 'test' or 'validation', got {s.split!r}")
     art_version, _, _ = _import_art()
     torch.set_num_threads(s.threads)
+    load = os.getloadavg()[0]
     # The first optimiser built in a process imports torch._dynamo (seconds); pay that before any timing.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
@@ -266,6 +267,83 @@ def main(argv: list[str] | None = None) -> str:
     methods = ["none", *(name for name, _ in variants), *(["art"] if s.art else [])]
     results: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     per_pair: list[str] = []
+
+    def render() -> str:
+        """The section for the pairs finished so far (written after every pair, so a stopped run
+        keeps what it measured)."""
+        n_poison = scenario.max_poisons
+        pairs_text = (f"{len(pairs)} source/target pairs" if len(per_pair) == len(pairs) else
+                      f"the first {len(per_pair)} of {len(pairs)} source/target pairs drawn (the run was stopped)")
+        base_config = variants[0][1]
+        ours_text = (f"ours `{s.ours}`: {base_config.steps} steps, {base_config.ensemble} surrogate(s), "
+                     f"{base_config.retrain_times} surrogate retrainings, "
+                     f"{base_config.restarts} restart(s), {base_config.parametrisation} parametrisation, crafting "
+                     f"augmentation {'on' if base_config.augment else 'off'}, {base_config.trigger_draws} trigger "
+                     "placement(s) per source image")
+        if s.variants:
+            base = ours_config(dataset, s)
+            described = []
+            for name, config in variants:
+                changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                           if getattr(config, f.name) != getattr(base, f.name)}
+                described.append(f"`{name}` = {', '.join(f'{k}={v}' for k, v in changed.items()) or 'as is'}")
+            ours_text = f"ours `{s.ours}` with variants: " + "; ".join(described)
+        split_text = ("validation split carved from the training split (stratified 20%, seed 1; the test split "
+                      "is not read)" if s.split == "validation" else "test split")
+        art_text = (f"ART: {s.steps} crafting steps, {s.retrain_times} surrogate retrainings, 1 restart; "
+                    if s.art else "ART not run; ")
+        lines = [
+            f"## Sleeper Agent vs ART {art_version} SleeperAgentAttack on {s.dataset}, {s.split} split "
+            f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)",
+            "",
+            f"- Command: `python benchmarks/sleeper_vs_art.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+            f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch threads {s.threads}, "
+            f"CPU only, Python {platform.python_version()}, torch {torch.__version__}, load average {load:.1f} at the "
+            "start",
+            f"- Setting: {s.dataset} ({dataset.num_train} train / {dataset.num_test} judged on: {split_text}), "
+            f"victim {s.victim} width {s.width}, recipe {recipe.epochs} epochs; budget {s.budget:.0%} of the "
+            f"training set ({n_poison} poisons), eps {s.eps * 255:.0f}/255, trigger {scenario.trigger.size}x"
+            f"{scenario.trigger.size} random-placement patch; {art_text}{ours_text}; max-gradient-norm poison "
+            f"selection for both; {pairs_text}, {s.victim_seeds} victims trained from scratch per "
+            f"poisoned set, ASR over {s.eval_draws} trigger placement(s) per source image (metrics averaged per "
+            "pair; ± is the std over pairs).",
+            "",
+            "| method | ASR % | clean acc % | crafting s | of which surrogate pretraining s | of which retraining s |"
+            + (" ASR − ART per pair, points (mean ± SE) |" if s.art else ""),
+            "|---|---|---|---|---|---|" + ("---|" if s.art else ""),
+            f"| no poisons (patch only) | {_pm(results['none']['attack_success_rate'])} | "
+            f"{_pm(results['none']['clean_accuracy'])} | – | – | – |" + (" – |" if s.art else ""),
+        ]
+        for name, _ in variants:
+            r = results[name]
+            diff = f" {_difference(r['attack_success_rate'], results['art']['attack_success_rate'])} |" if s.art else ""
+            label = "parley sleeper_agent" if name == "parley" else name
+            lines.append(f"| {label} | {_pm(r['attack_success_rate'])} | {_pm(r['clean_accuracy'])} | "
+                         f"{_pm(r['craft_time_s'], 1.0)} | (inside) | (inside) |{diff}")
+        if s.art:
+            lines.append(f"| ART SleeperAgentAttack | {_pm(results['art']['attack_success_rate'])} | "
+                         f"{_pm(results['art']['clean_accuracy'])} | {_pm(results['art']['craft_time_s'], 1.0)} | "
+                         f"{_pm(results['art']['pretrain_s'], 1.0)} | {_pm(results['art']['retrain_s'], 1.0)} | – |")
+        lines.append("")
+        if s.art:
+            art_time = np.mean(results["art"]["craft_time_s"])
+            art_without = np.mean(np.asarray(results["art"]["craft_time_s"]) - np.asarray(results["art"]["retrain_s"]))
+            ratios = ", ".join(f"{'parley' if name == 'parley' else name} "
+                               f"{np.mean(results[name]['craft_time_s']) / art_time:.2f}x "
+                               f"({np.mean(results[name]['craft_time_s']) / art_without:.2f}x)" for name, _ in variants)
+            lines.append(f"Crafting-time ratio parley / ART: {ratios} (in brackets: against ART's time without its "
+                         "surrogate retrainings, which ART 1.20's matching loop does not use).")
+            lines.append("")
+        lines += [
+            "Per pair (ASR / crafting time):",
+            "",
+            "| pair | no poisons | " + " | ".join(m for m in methods[1:]) + " |",
+            "|---|" + "---|" * len(methods),
+            *per_pair,
+            "",
+        ]
+        return "\n".join(lines)
+
     for p, (source, target) in enumerate(pairs):
         seed = s.seed + p
         scenario = Scenario.from_dataset(dataset, source, target, budget=s.budget, eps=s.eps, recipe=recipe,
@@ -288,79 +366,11 @@ def main(argv: list[str] | None = None) -> str:
             print(f"pair {source}->{target} {method:6s} " + " ".join(f"{k}={v:.3g}" for k, v in metrics.items()),
                   flush=True)
         per_pair.append("| " + " | ".join(row) + " |")
+        if s.write:
+            save_results_section(render(), RESULTS)
 
-    n_poison = scenario.max_poisons
-    base_config = variants[0][1]
-    ours_text = (f"ours `{s.ours}`: {base_config.steps} steps, {base_config.ensemble} surrogate(s), "
-                 f"{base_config.retrain_times} surrogate retrainings, "
-                 f"{base_config.restarts} restart(s), {base_config.parametrisation} parametrisation, crafting "
-                 f"augmentation {'on' if base_config.augment else 'off'}, {base_config.trigger_draws} trigger "
-                 "placement(s) per source image")
-    if s.variants:
-        base = ours_config(dataset, s)
-        described = []
-        for name, config in variants:
-            changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                       if getattr(config, f.name) != getattr(base, f.name)}
-            described.append(f"`{name}` = {', '.join(f'{k}={v}' for k, v in changed.items()) or 'as is'}")
-        ours_text = f"ours `{s.ours}` with variants: " + "; ".join(described)
-    split_text = ("validation split carved from the training split (stratified 20%, seed 1; the test split "
-                  "is not read)" if s.split == "validation" else "test split")
-    art_text = (f"ART: {s.steps} crafting steps, {s.retrain_times} surrogate retrainings, 1 restart; "
-                if s.art else "ART not run; ")
-    lines = [
-        f"## Sleeper Agent vs ART {art_version} SleeperAgentAttack on {s.dataset}, {s.split} split "
-        f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)",
-        "",
-        f"- Command: `python benchmarks/sleeper_vs_art.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, torch threads {s.threads}, "
-        f"CPU only, Python {platform.python_version()}, torch {torch.__version__}",
-        f"- Setting: {s.dataset} ({dataset.num_train} train / {dataset.num_test} judged on: {split_text}), "
-        f"victim {s.victim} width {s.width}, recipe {recipe.epochs} epochs; budget {s.budget:.0%} of the "
-        f"training set ({n_poison} poisons), eps {s.eps * 255:.0f}/255, trigger {scenario.trigger.size}x"
-        f"{scenario.trigger.size} random-placement patch; {art_text}{ours_text}; max-gradient-norm poison "
-        f"selection for both; {len(pairs)} source/target pairs, {s.victim_seeds} victims trained from scratch per "
-        f"poisoned set, ASR over {s.eval_draws} trigger placement(s) per source image (metrics averaged per "
-        "pair; ± is the std over pairs).",
-        "",
-        "| method | ASR % | clean acc % | crafting s | of which surrogate pretraining s | of which retraining s |"
-        + (" ASR − ART per pair, points (mean ± SE) |" if s.art else ""),
-        "|---|---|---|---|---|---|" + ("---|" if s.art else ""),
-        f"| no poisons (patch only) | {_pm(results['none']['attack_success_rate'])} | "
-        f"{_pm(results['none']['clean_accuracy'])} | – | – | – |" + (" – |" if s.art else ""),
-    ]
-    for name, _ in variants:
-        r = results[name]
-        diff = f" {_difference(r['attack_success_rate'], results['art']['attack_success_rate'])} |" if s.art else ""
-        label = "parley sleeper_agent" if name == "parley" else name
-        lines.append(f"| {label} | {_pm(r['attack_success_rate'])} | {_pm(r['clean_accuracy'])} | "
-                     f"{_pm(r['craft_time_s'], 1.0)} | (inside) | (inside) |{diff}")
-    if s.art:
-        lines.append(f"| ART SleeperAgentAttack | {_pm(results['art']['attack_success_rate'])} | "
-                     f"{_pm(results['art']['clean_accuracy'])} | {_pm(results['art']['craft_time_s'], 1.0)} | "
-                     f"{_pm(results['art']['pretrain_s'], 1.0)} | {_pm(results['art']['retrain_s'], 1.0)} | – |")
-    lines.append("")
-    if s.art:
-        art_time = np.mean(results["art"]["craft_time_s"])
-        art_without = np.mean(np.asarray(results["art"]["craft_time_s"]) - np.asarray(results["art"]["retrain_s"]))
-        ratios = ", ".join(f"{'parley' if name == 'parley' else name} "
-                           f"{np.mean(results[name]['craft_time_s']) / art_time:.2f}x "
-                           f"({np.mean(results[name]['craft_time_s']) / art_without:.2f}x)" for name, _ in variants)
-        lines.append(f"Crafting-time ratio parley / ART: {ratios} (in brackets: against ART's time without its "
-                     "surrogate retrainings, which ART 1.20's matching loop does not use).")
-        lines.append("")
-    lines += [
-        "Per pair (ASR / crafting time):",
-        "",
-        "| pair | no poisons | " + " | ".join(m for m in methods[1:]) + " |",
-        "|---|" + "---|" * len(methods),
-        *per_pair,
-        "",
-    ]
-    table = "\n".join(lines)
+    table = render()
     print(table)
-    if s.write:
-        save_results_section(table, RESULTS)
     return table
 
 

@@ -188,6 +188,24 @@ def test_sleeper_vs_art_reads_variants_and_pairs_and_refuses_bad_ones(monkeypatc
             module.parse_pairs(bad, 10)
 
 
+def test_sleeper_schedule_curve_averages_each_setting_over_its_pairs(monkeypatch):
+    module = load_benchmark("sleeper_schedule", monkeypatch)
+
+    def row(schedule, budget, eps, pair, asr, clean=0.97):
+        return {"schedule": schedule, "overrides": {}, "budget": budget, "eps_255": eps, "pair": list(pair),
+                "asr": asr, "clean_accuracy": clean, "width": 16, "craft_s": 1.0}
+
+    rows = [row("small_images", 0.05, 128.0, (3, 8), 0.75), row("small_images", 0.05, 16.0, (3, 8), 0.10),
+            row("small_images", 0.05, 128.0, (6, 1), 0.35), row("none", 0.05, 16.0, (3, 8), 0.0625, 0.98),
+            row("small_images", 0.05, 128.0, (7, 1), 0.5375, 0.94), row("small_images", 0.1, 64.0, (3, 8), 0.9)]
+    lines = module.curve(rows).splitlines()[2:]
+    assert len(lines) == 4  # one line per setting, the patch alone first, then by budget and eps
+    assert lines[0].startswith("| none | – | – | – | 16 | 3->8 | 6.2 |")
+    assert lines[1].startswith("| small_images | – | 5% | 16/255 | 16 | 3->8 | 10.0 | 10.0-10.0 |")
+    assert lines[2] == "| small_images | – | 5% | 128/255 | 16 | 3->8, 6->1, 7->1 | 54.6 | 35.0-75.0 | 96.0 |"
+    assert lines[3].startswith("| small_images | – | 10% | 64/255 | 16 | 3->8 | 90.0 |")
+
+
 def test_learning_adapter_arms_become_compacter_options_the_backbone_accepts(monkeypatch):
     from parley.agents.nn.compacter import CompacterBackboneConfig
 
