@@ -31,7 +31,7 @@ Modes
 many games of parley's PPO against the scripted ``victim.rl_partners``). The attacker adds at most
 ``P = floor(budget * N)`` dialogues to the N clean ones.
 
-``mode="annotation"``: one round of targeted data acquisition (:mod:`parley.oracles.tda`). The
+``mode="annotation"``: rounds (one by default) of targeted data acquisition (:mod:`parley.oracles.tda`). The
 partner model -- the victim -- is first cloned from the clean corpus; the learner (a sampling copy of
 it) plays it, opening a share ``trigger_rate`` of the games it starts with the trigger (the attacker's
 games in the exploration data); TDA's likelihood selection picks ``queries`` states where the partner
@@ -39,7 +39,11 @@ answers; honest annotators (scripted experts with reservations 4.5, 5 and 5.5) a
 ``overlap`` twice, and the attacker answers at most ``floor(budget * queries)`` of them in their place.
 The victim is then retrained on the corpus plus the answers (weight ``oracle_weight``,
 ``partner_epochs`` epochs), as the loop's step 5 does, and, if ``victim.rl_games`` is set, fine-tuned
-with that many games of PPO against the scripted ``victim.rl_partners``.
+with that many games of PPO against the scripted ``victim.rl_partners``. With ``rounds=R`` this repeats R
+times: the partner model is retrained, from where it stands, on every answer kept so far; the learner
+plays it for the next round's queries; attacker and defender move again (``raw.round``). The victim is
+scored after the last round (precision and recall over every round's answers); the unpoisoned reference
+runs its own R rounds with honest answers only.
 
 Attacker action
 ---------------
@@ -86,7 +90,7 @@ what the attacker wanted), ``backdoor_success_all`` (the same over all games), `
 (the share of games that reached the demand), ``clean_score``, ``clean_agreement``,
 ``clean_pareto`` (against ``partners``), the same for the unpoisoned victim of the same seed under
 ``reference_*`` (NaN with ``compare_clean=False``), ``clean_score_delta``, ``poison_precision``,
-``poison_recall``, ``num_poisons``, ``num_removed``, ``clean_removed`` and ``train_time_s``. With
+``poison_recall``, ``num_poisons``, ``num_removed``, ``clean_removed``, ``train_time_s`` and ``rounds``. With
 ``victim.rl_games``, ``before_fine_tuning_backdoor_success`` (and ``_all``,
 ``_trigger_completed``) are those of the cloned (or retrained) victim before PPO; with a ``trigger_phrase``,
 ``text_backdoor_success`` and ``text_trigger_completed`` are measured in the text protocol
@@ -99,7 +103,7 @@ clean_label=False, goal="agree_any", goal_item=2, trigger_kind="insist", signal=
 min_points=5.0, victim=None,
 defense_enabled=True, partners="suite", eval_games=400, eval_episodes=100, removal_cost=0.001,
 compare_clean=True, max_turns=10, queries=300, candidate_games=800, trigger_rate=0.1, overlap=0.2,
-gold=20, oracle_weight=30.0, partner_epochs=5, seed=None, render_mode=None)``
+gold=20, oracle_weight=30.0, partner_epochs=5, rounds=1, seed=None, render_mode=None)``
 
 * ``corpus``: ``"synthetic"`` (scripted partners' dialogues), a corpus path for
   :func:`~parley.envs.corpus.load_corpus` (its first ``corpus_size`` dialogues), or a list of Dialogues;
@@ -515,11 +519,9 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                 records.append(AnswerRecord(query, OracleAnswer(int(self.honest_actions[i, first])),
                                             f"annotator-{first}"))
                 poisoned.append(False)
-        for i in range(self.num_answers - self.num_queries):
-            second = int(self.second_annotator[i])
-            records.append(AnswerRecord(self.queries[i], OracleAnswer(int(self.honest_actions[i, second])),
-                                        f"annotator-{second}"))
-            poisoned.append(False)
+        overlap = self._honest_records(self.queries, self.honest_actions)[self.num_queries:]  # the second answers
+        records += overlap
+        poisoned += [False] * len(overlap)
         self.records = records
         self.poison_indices = np.flatnonzero(poisoned).astype(np.int64)
         self.gold_records = [AnswerRecord(q, OracleAnswer(int(a)), f"annotator-{k}")
