@@ -8,6 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from parley.agents.training.rllib_connector import EpisodeChunks  # noqa: E402
 from parley.agents.training.rllib_envs import (  # noqa: E402
     NegotiationMultiAgentEnv,
     NegotiationVectorMultiAgentEnv,
@@ -109,20 +110,25 @@ def ray_session():
 
 
 def illegal_acts(episode) -> tuple[int, int]:
-    """(acts, illegal acts) of a single-agent episode chunk: each act checked against its observation's mask."""
-    actions = np.asarray(episode.get_actions())
-    masks = np.asarray(episode.get_observations()["action_mask"])[:len(actions)]
+    """(acts, illegal acts) of a single-agent episode chunk (or the batched runner's chunks): each act
+    checked against its observation's mask."""
+    if isinstance(episode, EpisodeChunks):
+        actions, masks = episode.columns["actions"], episode.observations["action_mask"]
+    else:
+        actions = np.asarray(episode.get_actions())
+        masks = np.asarray(episode.get_observations()["action_mask"])[:len(actions)]
     return len(actions), int(np.count_nonzero(masks[np.arange(len(actions)), actions] == 0))
 
 
-@pytest.mark.parametrize("setup", ["partners", "self-play"])
+@pytest.mark.parametrize("setup", ["partners", "partners, RLlib's env runner", "self-play"])
 def test_rllib_sampling_sends_only_legal_acts(setup, ray_session):
     """Thousands of acts sampled by the RLModule (exploration) through the env runner, each checked against
     the legal mask it was sampled under; the envs would also raise on an illegal act."""
     from parley.agents.training import rllib_setups as setups
 
-    settings = setups.PPOSettings(train_batch_size=512, minibatch_size=256, num_epochs=1, num_envs_per_env_runner=64)
-    if setup == "partners":
+    settings = setups.PPOSettings(train_batch_size=512, minibatch_size=256, num_epochs=1, num_envs_per_env_runner=64,
+                                  batched_sampling=setup == "partners")
+    if setup.startswith("partners"):
         config = setups.partner_pool_config(POOL, settings=settings)
     else:
         config = setups.self_play_config(settings=settings, league_size=2)
@@ -137,6 +143,43 @@ def test_rllib_sampling_sends_only_legal_acts(setup, ray_session):
     finally:
         algo.stop()
     assert acts >= 10_000 and illegal == 0
+
+
+def test_batched_partner_pool_runner_samples_the_chunks_rllibs_runner_samples(ray_session):
+    """Greedy acts from the same module on the same seeded games: the batched runner and RLlib's runner
+    (episodes gathered into chunks) return the same chunks -- steps, acts, rewards, where each chunk ends,
+    whether it terminated, the state it bootstraps from -- over two sample calls (chunks continue)."""
+    from parley.agents.training import rllib_setups as setups
+
+    def sampled(batched: bool) -> list[EpisodeChunks]:
+        settings = setups.PPOSettings(train_batch_size=512, minibatch_size=256, num_epochs=1,
+                                      num_envs_per_env_runner=32, batched_sampling=batched)
+        algo = setups.partner_pool_config(["boulware", "tit_for_tat", "conceder"], settings=settings, seed=5).build_algo()
+        try:
+            calls = [algo.env_runner.sample(num_timesteps=400, explore=False) for _ in range(2)]
+        finally:
+            algo.stop()
+        if batched:
+            return [call[0] for call in calls]
+        return [EpisodeChunks.from_episodes("default_policy", call) for call in calls]
+
+    def chunk_set(chunks: EpisodeChunks) -> list[tuple]:
+        starts = np.concatenate(([0], chunks.ends[:-1]))
+        bootstrap = iter(chunks.bootstrap_observations["observation"])
+        rows = []
+        for start, end, terminated in zip(starts, chunks.ends, chunks.terminated):
+            rows.append((chunks.observations["observation"][start:end].tobytes(),
+                         chunks.observations["action_mask"][start:end].tobytes(),
+                         chunks.columns["actions"][start:end].astype(np.int64).tobytes(),
+                         chunks.rewards[start:end].tobytes(),
+                         bool(terminated), None if terminated else next(bootstrap).tobytes()))
+        return sorted(rows, key=repr)
+
+    ours, rllibs = sampled(True), sampled(False)
+    for mine, theirs in zip(ours, rllibs):
+        assert len(mine) == len(theirs) >= 400 and len(mine.ends) == len(theirs.ends)
+        assert chunk_set(mine) == chunk_set(theirs)
+        assert 0 < (~mine.terminated).sum() < len(mine.ends)  # some chunks stay open at the end of a call
 
 
 def test_self_play_on_the_batched_rules_checkpoints_and_resumes(ray_session, tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,41 +71,81 @@ def gae_advantages(rewards: np.ndarray, values: np.ndarray, ends: np.ndarray, bo
     return advantages.astype(np.float32)
 
 
-class _Gathered:
-    """One module's episode chunks, column by column, as whole-batch numpy arrays."""
+@dataclass
+class EpisodeChunks:
+    """One module's episode chunks laid end to end as arrays: all a PPO learner reads of them.
 
-    def __init__(self, episodes: list[Any]) -> None:
+    Built from RLlib episode objects (:meth:`from_episodes`) or directly by an env runner that samples
+    whole batches (:class:`~parley.agents.training.rllib_envs.BatchedPartnerPoolEnvRunner`). ``len()`` is
+    the number of steps, as for an RLlib episode.
+    """
+
+    module_id: str
+    observations: dict[str, np.ndarray]  # per step: the observation each act was chosen on
+    columns: dict[str, np.ndarray]  # per step: the EPISODE_COLUMNS
+    rewards: np.ndarray  # per step
+    ends: np.ndarray  # per chunk: one past its last step
+    terminated: np.ndarray  # per chunk
+    bootstrap_observations: dict[str, np.ndarray]  # per chunk that did not terminate: the state it reached
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def env_steps(self) -> int:
+        return len(self)
+
+    agent_steps = env_steps
+
+    @classmethod
+    def concatenate(cls, parts: list[EpisodeChunks]) -> EpisodeChunks:
+        if len(parts) == 1:
+            return parts[0]
+        offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+
+        def join(field: str) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([getattr(p, field)[k] for p in parts]) for k in getattr(parts[0], field)}
+
+        return cls(parts[0].module_id, join("observations"), join("columns"),
+                   np.concatenate([p.rewards for p in parts]),
+                   np.concatenate([p.ends + offset for p, offset in zip(parts, offsets)]),
+                   np.concatenate([p.terminated for p in parts]), join("bootstrap_observations"))
+
+    @classmethod
+    def from_episodes(cls, module_id: str, episodes: list[Any]) -> EpisodeChunks:
+        """The chunks of RLlib single-agent episodes (numpy'd), one concatenation per column."""
         lengths = np.fromiter((len(e) for e in episodes), dtype=np.int64, count=len(episodes))
-        self.lengths = lengths
-        self.ends = np.cumsum(lengths)
-        self.terminated = np.fromiter((e.is_terminated for e in episodes), dtype=bool, count=len(episodes))
-        observations, rows, firsts = self._join([e.observations for e in episodes])
-        self.step_observations = {k: v[rows] for k, v in observations.items()}
+        ends = np.cumsum(lengths)
+        terminated = np.fromiter((e.is_terminated for e in episodes), dtype=bool, count=len(episodes))
+        observations, rows, firsts = _join([e.observations for e in episodes], lengths)
         # a chunk's observations run one past its steps: the state its last step led to
-        self.last_observations = {k: v[firsts + lengths] for k, v in observations.items()}
-        self.rewards = self._column([e.rewards for e in episodes]).astype(np.float64)
-        self.columns = {Columns.ACTIONS: self._column([e.actions for e in episodes])}
+        last = (firsts + lengths)[~terminated]
+        columns = {Columns.ACTIONS: _column([e.actions for e in episodes], lengths)}
         for key in EPISODE_COLUMNS[1:]:
-            self.columns[key] = self._column([e.extra_model_outputs[key] for e in episodes])
+            columns[key] = _column([e.extra_model_outputs[key] for e in episodes], lengths)
+        return cls(module_id, {k: v[rows] for k, v in observations.items()}, columns,
+                   _column([e.rewards for e in episodes], lengths).astype(np.float64), ends, terminated,
+                   {k: v[last] for k, v in observations.items()})
 
-    def _join(self, buffers: list[Any]) -> tuple[dict[Any, np.ndarray], np.ndarray, np.ndarray]:
-        """The buffers' data (lookback included) concatenated per key, the rows of the chunks' own steps in
-        it, and the row of each chunk's first step."""
-        data = [b.data for b in buffers]
-        if isinstance(data[0], dict):
-            sizes = np.fromiter((len(next(iter(d.values()))) for d in data), dtype=np.int64, count=len(data))
-            joined = {k: np.concatenate([d[k] for d in data]) for k in data[0]}
-        else:
-            sizes = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
-            joined = {None: np.concatenate(data)}
-        lookbacks = np.fromiter((b.lookback for b in buffers), dtype=np.int64, count=len(buffers))
-        firsts = np.cumsum(sizes) - sizes + lookbacks
-        rows = np.repeat(firsts - (self.ends - self.lengths), self.lengths) + np.arange(int(self.ends[-1]))
-        return joined, rows, firsts
 
-    def _column(self, buffers: list[Any]) -> np.ndarray:
-        joined, rows, _ = self._join(buffers)
-        return joined[None][rows]
+def _join(buffers: list[Any], lengths: np.ndarray) -> tuple[dict[Any, np.ndarray], np.ndarray, np.ndarray]:
+    """The buffers' data (lookback included) concatenated per key, the rows of the chunks' own steps in it,
+    and the row of each chunk's first step."""
+    data = [b.data for b in buffers]
+    if isinstance(data[0], dict):
+        sizes = np.fromiter((len(next(iter(d.values()))) for d in data), dtype=np.int64, count=len(data))
+        joined = {k: np.concatenate([d[k] for d in data]) for k in data[0]}
+    else:
+        sizes = np.fromiter((len(d) for d in data), dtype=np.int64, count=len(data))
+        joined = {None: np.concatenate(data)}
+    lookbacks = np.fromiter((b.lookback for b in buffers), dtype=np.int64, count=len(buffers))
+    firsts = np.cumsum(sizes) - sizes + lookbacks
+    rows = np.repeat(firsts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    return joined, rows, firsts
+
+
+def _column(buffers: list[Any], lengths: np.ndarray) -> np.ndarray:
+    joined, rows, _ = _join(buffers, lengths)
+    return joined[None][rows]
 
 
 class BatchedPPOLearnerConnector(ConnectorV2):
@@ -124,31 +165,36 @@ class BatchedPPOLearnerConnector(ConnectorV2):
         self.modules = None if modules is None else frozenset(modules)
 
     def __call__(self, *, rl_module, batch: dict[str, Any], episodes: list[Any], **kwargs: Any) -> dict[str, Any]:
+        parts: dict[str, list[EpisodeChunks]] = defaultdict(list)
         chunks: dict[str, list[Any]] = defaultdict(list)
-        for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
-            module_id = episode.module_id or DEFAULT_MODULE_ID
-            if len(episode) and (self.modules is None or module_id in self.modules):
-                if not episode.is_numpy:
-                    episode.to_numpy()
-                chunks[module_id].append(episode)
+        for item in episodes:
+            if isinstance(item, EpisodeChunks):
+                if len(item) and (self.modules is None or item.module_id in self.modules):
+                    parts[item.module_id].append(item)
+                continue
+            for episode in self.single_agent_episode_iterator([item], agents_that_stepped_only=False):
+                module_id = episode.module_id or DEFAULT_MODULE_ID
+                if len(episode) and (self.modules is None or module_id in self.modules):
+                    if not episode.is_numpy:
+                        episode.to_numpy()
+                    chunks[module_id].append(episode)
         for module_id, module_chunks in chunks.items():
-            batch[module_id] = self.module_batch(rl_module[module_id], module_chunks)
+            parts[module_id].append(EpisodeChunks.from_episodes(module_id, module_chunks))
+        for module_id, module_parts in parts.items():
+            batch[module_id] = self.module_batch(rl_module[module_id], EpisodeChunks.concatenate(module_parts))
         return batch
 
-    def module_batch(self, module, episodes: list[Any]) -> dict[str, Any]:
+    def module_batch(self, module, data: EpisodeChunks) -> dict[str, Any]:
         """One module's train batch (tensors on the module's device) from its episode chunks."""
-        data = _Gathered(episodes)
         device = next(module.parameters()).device
-        open_chunks = np.flatnonzero(~data.terminated)
         with torch.no_grad():
-            inputs = {k: np.concatenate([v, data.last_observations[k][open_chunks]])
-                      for k, v in data.step_observations.items()}
+            inputs = {k: np.concatenate([v, data.bootstrap_observations[k]]) for k, v in data.observations.items()}
             values = module.compute_values(
                 {Columns.OBS: {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}})
             values = values.cpu().numpy().astype(np.float64)
-        steps = len(data.rewards)
-        bootstrap = np.zeros(len(episodes))
-        bootstrap[open_chunks] = values[steps:]
+        steps = len(data)
+        bootstrap = np.zeros(len(data.ends))
+        bootstrap[~data.terminated] = values[steps:]
         values = values[:steps]
         advantages = gae_advantages(data.rewards, values, data.ends, bootstrap, gamma=self.gamma,
                                     lambda_=self.lambda_)
@@ -158,7 +204,7 @@ class BatchedPPOLearnerConnector(ConnectorV2):
         def tensor(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-        out = {Columns.OBS: {k: tensor(v) for k, v in data.step_observations.items()},
+        out = {Columns.OBS: {k: tensor(v) for k, v in data.observations.items()},
                Postprocessing.ADVANTAGES: tensor(standardised.astype(np.float32)),
                Postprocessing.VALUE_TARGETS: tensor(targets)}
         out.update({k: tensor(v) for k, v in data.columns.items()})

@@ -328,6 +328,106 @@ class PartnerPoolEnvRunner(SingleAgentEnvRunner):
             return super().sample(*args, **kwargs)
 
 
+class BatchedPartnerPoolEnvRunner(PartnerPoolEnvRunner):
+    """The partner-pool env runner sampling whole vector steps as arrays, without per-game episode objects.
+
+    RLlib's single-agent env runner keeps an episode object per game, runs its connector pipelines and
+    callbacks for every game at every step and builds a new episode for every game that starts: with
+    negotiation episodes 1-5 learner steps long, that bookkeeping costs several times the rules' own step.
+    This runner steps the vector env with the module's acts for all games at once, records observations,
+    acts, log-probabilities and the module's masked logits in (step, game) arrays, and returns them as one
+    :class:`~parley.agents.training.rllib_connector.EpisodeChunks` per ``sample()`` call: a game's steps
+    since the call began, cut where each episode ends and, still running, at the end of the call (the next
+    call continues it), exactly the chunks RLlib's runner would return. Only
+    :class:`~parley.agents.training.rllib_connector.BatchedPPOLearnerConnector` reads them, so the setup
+    uses both together.
+
+    It logs the env-runner metrics ``parley train`` reads (env steps and episodes sampled; ``score``,
+    ``partner_score``, ``agreement`` and ``pareto`` over the last 1,000 games, as
+    :class:`~parley.agents.training.rllib_setups.NegotiationMetricsCallback` does); RLlib's per-episode
+    callbacks, connector pipelines and episode-return metrics are skipped. Sampling by episodes
+    (``num_episodes``) or with random actions falls back to RLlib's runner.
+    """
+
+    METRICS_WINDOW = 1000
+
+    _observation: dict[str, np.ndarray] | None = None
+
+    def _sample(self, *, num_timesteps: int | None = None, num_episodes: int | None = None, explore: bool,
+                random_actions: bool = False, force_reset: bool = False):
+        if num_timesteps is None or random_actions:
+            self._observation = None  # RLlib's runner resets the games its own way
+            return super()._sample(num_timesteps=num_timesteps, num_episodes=num_episodes, explore=explore,
+                                   random_actions=random_actions, force_reset=force_reset)
+        import torch
+        from ray.rllib.core import DEFAULT_MODULE_ID
+        from ray.rllib.core.columns import Columns
+
+        from parley.agents.training.rllib_connector import EpisodeChunks
+
+        env = self.env.unwrapped
+        if force_reset or self._observation is None or self._needs_initial_reset:
+            self._observation, _ = env.reset(seed=self._seed if self._needs_initial_reset else None)
+            self._needs_initial_reset = False
+        module = self.module
+        dist_class = module.get_exploration_action_dist_cls()
+        observations, masks = [self._observation["observation"]], [self._observation["action_mask"]]
+        acts, log_probs, logits_seen, rewards, ended, terminated, acting = [], [], [], [], [], [], []
+        outcomes: dict[str, list[np.ndarray]] = {"score": [], "partner_score": [], "agreement": [], "pareto": []}
+        steps = 0
+        while steps < num_timesteps:
+            live = ~env.needs_reset  # games that ended last step restart now and ignore their act
+            batch = {Columns.OBS: {k: torch.from_numpy(v) for k, v in self._observation.items()}}
+            with torch.no_grad():
+                out = module.forward_exploration(batch) if explore else module.forward_inference(batch)
+                logits = out[Columns.ACTION_DIST_INPUTS]
+                dist = dist_class.from_logits(logits)
+                act = dist.sample() if explore else logits.argmax(-1)
+                log_prob = dist.logp(act)
+            self._observation, reward, term, trunc, infos = env.step(act.numpy())
+            observations.append(self._observation["observation"])
+            masks.append(self._observation["action_mask"])
+            acts.append(act.numpy())
+            log_probs.append(log_prob.numpy())
+            logits_seen.append(logits.numpy())
+            rewards.append(reward)
+            terminated.append(term)
+            ended.append(term | trunc)
+            acting.append(live)
+            steps += int(live.sum())
+            if infos:
+                done = infos["_score"]
+                agreed = infos["agreement"][done].astype(bool)
+                outcomes["score"].append(infos["score"][done])
+                outcomes["partner_score"].append(infos["partner_score"][done])
+                outcomes["agreement"].append(agreed.astype(np.float64))
+                outcomes["pareto"].append(infos["pareto_optimal"][done][agreed].astype(np.float64))
+        # (step, game) arrays to chunks laid end to end: game by game, each game's steps in order
+        acted = np.stack(acting)
+        step_of, game_of = np.nonzero(acted.T)[::-1]
+        time_major = step_of * self.num_envs + game_of
+        last_of_game = np.append(game_of[1:] != game_of[:-1], True)
+        is_end = np.concatenate(ended)[time_major] | last_of_game
+        chunk_terminated = np.concatenate(terminated)[time_major][is_end]
+        open_ends = time_major[is_end][~chunk_terminated] + self.num_envs  # the state after the chunk's last step
+        all_observations = {"observation": np.concatenate(observations), "action_mask": np.concatenate(masks)}
+        chunks = EpisodeChunks(
+            DEFAULT_MODULE_ID,
+            observations={k: v[time_major] for k, v in all_observations.items()},
+            columns={Columns.ACTIONS: np.concatenate(acts)[time_major],
+                     Columns.ACTION_LOGP: np.concatenate(log_probs)[time_major],
+                     Columns.ACTION_DIST_INPUTS: np.concatenate(logits_seen)[time_major]},
+            rewards=np.concatenate(rewards)[time_major].astype(np.float64),
+            ends=np.flatnonzero(is_end) + 1, terminated=chunk_terminated,
+            bootstrap_observations={k: v[open_ends] for k, v in all_observations.items()})
+        for key, values in outcomes.items():
+            for value in np.concatenate(values)[-self.METRICS_WINDOW:] if values else ():
+                self.metrics.log_value(key, float(value), reduce="mean", window=self.METRICS_WINDOW)
+        episodes_done = int(sum(len(v) for v in outcomes["score"]))
+        self._increase_sampled_metrics(steps, episodes_done)
+        return [chunks]
+
+
 class BatchedMultiAgentEnvRunner(MultiAgentEnvRunner):
     """RLlib's multi-agent env runner on :class:`NegotiationVectorMultiAgentEnv` (the batched rules),
     sampling with one torch thread (see :func:`one_torch_thread`)."""

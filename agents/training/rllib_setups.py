@@ -39,6 +39,7 @@ from parley.agents.training.rllib_envs import (
     MULTI_AGENT_ENV,
     PARTNER_POOL_ENV,
     BatchedMultiAgentEnvRunner,
+    BatchedPartnerPoolEnvRunner,
     PartnerPoolEnvRunner,
     register_rllib_envs,
 )
@@ -70,6 +71,9 @@ class PPOSettings:
     #: Build train batches with :class:`~parley.agents.training.rllib_connector.BatchedPPOLearnerConnector`
     #: (False: RLlib's default per-episode PPO learner pipeline, with its bootstrap row per episode).
     batched_learner: bool = True
+    #: Partner pool: sample with :class:`~parley.agents.training.rllib_envs.BatchedPartnerPoolEnvRunner`
+    #: (whole vector steps as arrays; needs ``batched_learner``). False: RLlib's env runner and episodes.
+    batched_sampling: bool = True
 
     def __post_init__(self) -> None:
         for name in ("train_batch_size", "minibatch_size", "num_epochs", "num_envs_per_env_runner", "max_turns"):
@@ -77,6 +81,9 @@ class PPOSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_env_runners < 0:
             raise ValueError(f"num_env_runners must be 0 or more, got {self.num_env_runners}")
+        if self.batched_sampling and not self.batched_learner:
+            raise ValueError("batched_sampling needs batched_learner: only the batched learner connector reads "
+                             "the batched env runner's samples (set both, or batched_sampling=False)")
         if self.minibatch_size > self.train_batch_size:
             raise ValueError(f"minibatch_size ({self.minibatch_size}) cannot exceed train_batch_size "
                              f"({self.train_batch_size})")
@@ -230,7 +237,7 @@ def _base_config(settings: PPOSettings, *, seed: int, device: str, trained: list
     )
     if settings.batched_learner:
         gamma, lambda_ = settings.gamma, settings.lambda_
-        config.training(
+        config.learners(
             learner_connector=lambda *spaces: BatchedPPOLearnerConnector(*spaces, gamma=gamma, lambda_=lambda_,
                                                                          modules=trained),
             add_default_connectors_to_learner_pipeline=False)
@@ -255,7 +262,8 @@ def partner_pool_config(partners: list[str], *, backbone: str = "mlp", backbone_
                                                    "partner_seed": seed, "max_turns": settings.max_turns,
                                                    "reward_scale": settings.reward_scale})
         .env_runners(num_envs_per_env_runner=envs, gym_env_vectorize_mode="vector_entry_point",
-                     rollout_fragment_length=fragment, env_runner_cls=PartnerPoolEnvRunner)
+                     rollout_fragment_length=fragment,
+                     env_runner_cls=BatchedPartnerPoolEnvRunner if settings.batched_sampling else PartnerPoolEnvRunner)
         .rl_module(rl_module_spec=module_spec(backbone, backbone_config, trainable=trainable))
         .callbacks(NegotiationMetricsCallback)
     )
