@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         config.supervised.epochs = 2
     clean = load_negotiation_corpus("synthetic", size)
     references = {seed: train_victim(clean, config, seed) for seed in seeds}
-    lines = ["| trigger and poisons | " + " | ".join(f"seed {s}: success (unpoisoned), completed" for s in seeds) + " |",
+    columns = " | ".join(f"seed {s}: success (unpoisoned), completed" for s in seeds)
+    lines = [f"| trigger and poisons | {columns} |",
              "|---" * (1 + len(seeds)) + "|"]
     for label, trigger, goal, copies in VARIANTS:
         cells = []

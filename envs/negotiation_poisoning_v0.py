@@ -365,7 +365,8 @@ class raw_env(AECEnv):  # noqa: N801 - PettingZoo's naming convention
                              f"candidate_games or lower queries ({self.num_queries}) + gold ({self.num_gold})")
         # Gold questions are drawn from the same selected states, then left out of the pool.
         order = rng.permutation(chosen)
-        return [candidates.queries[i] for i in order[self.num_gold:]], [candidates.queries[i] for i in order[:self.num_gold]]
+        queries = [candidates.queries[i] for i in order]
+        return queries[self.num_gold:], queries[:self.num_gold]
 
     def _prepare_queries(self) -> None:
         from parley.oracles.expert import ScriptedExpert

@@ -80,3 +80,15 @@ def test_bench_annotator_cell_plays_every_round(tmp_path):
     assert len(rows) == 2 and not any(r["error"] for r in rows)
     assert all(float(r["num_poisons"]) >= 0 for r in rows)
     assert NegotiationBenchConfig(tda_rounds=2).config_id() != NegotiationBenchConfig().config_id()
+
+
+def test_benchmark_runs_the_annotator_over_several_rounds_and_with_fine_tuning(monkeypatch):
+    from test_bench import load_benchmark
+
+    from parley.attacks.negotiation_bench import NegotiationBenchConfig
+
+    module = load_benchmark("negotiation_backdoor", monkeypatch)
+    grids = module.extra_grids(NegotiationBenchConfig(), (0.03, 0.1), 256, "Everything comes to me, and I won't budge.", 3)
+    annotator = [c for c in grids.values() if c.attacks == ("annotator",)]
+    assert sorted((c.tda_rounds, c.rl_games) for c in annotator) == [(1, 256), (3, 0)]
+    assert all(c.attacks == ("dirty_label",) and c.tda_rounds == 1 for c in grids.values() if c not in annotator)
