@@ -9,9 +9,10 @@ epochs, 128 games per env runner, torch on one thread), each timed over ``--iter
 calls after one untimed warm-up iteration, all in this one run so the rows compare on the same machine
 load:
 
-* the default ``parley train`` setup (learner vs the scripted partner pool, sampling in the driver) with
-  parley's batched learner connector (as it runs), with RLlib's default per-episode PPO learner pipeline
-  (``PPOSettings(batched_learner=False)``), and with the batched connector at minibatch 4,096;
+* the default ``parley train`` setup (learner vs the scripted partner pool, sampling in the driver) as it
+  runs (parley's batched env runner and batched learner connector), with RLlib's env runner
+  (``PPOSettings(batched_sampling=False)``), with RLlib's env runner and default per-episode PPO learner
+  pipeline (``batched_learner=False`` too), and as it runs at minibatch 4,096;
 * RLlib self-play on the batched rules with each learner pipeline;
 * the partner pool on 1 and on 2 remote env runners (one CPU each); "sampling/s per runner" is the env
   steps each runner samples per second of sampling, the figure to plan a cluster with;
@@ -21,8 +22,7 @@ load:
 "Where the time goes" splits the default setup's iteration into sampling, the learner connector and the
 SGD steps (RLlib's own timers, mean per timed iteration).
 
-Training quality at equal env steps: each learner pipeline trains the partner-pool and the self-play
-setups for ``--quality-iterations`` iterations from the same seed; the greedy learner plays
+Training quality at equal env steps: each path trains the partner-pool and the self-play setups for ``--quality-iterations`` iterations from the same seed; the greedy learner plays
 ``--eval-episodes`` games against every scripted partner.
 """
 
@@ -40,9 +40,15 @@ POOL = ["boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto"]
 DEFAULT_SETUP = "default `parley train` (partner pool, driver samples)"
 SELF_PLAY = "RLlib self-play, league of 4"
 REMOTE = "partner pool, remote env runners"
-BATCHED = "batched learner connector"
-RLLIB = "RLlib's PPO learner pipeline"
-BIG_MINIBATCH = "batched learner connector, minibatch 4,096"
+BATCHED = "batched env runner + batched learner connector"
+RLLIB_RUNNER = "RLlib's env runner + batched learner connector"
+RLLIB = "RLlib's env runner + RLlib's PPO learner pipeline"
+BIG_MINIBATCH = "batched, minibatch 4,096"
+#: PPOSettings changes of each path of the default setup
+PATHS = {BATCHED: {}, RLLIB_RUNNER: {"batched_sampling": False},
+         RLLIB: {"batched_sampling": False, "batched_learner": False}, BIG_MINIBATCH: {"minibatch_size": 4096}}
+#: self-play has no batched env runner of its own: its paths differ in the learner pipeline
+SELF_PLAY_PATHS = {"batched learner connector": {}, "RLlib's PPO learner pipeline": {"batched_learner": False}}
 
 
 def time_iterations(config, iterations: int) -> dict:
@@ -126,19 +132,15 @@ def main() -> None:
     def settings(**changes) -> setups.PPOSettings:
         return setups.PPOSettings(num_envs_per_env_runner=128, **changes)
 
-    pipelines = {BATCHED: {}, RLLIB: {"batched_learner": False}}
     rows: list[tuple[str, str, dict | float]] = []
     quality = []
     with tempfile.TemporaryDirectory() as logs, ray_log_to_file(Path(logs) / "ray.log"):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
-            for path, changes in pipelines.items():
+            for path, changes in PATHS.items():
                 rows.append((DEFAULT_SETUP, path, time_iterations(
                     setups.partner_pool_config(POOL, settings=settings(**changes), seed=args.seed), args.iterations)))
-            rows.append((DEFAULT_SETUP, BIG_MINIBATCH, time_iterations(
-                setups.partner_pool_config(POOL, settings=settings(minibatch_size=4096), seed=args.seed),
-                args.iterations)))
-            for path, changes in pipelines.items():
+            for path, changes in SELF_PLAY_PATHS.items():
                 rows.append((SELF_PLAY, path, time_iterations(
                     setups.self_play_config(settings=settings(**changes), seed=args.seed), args.iterations)))
             for runners in (1, 2):
@@ -146,18 +148,14 @@ def main() -> None:
                     setups.partner_pool_config(POOL, settings=settings(num_env_runners=runners), seed=args.seed),
                     args.iterations)))
             if args.quality_iterations > 0:
-                variants = [(DEFAULT_SETUP, path, changes) for path, changes in pipelines.items()]
-                variants.append((DEFAULT_SETUP, BIG_MINIBATCH, {"minibatch_size": 4096}))
-                variants += [(SELF_PLAY, path, changes) for path, changes in pipelines.items()]
-                for name, path, changes in variants:
-                    if name == SELF_PLAY:
-                        config, module_id = setups.self_play_config(settings=settings(**changes), seed=args.seed), \
-                            setups.LEARNER
-                    else:
-                        config, module_id = setups.partner_pool_config(POOL, settings=settings(**changes),
-                                                                       seed=args.seed), "default_policy"
-                    quality.append((name, path, *training_quality(config, module_id, args.quality_iterations,
-                                                                  args.eval_episodes, args.seed)))
+                for path, changes in PATHS.items():
+                    config = setups.partner_pool_config(POOL, settings=settings(**changes), seed=args.seed)
+                    quality.append((DEFAULT_SETUP, path, *training_quality(
+                        config, "default_policy", args.quality_iterations, args.eval_episodes, args.seed)))
+                for path, changes in SELF_PLAY_PATHS.items():
+                    config = setups.self_play_config(settings=settings(**changes), seed=args.seed)
+                    quality.append((SELF_PLAY, path, *training_quality(
+                        config, setups.LEARNER, args.quality_iterations, args.eval_episodes, args.seed)))
         finally:
             ray.shutdown()
     for one_thread in (False, True):
@@ -174,15 +172,18 @@ def main() -> None:
         else:
             lines.append(f"| {name} | {path} | {value:,.0f} | -- |")
     rate = {(n, p): v["rate"] for n, p, v in rows if isinstance(v, dict)}
-    ratios = (f"Ratios in this run: default setup, batched connector / RLlib's pipeline "
-              f"{rate[(DEFAULT_SETUP, BATCHED)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x; self-play "
-              f"{rate[(SELF_PLAY, BATCHED)] / rate[(SELF_PLAY, RLLIB)]:.2f}x; minibatch 4,096 / 2,048 "
-              f"{rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, BATCHED)]:.2f}x; 2 env runners / 1 "
+    self_play = list(SELF_PLAY_PATHS)
+    ratios = (f"Ratios in this run, default setup: batched runner + connector / RLlib's defaults "
+              f"{rate[(DEFAULT_SETUP, BATCHED)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x (the batched learner connector "
+              f"alone {rate[(DEFAULT_SETUP, RLLIB_RUNNER)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x); minibatch 4,096 / "
+              f"2,048 {rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, BATCHED)]:.2f}x; self-play, "
+              f"batched learner connector / RLlib's pipeline "
+              f"{rate[(SELF_PLAY, self_play[0])] / rate[(SELF_PLAY, self_play[1])]:.2f}x; 2 env runners / 1 "
               f"{rate[(REMOTE, '2 runners')] / rate[(REMOTE, '1 runner')]:.2f}x.")
     table = "\n".join(lines) + "\n\n" + ratios
-    split = {path: v["split"] for n, path, v in rows if n == DEFAULT_SETUP and path in pipelines}
+    split = {path: v["split"] for n, path, v in rows if n == DEFAULT_SETUP and path != BIG_MINIBATCH}
     table += ("\n\nWhere the time of one default iteration goes (s per iteration, RLlib's timers):\n\n"
-              "| learner pipeline | env steps | sampling | learner connector | SGD | whole iteration |\n"
+              "| path | env steps | sampling | learner connector | SGD | whole iteration |\n"
               "|---|---:|---:|---:|---:|---:|\n")
     for path, part in split.items():
         table += (f"| {path} | {part['steps']:,.0f} | {part['sampling']:.2f} | {part['learner connector']:.2f} | "
@@ -190,7 +191,7 @@ def main() -> None:
     if quality:
         table += ("\nTraining quality at equal env steps (learner's greedy play vs every scripted partner, "
                   f"{args.eval_episodes} games each, seed {args.seed}):\n\n"
-                  "| setup | learner pipeline | env steps | score | partner score | agreement % | Pareto % |\n"
+                  "| setup | path | env steps | score | partner score | agreement % | Pareto % |\n"
                   "|---|---|---:|---:|---:|---:|---:|\n")
         for name, path, steps, row in quality:
             table += (f"| {name} | {path} | {steps:,} | {row.score:.2f} | {row.partner_score:.2f} | "
