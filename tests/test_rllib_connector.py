@@ -118,3 +118,23 @@ def test_masked_categorical_gives_rllibs_categorical_loss_and_gradients():
         results.append((pieces.detach(), logits.grad.clone()))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+
+
+def test_log_softmax_categorical_draws_follow_the_masked_probabilities():
+    """Inverse-CDF draws: frequencies within sampling error of the probabilities, never an illegal act
+    (illegal acts at the start and the end of the row included)."""
+    import torch
+
+    from parley.agents.nn.torch_policy import LogSoftmaxCategorical, mask_logits
+
+    torch.manual_seed(0)
+    masks = (torch.rand(4, 252) < 0.1).to(torch.int8)
+    masks[:, 3] = 1
+    masks[:, 0] = masks[:, 251] = 0
+    distribution = LogSoftmaxCategorical(mask_logits(torch.randn(4, 252) * 2, masks))
+    draws = torch.stack([distribution.sample() for _ in range(20_000)]).numpy()
+    for row in range(4):
+        frequency = np.bincount(draws[:, row], minlength=252) / len(draws)
+        probability = distribution.probs[row].numpy()
+        assert np.all(np.abs(frequency - probability) <= 5 * np.sqrt(probability * (1 - probability) / len(draws)) + 1e-4)
+        assert frequency[masks[row].numpy() == 0].sum() == 0
