@@ -13,7 +13,7 @@ load:
   runs (parley's batched env runner and batched learner connector), with RLlib's env runner
   (``PPOSettings(batched_sampling=False)``), with RLlib's env runner and default per-episode PPO learner
   pipeline (``batched_learner=False`` too), and as it runs at minibatch 4,096;
-* RLlib self-play on the batched rules with each learner pipeline;
+* RLlib self-play on the batched rules along the same paths (its batched env runner plays whole games);
 * the partner pool on 1 and on 2 remote env runners (one CPU each); "sampling/s per runner" is the env
   steps each runner samples per second of sampling, the figure to plan a cluster with;
 * the native trainer (``--framework native``) at the same batch, as it runs (torch on every core) and
@@ -47,8 +47,7 @@ BIG_MINIBATCH = "batched, minibatch 4,096"
 #: PPOSettings changes of each path of the default setup
 PATHS = {BATCHED: {}, RLLIB_RUNNER: {"batched_sampling": False},
          RLLIB: {"batched_sampling": False, "batched_learner": False}, BIG_MINIBATCH: {"minibatch_size": 4096}}
-#: self-play has no batched env runner of its own: its paths differ in the learner pipeline
-SELF_PLAY_PATHS = {"batched learner connector": {}, "RLlib's PPO learner pipeline": {"batched_learner": False}}
+SELF_PLAY_PATHS = {path: changes for path, changes in PATHS.items() if path != BIG_MINIBATCH}
 
 
 def time_iterations(config, iterations: int) -> dict:
@@ -172,14 +171,12 @@ def main() -> None:
         else:
             lines.append(f"| {name} | {path} | {value:,.0f} | -- |")
     rate = {(n, p): v["rate"] for n, p, v in rows if isinstance(v, dict)}
-    self_play = list(SELF_PLAY_PATHS)
     ratios = (f"Ratios in this run, default setup: batched runner + connector / RLlib's defaults "
               f"{rate[(DEFAULT_SETUP, BATCHED)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x (the batched learner connector "
               f"alone {rate[(DEFAULT_SETUP, RLLIB_RUNNER)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x); minibatch 4,096 / "
               f"2,048 {rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, BATCHED)]:.2f}x; self-play, "
-              f"batched learner connector / RLlib's pipeline "
-              f"{rate[(SELF_PLAY, self_play[0])] / rate[(SELF_PLAY, self_play[1])]:.2f}x; 2 env runners / 1 "
-              f"{rate[(REMOTE, '2 runners')] / rate[(REMOTE, '1 runner')]:.2f}x.")
+              f"batched / RLlib's defaults {rate[(SELF_PLAY, BATCHED)] / rate[(SELF_PLAY, RLLIB)]:.2f}x; "
+              f"2 env runners / 1 {rate[(REMOTE, '2 runners')] / rate[(REMOTE, '1 runner')]:.2f}x.")
     table = "\n".join(lines) + "\n\n" + ratios
     split = {path: v["split"] for n, path, v in rows if n == DEFAULT_SETUP and path != BIG_MINIBATCH}
     table += ("\n\nWhere the time of one default iteration goes (s per iteration, RLlib's timers):\n\n"

@@ -205,3 +205,38 @@ def test_a_run_keeps_rays_warnings_off_the_console(tmp_path, capfd):
         assert marker not in console, console
     log = (run / "ray.log").read_text()
     assert "gputil" in log or "new API stack" in log, log  # RLlib warns of both (the second once a process)
+
+
+@pytest.mark.parametrize("setup", ["self-play", "independent"])
+def test_whole_games_runner_returns_each_seats_whole_episodes(setup, ray_session):
+    """Every chunk is one seat's acts in one game, in order: the same context throughout, the turn two acts
+    further on at each step, the first act at turn 0 or 1 as the seat moved first or second; terminated,
+    with the seat's final reward on its last step only. Only trained modules' acts come back."""
+    from parley.agents.training import rllib_setups as setups
+    from parley.envs.negotiation import ObservationLayout
+
+    settings = setups.PPOSettings(train_batch_size=512, minibatch_size=256, num_epochs=1, num_envs_per_env_runner=32)
+    if setup == "self-play":
+        config, trained = setups.self_play_config(settings=settings, league_size=2), {"learner"}
+    else:
+        config, trained = setups.independent_learners_config(settings=settings), {"learner_0", "learner_1"}
+    algo = config.build_algo()
+    try:
+        chunks = algo.env_runner.sample(num_timesteps=1500, explore=True)
+    finally:
+        algo.stop()
+    assert {c.module_id for c in chunks} == trained
+    lay = ObservationLayout(settings.max_turns)
+    episodes = 0
+    for c in chunks:
+        assert c.terminated.all() and len(c.bootstrap_observations["observation"]) == 0
+        starts = np.concatenate(([0], c.ends[:-1]))
+        for start, end in zip(starts, c.ends):
+            obs = c.observations["observation"][start:end]
+            turns = np.rint(obs[:, lay.turn_fraction] * settings.max_turns).astype(int)
+            assert turns[0] == (0 if obs[0, lay.moved_first] > 0.5 else 1)
+            assert np.array_equal(np.diff(turns), np.full(len(turns) - 1, 2))
+            assert (obs[:, :6] == obs[0, :6]).all()
+            assert np.count_nonzero(c.rewards[start:end - 1]) == 0
+            episodes += 1
+    assert episodes > 100

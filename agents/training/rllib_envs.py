@@ -343,13 +343,11 @@ class BatchedPartnerPoolEnvRunner(PartnerPoolEnvRunner):
     uses both together.
 
     It logs the env-runner metrics ``parley train`` reads (env steps and episodes sampled; ``score``,
-    ``partner_score``, ``agreement`` and ``pareto`` over the last 1,000 games, as
-    :class:`~parley.agents.training.rllib_setups.NegotiationMetricsCallback` does); RLlib's per-episode
+    ``partner_score``, ``agreement`` and ``pareto`` over the last 1,000 games, with :func:`log_outcomes`);
+    RLlib's per-episode
     callbacks, connector pipelines and episode-return metrics are skipped. Sampling by episodes
     (``num_episodes``) or with random actions falls back to RLlib's runner.
     """
-
-    METRICS_WINDOW = 1000
 
     _observation: dict[str, np.ndarray] | None = None
 
@@ -420,12 +418,23 @@ class BatchedPartnerPoolEnvRunner(PartnerPoolEnvRunner):
             rewards=np.concatenate(rewards)[time_major].astype(np.float64),
             ends=np.flatnonzero(is_end) + 1, terminated=chunk_terminated,
             bootstrap_observations={k: v[open_ends] for k, v in all_observations.items()})
-        for key, values in outcomes.items():
-            for value in np.concatenate(values)[-self.METRICS_WINDOW:] if values else ():
-                self.metrics.log_value(key, float(value), reduce="mean", window=self.METRICS_WINDOW)
+        log_outcomes(self.metrics, {k: np.concatenate(v) if v else np.zeros(0) for k, v in outcomes.items()})
         episodes_done = int(sum(len(v) for v in outcomes["score"]))
         self._increase_sampled_metrics(steps, episodes_done)
         return [chunks]
+
+
+#: Games whose outcomes an env-runner metric averages over (as ``NegotiationMetricsCallback`` logs them).
+METRICS_WINDOW = 1000
+
+
+def log_outcomes(metrics, outcomes: dict[str, np.ndarray]) -> None:
+    """Log the learner's ``score``, ``partner_score``, ``agreement`` and ``pareto`` (agreed games only) of
+    the games that ended, as running means over the last :data:`METRICS_WINDOW` games; values older than
+    the window would be dropped anyway, so only the last ones are logged."""
+    for key, values in outcomes.items():
+        for value in values[-METRICS_WINDOW:]:
+            metrics.log_value(key, float(value), reduce="mean", window=METRICS_WINDOW)
 
 
 class BatchedMultiAgentEnvRunner(MultiAgentEnvRunner):
@@ -474,3 +483,168 @@ def register_rllib_envs() -> None:
 
     register_env(MULTI_AGENT_ENV, multi_agent_env_creator)
     register_env(PARTNER_POOL_ENV, partner_pool_env_creator)
+
+
+class _GameId:
+    """Stands in for an RLlib episode where a policy mapping function only reads the episode's ``id_``."""
+
+    __slots__ = ("id_",)
+
+    def __init__(self, id_: str) -> None:
+        self.id_ = id_
+
+
+class WholeGamesMultiAgentEnvRunner(BatchedMultiAgentEnvRunner):
+    """The self-play / independent-learner env runner sampling whole games as arrays.
+
+    Like :class:`BatchedPartnerPoolEnvRunner` for two-player games: every ``sample()`` call starts all
+    ``num_envs_per_env_runner`` games afresh on the batched rules, maps each game's seats to modules with
+    the config's policy mapping function (called with a stand-in episode that has only an ``id_``), runs
+    each module once per step on the games where its seat is to move, and restarts games that end until
+    ``num_timesteps`` acts were sampled; then the games still running are played to their end, without
+    restarts. Every chunk is therefore a whole episode of one seat (terminated; its reward, the seat's
+    final points times ``reward_scale``, on its last step) and needs no bootstrap value, and a call
+    returns a few acts more than asked. Only the trained modules' (``policies_to_train``) acts are kept,
+    as one :class:`~parley.agents.training.rllib_connector.EpisodeChunks` per module.
+
+    Env steps count every act of either seat, as RLlib's multi-agent runner counts them. It logs the
+    learner's outcomes like :class:`~parley.agents.training.rllib_setups.NegotiationMetricsCallback`
+    (the learner being the seat played by ``learner`` or ``learner_0``); RLlib's per-episode callbacks
+    and metrics are skipped. Sampling by episodes or with random actions falls back to RLlib's runner.
+    """
+
+    LEARNERS = ("learner", "learner_0")
+    _games_started = 0
+
+    def _sample(self, *, num_timesteps: int | None = None, num_episodes: int | None = None, explore: bool,
+                random_actions: bool = False, force_reset: bool = False):
+        if num_timesteps is None or random_actions:
+            return super()._sample(num_timesteps=num_timesteps, num_episodes=num_episodes, explore=explore,
+                                   random_actions=random_actions, force_reset=True)
+        import torch
+        from ray.rllib.core.columns import Columns
+
+        env, n = self.env, self.env.num_envs
+        game = env.game
+        if self._needs_initial_reset:
+            env.reset(seed=self._seed)
+            self._needs_initial_reset = False
+        trained = set(self.config.policies_to_train or self.module.keys()) \
+            if not callable(self.config.policies_to_train) else set(self.module.keys())
+        mapping = self.config.policy_mapping_fn
+        seat_modules = np.empty((n, 2), dtype=object)
+        episode_of = np.zeros(n, dtype=np.int64)  # a call-wide number per game played
+
+        def start(rows: np.ndarray) -> None:
+            env._start_games(rows)
+            for i in rows:
+                self._games_started += 1
+                stand_in = _GameId(f"{self.worker_index}-{self._games_started}")
+                seat_modules[i] = [mapping(agent, stand_in) for agent in AGENTS]
+            episode_of[rows] = np.arange(len(rows)) + (episode_of.max() + 1 if starts else 0)
+            starts.append(len(rows))
+
+        starts: list[int] = []
+        start(np.arange(n))
+        playing = np.ones(n, dtype=bool)
+        records: dict[str, list[tuple]] = {m: [] for m in trained}
+        final_rewards: dict[int, tuple[float, float]] = {}
+        outcomes: dict[str, list[np.ndarray]] = {"score": [], "partner_score": [], "agreement": [], "pareto": []}
+        steps = module_steps = 0
+        module_counts: dict[str, int] = {}
+        while playing.any():
+            movers = game.current_player
+            observations = game.observations(movers)
+            masks = game.legal_masks()
+            chosen = np.zeros(n, dtype=np.int64)
+            mover_modules = seat_modules[np.arange(n), movers]
+            for module_id in set(mover_modules[playing]):
+                rows = np.flatnonzero(playing & (mover_modules == module_id))
+                module_counts[module_id] = module_counts.get(module_id, 0) + len(rows)
+                batch = {Columns.OBS: {"observation": torch.from_numpy(observations[rows]),
+                                       "action_mask": torch.from_numpy(masks[rows])}}
+                module = self.module[module_id]
+                with torch.no_grad():
+                    out = module.forward_exploration(batch) if explore else module.forward_inference(batch)
+                    logits = out[Columns.ACTION_DIST_INPUTS]
+                    dist = module.get_exploration_action_dist_cls().from_logits(logits)
+                    act = dist.sample() if explore else logits.argmax(-1)
+                chosen[rows] = act.numpy()
+                if module_id in trained:
+                    records[module_id].append((episode_of[rows] * 2 + movers[rows], observations[rows], masks[rows],
+                                               act.numpy(), dist.logp(act).numpy(), logits.numpy()))
+            legal = game.legal_taken(chosen)
+            if (playing & ~legal).any():
+                i = int(np.flatnonzero(playing & ~legal)[0])
+                raise IllegalActionError(env._illegal_message(i, int(chosen[i])))
+            game.apply_actions(chosen, active=playing, legal=legal)
+            steps += int(playing.sum())
+            ended = np.flatnonzero(playing & game.done)
+            if ended.size:
+                self._record_endings(ended, seat_modules, episode_of, final_rewards, outcomes)
+                if steps < num_timesteps:
+                    start(ended)
+                else:
+                    playing[ended] = False
+        chunks = [self._chunks(module_id, rows, final_rewards) for module_id, rows in records.items() if rows]
+        log_outcomes(self.metrics, {k: np.concatenate(v) if v else np.zeros(0) for k, v in outcomes.items()})
+        self._log_counts(steps, int(sum(starts)), module_counts)
+        return chunks
+
+    def _record_endings(self, ended: np.ndarray, seat_modules: np.ndarray, episode_of: np.ndarray,
+                        final_rewards: dict[int, tuple[float, float]], outcomes: dict[str, list[np.ndarray]]) -> None:
+        env, game = self.env, self.env.game
+        metrics = outcome_metrics_batch(game.counts[ended], game.values[ended], game.agreed_split[ended],
+                                        game.agreed[ended], env.no_deal_reward)
+        scores = metrics["scores"]
+        for k, i in enumerate(ended):
+            final_rewards[int(episode_of[i])] = (env.reward_scale * float(scores[k, 0]),
+                                                 env.reward_scale * float(scores[k, 1]))
+        learner_seat = np.array([next((s for s in (0, 1) if seat_modules[i, s] in self.LEARNERS), -1) for i in ended])
+        known = learner_seat >= 0
+        rows = np.arange(len(ended))[known]
+        seat = learner_seat[known]
+        agreed = game.agreed[ended][known].astype(bool)
+        outcomes["score"].append(scores[rows, seat])
+        outcomes["partner_score"].append(scores[rows, 1 - seat])
+        outcomes["agreement"].append(agreed.astype(np.float64))
+        outcomes["pareto"].append(np.asarray(metrics["pareto_optimal"])[known][agreed].astype(np.float64))
+
+    @staticmethod
+    def _chunks(module_id: str, records: list[tuple], final_rewards: dict[int, tuple[float, float]]):
+        """One module's recorded acts (step by step) as whole-episode chunks, seat episode by seat episode."""
+        from ray.rllib.core.columns import Columns
+
+        from parley.agents.training.rllib_connector import EpisodeChunks
+
+        keys, observations, masks, acts, log_probs, logits = (np.concatenate(column) for column in zip(*records))
+        order = np.argsort(keys, kind="stable")  # each seat's acts stay in the order they were played
+        keys = keys[order]
+        is_last = np.append(keys[1:] != keys[:-1], True)
+        rewards = np.zeros(len(keys))
+        last_keys = keys[is_last]
+        rewards[is_last] = [final_rewards[int(key) // 2][int(key) % 2] for key in last_keys]
+        ends = np.flatnonzero(is_last) + 1
+        empty = {"observation": observations[:0], "action_mask": masks[:0]}
+        return EpisodeChunks(module_id, {"observation": observations[order], "action_mask": masks[order]},
+                             {Columns.ACTIONS: acts[order], Columns.ACTION_LOGP: log_probs[order],
+                              Columns.ACTION_DIST_INPUTS: logits[order]},
+                             rewards, ends, np.ones(len(ends), dtype=bool), empty)
+
+    def _log_counts(self, steps: int, episodes: int, module_counts: dict[str, int]) -> None:
+        from ray.rllib.utils.metrics import (
+            NUM_ENV_STEPS_SAMPLED,
+            NUM_ENV_STEPS_SAMPLED_LIFETIME,
+            NUM_EPISODES,
+            NUM_EPISODES_LIFETIME,
+            NUM_MODULE_STEPS_SAMPLED,
+            NUM_MODULE_STEPS_SAMPLED_LIFETIME,
+        )
+
+        self.metrics.log_value(NUM_ENV_STEPS_SAMPLED, steps, reduce="sum")
+        self.metrics.log_value(NUM_ENV_STEPS_SAMPLED_LIFETIME, steps, reduce="lifetime_sum", with_throughput=True)
+        self.metrics.log_value(NUM_EPISODES, episodes, reduce="sum")
+        self.metrics.log_value(NUM_EPISODES_LIFETIME, episodes, reduce="lifetime_sum")
+        for module_id, count in module_counts.items():
+            self.metrics.log_value((NUM_MODULE_STEPS_SAMPLED, module_id), count, reduce="sum")
+            self.metrics.log_value((NUM_MODULE_STEPS_SAMPLED_LIFETIME, module_id), count, reduce="lifetime_sum")

@@ -41,6 +41,7 @@ from parley.agents.training.rllib_envs import (
     BatchedMultiAgentEnvRunner,
     BatchedPartnerPoolEnvRunner,
     PartnerPoolEnvRunner,
+    WholeGamesMultiAgentEnvRunner,
     register_rllib_envs,
 )
 from parley.agents.training.rllib_module import module_spec
@@ -71,8 +72,10 @@ class PPOSettings:
     #: Build train batches with :class:`~parley.agents.training.rllib_connector.BatchedPPOLearnerConnector`
     #: (False: RLlib's default per-episode PPO learner pipeline, with its bootstrap row per episode).
     batched_learner: bool = True
-    #: Partner pool: sample with :class:`~parley.agents.training.rllib_envs.BatchedPartnerPoolEnvRunner`
-    #: (whole vector steps as arrays; needs ``batched_learner``). False: RLlib's env runner and episodes.
+    #: Sample as arrays, without RLlib's episode objects: the partner pool with
+    #: :class:`~parley.agents.training.rllib_envs.BatchedPartnerPoolEnvRunner`, self-play and independent
+    #: learners with :class:`~parley.agents.training.rllib_envs.WholeGamesMultiAgentEnvRunner` (whole games
+    #: per call). Needs ``batched_learner``. False: RLlib's env runners and episodes.
     batched_sampling: bool = True
 
     def __post_init__(self) -> None:
@@ -280,7 +283,8 @@ def _multi_agent_base(settings: PPOSettings, seed: int, device: str, batched: bo
         .env_runners(num_envs_per_env_runner=envs, rollout_fragment_length=fragment)
     )
     if batched:
-        config.env_runners(env_runner_cls=BatchedMultiAgentEnvRunner)
+        config.env_runners(env_runner_cls=WholeGamesMultiAgentEnvRunner if settings.batched_sampling
+                           else BatchedMultiAgentEnvRunner)
     return config
 
 
