@@ -17,6 +17,10 @@ pareto             train   Pareto-aware, uniform prior, e in [0.3, 3], reservati
 stochastic         train   agrees to an offer with probability in [0.1, 0.4] (+ up to 0.05 per point above
                            its reservation), walks away with probability in [0, 0.1], else a
                            time-dependent tactic (e log-uniform in [0.3, 3], reservation in [2, 7])
+erratic            train   agrees to an offer with probability in [0.1, 0.4] whatever it is worth,
+                   only    walks away with probability in [0, 0.1], else proposes a random split
+                           worth at least its reservation (in [2, 7]) to it: the kind of partner the
+                           supervised corpus partner is (not on the validation table)
 deadline_tactic    held    time-dependent tactic with its own deadline in [0.3, 0.9] of the game,
                    out     e log-uniform in [0.1, 10], reservation in [2, 8], k in [0, 0.3], final
                            offers accepted or not
@@ -29,7 +33,8 @@ corpus_sl          held    the supervised partner trained on the corpus's traini
                    out     sampling its acts (only when a corpus partner is given)
 =================  ======  ==========================================================================
 
-Validation: settings are chosen on the training families with :data:`VALIDATION_SEED_OFFSET` added to
+Validation: settings are chosen on the validation families (:data:`VALIDATION_FAMILIES`, the training
+families but ``erratic``, which stands in for the corpus partner's kind in training only) with :data:`VALIDATION_SEED_OFFSET` added to
 the seed (other members, other contexts) and, with a corpus, on a stand-in for the corpus partner
 trained without the ``val.txt`` dialogues, playing on the ``val.txt`` contexts
 (:func:`evaluate_validation`); the held-out families are read for the final table.
@@ -65,7 +70,7 @@ from parley.envs.negotiation import DEFAULT_MAX_TURNS, sample_context_arrays
 from parley.envs.policy import Policy
 
 __all__ = ["CORPUS_FAMILY", "FAMILIES", "HELDOUT_FAMILIES", "TRAIN_FAMILIES", "VALIDATION_CORPUS_FAMILY",
-           "VALIDATION_SEED_OFFSET", "FamilyResult", "HeldoutReport", "PartnerFamily", "check_split",
+           "VALIDATION_FAMILIES", "VALIDATION_SEED_OFFSET", "FamilyResult", "HeldoutReport", "PartnerFamily", "check_split",
            "corpus_test_contexts", "corpus_validation_contexts", "evaluate_heldout", "evaluate_validation",
            "family_groups", "family_members", "heldout_table", "pool_rows", "train_corpus_partner",
            "write_heldout_csv"]
@@ -138,6 +143,11 @@ def _stochastic(rng):
                           "reservation": rng.uniform(2, 7)}
 
 
+def _erratic(rng):
+    return "stochastic", {"accept_probability": rng.uniform(0.1, 0.4), "walk_away_probability": rng.uniform(0.0, 0.1),
+                          "reservation": rng.uniform(2, 7), "random_proposal_probability": 1.0}
+
+
 def _deadline_tactic(rng):
     return "time_dependent", {"exponent": _log_uniform(rng, 0.1, 10.0), "reservation": rng.uniform(2, 8),
                               "k": rng.uniform(0, 0.3), "deadline": rng.uniform(0.3, 0.9),
@@ -167,9 +177,13 @@ FAMILIES: dict[str, PartnerFamily] = {f.name: f for f in (
                   "deadline", _pareto_prior),
     # Later families go last: a family's members are drawn from a stream keyed by its position.
     PartnerFamily("stochastic", "agrees and walks away at random, else a time-dependent tactic", _stochastic),
+    PartnerFamily("erratic", "agrees and walks away at random whatever the offer, proposes random splits worth "
+                  "its reservation", _erratic),
 )}
+#: The families of the validation table (with the corpus stand-in, when a corpus is given).
+VALIDATION_FAMILIES = ("tactic", "fair_split", "pareto", "stochastic")
 #: Families training (and the choice of its settings) may use.
-TRAIN_FAMILIES = ("tactic", "fair_split", "pareto", "stochastic")
+TRAIN_FAMILIES = (*VALIDATION_FAMILIES, "erratic")
 #: Families read only for the final table (plus :data:`CORPUS_FAMILY` when a corpus partner is given).
 HELDOUT_FAMILIES = ("deadline_tactic", "tit_for_tat", "pareto_prior")
 
@@ -354,7 +368,7 @@ def pool_rows(rows: Sequence[EvalRow], name: str = ALL_PARTNERS_ROW) -> EvalRow:
 def evaluate_validation(policy: Policy, *, episodes: int = 200, seed: int = 0, members: int = DEFAULT_MEMBERS,
                         corpus: str | Path | None = None, corpus_partner: Policy | None = None,
                         scripted: str | Sequence[str] = "suite", max_turns: int = DEFAULT_MAX_TURNS) -> HeldoutReport:
-    """The table settings are chosen on: the training families on validation games, gap per family.
+    """The table settings are chosen on: the validation families on validation games, gap per family.
 
     Members and contexts come from ``seed + VALIDATION_SEED_OFFSET`` (other members and games than
     training draws). With ``corpus_partner`` (:func:`train_corpus_partner` with ``validation=True``)
@@ -363,7 +377,7 @@ def evaluate_validation(policy: Policy, *, episodes: int = 200, seed: int = 0, m
     """
     seed = seed + VALIDATION_SEED_OFFSET
     common = dict(episodes=episodes, seed=seed, members=members, scripted=scripted, max_turns=max_turns)
-    report = evaluate_heldout(policy, families=list(TRAIN_FAMILIES), **common)
+    report = evaluate_heldout(policy, families=list(VALIDATION_FAMILIES), **common)
     if corpus_partner is None:
         return report
     if corpus is None:

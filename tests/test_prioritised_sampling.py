@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from parley.agents.evaluation import evaluate_policy
+from parley.agents.heldout import TRAIN_FAMILIES, VALIDATION_FAMILIES, family_members
 from parley.agents.nn.torch_policy import TorchPolicy
 from parley.agents.partners.scripted import make_partner
 from parley.agents.partners.stochastic import StochasticPartner
-from parley.agents.training.population import reference_scores
+from parley.agents.training.population import reference_scores, resolve_population
 from parley.agents.training.ppo import PPOConfig, PrioritisedSampling, train_ppo
 from parley.agents.training.run import TrainConfig, TrainConfigError, train
-from parley.envs.negotiation import ALL_SPLITS, NUM_SPLITS, sample_context_arrays
+from parley.envs.negotiation import AGREE_ACTION, ALL_SPLITS, NUM_SPLITS, sample_context_arrays
 from parley.envs.play import play_batch
 from parley.envs.policy import BatchPolicy
 
@@ -119,3 +120,23 @@ def test_stochastic_partner_random_proposals_are_legal_varied_and_worth_its_rese
     assert len(distinct) > len({(g, tuple(split)) for g, split in tactic})
     with pytest.raises(ValueError, match="random_proposal_probability"):
         StochasticPartner(random_proposal_probability=2.0)
+
+
+def test_erratic_partners_agree_only_by_chance_and_train_but_stay_off_the_validation_table():
+    rng = np.random.default_rng(1)
+    n = 300
+    counts, values = sample_context_arrays(rng, n)
+    first = rng.integers(2, size=n)
+
+    def agrees(partner):  # whether the partner ever agrees to the conceder's ever better offers
+        games = play_batch([make_partner("conceder"), partner], counts, values, first)
+        return any(a == AGREE_ACTION for g in range(n) for s, a in games.acts(g) if s == 1)
+
+    settings = dict(accept_probability=0.0, walk_away_probability=0.0, reservation=4, seed=0)
+    assert agrees(StochasticPartner(**settings))  # its tactic takes offers that reach its target
+    assert not agrees(StochasticPartner(**settings, random_proposal_probability=1.0))
+    members = family_members("erratic", 8, seed=0)
+    assert all(m.random_proposal_probability == 1.0 and m.accept_slope == 0.0 and 0.1 <= m.accept_probability <= 0.4
+               and 2 <= m.reservation <= 7 for m in members)
+    assert "erratic" in TRAIN_FAMILIES and "erratic" not in VALIDATION_FAMILIES
+    assert resolve_population("default,family:erratic")[-1] == "family:erratic"

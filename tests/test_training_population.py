@@ -11,6 +11,7 @@ from parley.agents.heldout import (
     HELDOUT_FAMILIES,
     TRAIN_FAMILIES,
     VALIDATION_CORPUS_FAMILY,
+    VALIDATION_FAMILIES,
     evaluate_validation,
     family_members,
     pool_rows,
@@ -108,7 +109,7 @@ def test_pool_rows_weights_games_and_deals():
 
 def test_validation_table_uses_the_training_families_and_the_corpus_stand_in(tmp_path):
     report = evaluate_validation(make_partner("pareto"), episodes=20, members=2, scripted="linear,pareto")
-    assert list(report.rows) == [*TRAIN_FAMILIES, "all"]
+    assert list(report.rows) == [*VALIDATION_FAMILIES, "all"]
     (tmp_path / "val.txt").write_text(
         "<input> 1 2 2 1 3 2 </input> <dialogue> THEM: hi <eos> YOU: <selection> </dialogue> "
         "<output> <disagree> </output> <partner_input> 1 0 2 2 3 2 </partner_input>\n")
@@ -116,8 +117,8 @@ def test_validation_table_uses_the_training_families_and_the_corpus_stand_in(tmp
     stand_in.name = VALIDATION_CORPUS_FAMILY
     report = evaluate_validation(make_partner("pareto"), episodes=20, members=2, scripted="linear,pareto",
                                  corpus=tmp_path, corpus_partner=stand_in)
-    assert list(report.rows) == [*TRAIN_FAMILIES, VALIDATION_CORPUS_FAMILY, "all"]
-    assert report.rows["all"].agent.games == 20 * (len(TRAIN_FAMILIES) + 1)
+    assert list(report.rows) == [*VALIDATION_FAMILIES, VALIDATION_CORPUS_FAMILY, "all"]
+    assert report.rows["all"].agent.games == 20 * (len(VALIDATION_FAMILIES) + 1)
     assert report.rows["all"].agent == report.scripted["pareto"][-1]  # the same games as the scripted pareto
     with pytest.raises(ValueError, match="corpus"):
         evaluate_validation(make_partner("pareto"), episodes=5, members=1, corpus_partner=stand_in)

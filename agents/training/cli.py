@@ -32,7 +32,7 @@ def train_command(
     partners: str = typer.Option(",".join(DEFAULTS.partners), "--partners", "-p",
                                  help="Comma-separated population drawn per episode: scripted partners ('suite': "
                                       "all; 'default': these defaults) and training families as family:NAME "
-                                      "(tactic, fair_split, pareto, stochastic)."),
+                                      "(tactic, fair_split, pareto, stochastic, erratic)."),
     family_members: int = typer.Option(DEFAULTS.family_members, "--family-members", min=1,
                                        help="Partners with drawn parameters each family:NAME entry adds."),
     partner_sampling: str = typer.Option(DEFAULTS.partner_sampling, "--partner-sampling",
