@@ -550,7 +550,7 @@ class WholeGamesMultiAgentEnvRunner(BatchedMultiAgentEnvRunner):
         records: dict[str, list[tuple]] = {m: [] for m in trained}
         final_rewards: dict[int, tuple[float, float]] = {}
         outcomes: dict[str, list[np.ndarray]] = {"score": [], "partner_score": [], "agreement": [], "pareto": []}
-        steps = module_steps = 0
+        steps = 0
         module_counts: dict[str, int] = {}
         while playing.any():
             movers = game.current_player
