@@ -21,6 +21,7 @@ from parley.agents.training.run import read_progress
 RL_EXTRA_MODULES = ("ray", "stable_baselines3", "sb3_contrib", "pandas", "tensorboard")
 #: The backends that are the RLlib / SB3 integration itself; everything else must import without them.
 NEEDS_RL_EXTRA = frozenset({
+    "parley.agents.training.rllib_connector",
     "parley.agents.training.rllib_envs",
     "parley.agents.training.rllib_module",
     "parley.agents.training.rllib_setups",
