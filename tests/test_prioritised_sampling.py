@@ -62,13 +62,11 @@ def test_train_ppo_meets_the_trailed_partner_more_often():
     learner = TorchPolicy("mlp", 36, {"hidden_sizes": [16]}, device="cpu", deterministic=False, seed=0)
     # A reference no learner reaches against the first partner, and one every learner passes elsewhere.
     sampling = PrioritisedSampling([20.0, 0.0, 0.0], refresh_every=1, temperature=1.0, uniform_share=0.1)
-    result = train_ppo(learner, pool, PPOConfig(total_games=1200, games_per_iteration=300, update_epochs=1),
+    result = train_ppo(learner, pool, PPOConfig(total_games=600, games_per_iteration=200, update_epochs=1),
                        partner_sampling=sampling)
     assert sampling.probabilities[0] > 0.9 and result.history[-1]["partner_probability_max"] > 0.9
+    # The first iteration draws uniformly; afterwards the trailed partner takes nine games in ten.
     assert pool[0].rows > 2 * max(pool[1].rows, pool[2].rows)
-    uniform = [Counting("boulware"), Counting("conceder"), Counting("tit_for_tat")]
-    train_ppo(learner, uniform, PPOConfig(total_games=1200, games_per_iteration=300, update_epochs=1))
-    assert uniform[0].rows < 2 * min(uniform[1].rows, uniform[2].rows)
     with pytest.raises(ValueError, match="2 reference scores for 3 partners"):
         train_ppo(learner, pool, PPOConfig(total_games=300, games_per_iteration=300),
                   partner_sampling=PrioritisedSampling([1.0, 2.0]))
