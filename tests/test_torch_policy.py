@@ -93,3 +93,23 @@ def test_act_batch_rejects_a_finished_game():
     policy = TorchPolicy("mlp", obs.shape[1], device="cpu")
     with pytest.raises(ValueError, match="at least one legal action"):
         policy.act_batch(obs, np.zeros_like(masks))
+
+
+def test_a_reseeded_sampling_policy_repeats_its_draws_and_evaluations():
+    from parley.agents.evaluation import PartnerGroup, evaluate_policy
+    from parley.agents.partners.scripted import make_partner
+
+    obs, masks = _random_states(256, seed=3)
+    policy = TorchPolicy("mlp", obs.shape[1], deterministic=False, seed=0, device="cpu")
+    policy.seed(7)
+    first = policy.act_batch(obs, masks)
+    second = policy.act_batch(obs, masks)
+    policy.seed(7)
+    assert np.array_equal(policy.act_batch(obs, masks), first)
+    assert not np.array_equal(first, second)  # the draws are random, not greedy
+    # A sampling partner inside a group (the corpus stand-in's case) meets the evaluated agent in the same
+    # games every time the same evaluation runs.
+    partner = TorchPolicy("mlp", obs.shape[1], deterministic=False, seed=1, device="cpu")
+    runs = [evaluate_policy(make_partner("boulware"), [PartnerGroup("sampler", (partner,))], episodes=300, seed=5)
+            for _ in range(2)]
+    assert runs[0] == runs[1]

@@ -137,6 +137,12 @@ class TorchPolicy(BatchPolicy):
         self._torch_generator = torch.Generator(device="cpu")
         self._torch_generator.manual_seed(int(self.rng.integers(2**31)))
 
+    def seed(self, seed: int | None) -> None:
+        """Reseed the sampling: the numpy generator and the torch generator drawn from it, so that a
+        sampling policy reseeded with the same seed (as evaluations do) draws the same acts."""
+        super().seed(seed)
+        self._torch_generator.manual_seed(int(self.rng.integers(2**31)))
+
     # -- acting ------------------------------------------------------------------------------------
 
     def distribution(self, observations: torch.Tensor, action_masks: torch.Tensor) -> tuple[
