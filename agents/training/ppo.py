@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from parley.agents.evaluation import game_measures, mean_measures
-from parley.agents.nn.torch_policy import TorchPolicy, mask_logits
+from parley.agents.nn.torch_policy import LogSoftmaxCategorical, TorchPolicy, mask_logits
 from parley.agents.training.supervised import behaviour_cloning_loss
 from parley.envs.corpus import ActDataset
 from parley.envs.negotiation import DEFAULT_MAX_TURNS, NUM_ACTIONS, sample_context_arrays
@@ -307,7 +307,7 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
             for start in range(0, batch, minibatch):
                 mb = order[start:start + minibatch]
                 logits, value = model(b_obs[mb])
-                dist = torch.distributions.Categorical(logits=mask_logits(logits.float(), b_mask[mb]))
+                dist = LogSoftmaxCategorical(mask_logits(logits.float(), b_mask[mb]))
                 logp = dist.log_prob(b_act[mb])
                 log_ratio = logp - b_logp[mb]
                 ratio = log_ratio.exp()
