@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         note = ("Rows: `--schedule paper --budget 0.1 --width 32 --pairs 3-8`; `--schedule paper --pairs 3-8,6-1`; "
                 "`--schedule small_images --pairs 3-8,6-1` at `--eps` 16, `--eps 32 --pairs 3-8`; `--schedule "
                 "small_images` at `--eps` 64, 128 and 255 on `--pairs 3-8,6-1,7-1`; `--schedule small_images --budget "
-                "0.1 --eps 64 --pairs 3-8,6-1,7-1`; `--schedule none --pairs 3-8,6-1,7-1`. Validation pairs only "
+                "0.1` at `--eps` 32 and 64 on `--pairs 3-8,6-1,7-1`; `--schedule none --pairs 3-8,6-1,7-1`. Validation pairs only "
                 "(mnist5k training split carved 80/20, seed 1; 7->1 is the first pair of `draw_pairs(10, 10, seed=1)` "
                 "that is not a test pair); one crafting and one victim per row (small CNN, 15 epochs, from scratch); "
                 "trigger 7x7 at random places. Crafting times depend on the load other jobs put on the two cores "
