@@ -26,8 +26,8 @@ fixes the pairs; ``--eval-draws 4`` patches each source image at four random pla
 (finer resolution on small test sets); ``--no-art`` leaves ART out. The table gives, per variant, the
 per-pair ASR difference to ART (mean ± standard error over pairs).
 
-Needs the ``bench`` extra (``pip install 'parley[bench]'``). Prints the table and appends it to
-benchmarks/RESULTS.md::
+Needs the ``bench`` extra (``pip install 'parley[bench]'``). Prints the table and writes its section of
+benchmarks/RESULTS.md after every pair, so a run stopped early keeps the pairs it finished::
 
     python benchmarks/sleeper_vs_art.py --dataset digits --pairs 5 --budget 0.05 --steps 120
     python benchmarks/sleeper_vs_art.py --dataset digits --pairs 5 --budget 0.05 --steps 120 --ours for_dataset
