@@ -27,6 +27,16 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray instance on 2 CPUs for one test module (the module imports ray or skips first)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 def write_text_games_corpus(path: Path, games: int = 60, seed: int = 0) -> Path:
     """Text games between scripted partners (through the realiser), written as corpus lines in the
     ``data.txt`` format (each game once from each side), for tests that need a corpus file."""

@@ -102,13 +102,6 @@ def test_vector_multi_agent_env_raises_on_an_illegal_act_and_on_bad_settings():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def illegal_acts(episode) -> tuple[int, int]:
     """(acts, illegal acts) of a single-agent episode chunk (or the batched runner's chunks): each act
     checked against its observation's mask."""

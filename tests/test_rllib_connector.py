@@ -47,13 +47,6 @@ def test_gae_rejects_an_empty_chunk():
         gae_advantages(np.zeros(2), np.zeros(2), np.array([2, 2]), np.zeros(2), gamma=1.0, lambda_=0.95)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("setup", ["partners", "self-play"])
 def test_batched_connector_builds_rllibs_train_batch_without_the_bootstrap_rows(setup, ray_session):
     """Episodes sampled in two calls (so chunks end open, with a bootstrap value, and continue with a

@@ -210,13 +210,6 @@ def test_yaml_config_and_flags_merge(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("setup", ["partners", "self-play", "independent"])
 def test_one_ppo_iteration_per_setup(setup, ray_session):
     from parley.agents.training import rllib_setups as setups
