@@ -67,10 +67,32 @@ class LogSoftmaxCategorical(torch.distributions.Categorical):
             return torch.minimum(draw, last_possible)
 
 
-class ActorCritic(nn.Module):
-    """Backbone features -> action logits (252) and a state value."""
+class OpponentModelHead(nn.Module):
+    """Predicts the partner's reply to the learner's act: logits over the partner's 252 acts.
 
-    def __init__(self, backbone: nn.Module, num_actions: int = NUM_ACTIONS) -> None:
+    Its input is the trunk's features of the learner's observation and the act the learner chose there
+    (embedded), because what the partner answers -- whether it agrees to an offer, what it counters
+    with -- depends on the offer it is answering. A training-time auxiliary: acting never calls it.
+    """
+
+    def __init__(self, in_dim: int, num_actions: int = NUM_ACTIONS, act_dim: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        self.act_embedding = nn.Embedding(num_actions, act_dim)
+        self.net = nn.Sequential(nn.Linear(in_dim + act_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
+
+    def forward(self, features: torch.Tensor, learner_actions: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([features, self.act_embedding(learner_actions)], dim=-1))
+
+
+class ActorCritic(nn.Module):
+    """Backbone features -> action logits (252) and a state value; optionally an opponent-model head.
+
+    With ``opponent_model=True`` the network also holds an :class:`OpponentModelHead` on the same trunk
+    (``opponent_head``), trained as an auxiliary task by :func:`parley.agents.training.ppo.train_ppo`;
+    ``forward`` (what acting uses) never runs it.
+    """
+
+    def __init__(self, backbone: nn.Module, num_actions: int = NUM_ACTIONS, *, opponent_model: bool = False) -> None:
         super().__init__()
         if not hasattr(backbone, "out_dim"):
             raise TypeError("the backbone must expose its feature size as `out_dim`")
@@ -86,10 +108,22 @@ class ActorCritic(nn.Module):
             from parley.agents.nn.compacter import adapt_heads
 
             adapt_heads(self, backbone)
+        # Built last, so a network without it draws the same initial weights as before it existed.
+        self.opponent_head = OpponentModelHead(backbone.out_dim, num_actions) if opponent_model else None
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone(observations)
         return self.policy_head(features), self.value_head(features).squeeze(-1)
+
+    def forward_with_opponent(self, observations: torch.Tensor, learner_actions: torch.Tensor) -> tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Action logits, state value and the opponent head's logits for the partner's reply to
+        ``learner_actions``, from one pass through the trunk."""
+        if self.opponent_head is None:
+            raise ValueError("this network has no opponent-model head (build it with opponent_model=True)")
+        features = self.backbone(observations)
+        return (self.policy_head(features), self.value_head(features).squeeze(-1),
+                self.opponent_head(features, learner_actions))
 
 
 class TorchPolicy(BatchPolicy):
@@ -104,6 +138,8 @@ class TorchPolicy(BatchPolicy):
         seed: seeds the sampling generator (and, when the network is built here, its init).
         name: a display name for tables.
         metadata: free-form facts saved with the policy (how it was trained, by what).
+        opponent_model: also build the auxiliary :class:`OpponentModelHead` (saved and loaded with the
+            policy; acting ignores it).
     """
 
     def __init__(
@@ -117,6 +153,7 @@ class TorchPolicy(BatchPolicy):
         seed: int | None = None,
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        opponent_model: bool = False,
     ) -> None:
         super().__init__(seed)
         from parley.agents.nn.backbones import make_backbone
@@ -128,12 +165,14 @@ class TorchPolicy(BatchPolicy):
         self.device = resolve_device(device)
         self.name = name or f"torch-{backbone}"
         self.metadata = dict(metadata or {})
+        self.opponent_model = bool(opponent_model)
         if seed is not None:
             torch.manual_seed(seed)
         # An int size lets the backbone read a negotiation-sized vector with the negotiation layout (scaled
         # header, embedded act tokens) -- the layout the envs' bounded spaces give during training.
         self.model = ActorCritic(make_backbone(backbone, self.observation_size, device="cpu",
-                                               **self.backbone_config)).to(self.device)
+                                               **self.backbone_config),
+                                  opponent_model=self.opponent_model).to(self.device)
         self._torch_generator = torch.Generator(device="cpu")
         self._torch_generator.manual_seed(int(self.rng.integers(2**31)))
 
@@ -172,7 +211,7 @@ class TorchPolicy(BatchPolicy):
     # -- saving ------------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "format": "parley.torch_policy",
             "format_version": FORMAT_VERSION,
             "backbone": self.backbone_name,
@@ -181,6 +220,9 @@ class TorchPolicy(BatchPolicy):
             "name": self.name,
             "metadata": self.metadata,
         }
+        if self.opponent_model:  # written only when present, so policies without it save as before
+            config["opponent_model"] = True
+        return config
 
     def save(self, path: str | Path) -> Path:
         """Write ``policy.json`` and ``model.pt`` into the directory ``path`` (created if needed)."""
@@ -210,6 +252,7 @@ class TorchPolicy(BatchPolicy):
             seed=seed,
             name=config.get("name"),
             metadata=config.get("metadata", {}),
+            opponent_model=config.get("opponent_model", False),
         )
         state = torch.load(path / WEIGHTS_FILE, map_location=policy.device, weights_only=True)
         policy.model.load_state_dict(state)

@@ -81,6 +81,9 @@ def train_command(
                                          help="Env steps per PPO iteration."),
     minibatch_size: int = typer.Option(DEFAULTS.minibatch_size, "--minibatch-size", min=1, help="PPO minibatch size."),
     num_epochs: int = typer.Option(DEFAULTS.num_epochs, "--num-epochs", min=1, help="PPO epochs per iteration."),
+    opponent_model_coef: float = typer.Option(DEFAULTS.opponent_model_coef, "--opponent-model-coef",
+                                              help="Native: weight of an auxiliary head predicting the partner's "
+                                                   "reply to each learner act (0: off)."),
     live: bool = typer.Option(DEFAULTS.live, "--live/--no-live", help="Live table while training."),
     verbose: bool = typer.Option(DEFAULTS.verbose, "--verbose/--quiet",
                                  help="Show Ray's and RLlib's log on the console (otherwise only in OUT/ray.log)."),
@@ -107,7 +110,8 @@ def train_command(
                   checkpoint_every=checkpoint_every, eval_episodes=eval_episodes, heldout_episodes=heldout_episodes,
                   league_size=league_size,
                   league_threshold=league_threshold, lr=lr, train_batch_size=train_batch_size,
-                  minibatch_size=minibatch_size, num_epochs=num_epochs, live=live, verbose=verbose)
+                  minibatch_size=minibatch_size, num_epochs=num_epochs, opponent_model_coef=opponent_model_coef,
+                  live=live, verbose=verbose)
     parameter = {"num_envs_per_env_runner": "num_envs"}
     given = {key: value for key, value in values.items()
              if ctx.get_parameter_source(parameter.get(key, key)).name in GIVEN_SOURCES}

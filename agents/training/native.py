@@ -17,6 +17,9 @@ How the shared settings map onto it:
   :class:`~parley.agents.training.ppo.PrioritisedSampling`; a resumed run measures the gaps afresh);
   the learner's seat and the first mover are drawn per game too;
 * ``lr``, ``entropy_coeff``, ``num_epochs``, ``reward_scale`` and ``max_turns`` carry over;
+* ``--opponent-model-coef X`` (> 0) gives the learner an opponent-model head on its trunk, trained to
+  predict the partner's reply to each of its acts with loss weight X (``PPOConfig.opponent_model_coef``);
+  the saved policy keeps the head, and acting ignores it;
   ``train_batch_size / minibatch_size`` gives the number of minibatches per epoch;
 * env steps are the learner's decisions, as in the single-agent env that RLlib and SB3 train on.
 
@@ -74,6 +77,7 @@ def ppo_config_for(config: TrainConfig):
         ent_coef=config.entropy_coeff,
         reward_scale=config.reward_scale,
         max_turns=config.max_turns,
+        opponent_model_coef=config.opponent_model_coef,
         seed=config.seed,
     )
 
@@ -87,7 +91,8 @@ def build_learner(config: TrainConfig, device: str):
     backbone, backbone_config, trainable = network_plan(config, init_policy)
     saved_config = {k: v for k, v in backbone_config.items() if k != "pretrained"}
     learner = TorchPolicy(backbone, observation_size_for(config), saved_config, device=device,
-                          deterministic=False, seed=config.seed, name=f"native-partners-{backbone}")
+                          deterministic=False, seed=config.seed, name=f"native-partners-{backbone}",
+                          opponent_model=config.opponent_model_coef > 0)
     if init_policy is not None:
         learner.model.load_state_dict(transfer_weights(init_policy.model.state_dict(), learner.model))
         if trainable == "adapters":
@@ -131,7 +136,8 @@ def train_native(config: TrainConfig, run: Path, *, console=None, on_iteration=N
 
     def greedy_copy() -> TorchPolicy:
         policy = TorchPolicy(learner.backbone_name, learner.observation_size, learner.backbone_config,
-                             device="cpu", name=learner.name, metadata=dict(learner.metadata))
+                             device="cpu", name=learner.name, metadata=dict(learner.metadata),
+                             opponent_model=learner.opponent_model)
         policy.model.load_state_dict({k: v.detach().cpu() for k, v in learner.model.state_dict().items()})
         return policy
 

@@ -18,7 +18,12 @@ directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
   partner's illegal act raises :class:`~parley.envs.negotiation.IllegalActionError`);
 * the reward is chosen by name (:data:`REWARDS`) -- the learner's own points, or a *tailored* reward
   (Pareto bonus, prosocial mix, fairness penalty) for the baselines of Kwon et al. (2021);
-* ``sl_coef > 0`` adds a behaviour-cloning loss on a supervised dataset to every update ("SL+RL").
+* ``sl_coef > 0`` adds a behaviour-cloning loss on a supervised dataset to every update ("SL+RL");
+* ``opponent_model_coef > 0`` adds an auxiliary opponent-model loss: the learner's
+  :class:`~parley.agents.nn.torch_policy.OpponentModelHead`, on the policy's trunk, predicts from each
+  of the learner's observations and acts the act the partner sends next (cross-entropy over the
+  partner's legal acts; steps the partner does not answer, because the game ended, are left out). The
+  trunk learns features that tell partners apart by how they answer; acting does not use the head.
 
 Rewards are multiplied by ``reward_scale`` (default 0.1: points / 10, the most an agent can score) so
 values stay near [0, 1]. Each history row reports the iteration's games from the learner's side with
@@ -85,6 +90,7 @@ class PPOConfig:
     no_deal_reward: float = 0.0
     sl_coef: float = 0.0
     sl_batch_size: int = 256
+    opponent_model_coef: float = 0.0  # weight of the auxiliary opponent-model loss (0: off)
     max_turns: int = DEFAULT_MAX_TURNS
     reward_scale: float = 0.1
     seed: int = 0
@@ -96,6 +102,8 @@ class PPOConfig:
             raise ValueError("total_games and games_per_iteration must be positive")
         if not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be positive, got {self.reward_scale}")
+        if not (np.isfinite(self.opponent_model_coef) and self.opponent_model_coef >= 0):
+            raise ValueError(f"opponent_model_coef must be a finite number >= 0 (0: off), got {self.opponent_model_coef}")
 
 
 def shaped_reward(metrics: dict[str, np.ndarray], learner_seat: np.ndarray, config: PPOConfig) -> np.ndarray:
@@ -179,7 +187,9 @@ class _LearnerRollout:
 
     As the Policy in the learner's seat it samples acts from the learner's masked distribution; as
     :func:`~parley.envs.play.play_batch`'s ``on_step`` it records each of the learner's decisions
-    (observation, mask, act, log-probability, value) at its step index within its game.
+    (observation, mask, act, log-probability, value) at its step index within its game, and the
+    partner's next act with its legal mask as the opponent model's target for the learner's last step
+    (``partner_actions`` is -1 where the partner did not answer).
     """
 
     def __init__(self, learner: TorchPolicy, games: int, max_steps: int) -> None:
@@ -191,6 +201,8 @@ class _LearnerRollout:
         self.log_probs = np.zeros((max_steps, games), dtype=np.float32)
         self.values = np.zeros((max_steps, games), dtype=np.float32)
         self.valid = np.zeros((max_steps, games), dtype=bool)
+        self.partner_actions = np.full((max_steps, games), -1, dtype=np.int64)
+        self.partner_masks = np.zeros((max_steps, games, NUM_ACTIONS), dtype=np.int8)
         self.steps = np.zeros(games, dtype=np.int64)  # how many acts the learner has sent in each game
         self._last = (np.zeros(0, np.float32), np.zeros(0, np.float32))
 
@@ -204,7 +216,12 @@ class _LearnerRollout:
         return act.cpu().numpy()
 
     def record(self, step: PlayStep) -> None:
-        if step.agent != 0:  # a partner's acts: nothing to learn from
+        if step.agent != 0:  # a partner's acts: the answer to the learner's last act, if it has moved
+            answered = self.steps[step.rows] > 0
+            rows = step.rows[answered]
+            k = self.steps[rows] - 1
+            self.partner_actions[k, rows] = step.actions[answered]
+            self.partner_masks[k, rows] = step.masks[answered]
             return
         rows, k = step.rows, self.steps[step.rows]
         self.observations[k, rows] = step.observations
@@ -230,6 +247,10 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
     config = config or PPOConfig()
     if config.sl_coef > 0 and (sl_data is None or len(sl_data) == 0):
         raise ValueError("sl_coef > 0 needs sl_data: the supervised examples to keep imitating")
+    opponent_model = config.opponent_model_coef > 0
+    if opponent_model and getattr(learner.model, "opponent_head", None) is None:
+        raise ValueError("opponent_model_coef > 0 needs a learner with an opponent-model head: "
+                         "build it with TorchPolicy(..., opponent_model=True)")
     partners = list(partner) if isinstance(partner, (list, tuple)) else [partner]
     if not partners:
         raise ValueError("the partner pool is empty; give at least one partner policy")
@@ -298,6 +319,11 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
         b_logp = torch.as_tensor(rollout.log_probs[valid], device=device)
         b_adv = torch.as_tensor(advantages[valid], device=device)
         b_ret = torch.as_tensor(returns[valid], device=device)
+        if opponent_model:
+            b_partner_act = torch.as_tensor(rollout.partner_actions[valid], device=device)
+            b_partner_mask = torch.as_tensor(rollout.partner_masks[valid], device=device)
+            opponent_losses: list[float] = []
+            opponent_hits = opponent_targets = 0
         batch = len(b_act)
         minibatch = max(1, batch // config.num_minibatches)
         model.train()
@@ -306,7 +332,10 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
             order = torch.randperm(batch, device=device)
             for start in range(0, batch, minibatch):
                 mb = order[start:start + minibatch]
-                logits, value = model(b_obs[mb])
+                if opponent_model:
+                    logits, value, opponent_logits = model.forward_with_opponent(b_obs[mb], b_act[mb])
+                else:
+                    logits, value = model(b_obs[mb])
                 dist = LogSoftmaxCategorical(mask_logits(logits.float(), b_mask[mb]))
                 logp = dist.log_prob(b_act[mb])
                 log_ratio = logp - b_logp[mb]
@@ -328,6 +357,16 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
                         torch.as_tensor(sl_data.actions[idx], device=device),
                         torch.as_tensor(sl_data.weights[idx], device=device))
                     loss = loss + config.sl_coef * sl_loss
+                if opponent_model:
+                    answered = b_partner_act[mb] >= 0
+                    if bool(answered.any()):
+                        partner_logits = mask_logits(opponent_logits.float()[answered], b_partner_mask[mb][answered])
+                        targets = b_partner_act[mb][answered]
+                        opponent_loss = torch.nn.functional.cross_entropy(partner_logits, targets)
+                        loss = loss + config.opponent_model_coef * opponent_loss
+                        opponent_losses.append(float(opponent_loss.detach()))
+                        opponent_hits += int((partner_logits.argmax(-1) == targets).sum())
+                        opponent_targets += int(targets.numel())
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -350,6 +389,9 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
             "env_steps_per_s": env_steps / (time.perf_counter() - start_time),
             "learner_steps_per_s": learner_steps / (time.perf_counter() - start_time),
         }
+        if opponent_model:
+            row["opponent_model_loss"] = float(np.mean(opponent_losses)) if opponent_losses else float("nan")
+            row["opponent_model_accuracy"] = opponent_hits / max(opponent_targets, 1)
         if partner_sampling is not None:
             row["partner_probability_max"] = float(partner_sampling.probabilities.max())
         history.append(row)

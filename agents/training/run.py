@@ -105,6 +105,7 @@ class TrainConfig:
     train_batch_size: int = 8192
     minibatch_size: int = 2048
     num_epochs: int = 4
+    opponent_model_coef: float = 0.0  # native: weight of the auxiliary opponent-model loss (0: no head)
     live: bool = True
     verbose: bool = False  # RLlib: Ray's and RLlib's log on the console instead of only in runs/NAME/ray.log
 
@@ -191,6 +192,12 @@ class TrainConfig:
         if self.partner_sampling not in PARTNER_SAMPLING:
             raise TrainConfigError(f"unknown partner sampling {self.partner_sampling!r}; use one of "
                                    f"{', '.join(PARTNER_SAMPLING)}")
+        if not (isinstance(self.opponent_model_coef, (int, float)) and math.isfinite(self.opponent_model_coef)
+                and self.opponent_model_coef >= 0):
+            raise TrainConfigError(f"opponent-model-coef must be a number >= 0 (0: off), got {self.opponent_model_coef!r}")
+        if self.opponent_model_coef > 0 and self.framework != "native":
+            raise TrainConfigError("--opponent-model-coef needs --framework native (the auxiliary opponent-model "
+                                   f"head is trained by parley's own PPO), not --framework {self.framework}")
         if self.partner_sampling == "prioritised" and self.framework != "native":
             raise TrainConfigError("--partner-sampling prioritised needs --framework native (RLlib and "
                                    "Stable-Baselines3 draw partners uniformly)")
@@ -548,12 +555,14 @@ def transfer_weights(source_state: dict[str, Any], target_model) -> dict[str, An
     """Map a plain network's weights onto ``target_model``, which may hold Compacter adapters.
 
     Adapted modules keep their original weights under ``<name>.base``; adapter weights have no source
-    and keep their (near-identity) initialisation. Returns the full state dict to load.
+    and keep their (near-identity) initialisation, and so does an opponent-model head the source lacks
+    (a source's head the target lacks is dropped: acting does not use it). Returns the full state dict
+    to load.
     """
     target = target_model.state_dict()
     merged = {}
     for key, value in target.items():
-        if ".adapter." in key:
+        if ".adapter." in key or (key.startswith("opponent_head.") and key not in source_state):
             merged[key] = value
             continue
         source_key = key.replace(".base.", ".")
