@@ -851,6 +851,60 @@ class NegotiationState:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The split index (row of ALL_SPLITS) of each propose/insist action index.
+_ACTION_SPLIT_INDEX: np.ndarray = np.arange(AGREE_ACTION) % NUM_SPLITS
+_ACTION_SPLIT_INDEX.setflags(write=False)
+
+
+def _row_elements(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous array seen as (N,) opaque (void) elements, one per row: gathering or scattering
+    whole rows is then a 1-d operation, several times cheaper than numpy's (rows, columns) indexing."""
+    if not array.flags.c_contiguous:
+        raise ValueError("row elements need a C-contiguous array")
+    width = array.itemsize * (array.size // max(array.shape[0], 1))
+    return array.reshape(array.shape[0], -1).view(np.dtype((np.void, width)))[:, 0]
+
+
+@functools.lru_cache(maxsize=16)
+def _turn_fractions(max_turns: int) -> np.ndarray:
+    """float32 turn fraction written after the act at each turn: ``(turn + 1) / max_turns``."""
+    fractions = ((np.arange(max_turns) + 1) / max_turns).astype(np.float32)
+    fractions.setflags(write=False)
+    return fractions
+
+
+def _offer_blocks(seat_obs: np.ndarray, layout: ObservationLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Views of (N, D) float32 observations holding, as one opaque (void) element per row, the fields a
+    proposal's speaker rewrites (partner offer flag through own offer) and those its listener rewrites
+    (partner offer flag and items)."""
+    raw = seat_obs.view(np.uint8)
+    start = 4 * layout.partner_offer_flag
+    speaker = raw[:, start:4 * layout.own_offer.stop]
+    listener = raw[:, start:4 * layout.partner_offer.stop]
+    return (speaker.view(np.dtype((np.void, speaker.shape[1])))[:, 0],
+            listener.view(np.dtype((np.void, listener.shape[1])))[:, 0])
+
+
+@functools.lru_cache(maxsize=16)
+def _offer_block_tables(max_turns: int) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`_offer_blocks` receives for a proposal: the speaker's block by split index (no partner
+    offer, its own proposal) and the listener's by ``count code * 125 + split index`` (the partner's
+    offer: the items left to it)."""
+    lay = ObservationLayout(max_turns)
+    speaker = np.zeros((1, NUM_SPLITS, lay.size), dtype=np.float32)
+    speaker[0, :, lay.own_offer_flag] = 1.0
+    speaker[0, :, lay.own_offer] = ALL_SPLITS
+    listener = np.zeros((NUM_SPLITS, NUM_SPLITS, lay.size), dtype=np.float32)  # [count code, split]
+    listener[:, :, lay.partner_offer_flag] = 1.0
+    listener[:, :, lay.partner_offer] = ALL_SPLITS[:, None, :] - ALL_SPLITS[None, :, :]
+    speaker_blocks, _ = _offer_blocks(speaker.reshape(-1, lay.size), lay)
+    _, listener_blocks = _offer_blocks(listener.reshape(-1, lay.size), lay)
+    speaker_blocks, listener_blocks = speaker_blocks.copy(), listener_blocks.copy()
+    speaker_blocks.setflags(write=False)
+    listener_blocks.setflags(write=False)
+    return speaker_blocks, listener_blocks
+
+
 class BatchedNegotiation:
     """B games advanced in lock-step with numpy array operations.
 
@@ -875,9 +929,10 @@ class BatchedNegotiation:
         self.current_player = np.zeros(b, dtype=np.int64)
         self.turn = np.zeros(b, dtype=np.int64)
         self.offer_proposer = np.full(b, -1, dtype=np.int64)  # -1: no standing proposal
-        self.offer_split = np.zeros((b, NUM_ITEM_TYPES), dtype=np.int64)  # what the proposer keeps
+        # Proposals are kept as split indices (rows of ALL_SPLITS): one number per proposal to write.
+        self.offer_split_index = np.zeros(b, dtype=np.int64)  # what the proposer keeps
         self.has_proposed = np.zeros((b, 2), dtype=bool)
-        self.last_proposals = np.zeros((b, 2, NUM_ITEM_TYPES), dtype=np.int64)
+        self.last_proposal_index = np.zeros((b, 2), dtype=np.int64)
         self.history_actions = np.full((b, max_turns), -1, dtype=np.int64)
         self.history_speakers = np.full((b, max_turns), -1, dtype=np.int64)
         self.done = np.ones(b, dtype=bool)
@@ -894,28 +949,41 @@ class BatchedNegotiation:
         codes = _count_codes(counts)
         if codes is None:
             raise ValueError(f"item counts must be 0..{MAX_ITEM_COUNT} for the batched rules")
-        self.counts[idx] = counts
+        counts = np.ascontiguousarray(counts, dtype=np.int64).reshape(len(idx), NUM_ITEM_TYPES)
+        values = np.ascontiguousarray(values, dtype=np.int64).reshape(len(idx), 2, NUM_ITEM_TYPES)
+        _row_elements(self.counts)[idx] = _row_elements(counts)
         self.count_codes[idx] = codes
-        self.values[idx] = values
+        _row_elements(self.values)[idx] = _row_elements(values)
         self.first_player[idx] = first_player
         self.current_player[idx] = first_player
         self.turn[idx] = 0
         self.offer_proposer[idx] = -1
-        self.offer_split[idx] = 0
-        self.has_proposed[idx] = False
-        self.last_proposals[idx] = 0
-        self.history_actions[idx] = -1
-        self.history_speakers[idx] = -1
+        self.offer_split_index[idx] = 0
+        _row_elements(self.has_proposed)[idx] = _row_elements(np.zeros((1, 2), dtype=bool))[0]
+        _row_elements(self.last_proposal_index)[idx] = _row_elements(np.zeros((1, 2), dtype=np.int64))[0]
+        no_acts = _row_elements(np.full((1, self.max_turns), -1, dtype=np.int64))[0]
+        _row_elements(self.history_actions)[idx] = no_acts
+        _row_elements(self.history_speakers)[idx] = no_acts
         self.done[idx] = False
         self.agreed[idx] = False
-        self.agreed_split[idx] = 0
+        _row_elements(self.agreed_split)[idx] = _row_elements(np.zeros((1, NUM_ITEM_TYPES), dtype=np.int64))[0]
         self.walked_away_by[idx] = -1
         lay = self.layout
         fresh = np.zeros((len(idx), 2, lay.size), dtype=np.float32)
-        fresh[:, :, lay.counts] = np.asarray(counts)[:, None, :]
+        fresh[:, :, lay.counts] = counts[:, None, :]
         fresh[:, :, lay.values] = values
         fresh[:, :, lay.moved_first] = self.first_player[idx, None] == (0, 1)
-        self._seat_obs[idx] = fresh
+        _row_elements(self._seat_obs)[idx] = _row_elements(fresh)
+
+    @property
+    def offer_split(self) -> np.ndarray:
+        """(B, 3) what the proposer of each game's standing proposal keeps (zeros where there is none)."""
+        return np.take(ALL_SPLITS, self.offer_split_index, axis=0)
+
+    @property
+    def last_proposals(self) -> np.ndarray:
+        """(B, 2, 3) each side's last proposal: the items it would keep (zeros where it made none)."""
+        return np.take(ALL_SPLITS, self.last_proposal_index, axis=0)
 
     @property
     def _seat_obs_flat(self) -> np.ndarray:
@@ -953,7 +1021,7 @@ class BatchedNegotiation:
         actions = np.asarray(actions, dtype=np.int64).reshape(self.batch_size)
         live = ~self.done
         if active is not None:
-            live = live & np.asarray(active, dtype=bool).reshape(self.batch_size)
+            live &= np.asarray(active, dtype=bool).reshape(self.batch_size)
         if legal is None:
             legal = self.legal_taken(actions)
         illegal = live & ~legal
@@ -964,30 +1032,42 @@ class BatchedNegotiation:
         a = actions[rows]
         player = self.current_player[rows]
         turn = self.turn[rows]
-        self.history_actions[rows, turn] = a
-        self.history_speakers[rows, turn] = player
+        # Per-row writes go through flat views with computed offsets: a 1-d scatter is several times
+        # cheaper than numpy's multi-index assignment.
+        at = rows * self.max_turns + turn
+        self.history_actions.reshape(-1)[at] = a
+        self.history_speakers.reshape(-1)[at] = player
 
-        is_offer = a < AGREE_ACTION
-        offer_rows = rows[is_offer]
-        proposer = player[is_offer]
-        split = ALL_SPLITS[a[is_offer] % NUM_SPLITS]
+        ends = a >= AGREE_ACTION
+        any_end = bool(ends.any())
+        if any_end:
+            is_offer = ~ends
+            offer_rows, proposer, offer_acts = rows[is_offer], player[is_offer], a[is_offer]
+        else:
+            offer_rows, proposer, offer_acts = rows, player, a
+        split = _ACTION_SPLIT_INDEX[offer_acts]
         self.offer_proposer[offer_rows] = proposer
-        self.offer_split[offer_rows] = split
-        self.has_proposed[offer_rows, proposer] = True
-        self.last_proposals[offer_rows, proposer] = split
+        self.offer_split_index[offer_rows] = split
+        seat = 2 * offer_rows + proposer
+        self.has_proposed.reshape(-1)[seat] = True
+        self.last_proposal_index.reshape(-1)[seat] = split
 
-        agree_rows = rows[a == AGREE_ACTION]
-        kept = self.offer_split[agree_rows]
-        by_zero = self.offer_proposer[agree_rows] == 0
-        self.agreed_split[agree_rows] = np.where(by_zero[:, None], kept, self.counts[agree_rows] - kept)
-        self.agreed[agree_rows] = True
-
-        walk = a == WALK_AWAY_ACTION
-        self.walked_away_by[rows[walk]] = player[walk]
+        if any_end:
+            agree_rows = rows[a == AGREE_ACTION]
+            kept = np.take(ALL_SPLITS, self.offer_split_index[agree_rows], axis=0)
+            by_zero = self.offer_proposer[agree_rows] == 0
+            self.agreed_split[agree_rows] = np.where(by_zero[:, None], kept, self.counts[agree_rows] - kept)
+            self.agreed[agree_rows] = True
+            walk = a == WALK_AWAY_ACTION
+            self.walked_away_by[rows[walk]] = player[walk]
 
         # Whole-batch updates in place (cheaper than scattering to the acting rows).
         self.turn += act
-        self.done |= act & ((actions >= AGREE_ACTION) | (self.turn >= self.max_turns))
+        over = self.turn >= self.max_turns
+        if any_end:
+            over |= actions >= AGREE_ACTION
+        over &= act
+        self.done |= over
         self.current_player ^= act
         self._record_observations(rows, player, turn, a, offer_rows, proposer, split)
         return illegal
@@ -999,29 +1079,26 @@ class BatchedNegotiation:
         size, flat = lay.size, self._seat_obs.reshape(-1)
         # Positions in the flat array: game r seen by seat p starts at (2 r + p) * size.
         seat0 = rows * (2 * size)
-        at = seat0 + (lay.history_acts.start + turn)
-        token = a + 1
-        flat[at] = token
-        flat[at + size] = token
-        spoke = seat0 + player * size + (lay.history_speakers.start + turn)
+        at = seat0 + turn
+        token = (a + 1).astype(np.float32)
+        flat[at + lay.history_acts.start] = token
+        flat[at + (lay.history_acts.start + size)] = token
+        spoke = at + player * size + lay.history_speakers.start
         flat[spoke] = 1.0
         flat[spoke + (1 - 2 * player) * size] = 2.0
+        fraction = _turn_fractions(self.max_turns)[turn]
         at = seat0 + lay.turn_fraction
-        fraction = (turn + 1) / self.max_turns
         flat[at] = fraction
         flat[at + size] = fraction
         if offer_rows.size:
             # The speaker's proposal replaces whatever the partner had on the table; the listener sees it
-            # as the partner's standing proposal.
-            flat = self._seat_obs_flat
-            speaker = np.zeros((offer_rows.size, lay.own_offer.stop - lay.partner_offer_flag), dtype=np.float32)
-            speaker[:, lay.own_offer_flag - lay.partner_offer_flag] = 1.0
-            speaker[:, lay.own_offer.start - lay.partner_offer_flag:] = split
-            flat[2 * offer_rows + proposer, lay.partner_offer_flag:lay.own_offer.stop] = speaker
-            listener = np.empty((offer_rows.size, lay.partner_offer.stop - lay.partner_offer_flag), dtype=np.float32)
-            listener[:, 0] = 1.0
-            listener[:, 1:] = self.counts[offer_rows] - split
-            flat[2 * offer_rows + 1 - proposer, lay.partner_offer_flag:lay.partner_offer.stop] = listener
+            # as the partner's standing proposal. Both blocks are read from tables (by split, and by count
+            # vector and split) and written as one element per row (see _offer_blocks).
+            speaker_view, listener_view = _offer_blocks(self._seat_obs_flat, lay)
+            speaker_table, listener_table = _offer_block_tables(lay.max_turns)
+            seat = 2 * offer_rows + proposer
+            speaker_view[seat] = np.take(speaker_table, split)
+            listener_view[seat ^ 1] = np.take(listener_table, self.count_codes[offer_rows] * NUM_SPLITS + split)
 
     def end_games(self, idx: np.ndarray) -> None:
         """End games at ``idx`` with no deal (used for illegal-action penalties)."""
