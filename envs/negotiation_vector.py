@@ -240,9 +240,7 @@ class NegotiationVectorEnv(VectorEnv):
         rows = np.flatnonzero(waiting)
         if rows.size == 0:
             return
-        obs = game.observations(1 - self.side[rows], rows)
-        masks = game.legal_masks(rows)
-        chosen = np.asarray(self.partner.act_batch(obs, masks), dtype=np.int64).reshape(-1)
+        chosen = self._partner_acts(rows)
         actions = np.zeros(self.num_envs, dtype=np.int64)
         actions[rows] = chosen
         illegal = game.apply_actions(actions, active=waiting)
@@ -252,6 +250,13 @@ class NegotiationVectorEnv(VectorEnv):
             raise RuntimeError(f"partner {partner_name(self.partner)!r} chose an illegal act in game {bad}: "
                                f"{kind}{'' if split is None else ' ' + str(split)} (action {actions[bad]})")
         self.acts_applied += int(rows.size)
+
+    def _partner_acts(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) the partner's acts in the games at ``rows`` (ascending), where it is to move."""
+        game = self.game
+        obs = game.observations(1 - self.side[rows], rows)
+        masks = game.legal_masks(rows)
+        return np.asarray(self.partner.act_batch(obs, masks), dtype=np.int64).reshape(-1)
 
     def _replay_partner_endings(self, rows: np.ndarray) -> None:
         """Restart games (among ``rows``, all just started) that the partner ended with its opening act."""

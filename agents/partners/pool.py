@@ -72,6 +72,26 @@ def make_pool_env(partners: str | Sequence[str], **env_kwargs: Any) -> PartnerPo
     return PartnerPoolEnv(NegotiationGymEnv(partner=pool[0], **env_kwargs), pool)
 
 
+def _group_by_partner(which: np.ndarray, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The order that groups games by their partner's index ``which`` (row order kept within a group),
+    and the group boundaries: partner ``k``'s games sit at ``bounds[k]:bounds[k + 1]`` of that order."""
+    order = np.argsort(which, kind="stable")
+    return order, np.searchsorted(which[order], np.arange(pool_size + 1))
+
+
+def _answer_by_partner(pool: Sequence[Policy], bounds: np.ndarray, observations: np.ndarray,
+                       action_masks: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Acts for games grouped by :func:`_group_by_partner`: one ``act_batch`` call per partner, in pool
+    order, each on its rows in their original order; returned in the original order."""
+    acts = np.zeros(len(order), dtype=np.int64)
+    for partner, lo, hi in zip(pool, bounds[:-1], bounds[1:]):
+        if hi > lo:
+            acts[lo:hi] = partner.act_batch(observations[lo:hi], action_masks[lo:hi])
+    answered = np.empty_like(acts)
+    answered[order] = acts
+    return answered
+
+
 class _PoolDispatcher:
     """The vector env's partner: answers each waiting game with that game's partner from the pool.
 
@@ -93,12 +113,9 @@ class _PoolDispatcher:
         rows = np.flatnonzero(~game.done & (game.current_player != self.env.side))
         if len(rows) != len(observations):
             raise RuntimeError("the partner pool lost track of which games it is answering")
-        which = self.env.assignment[rows]
-        actions = np.zeros(len(rows), dtype=np.int64)
-        for index in np.unique(which):
-            sel = np.flatnonzero(which == index)
-            actions[sel] = self.env.pool[index].act_batch(observations[sel], action_masks[sel])
-        return actions
+        order, bounds = _group_by_partner(self.env.assignment[rows], len(self.env.pool))
+        return _answer_by_partner(self.env.pool, bounds, np.take(np.asarray(observations), order, axis=0),
+                                  np.take(np.asarray(action_masks), order, axis=0), order)
 
     def act(self, observation: np.ndarray, action_mask: np.ndarray) -> int:
         raise RuntimeError("the partner pool only answers batched calls from its vector env")
@@ -128,6 +145,14 @@ class PartnerPoolVectorEnv(NegotiationVectorEnv):
     def _start_games(self, rows: np.ndarray) -> None:
         super()._start_games(rows)
         self.assignment[rows] = self._np_random.integers(len(self.pool), size=len(rows))
+
+    def _partner_acts(self, rows: np.ndarray) -> np.ndarray:
+        """Each partner answers its games in one ``act_batch`` call; the games' observations and masks
+        are read grouped by partner, so each partner gets one contiguous block."""
+        order, bounds = _group_by_partner(self.assignment[rows], len(self.pool))
+        grouped = rows[order]
+        obs = self.game.observations(1 - self.side[grouped], grouped)
+        return _answer_by_partner(self.pool, bounds, obs, self.game.legal_masks(grouped), order)
 
     def step(self, actions):
         obs, rewards, terminated, truncated, infos = super().step(actions)

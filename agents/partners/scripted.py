@@ -90,6 +90,14 @@ _MAX_UTILITY = float(VALUE_TOTAL)
 _SPLITS_F32 = ALL_SPLITS.astype(np.float32)
 _ITEMS_KEPT = ALL_SPLITS.sum(axis=1).astype(np.float32)
 _SPLIT_RADIX = MAX_ITEM_COUNT + 1  # split (a, b, c) sits at index (a * 5 + b) * 5 + c
+#: Longest history whose positions fit exactly in the mantissa of a float64 (see latest_partner_offers).
+_EXACT_BIT_POSITIONS = 52
+
+
+def _dot3(items: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(B,) ``(items * values).sum(-1)`` for (B, 3) arrays, written out (a reduction over a length-3 axis
+    costs more than the arithmetic)."""
+    return items[:, 0] * values[:, 0] + items[:, 1] * values[:, 1] + items[:, 2] * values[:, 2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,8 +186,7 @@ class ObservationView:
 
     @functools.cached_property
     def value_key(self) -> np.ndarray:
-        v = np.minimum(np.maximum(self.values, 0), VALUE_TOTAL)
-        return (v[:, 0] * (VALUE_TOTAL + 1) + v[:, 1]) * (VALUE_TOTAL + 1) + v[:, 2]
+        return _digits_key(self.values, VALUE_TOTAL + 1)
 
     @functools.cached_property
     def own_split_utilities(self) -> np.ndarray:
@@ -190,11 +197,28 @@ class ObservationView:
     def partner_insisted(self) -> np.ndarray:
         """(B,) whether the partner's standing proposal was sent as ``insist``."""
         latest = self.latest_partner_offers(1)[0]
-        latest_act = self.history[np.arange(self.batch_size), latest]
+        history = self.history
+        latest_act = np.take(history.reshape(-1), np.arange(self.batch_size) * history.shape[1] + np.maximum(latest, 0))
         return self.has_offer & (latest >= 0) & (latest_act >= INSIST_OFFSET)
 
     def latest_partner_offers(self, n: int) -> list[np.ndarray]:
         """History positions (B,) of the partner's last ``n`` proposals, latest first (-1 where it made fewer)."""
+        history_size = self._partner_offer_mask.shape[1]
+        if history_size > _EXACT_BIT_POSITIONS:
+            return self._latest_partner_offers_scan(n)
+        # Each row's proposal positions as the bits of one integer: the latest is its highest set bit
+        # (frexp's exponent, exact for these sizes), removed before looking for the next.
+        bits = self._partner_offer_mask @ (np.int64(1) << np.arange(history_size, dtype=np.int64))
+        found = []
+        for i in range(n):
+            latest = np.frexp(bits.astype(np.float64))[1] - 1  # -1 where no bit is left
+            found.append(latest.astype(np.int64, copy=False))
+            if i + 1 < n:
+                bits = np.where(latest >= 0, bits ^ (np.int64(1) << np.maximum(latest, 0)), 0)
+        return found
+
+    def _latest_partner_offers_scan(self, n: int) -> list[np.ndarray]:
+        """:meth:`latest_partner_offers` for histories too long to hold as the bits of one integer."""
         remaining = self._partner_offer_mask[:, ::-1]  # newest first
         last = remaining.shape[1] - 1
         rows = np.arange(self.batch_size)
@@ -210,11 +234,11 @@ class ObservationView:
 
     def offer_utility(self) -> np.ndarray:
         """(B,) own utility of the partner's standing proposal (0 where there is none)."""
-        return np.where(self.has_offer, (self.offer_items * self.values).sum(-1), 0)
+        return np.where(self.has_offer, _dot3(self.offer_items, self.values), 0)
 
     def own_last_utility(self) -> np.ndarray:
         """(B,) own utility of this agent's last proposal (10 where it has made none)."""
-        return np.where(self.has_own, (self.own_kept * self.values).sum(-1), VALUE_TOTAL)
+        return np.where(self.has_own, _dot3(self.own_kept, self.values), VALUE_TOTAL)
 
     @functools.cached_property
     def partner_offers(self) -> tuple[np.ndarray, np.ndarray]:
@@ -743,15 +767,22 @@ _KEY_BASE_VALUE = VALUE_TOTAL + 1
 _PARTNER_TIE = 1e-6
 
 
+def _digits_key(digits: np.ndarray, base: int) -> np.ndarray:
+    """``(d0 * base + d1) * base + d2`` over the last axis, each digit clipped to 0..base-1. Column by
+    column: elementwise work on a short last axis costs more than on whole columns."""
+    key = None
+    for i in range(NUM_ITEM_TYPES):
+        digit = np.minimum(np.maximum(digits[..., i], 0), base - 1)
+        key = digit if key is None else key * base + digit
+    return key
+
+
 def _count_key(counts: np.ndarray) -> np.ndarray:
-    c = np.minimum(np.maximum(counts, 0), _KEY_BASE_COUNT - 1)
-    return (c[..., 0] * _KEY_BASE_COUNT + c[..., 1]) * _KEY_BASE_COUNT + c[..., 2]
+    return _digits_key(counts, _KEY_BASE_COUNT)
 
 
 def _context_key(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    v = np.minimum(np.maximum(values, 0), _KEY_BASE_VALUE - 1)
-    value_key = (v[..., 0] * _KEY_BASE_VALUE + v[..., 1]) * _KEY_BASE_VALUE + v[..., 2]
-    return _count_key(counts) * _KEY_BASE_VALUE**NUM_ITEM_TYPES + value_key
+    return _count_key(counts) * _KEY_BASE_VALUE**NUM_ITEM_TYPES + _digits_key(values, _KEY_BASE_VALUE)
 
 
 @functools.lru_cache(maxsize=1)
@@ -773,8 +804,10 @@ def _fair_tie_break_table() -> np.ndarray:
 
 _NUM_THRESHOLDS = int(VALUE_TOTAL) + 2  # thresholds 0..10, and 11: no split reaches the target
 _SPLIT_FITS = np.all(ALL_SPLITS[None, :, :] <= ALL_SPLITS[:, None, :], axis=2)  # [count code, split]
-# The first 124 entries of each row of _SPLIT_FITS as 0/1 bytes read four at a time (PROPOSE_OFFSET is 0).
-_FIT_WORDS = np.ascontiguousarray(_SPLIT_FITS[:, :NUM_SPLITS - 1].astype(np.int8)).view(np.int32)
+# The first 120 entries of each row of _SPLIT_FITS as 0/1 bytes read eight at a time (PROPOSE_OFFSET is 0),
+# and the remaining 5 entries as bytes.
+_FIT_WORDS = np.ascontiguousarray(_SPLIT_FITS[:, :NUM_SPLITS // 8 * 8].astype(np.int8)).view(np.int64)
+_FIT_TAIL = np.ascontiguousarray(_SPLIT_FITS[:, NUM_SPLITS // 8 * 8:].astype(np.int8))
 
 
 # [count code * 11**3 + value key]: whether those counts (0..4) and values (0..10) are worth 10 in all.
@@ -800,11 +833,15 @@ def _own_context_keys(view: ObservationView, masks: np.ndarray) -> tuple[np.ndar
     # The general path reads utilities and tie-breaks through the same clipped keys, so the clipped counts
     # and values decide: worth 10 in all, no split that fits is worth more than 10.
     ok = _VALID_OWN_CONTEXT[keys]
-    if masks.dtype == np.int8 and masks.flags.c_contiguous and masks.shape[1] % 4 == 0:
-        # The rules' masks hold 0/1 bytes: compare the propose block four bytes at a time.
-        words = masks.view(np.int32)[:, :_FIT_WORDS.shape[1]]
-        ok &= np.all(words == _FIT_WORDS[codes], axis=1)
-        ok &= masks[:, NUM_SPLITS - 1] == _SPLIT_FITS[codes, NUM_SPLITS - 1]
+    if masks.dtype == np.int8 and masks.flags.c_contiguous:
+        # The rules' masks hold 0/1 bytes: compare the propose block eight bytes at a time, over the whole
+        # batch first (one reduction) and row by row only when some row differs.
+        words = masks[:, :_FIT_WORDS.shape[1] * 8].view(np.int64)
+        same = words == np.take(_FIT_WORDS, codes, axis=0)
+        ok &= same.all(axis=1) if not same.all() else True
+        tail = masks[:, _FIT_WORDS.shape[1] * 8:NUM_SPLITS]
+        same = tail == np.take(_FIT_TAIL, codes, axis=0)
+        ok &= same.all(axis=1) if not same.all() else True
     else:
         ok &= np.all((masks[:, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0) == _SPLIT_FITS[codes], axis=1)
     return keys, ok
