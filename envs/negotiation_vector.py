@@ -276,11 +276,13 @@ class NegotiationVectorEnv(VectorEnv):
     def _scores(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), 2) final scores of those games (``BatchedNegotiation.returns`` for a subset)."""
         game = self.game
-        kept = game.agreed_split[rows]
-        values = game.values[rows]
-        s0 = (kept * values[:, 0]).sum(-1)
-        s1 = ((game.counts[rows] - kept) * values[:, 1]).sum(-1)
-        scores = np.stack([s0, s1], axis=1).astype(np.float64)
+        kept = np.take(game.agreed_split, rows, axis=0)
+        values = np.take(game.values, rows, axis=0)
+        given = np.take(game.counts, rows, axis=0) - kept
+        # Written out per item type: a reduction over a length-3 axis costs more than the arithmetic.
+        scores = np.empty((len(rows), 2), dtype=np.float64)
+        scores[:, 0] = kept[:, 0] * values[:, 0, 0] + kept[:, 1] * values[:, 0, 1] + kept[:, 2] * values[:, 0, 2]
+        scores[:, 1] = given[:, 0] * values[:, 1, 0] + given[:, 1] * values[:, 1, 1] + given[:, 2] * values[:, 1, 2]
         return np.where(game.agreed[rows][:, None], scores, self.no_deal_reward)
 
     def _final_infos(self, ended: np.ndarray, scores: np.ndarray, rewards: np.ndarray) -> dict[str, Any]:
@@ -295,8 +297,10 @@ class NegotiationVectorEnv(VectorEnv):
             "score": rewards,
             "partner_score": partner_scores,
             "agreement": agreed,
-            "pareto_optimal": pareto_optimal_batch(game.counts[ended], game.values[ended],
-                                                   game.agreed_split[ended], agreed, ids=self.ctx_id[ended]),
+            "pareto_optimal": pareto_optimal_batch(np.take(game.counts, ended, axis=0),
+                                                   np.take(game.values, ended, axis=0),
+                                                   np.take(game.agreed_split, ended, axis=0), agreed,
+                                                   ids=self.ctx_id[ended]),
             "joint": scores.sum(axis=1),
             "nash_product": (scores[:, 0] - d) * (scores[:, 1] - d),
             "turns": game.turn[ended],

@@ -895,32 +895,52 @@ def _split_choice_cache(tie_break_table: Callable[[], np.ndarray]) -> _SplitChoi
 class _AnswerMemo:
     """Small answers (split indices) stored under int64 keys and looked up for a whole batch at once.
 
-    Keys are kept sorted; a lookup is one ``searchsorted``. The memo starts over when it holds
-    ``max_size`` answers, so memory stays bounded whatever the games.
+    Keys are kept sorted in two levels: a large array and a small one that takes new answers. A lookup
+    is one ``searchsorted`` in each; an insert rewrites only the small array, which is merged into the
+    large one once it holds an eighth as many keys (so a growing memo is not copied at every insert).
+    The memo starts over when it holds ``max_size`` answers, so memory stays bounded whatever the games.
     """
 
     max_size = 1 << 21
+    #: The small level is merged into the large one when it holds this many keys, or an eighth of the
+    #: large one's if more.
+    merge_at = 1 << 12
 
     def __init__(self) -> None:
-        self.keys = np.empty(0, dtype=np.int64)
-        self.values = np.empty(0, dtype=np.int8)
+        self._levels = [(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int8))] * 2  # large, small
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Every stored key, sorted."""
+        return np.sort(np.concatenate([keys for keys, _ in self._levels]))
 
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored answers (int64) for ``keys`` and whether each key was found."""
-        if self.keys.size == 0:
-            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
-        pos = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
-        return self.values[pos].astype(np.int64), self.keys[pos] == keys
+        answers = np.zeros(len(keys), dtype=np.int64)
+        found = np.zeros(len(keys), dtype=bool)
+        for stored, values in self._levels:
+            if stored.size:
+                pos = np.minimum(np.searchsorted(stored, keys), stored.size - 1)
+                hit = stored[pos] == keys
+                answers[hit] = values[pos[hit]]
+                found |= hit
+        return answers, found
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Store answers under new keys (distinct, and not stored yet)."""
-        if self.keys.size + len(keys) > self.max_size:
-            self.keys, self.values = self.keys[:0], self.values[:0]
+        (large, large_values), (small, small_values) = self._levels
+        if large.size + small.size + len(keys) > self.max_size:
+            large, large_values, small, small_values = large[:0], large_values[:0], small[:0], small_values[:0]
         order = np.argsort(keys)
         keys, values = keys[order], np.asarray(values, dtype=np.int8)[order]
-        pos = np.searchsorted(self.keys, keys)
-        self.keys = np.insert(self.keys, pos, keys)
-        self.values = np.insert(self.values, pos, values)
+        pos = np.searchsorted(small, keys)
+        small, small_values = np.insert(small, pos, keys), np.insert(small_values, pos, values)
+        if small.size >= max(self.merge_at, large.size // 8):
+            merged = np.concatenate([large, small])
+            order = np.argsort(merged, kind="stable")
+            large, large_values = merged[order], np.concatenate([large_values, small_values])[order]
+            small, small_values = small[:0], small_values[:0]
+        self._levels = [(large, large_values), (small, small_values)]
 
 
 def _items_kept_tie_break_table() -> np.ndarray:
