@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from parley.agents.nn.torch_policy import POLICY_FILE, TorchPolicy, load_policy
 from parley.agents.partners.scripted import make_partner
-from parley.agents.training.ppo import PPOConfig, train_ppo
+from parley.agents.training.ppo import PPOConfig, opponent_model_loss, train_ppo
 from parley.agents.training.run import TrainConfig, TrainConfigError, train
 from parley.cli import app
-from parley.envs.negotiation import NUM_ACTIONS, sample_context_arrays
+from parley.envs.negotiation import AGREE_ACTION, NUM_ACTIONS, sample_context_arrays
 from parley.envs.play import play_batch
 
 OBS = 36
@@ -36,17 +36,33 @@ def partners():
     return [make_partner("boulware"), make_partner("hardliner")]
 
 
-def test_the_head_learns_the_partners_replies():
+@pytest.mark.parametrize(("target", "fraction"), [("reply", 0.7), ("agrees", 0.8)])
+def test_the_head_learns_the_partners_replies(target, fraction):
     torch.set_num_threads(1)
     learner = TorchPolicy("mlp", OBS, device="cpu", deterministic=False, seed=1, opponent_model=True)
     result = train_ppo(learner, partners(), PPOConfig(total_games=128 * 14, games_per_iteration=128, seed=1,
-                                                      opponent_model_coef=1.0))
+                                                      opponent_model_coef=1.0, opponent_model_target=target))
     losses = [row["opponent_model_loss"] for row in result.history]
     accuracy = [row["opponent_model_accuracy"] for row in result.history]
     assert np.isfinite(losses).all()
     # It starts near a uniform guess over the partner's legal acts and ends well below it.
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
+    assert np.mean(losses[-3:]) < fraction * np.mean(losses[:2]), losses
     assert np.mean(accuracy[-3:]) > np.mean(accuracy[:2]), accuracy
+
+
+def test_the_loss_scores_answered_rows_against_the_partners_legal_acts():
+    logits = torch.zeros(3, NUM_ACTIONS)
+    masks = torch.zeros(3, NUM_ACTIONS, dtype=torch.int8)
+    masks[:, [0, 1, 2, AGREE_ACTION]] = 1  # four legal acts each: a uniform head gives each 1/4
+    masks[2, AGREE_ACTION] = 0
+    actions = torch.tensor([AGREE_ACTION, 1, -1])  # the third row went unanswered
+    loss, _, scored = opponent_model_loss(logits, actions, masks, "reply")
+    assert scored == 2 and float(loss) == pytest.approx(np.log(4))
+    loss, hits, scored = opponent_model_loss(logits, actions, masks, "agrees")
+    # Agreeing has probability 1/4: the agreed row costs -log(1/4), the refused one -log(3/4).
+    assert scored == 2 and hits == 1 and float(loss) == pytest.approx(-(np.log(0.25) + np.log(0.75)) / 2)
+    nothing, _, none = opponent_model_loss(logits, torch.full((3,), -1), masks, "agrees")
+    assert none == 0 and float(nothing) == 0
 
 
 def test_weight_zero_trains_exactly_as_without_the_head_and_a_positive_weight_reaches_the_trunk():
@@ -116,6 +132,10 @@ def test_the_weight_is_checked_where_it_is_given(tmp_path):
         TrainConfig(framework="native", opponent_model_coef=-1.0, out=str(tmp_path / "b")).validate()
     with pytest.raises(ValueError, match="opponent_model_coef must be"):
         PPOConfig(opponent_model_coef=float("nan"))
+    with pytest.raises(ValueError, match="reply, agrees"):
+        PPOConfig(opponent_model_target="mood")
+    with pytest.raises(TrainConfigError, match="reply, agrees"):
+        TrainConfig(framework="native", opponent_model_target="mood", out=str(tmp_path / "d")).validate()
     with pytest.raises(ValueError, match="opponent_model=True"):
         train_ppo(TorchPolicy("mlp", OBS, device="cpu"), partners(),
                   PPOConfig(total_games=8, games_per_iteration=8, opponent_model_coef=1.0))

@@ -84,9 +84,15 @@ def train_command(
     opponent_model_coef: float = typer.Option(DEFAULTS.opponent_model_coef, "--opponent-model-coef",
                                               help="Native: weight of an auxiliary head predicting the partner's "
                                                    "reply to each learner act (0: off)."),
+    opponent_model_target: str = typer.Option(DEFAULTS.opponent_model_target, "--opponent-model-target",
+                                              help="What that head predicts: reply (the partner's act) or agrees "
+                                                   "(whether the partner agrees)."),
     live: bool = typer.Option(DEFAULTS.live, "--live/--no-live", help="Live table while training."),
     verbose: bool = typer.Option(DEFAULTS.verbose, "--verbose/--quiet",
                                  help="Show Ray's and RLlib's log on the console (otherwise only in OUT/ray.log)."),
+    overlap_sampling: bool = typer.Option(DEFAULTS.overlap_sampling, "--overlap-sampling/--no-overlap-sampling",
+                                          help="RLlib: a remote env runner samples the next batch while the "
+                                               "learner updates on this one (weights one update older)."),
 ) -> None:
     """Train a negotiation policy with PPO; ends with an evaluation table and the checkpoint path."""
     import yaml
@@ -111,7 +117,7 @@ def train_command(
                   league_size=league_size,
                   league_threshold=league_threshold, lr=lr, train_batch_size=train_batch_size,
                   minibatch_size=minibatch_size, num_epochs=num_epochs, opponent_model_coef=opponent_model_coef,
-                  live=live, verbose=verbose)
+                  opponent_model_target=opponent_model_target, live=live, verbose=verbose, overlap_sampling=overlap_sampling)
     parameter = {"num_envs_per_env_runner": "num_envs"}
     given = {key: value for key, value in values.items()
              if ctx.get_parameter_source(parameter.get(key, key)).name in GIVEN_SOURCES}

@@ -78,6 +78,7 @@ def ppo_config_for(config: TrainConfig):
         reward_scale=config.reward_scale,
         max_turns=config.max_turns,
         opponent_model_coef=config.opponent_model_coef,
+        opponent_model_target=config.opponent_model_target,
         seed=config.seed,
     )
 

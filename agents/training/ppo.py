@@ -24,6 +24,8 @@ directly on :class:`~parley.envs.negotiation.BatchedNegotiation`:
   of the learner's observations and acts the act the partner sends next (cross-entropy over the
   partner's legal acts; steps the partner does not answer, because the game ended, are left out). The
   trunk learns features that tell partners apart by how they answer; acting does not use the head.
+  ``opponent_model_target="agrees"`` trains the same head on a coarser target: only whether the partner
+  agrees (binary cross-entropy on the head's probability of the agree act, where agreeing is legal).
 
 Rewards are multiplied by ``reward_scale`` (default 0.1: points / 10, the most an agent can score) so
 values stay near [0, 1]. Each history row reports the iteration's games from the learner's side with
@@ -54,7 +56,7 @@ from parley.agents.evaluation import game_measures, mean_measures
 from parley.agents.nn.torch_policy import LogSoftmaxCategorical, TorchPolicy, mask_logits
 from parley.agents.training.supervised import behaviour_cloning_loss
 from parley.envs.corpus import ActDataset
-from parley.envs.negotiation import DEFAULT_MAX_TURNS, NUM_ACTIONS, sample_context_arrays
+from parley.envs.negotiation import AGREE_ACTION, DEFAULT_MAX_TURNS, NUM_ACTIONS, sample_context_arrays
 from parley.envs.play import PlayStep, play_batch, seating_for
 from parley.envs.policy import Policy
 
@@ -64,6 +66,12 @@ REWARDS: dict[str, str] = {
     "pareto_bonus": "own points + pareto_bonus if the deal is Pareto-optimal",
     "prosocial": "prosocial_weight * own + (1 - prosocial_weight) * partner points",
     "fairness": "own points - fairness_weight * |own - partner| when there is a deal",
+}
+
+#: What the opponent-model head is trained to predict about the partner's answer to each learner act.
+OPPONENT_MODEL_TARGETS: dict[str, str] = {
+    "reply": "the partner's act (cross-entropy over its legal acts)",
+    "agrees": "whether the partner agrees (binary cross-entropy on the head's probability of agreeing)",
 }
 
 
@@ -91,6 +99,7 @@ class PPOConfig:
     sl_coef: float = 0.0
     sl_batch_size: int = 256
     opponent_model_coef: float = 0.0  # weight of the auxiliary opponent-model loss (0: off)
+    opponent_model_target: str = "reply"  # a key of OPPONENT_MODEL_TARGETS
     max_turns: int = DEFAULT_MAX_TURNS
     reward_scale: float = 0.1
     seed: int = 0
@@ -104,6 +113,9 @@ class PPOConfig:
             raise ValueError(f"reward_scale must be positive, got {self.reward_scale}")
         if not (np.isfinite(self.opponent_model_coef) and self.opponent_model_coef >= 0):
             raise ValueError(f"opponent_model_coef must be a finite number >= 0 (0: off), got {self.opponent_model_coef}")
+        if self.opponent_model_target not in OPPONENT_MODEL_TARGETS:
+            raise ValueError(f"unknown opponent_model_target {self.opponent_model_target!r}; choose one of "
+                             f"{', '.join(OPPONENT_MODEL_TARGETS)}")
 
 
 def shaped_reward(metrics: dict[str, np.ndarray], learner_seat: np.ndarray, config: PPOConfig) -> np.ndarray:
@@ -120,6 +132,34 @@ def shaped_reward(metrics: dict[str, np.ndarray], learner_seat: np.ndarray, conf
         w = config.prosocial_weight
         return w * own + (1 - w) * partner
     return own - config.fairness_weight * np.where(agreed, np.abs(own - partner), 0.0)
+
+
+def opponent_model_loss(logits: torch.Tensor, partner_actions: torch.Tensor, partner_masks: torch.Tensor,
+                        target: str) -> tuple[torch.Tensor, int, int]:
+    """The opponent-model head's loss on a minibatch, its correct predictions and how many it scored.
+
+    ``partner_actions`` is -1 where the partner did not answer; those rows are left out. With
+    ``target="reply"`` the loss is the cross-entropy of the partner's act under the head's distribution
+    over the partner's legal acts; with ``"agrees"`` it is the binary cross-entropy of whether the
+    partner agreed under that distribution's mass on the agree act, on the rows where it could agree.
+    """
+    rows = partner_actions >= 0
+    if target == "agrees":
+        rows = rows & partner_masks[:, AGREE_ACTION].bool()
+    if not bool(rows.any()):
+        return logits.new_zeros(()), 0, 0
+    log_probs = mask_logits(logits.float()[rows], partner_masks[rows]).log_softmax(-1)
+    actions = partner_actions[rows]
+    if target == "reply":
+        loss = torch.nn.functional.nll_loss(log_probs, actions)
+        hits = int((log_probs.argmax(-1) == actions).sum())
+    else:
+        agreed = (actions == AGREE_ACTION).float()
+        log_agree = log_probs[:, AGREE_ACTION].clamp(max=-1e-6)  # log(1 - p) stays finite
+        log_refuse = torch.log(-torch.expm1(log_agree))
+        loss = -(agreed * log_agree + (1 - agreed) * log_refuse).mean()
+        hits = int(((log_agree > np.log(0.5)).float() == agreed).sum())
+    return loss, hits, int(actions.numel())
 
 
 class PrioritisedSampling:
@@ -358,15 +398,13 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
                         torch.as_tensor(sl_data.weights[idx], device=device))
                     loss = loss + config.sl_coef * sl_loss
                 if opponent_model:
-                    answered = b_partner_act[mb] >= 0
-                    if bool(answered.any()):
-                        partner_logits = mask_logits(opponent_logits.float()[answered], b_partner_mask[mb][answered])
-                        targets = b_partner_act[mb][answered]
-                        opponent_loss = torch.nn.functional.cross_entropy(partner_logits, targets)
+                    opponent_loss, hits, targets = opponent_model_loss(
+                        opponent_logits, b_partner_act[mb], b_partner_mask[mb], config.opponent_model_target)
+                    if targets:
                         loss = loss + config.opponent_model_coef * opponent_loss
                         opponent_losses.append(float(opponent_loss.detach()))
-                        opponent_hits += int((partner_logits.argmax(-1) == targets).sum())
-                        opponent_targets += int(targets.numel())
+                        opponent_hits += hits
+                        opponent_targets += targets
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)

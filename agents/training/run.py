@@ -106,8 +106,10 @@ class TrainConfig:
     minibatch_size: int = 2048
     num_epochs: int = 4
     opponent_model_coef: float = 0.0  # native: weight of the auxiliary opponent-model loss (0: no head)
+    opponent_model_target: str = "reply"  # native: what the head predicts (ppo.OPPONENT_MODEL_TARGETS)
     live: bool = True
     verbose: bool = False  # RLlib: Ray's and RLlib's log on the console instead of only in runs/NAME/ray.log
+    overlap_sampling: bool = True  # RLlib: sample the next batch on a remote env runner during the update
 
     @property
     def setup(self) -> str:
@@ -195,6 +197,11 @@ class TrainConfig:
         if not (isinstance(self.opponent_model_coef, (int, float)) and math.isfinite(self.opponent_model_coef)
                 and self.opponent_model_coef >= 0):
             raise TrainConfigError(f"opponent-model-coef must be a number >= 0 (0: off), got {self.opponent_model_coef!r}")
+        from parley.agents.training.ppo import OPPONENT_MODEL_TARGETS
+
+        if self.opponent_model_target not in OPPONENT_MODEL_TARGETS:
+            raise TrainConfigError(f"unknown opponent-model target {self.opponent_model_target!r}; use one of "
+                                   f"{', '.join(OPPONENT_MODEL_TARGETS)}")
         if self.opponent_model_coef > 0 and self.framework != "native":
             raise TrainConfigError("--opponent-model-coef needs --framework native (the auxiliary opponent-model "
                                    f"head is trained by parley's own PPO), not --framework {self.framework}")
