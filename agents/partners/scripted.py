@@ -125,8 +125,10 @@ class ObservationView:
     # Fields are decoded on first use: a partner pays only for what it reads. Partners that read most
     # fields decode them all in one pass first (decode_all).
     def decode_all(self) -> ObservationView:
-        """Decode every integer field in one pass (cheaper than field by field when most are read)."""
-        self._all_ints = np.rint(self.observations).astype(np.int64)
+        """Decode every integer field in one pass (cheaper than field by field when most are read). The
+        result is stored column by column (Fortran order), so that each field's columns are contiguous
+        and arithmetic on them runs in long inner loops."""
+        self._all_ints = np.rint(self.observations).T.astype(np.int64, order="C").T
         return self
 
     def _ints(self, where: slice | int) -> np.ndarray:
@@ -208,7 +210,10 @@ class ObservationView:
             return self._latest_partner_offers_scan(n)
         # Each row's proposal positions as the bits of one integer: the latest is its highest set bit
         # (frexp's exponent, exact for these sizes), removed before looking for the next.
-        bits = self._partner_offer_mask @ (np.int64(1) << np.arange(history_size, dtype=np.int64))
+        offers = self._partner_offer_mask
+        bits = offers[:, 0].astype(np.int64)
+        for position in range(1, history_size):
+            bits |= offers[:, position].astype(np.int64) << position
         found = []
         for i in range(n):
             latest = np.frexp(bits.astype(np.float64))[1] - 1  # -1 where no bit is left
