@@ -972,7 +972,9 @@ class BatchedNegotiation:
         fresh = np.zeros((len(idx), 2, lay.size), dtype=np.float32)
         fresh[:, :, lay.counts] = counts[:, None, :]
         fresh[:, :, lay.values] = values
-        fresh[:, :, lay.moved_first] = self.first_player[idx, None] == (0, 1)
+        first = self.first_player[idx]
+        fresh[:, 0, lay.moved_first] = first == 0
+        fresh[:, 1, lay.moved_first] = first == 1
         _row_elements(self._seat_obs)[idx] = _row_elements(fresh)
 
     @property
@@ -1156,7 +1158,7 @@ def sample_context_ids(rng: np.random.Generator, n: int) -> np.ndarray:
 def context_arrays(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Counts (n, 3) and values (n, 2, 3) of rows ``ids`` of the table of all valid contexts."""
     counts, values, _, _ = _context_table()
-    return counts[ids], values[ids]
+    return np.take(counts, ids, axis=0), np.take(values, ids, axis=0)
 
 
 def sample_context_arrays(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -90,8 +90,8 @@ _MAX_UTILITY = float(VALUE_TOTAL)
 _SPLITS_F32 = ALL_SPLITS.astype(np.float32)
 _ITEMS_KEPT = ALL_SPLITS.sum(axis=1).astype(np.float32)
 _SPLIT_RADIX = MAX_ITEM_COUNT + 1  # split (a, b, c) sits at index (a * 5 + b) * 5 + c
-#: Longest history whose positions fit exactly in the mantissa of a float64 (see latest_partner_offers).
-_EXACT_BIT_POSITIONS = 52
+#: _SPLIT_ITEMS[i][s]: how many items of type i split s keeps.
+_SPLIT_ITEMS = np.ascontiguousarray(ALL_SPLITS.T)
 
 
 def _dot3(items: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -103,6 +103,26 @@ def _dot3(items: np.ndarray, values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Reading observations
 # --------------------------------------------------------------------------------------------------
+
+
+class _decoded_field:  # noqa: N801 -- used as a decorator, like functools.cached_property
+    """A field of :class:`ObservationView` computed on first read and then stored on the view (the view
+    is used by one thread; ``functools.cached_property`` takes a lock on every first read, a cost that
+    shows at the small batches of a partner pool)."""
+
+    def __init__(self, compute: Callable) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, view: ObservationView | None, owner: type | None = None):
+        if view is None:
+            return self
+        value = view.__dict__[self.name] = self.compute(view)
+        return value
 
 
 class ObservationView:
@@ -137,43 +157,43 @@ class ObservationView:
             return np.rint(self.observations[:, where]).astype(np.int64)
         return decoded[:, where]
 
-    @functools.cached_property
+    @_decoded_field
     def counts(self) -> np.ndarray:
         return self._ints(self.layout.counts)
 
-    @functools.cached_property
+    @_decoded_field
     def values(self) -> np.ndarray:
         return self._ints(self.layout.values)
 
-    @functools.cached_property
+    @_decoded_field
     def has_offer(self) -> np.ndarray:
         return self.observations[:, self.layout.partner_offer_flag] > 0.5
 
-    @functools.cached_property
+    @_decoded_field
     def offer_items(self) -> np.ndarray:
         return self._ints(self.layout.partner_offer)
 
-    @functools.cached_property
+    @_decoded_field
     def has_own(self) -> np.ndarray:
         return self.observations[:, self.layout.own_offer_flag] > 0.5
 
-    @functools.cached_property
+    @_decoded_field
     def own_kept(self) -> np.ndarray:
         return self._ints(self.layout.own_offer)
 
-    @functools.cached_property
+    @_decoded_field
     def turn(self) -> np.ndarray:
         return np.rint(self.observations[:, self.layout.turn_fraction] * self.max_turns).astype(np.int64)
 
-    @functools.cached_property
+    @_decoded_field
     def time(self) -> np.ndarray:
         return np.minimum(np.maximum(self.turn / max(self.max_turns - 1, 1), 0.0), 1.0)
 
-    @functools.cached_property
+    @_decoded_field
     def history(self) -> np.ndarray:
         return self._ints(self.layout.history_acts) - 1
 
-    @functools.cached_property
+    @_decoded_field
     def from_partner(self) -> np.ndarray:
         return self._ints(self.layout.history_speakers) == 2
 
@@ -186,16 +206,16 @@ class ObservationView:
         """Whether the act about to be sent is the last one the game allows."""
         return self.turn >= self.max_turns - 1
 
-    @functools.cached_property
+    @_decoded_field
     def value_key(self) -> np.ndarray:
         return _digits_key(self.values, VALUE_TOTAL + 1)
 
-    @functools.cached_property
+    @_decoded_field
     def own_split_utilities(self) -> np.ndarray:
         """(B, 125) float32 own utility of keeping each split (whether or not it fits the counts)."""
         return _utility_table()[self.value_key]
 
-    @functools.cached_property
+    @_decoded_field
     def partner_insisted(self) -> np.ndarray:
         """(B,) whether the partner's standing proposal was sent as ``insist``."""
         latest = self.latest_partner_offers(1)[0]
@@ -205,36 +225,15 @@ class ObservationView:
 
     def latest_partner_offers(self, n: int) -> list[np.ndarray]:
         """History positions (B,) of the partner's last ``n`` proposals, latest first (-1 where it made fewer)."""
-        history_size = self._partner_offer_mask.shape[1]
-        if history_size > _EXACT_BIT_POSITIONS:
-            return self._latest_partner_offers_scan(n)
-        # Each row's proposal positions as the bits of one integer: the latest is its highest set bit
-        # (frexp's exponent, exact for these sizes), removed before looking for the next.
         offers = self._partner_offer_mask
-        bits = offers[:, 0].astype(np.int64)
-        for position in range(1, history_size):
-            bits |= offers[:, position].astype(np.int64) << position
+        # Each proposal's position + 1 (0 elsewhere): the latest is the row maximum, cleared before the next.
+        ranks = offers * np.arange(1, offers.shape[1] + 1)
         found = []
         for i in range(n):
-            latest = np.frexp(bits.astype(np.float64))[1] - 1  # -1 where no bit is left
-            found.append(latest.astype(np.int64, copy=False))
+            top = ranks.max(axis=1) if ranks.shape[1] else np.zeros(self.batch_size, dtype=np.int64)
+            found.append(top - 1)
             if i + 1 < n:
-                bits = np.where(latest >= 0, bits ^ (np.int64(1) << np.maximum(latest, 0)), 0)
-        return found
-
-    def _latest_partner_offers_scan(self, n: int) -> list[np.ndarray]:
-        """:meth:`latest_partner_offers` for histories too long to hold as the bits of one integer."""
-        remaining = self._partner_offer_mask[:, ::-1]  # newest first
-        last = remaining.shape[1] - 1
-        rows = np.arange(self.batch_size)
-        found = []
-        for i in range(n):
-            back = remaining.argmax(axis=1)
-            hit = remaining[rows, back]
-            found.append(np.where(hit, last - back, -1))
-            if i + 1 < n:
-                remaining = remaining.copy()
-                remaining[rows, back] = False
+                ranks = np.where(ranks == top[:, None], 0, ranks)
         return found
 
     def offer_utility(self) -> np.ndarray:
@@ -245,13 +244,22 @@ class ObservationView:
         """(B,) own utility of this agent's last proposal (10 where it has made none)."""
         return np.where(self.has_own, _dot3(self.own_kept, self.values), VALUE_TOTAL)
 
-    @functools.cached_property
+    @_decoded_field
     def partner_offers(self) -> tuple[np.ndarray, np.ndarray]:
         """The partner's proposals in the history: split indices it kept (B, H) and a validity mask (B, H)."""
         is_offer = self._partner_offer_mask
         return np.where(is_offer, self.history % NUM_SPLITS, 0), is_offer
 
-    @functools.cached_property
+    @_decoded_field
+    def partner_kept_total(self) -> np.ndarray:
+        """(B, 3) the items the partner kept, summed over all its proposals so far (int64)."""
+        kept, is_offer = self.partner_offers
+        total = np.empty((self.batch_size, NUM_ITEM_TYPES), dtype=np.int64)
+        for item in range(NUM_ITEM_TYPES):  # one item type at a time: (B, H) work, no (B, H, 3) arrays
+            total[:, item] = (np.take(_SPLIT_ITEMS[item], kept) * is_offer).sum(axis=1)
+        return total
+
+    @_decoded_field
     def _partner_offer_mask(self) -> np.ndarray:
         history = self.history
         return self.from_partner & (history >= 0) & (history < AGREE_ACTION)
@@ -662,11 +670,15 @@ class ParetoPartner(TimeDependentPartner):
         self._memos: dict[tuple, _AnswerMemo] = {}
 
     def _table_rows(self, view: ObservationView) -> np.ndarray:
+        cached = view.__dict__.get("_belief_table_rows")
+        if cached is not None and cached[0] is self._table:  # read several times per view
+            return cached[1]
         rows = self._table.lookup[_context_key(view.counts, view.values)]
         if np.any(rows < 0):
             bad = int(np.flatnonzero(rows < 0)[0])
             raise ValueError(f"observation {bad} holds no valid context: counts {view.counts[bad].tolist()}, "
                              f"values {view.values[bad].tolist()}")
+        view.__dict__["_belief_table_rows"] = (self._table, rows)
         return rows
 
     def _proposal_splits(self, view: ObservationView, masks: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -682,7 +694,7 @@ class ParetoPartner(TimeDependentPartner):
         table_rows = self._table_rows(view)
         _, ok = _own_context_keys(view, masks)
         kept, is_offer = view.partner_offers
-        kept_total = (ALL_SPLITS[kept] * is_offer[:, :, None]).sum(axis=1)
+        kept_total = view.partner_kept_total
         turns = view.max_turns
         base = MAX_ITEM_COUNT * turns + 1
         keys = ((table_rows * base + kept_total[:, 0]) * base + kept_total[:, 1]) * base + kept_total[:, 2]
@@ -716,7 +728,7 @@ class ParetoPartner(TimeDependentPartner):
         cand, ok = table.candidates[rows], table.valid[rows]  # (B, K, 3), (B, K)
         kept, is_offer = view.partner_offers
         # Utilities are linear in the items, so the proposals' total utility is that of their summed items.
-        kept_total = (ALL_SPLITS[kept] * is_offer[:, :, None]).sum(axis=1).astype(np.float64)  # (B, 3)
+        kept_total = view.partner_kept_total.astype(np.float64)  # (B, 3)
         total_utility = (cand * kept_total[:, None, :]).sum(axis=-1)  # (B, K)
         log_lik = self.rationality * total_utility - is_offer.sum(axis=1)[:, None] * table.log_norm[rows]
         if self.prior is not None:
