@@ -81,14 +81,12 @@ def _group_by_partner(which: np.ndarray, pool_size: int) -> tuple[np.ndarray, np
 
 def _answer_by_partner(pool: Sequence[Policy], bounds: np.ndarray, observations: np.ndarray,
                        action_masks: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Acts for games grouped by :func:`_group_by_partner`: one ``act_batch`` call per partner, in pool
-    order, each on its rows in their original order; returned in the original order."""
-    acts = np.zeros(len(order), dtype=np.int64)
-    for partner, lo, hi in zip(pool, bounds[:-1], bounds[1:]):
-        if hi > lo:
-            acts[lo:hi] = partner.act_batch(observations[lo:hi], action_masks[lo:hi])
-    answered = np.empty_like(acts)
-    answered[order] = acts
+    """Acts for games grouped by :func:`_group_by_partner` (see
+    :func:`~parley.agents.partners.scripted.act_batch_by_partner`), returned in the original order."""
+    from parley.agents.partners.scripted import act_batch_by_partner
+
+    answered = np.empty(len(order), dtype=np.int64)
+    answered[order] = act_batch_by_partner(pool, bounds, observations, action_masks)
     return answered
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +80,7 @@ __all__ = [
     "TitForTatPartner",
     "ParetoPartner",
     "ObservationView",
+    "act_batch_by_partner",
     "make_partner",
     "list_partners",
     "PARTNERS",
@@ -141,6 +142,14 @@ class ObservationView:
         self.layout = ObservationLayout.from_size(obs.shape[1])
         self.max_turns = self.layout.max_turns
         self.observations = obs
+
+    def row_block(self, start: int, stop: int) -> ObservationView:
+        """The view of rows ``start:stop``, sharing what this view has decoded in one pass."""
+        block = ObservationView(self.observations[start:stop])
+        decoded = self.__dict__.get("_all_ints")
+        if decoded is not None:
+            block._all_ints = decoded[start:stop]
+        return block
 
     # Fields are decoded on first use: a partner pays only for what it reads. Partners that read most
     # fields decode them all in one pass first (decode_all).
@@ -394,6 +403,79 @@ class ScriptedPartner(BatchPolicy):
 
     #: The own utility every proposal aims at, whatever the target (None: the target).
     _proposal_target: float | None = None
+
+
+def act_batch_by_partner(partners: Sequence[BatchPolicy], bounds: np.ndarray, observations: np.ndarray,
+                         action_masks: np.ndarray) -> np.ndarray:
+    """(B,) acts for observations grouped by partner: ``partners[k]`` answers rows ``bounds[k]:bounds[k + 1]``.
+
+    The acts are those of each partner's own ``act_batch`` on its rows, called in pool order. Runs of
+    consecutive partners that act by :class:`ScriptedPartner`'s rule over a split-choice table answer in
+    one pass -- each partner's targets on its rows, the rest of the rule once for the whole run -- which
+    saves the fixed cost of a call per partner when each has few rows.
+    """
+    observations, masks = np.asarray(observations), np.asarray(action_masks)
+    acts = np.zeros(len(observations), dtype=np.int64)
+    first = 0
+    while first < len(partners):
+        end = first
+        while end < len(partners) and _answers_together(partners[end]):
+            end += 1
+        end = max(end, first + 1)  # a partner that cannot join a run answers alone
+        lo, hi = int(bounds[first]), int(bounds[end])
+        if hi > lo:
+            if end - first > 1:
+                acts[lo:hi] = _act_together(partners[first:end], np.asarray(bounds[first:end + 1]) - lo,
+                                            observations[lo:hi], masks[lo:hi])
+            else:
+                acts[lo:hi] = partners[first].act_batch(observations[lo:hi], masks[lo:hi])
+        first = end
+    return acts
+
+
+def _answers_together(partner: BatchPolicy) -> bool:
+    """Whether ``partner`` acts by :meth:`ScriptedPartner._act_chunk` with proposals read from a table."""
+    cls = type(partner)
+    return (isinstance(partner, ScriptedPartner) and cls.act_batch is ScriptedPartner.act_batch
+            and cls._act_chunk is ScriptedPartner._act_chunk
+            and cls._proposal_splits is ScriptedPartner._proposal_splits and _split_choice_table(cls) is not None)
+
+
+def _act_together(partners: Sequence[ScriptedPartner], bounds: np.ndarray, observations: np.ndarray,
+                  action_masks: np.ndarray) -> np.ndarray:
+    """:meth:`ScriptedPartner._act_chunk` for several table-backed partners at once (see
+    :func:`act_batch_by_partner`): the per-partner settings become per-row arrays."""
+    view, masks = _check_batch(observations, action_masks)
+    view.decode_all()
+    n = view.batch_size
+    target, aim, reservation = np.empty(n), np.empty(n), np.empty(n)
+    final_offers = np.zeros(n, dtype=bool)
+    offset = np.empty(n, dtype=np.int64)
+    blocks = []
+    for partner, lo, hi in zip(partners, bounds[:-1], bounds[1:]):
+        if hi > lo:
+            block = view.row_block(lo, hi)
+            blocks.append((partner, lo, hi, block))
+            target[lo:hi] = np.asarray(partner.targets(block), dtype=np.float64)
+            aim[lo:hi] = target[lo:hi] if partner._proposal_target is None else partner._proposal_target
+            reservation[lo:hi] = partner.reservation
+            final_offers[lo:hi] = partner.accept_final_offers
+            offset[lo:hi] = INSIST_OFFSET if partner.insist else PROPOSE_OFFSET
+    keys, ok = _own_context_keys(view, masks)
+    thresholds = _utility_thresholds(aim)
+    splits = np.zeros(n, dtype=np.int64)
+    for partner, lo, hi, block in blocks:
+        table = _split_choice_table(type(partner))
+        if ok[lo:hi].all():
+            splits[lo:hi] = table.lookup(keys[lo:hi], thresholds[lo:hi])
+        else:
+            on_table = lo + np.flatnonzero(ok[lo:hi])
+            splits[on_table] = table.lookup(keys[on_table], thresholds[on_table])
+            partner._choose_off_table(block, masks[lo:hi], target[lo:hi], np.flatnonzero(~ok[lo:hi]), splits[lo:hi])
+    accept_at = np.where(final_offers & view.partner_insisted, np.minimum(target, reservation), target)
+    accept = (masks[:, AGREE_ACTION] > 0) & view.has_offer & (view.offer_utility() >= accept_at - _EPS)
+    actions = np.where(accept, AGREE_ACTION, offset + splits)
+    return _finalize(actions, masks)
 
 
 # --------------------------------------------------------------------------------------------------
