@@ -116,12 +116,16 @@ def test_pool_answers_as_each_partner_called_on_its_own_games_in_row_order():
 def test_row_blocks_share_the_decoded_fields():
     obs, _ = mover_states(seed=8, batch=300)
     view = ObservationView(obs).decode_all()
-    block = view.row_block(40, 170)
+    block = view.select(slice(40, 170))
     fresh = ObservationView(obs[40:170])
     for field in ("counts", "values", "offer_items", "own_kept", "history", "from_partner", "turn", "has_offer",
                   "partner_insisted", "partner_kept_total"):
         np.testing.assert_array_equal(getattr(block, field), getattr(fresh, field), err_msg=field)
     assert np.shares_memory(block._all_ints, view._all_ints)
+    picked = np.array([5, 2, 299, 170])
+    chosen, fresh = view.select(picked), ObservationView(obs[picked])
+    for field in ("counts", "values", "history", "partner_kept_total", "time"):
+        np.testing.assert_array_equal(getattr(chosen, field), getattr(fresh, field), err_msg=field)
 
 
 @pytest.mark.parametrize("max_turns_pair", [(10, 4), (3, 7)])

@@ -143,13 +143,13 @@ class ObservationView:
         self.max_turns = self.layout.max_turns
         self.observations = obs
 
-    def row_block(self, start: int, stop: int) -> ObservationView:
-        """The view of rows ``start:stop``, sharing what this view has decoded in one pass."""
-        block = ObservationView(self.observations[start:stop])
+    def select(self, rows: slice | np.ndarray) -> ObservationView:
+        """The view of some rows (a slice or indices), with what this view has decoded in one pass."""
+        chosen = ObservationView(self.observations[rows])
         decoded = self.__dict__.get("_all_ints")
         if decoded is not None:
-            block._all_ints = decoded[start:stop]
-        return block
+            chosen._all_ints = decoded[rows]
+        return chosen
 
     # Fields are decoded on first use: a partner pays only for what it reads. Partners that read most
     # fields decode them all in one pass first (decode_all).
@@ -454,7 +454,7 @@ def _act_together(partners: Sequence[ScriptedPartner], bounds: np.ndarray, obser
     blocks = []
     for partner, lo, hi in zip(partners, bounds[:-1], bounds[1:]):
         if hi > lo:
-            block = view.row_block(lo, hi)
+            block = view.select(slice(lo, hi))
             blocks.append((partner, lo, hi, block))
             target[lo:hi] = np.asarray(partner.targets(block), dtype=np.float64)
             aim[lo:hi] = target[lo:hi] if partner._proposal_target is None else partner._proposal_target
@@ -795,13 +795,19 @@ class ParetoPartner(TimeDependentPartner):
             _, first, inverse = np.unique(keys[new], return_index=True, return_inverse=True)
             sample = new[first]
             chosen = np.concatenate([
-                self.choose_splits(ObservationView(view.observations[part]),
+                self.choose_splits(self._rows_view(view, table_rows, part),
                                    masks[part, PROPOSE_OFFSET:PROPOSE_OFFSET + NUM_SPLITS] > 0, target[part])
                 for part in np.array_split(sample, -(-sample.size // self.frontier_chunk_size))])
             memo.add(keys[sample], chosen)
             splits[new] = chosen[inverse.reshape(-1)]
         self._choose_off_table(view, masks, target, np.flatnonzero(~ok), splits)
         return splits
+
+    def _rows_view(self, view: ObservationView, table_rows: np.ndarray, rows: np.ndarray) -> ObservationView:
+        """``view.select(rows)`` that also knows its rows of the belief table."""
+        chosen = view.select(rows)
+        chosen.__dict__["_belief_table_rows"] = (self._table, table_rows[rows])
+        return chosen
 
     def belief(self, view: ObservationView) -> tuple[np.ndarray, np.ndarray]:
         """Candidate partner valuations (B, K, 3) and their posterior weights (B, K) (0 on padding)."""
