@@ -813,12 +813,14 @@ class ParetoPartner(TimeDependentPartner):
         """Candidate partner valuations (B, K, 3) and their posterior weights (B, K) (0 on padding)."""
         table = self._table
         rows = self._table_rows(view)
-        cand, ok = table.candidates[rows], table.valid[rows]  # (B, K, 3), (B, K)
+        cand, ok = np.take(table.candidates, rows, axis=0), np.take(table.valid, rows, axis=0)  # (B, K, 3), (B, K)
         kept, is_offer = view.partner_offers
         # Utilities are linear in the items, so the proposals' total utility is that of their summed items.
         kept_total = view.partner_kept_total.astype(np.float64)  # (B, 3)
-        total_utility = (cand * kept_total[:, None, :]).sum(axis=-1)  # (B, K)
-        log_lik = self.rationality * total_utility - is_offer.sum(axis=1)[:, None] * table.log_norm[rows]
+        # (B, K), written out per item type; whole numbers, so exactly the sum over the item axis.
+        total_utility = (cand[:, :, 0] * kept_total[:, 0:1] + cand[:, :, 1] * kept_total[:, 1:2]
+                         + cand[:, :, 2] * kept_total[:, 2:3])
+        log_lik = self.rationality * total_utility - is_offer.sum(axis=1)[:, None] * np.take(table.log_norm, rows, axis=0)
         if self.prior is not None:
             log_lik = log_lik + cand @ self.prior
         log_lik = np.where(ok, log_lik, -np.inf)
@@ -844,13 +846,14 @@ class ParetoPartner(TimeDependentPartner):
         # offset + column): the same values as take_along_axis, cheaper.
         width = int(table.fit_count[rows].max()) if len(rows) else 0
         row_base = (np.arange(len(rows)) * NUM_SPLITS)[:, None]
-        order = table.order[rows, :width] + row_base
+        order = np.take(table.order[:, :width], rows, axis=0) + row_base
         ranked = partner.reshape(-1)[order]
-        usable = table.sorted_feasible[rows, :width] & np.ascontiguousarray(feasible).reshape(-1)[order]
+        usable = np.take(table.sorted_feasible[:, :width], rows, axis=0) & np.ascontiguousarray(feasible).reshape(-1)[order]
         ranked = np.where(usable, ranked, -np.inf)
         best_so_far = np.maximum.accumulate(ranked, axis=1).reshape(-1)
         ranked_base = (np.arange(len(rows)) * width)[:, None]
-        start, end = table.level_start[rows, :width], table.level_end[rows, :width]
+        start = np.take(table.level_start[:, :width], rows, axis=0)
+        end = np.take(table.level_end[:, :width], rows, axis=0)
         above = np.where(start > 0, best_so_far[np.maximum(start - 1, 0) + ranked_base], -np.inf)
         level_best = best_so_far[np.minimum(end, width - 1) + ranked_base]  # past a row's fits: unusable anyway
         on_front = usable & (ranked > above + _PARTNER_TIE) & (ranked >= level_best - _PARTNER_TIE)
