@@ -9,18 +9,21 @@ epochs, 128 games per env runner, torch on one thread), each timed over ``--iter
 calls after one untimed warm-up iteration, all in this one run so the rows compare on the same machine
 load:
 
-* the default ``parley train`` setup (learner vs the scripted partner pool, sampling in the driver) as it
-  runs (parley's batched env runner and batched learner connector), with RLlib's env runner
-  (``PPOSettings(batched_sampling=False)``), with RLlib's env runner and default per-episode PPO learner
-  pipeline (``batched_learner=False`` too), and as it runs at minibatch 4,096;
+* the default ``parley train`` setup (learner vs the scripted partner pool) as it runs (parley's batched env
+  runner and batched learner connector, one remote env runner sampling the next batch while the learner
+  updates: ``PPOSettings(overlap_sampling=True)``), the same sampling then updating in the driver
+  (``overlap_sampling=False``), with RLlib's env runner (``batched_sampling=False`` too), with RLlib's env
+  runner and default per-episode PPO learner pipeline (``batched_learner=False`` too), and overlapped at
+  minibatch 4,096;
 * RLlib self-play on the batched rules along the same paths (its batched env runner plays whole games);
-* the partner pool on 1 and on 2 remote env runners (one CPU each); "sampling/s per runner" is the env
-  steps each runner samples per second of sampling, the figure to plan a cluster with;
+* the partner pool sampling then updating on 1 and on 2 remote env runners (one CPU each); "sampling/s per
+  runner" is the env steps each runner samples per second of sampling, the figure to plan a cluster with
+  (not shown for overlapped rows, whose sampling timer only measures the wait for the batch);
 * the native trainer (``--framework native``) at the same batch, as it runs (torch on every core) and
   with torch on one thread.
 
-"Where the time goes" splits the default setup's iteration into sampling, the learner connector and the
-SGD steps (RLlib's own timers, mean per timed iteration).
+"Where the time goes" splits the default setup's iteration into sampling (overlapped: waiting for the
+batch), the learner connector and the SGD steps (RLlib's own timers, mean per timed iteration).
 
 Training quality at equal env steps: each path trains the partner-pool and the self-play setups for ``--quality-iterations`` iterations from the same seed; the greedy learner plays
 ``--eval-episodes`` games against every scripted partner.
@@ -37,16 +40,20 @@ from pathlib import Path
 from common import machine, write_results_section
 
 POOL = ["boulware", "linear", "conceder", "fair_split", "tit_for_tat", "pareto"]
-DEFAULT_SETUP = "default `parley train` (partner pool, driver samples)"
+DEFAULT_SETUP = "default `parley train` (partner pool)"
 SELF_PLAY = "RLlib self-play, league of 4"
 REMOTE = "partner pool, remote env runners"
-BATCHED = "batched env runner + batched learner connector"
+OVERLAPPED = "batched, remote env runner samples during the update"
+BATCHED = "batched env runner + batched learner connector, sampling then update"
 RLLIB_RUNNER = "RLlib's env runner + batched learner connector"
 RLLIB = "RLlib's env runner + RLlib's PPO learner pipeline"
-BIG_MINIBATCH = "batched, minibatch 4,096"
+BIG_MINIBATCH = "batched, overlapped, minibatch 4,096"
+SEQUENTIAL = {"overlap_sampling": False}
 #: PPOSettings changes of each path of the default setup
-PATHS = {BATCHED: {}, RLLIB_RUNNER: {"batched_sampling": False},
-         RLLIB: {"batched_sampling": False, "batched_learner": False}, BIG_MINIBATCH: {"minibatch_size": 4096}}
+PATHS = {OVERLAPPED: {"overlap_sampling": True}, BATCHED: SEQUENTIAL,
+         RLLIB_RUNNER: {"batched_sampling": False, **SEQUENTIAL},
+         RLLIB: {"batched_sampling": False, "batched_learner": False, **SEQUENTIAL},
+         BIG_MINIBATCH: {"minibatch_size": 4096, "overlap_sampling": True}}
 SELF_PLAY_PATHS = {path: changes for path, changes in PATHS.items() if path != BIG_MINIBATCH}
 
 
@@ -144,8 +151,8 @@ def main() -> None:
                     setups.self_play_config(settings=settings(**changes), seed=args.seed), args.iterations)))
             for runners in (1, 2):
                 rows.append((REMOTE, f"{runners} runner{'s' * (runners > 1)}", time_iterations(
-                    setups.partner_pool_config(POOL, settings=settings(num_env_runners=runners), seed=args.seed),
-                    args.iterations)))
+                    setups.partner_pool_config(POOL, settings=settings(num_env_runners=runners, **SEQUENTIAL),
+                                               seed=args.seed), args.iterations)))
             if args.quality_iterations > 0:
                 for path, changes in PATHS.items():
                     config = setups.partner_pool_config(POOL, settings=settings(**changes), seed=args.seed)
@@ -167,20 +174,25 @@ def main() -> None:
     for name, path, value in rows:
         if isinstance(value, dict):
             runners = 2 if path.startswith("2") else 1
-            lines.append(f"| {name} | {path} | {value['rate']:,.0f} | {value['sampling_rate'] / runners:,.0f} |")
+            per_runner = "--" if "overlapped" in path or path == OVERLAPPED else \
+                f"{value['sampling_rate'] / runners:,.0f}"
+            lines.append(f"| {name} | {path} | {value['rate']:,.0f} | {per_runner} |")
         else:
             lines.append(f"| {name} | {path} | {value:,.0f} | -- |")
     rate = {(n, p): v["rate"] for n, p, v in rows if isinstance(v, dict)}
-    ratios = (f"Ratios in this run, default setup: batched runner + connector / RLlib's defaults "
+    ratios = (f"Ratios in this run, default setup: overlapped / sampling then update "
+              f"{rate[(DEFAULT_SETUP, OVERLAPPED)] / rate[(DEFAULT_SETUP, BATCHED)]:.2f}x (self-play "
+              f"{rate[(SELF_PLAY, OVERLAPPED)] / rate[(SELF_PLAY, BATCHED)]:.2f}x); "
+              f"batched runner + connector / RLlib's defaults "
               f"{rate[(DEFAULT_SETUP, BATCHED)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x (the batched learner connector "
               f"alone {rate[(DEFAULT_SETUP, RLLIB_RUNNER)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x); minibatch 4,096 / "
-              f"2,048 {rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, BATCHED)]:.2f}x; self-play, "
+              f"2,048 {rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, OVERLAPPED)]:.2f}x (both overlapped); self-play, "
               f"batched / RLlib's defaults {rate[(SELF_PLAY, BATCHED)] / rate[(SELF_PLAY, RLLIB)]:.2f}x; "
               f"2 env runners / 1 {rate[(REMOTE, '2 runners')] / rate[(REMOTE, '1 runner')]:.2f}x.")
     table = "\n".join(lines) + "\n\n" + ratios
     split = {path: v["split"] for n, path, v in rows if n == DEFAULT_SETUP and path != BIG_MINIBATCH}
     table += ("\n\nWhere the time of one default iteration goes (s per iteration, RLlib's timers):\n\n"
-              "| path | env steps | sampling | learner connector | SGD | whole iteration |\n"
+              "| path | env steps | sampling (overlapped: waiting for it) | learner connector | SGD | whole iteration |\n"
               "|---|---:|---:|---:|---:|---:|\n")
     for path, part in split.items():
         table += (f"| {path} | {part['steps']:,.0f} | {part['sampling']:.2f} | {part['learner connector']:.2f} | "

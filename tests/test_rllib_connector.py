@@ -52,7 +52,7 @@ def test_batched_connector_builds_rllibs_train_batch_without_the_bootstrap_rows(
     """Episodes sampled in two calls (so chunks end open, with a bootstrap value, and continue with a
     lookback) go through RLlib's default pipeline and through ours with the same module."""
     settings = setups.PPOSettings(train_batch_size=512, minibatch_size=256, num_epochs=1, num_envs_per_env_runner=32,
-                                  batched_learner=False, batched_sampling=False)
+                                  batched_learner=False, batched_sampling=False, overlap_sampling=False)
     if setup == "partners":
         config, module_id, trained = setups.partner_pool_config(["boulware", "tit_for_tat", "random"],
                                                                 settings=settings), "default_policy", None

@@ -155,14 +155,21 @@ class BatchedPPOLearnerConnector(ConnectorV2):
         gamma, lambda_: PPO's discount and GAE lambda.
         modules: the modules to build train batches for (None: every module that stepped); the others'
             experience is dropped here instead of after the batch is built.
+        proximal: for batches sampled with older weights than the learner's (overlapped sampling): PPO's
+            clipping and KL term measure the update from the learner's weights at its start -- the
+            batch's action-distribution inputs and log-probabilities are recomputed with them -- and
+            each step's standardised advantage is weighted by the ratio of that probability of its act
+            to the sampling one, truncated at :data:`MAX_PROXIMAL_WEIGHT` (decoupled PPO, Hilton et al.
+            2022, with IMPALA's truncation). Batches sampled with the learner's weights are unchanged.
     """
 
     def __init__(self, input_observation_space=None, input_action_space=None, *, gamma: float, lambda_: float,
-                 modules: Iterable[str] | None = None, **kwargs: Any) -> None:
+                 modules: Iterable[str] | None = None, proximal: bool = False, **kwargs: Any) -> None:
         super().__init__(input_observation_space, input_action_space, **kwargs)
         self.gamma = float(gamma)
         self.lambda_ = float(lambda_)
         self.modules = None if modules is None else frozenset(modules)
+        self.proximal = bool(proximal)
 
     def __call__(self, *, rl_module, batch: dict[str, Any], episodes: list[Any], **kwargs: Any) -> dict[str, Any]:
         parts: dict[str, list[EpisodeChunks]] = defaultdict(list)
@@ -204,8 +211,29 @@ class BatchedPPOLearnerConnector(ConnectorV2):
         def tensor(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-        out = {Columns.OBS: {k: tensor(v) for k, v in data.observations.items()},
-               Postprocessing.ADVANTAGES: tensor(standardised.astype(np.float32)),
+        observations = {k: tensor(v) for k, v in data.observations.items()}
+        columns = {k: tensor(v) for k, v in data.columns.items()}
+        if self.proximal:
+            columns, weights = proximal_columns(module, observations, columns)
+            standardised = standardised * weights
+        out = {Columns.OBS: observations, Postprocessing.ADVANTAGES: tensor(standardised.astype(np.float32)),
                Postprocessing.VALUE_TARGETS: tensor(targets)}
-        out.update({k: tensor(v) for k, v in data.columns.items()})
+        out.update(columns)
         return out
+
+
+#: Where the weight of a step's advantage under ``proximal`` is truncated (IMPALA's rho-bar).
+MAX_PROXIMAL_WEIGHT = 1.0
+
+
+def proximal_columns(module, observations: dict[str, torch.Tensor], columns: dict[str, torch.Tensor]
+                     ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """The batch's columns with the action-distribution inputs and log-probabilities of ``module``'s
+    current weights, and per step the truncated ratio of the act's probability under them to the
+    probability it was sampled with."""
+    with torch.no_grad():
+        logits = module.forward_exploration({Columns.OBS: observations})[Columns.ACTION_DIST_INPUTS]
+        log_probs = module.get_train_action_dist_cls().from_logits(logits).logp(columns[Columns.ACTIONS])
+    ratio = torch.exp(log_probs - columns[Columns.ACTION_LOGP]).cpu().numpy().astype(np.float64)
+    return ({**columns, Columns.ACTION_DIST_INPUTS: logits, Columns.ACTION_LOGP: log_probs},
+            np.minimum(ratio, MAX_PROXIMAL_WEIGHT))

@@ -45,6 +45,7 @@ from parley.agents.training.rllib_envs import (
     register_rllib_envs,
 )
 from parley.agents.training.rllib_module import module_spec
+from parley.agents.training.rllib_overlap import OverlappedPPO
 
 SETUPS = ("partners", "self-play", "independent")
 LEARNER = "learner"
@@ -77,6 +78,17 @@ class PPOSettings:
     #: learners with :class:`~parley.agents.training.rllib_envs.WholeGamesMultiAgentEnvRunner` (whole games
     #: per call). Needs ``batched_learner``. False: RLlib's env runners and episodes.
     batched_sampling: bool = True
+    #: Sample the next train batch on remote env runners while the learner updates on this one
+    #: (:class:`~parley.agents.training.rllib_overlap.OverlappedPPO`): the sampling and the update run on two
+    #: cores at once, and each batch is sampled with weights one update older than in sequential PPO (PPO's
+    #: importance ratio uses the log-probabilities recorded at sampling). With ``num_env_runners=0`` one
+    #: remote env runner samples. False: RLlib's PPO, sampling then updating.
+    overlap_sampling: bool = True
+
+    @property
+    def remote_env_runners(self) -> int:
+        """The remote env runners the setup starts (0: the driver samples)."""
+        return max(self.num_env_runners, 1) if self.overlap_sampling else self.num_env_runners
 
     def __post_init__(self) -> None:
         for name in ("train_batch_size", "minibatch_size", "num_epochs", "num_envs_per_env_runner", "max_turns"):
@@ -84,6 +96,9 @@ class PPOSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_env_runners < 0:
             raise ValueError(f"num_env_runners must be 0 or more, got {self.num_env_runners}")
+        if self.overlap_sampling and not self.batched_learner:
+            raise ValueError("overlap_sampling needs batched_learner: the batched learner connector corrects for "
+                             "the older weights the batches are sampled with (set both, or overlap_sampling=False)")
         if self.batched_sampling and not self.batched_learner:
             raise ValueError("batched_sampling needs batched_learner: only the batched learner connector reads "
                              "the batched env runner's samples (set both, or batched_sampling=False)")
@@ -215,9 +230,9 @@ def _base_config(settings: PPOSettings, *, seed: int, device: str, trained: list
     register_rllib_envs()
     use_gpu = device.startswith("cuda")
     config = (
-        PPOConfig()
+        PPOConfig(algo_class=OverlappedPPO if settings.overlap_sampling else None)
         .framework("torch")
-        .env_runners(num_env_runners=settings.num_env_runners, num_cpus_per_env_runner=1)
+        .env_runners(num_env_runners=settings.remote_env_runners, num_cpus_per_env_runner=1)
         .learners(num_learners=0, num_gpus_per_learner=1 if use_gpu else 0)
         .training(
             lr=settings.lr,
@@ -238,11 +253,18 @@ def _base_config(settings: PPOSettings, *, seed: int, device: str, trained: list
         .debugging(seed=seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=1000)
     )
+    if settings.overlap_sampling:
+        # After every iteration RLlib would fetch the env runners' connector states in a blocking call, which
+        # waits behind the sample request in flight; parley's env-to-module and module-to-env connectors keep
+        # no state, so there is nothing to merge or broadcast.
+        # The driver's env runner keeps its env, so that it can still sample on its own (as without overlap).
+        config.env_runners(merge_env_runner_states=False, broadcast_env_runner_states=False,
+                           create_env_on_local_worker=True)
     if settings.batched_learner:
-        gamma, lambda_ = settings.gamma, settings.lambda_
+        gamma, lambda_, proximal = settings.gamma, settings.lambda_, settings.overlap_sampling
         config.learners(
             learner_connector=lambda *spaces: BatchedPPOLearnerConnector(*spaces, gamma=gamma, lambda_=lambda_,
-                                                                         modules=trained),
+                                                                         modules=trained, proximal=proximal),
             add_default_connectors_to_learner_pipeline=False)
     return config
 
