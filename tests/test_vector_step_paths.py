@@ -62,16 +62,16 @@ def test_partners_answering_together_act_as_each_alone(odd_masks):
     np.testing.assert_array_equal(together, alone)
 
 
-def test_partner_runs_are_only_the_table_backed_scripted_partners():
+def test_partner_runs_are_only_partners_acting_by_the_scripted_rule():
     joins = {name: scripted._answers_together(make_partner(name)) for name in scripted.PARTNERS}
     assert joins == {"random": False, "hardliner": True, "fair_split": True, "boulware": True, "linear": True,
-                     "conceder": True, "tit_for_tat": True, "pareto": False}
+                     "conceder": True, "tit_for_tat": True, "pareto": True}
 
-    class OwnTargets(scripted.TimeDependentPartner):
-        def choose_splits(self, view, feasible, target):
-            return super().choose_splits(view, feasible, target)
+    class OwnRule(scripted.TimeDependentPartner):
+        def _act_chunk(self, observations, action_masks):
+            return np.full(len(observations), 251)
 
-    assert not scripted._answers_together(OwnTargets())
+    assert not scripted._answers_together(OwnRule())
 
 
 def test_pool_answers_as_each_partner_called_on_its_own_games_in_row_order():

@@ -364,17 +364,7 @@ class ScriptedPartner(BatchPolicy):
         return self._act_chunk(observations, masks)
 
     def _act_chunk(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
-        view, masks = _check_batch(observations, action_masks)
-        view.decode_all()
-        target = np.asarray(self.targets(view), dtype=np.float64)
-        splits = self._proposal_splits(view, masks, target)
-        offset = INSIST_OFFSET if self.insist else PROPOSE_OFFSET
-        accept_at = target
-        if self.accept_final_offers:
-            accept_at = np.where(view.partner_insisted, np.minimum(target, self.reservation), target)
-        accept = (masks[:, AGREE_ACTION] > 0) & view.has_offer & (view.offer_utility() >= accept_at - _EPS)
-        actions = np.where(accept, AGREE_ACTION, offset + splits)
-        return _finalize(actions, masks)
+        return _act_together([self], np.array([0, len(observations)]), observations, action_masks)
 
     def _proposal_splits(self, view: ObservationView, masks: np.ndarray, target: np.ndarray) -> np.ndarray:
         """:meth:`choose_splits` over the mask's splits, read from a per-context table where it gives the
@@ -410,9 +400,9 @@ def act_batch_by_partner(partners: Sequence[BatchPolicy], bounds: np.ndarray, ob
     """(B,) acts for observations grouped by partner: ``partners[k]`` answers rows ``bounds[k]:bounds[k + 1]``.
 
     The acts are those of each partner's own ``act_batch`` on its rows, called in pool order. Runs of
-    consecutive partners that act by :class:`ScriptedPartner`'s rule over a split-choice table answer in
-    one pass -- each partner's targets on its rows, the rest of the rule once for the whole run -- which
-    saves the fixed cost of a call per partner when each has few rows.
+    consecutive partners that act by :class:`ScriptedPartner`'s rule answer in one pass (decoding the
+    observations and applying the acceptance rule once for the whole run), which saves the fixed cost of
+    a call per partner when each has few rows.
     """
     observations, masks = np.asarray(observations), np.asarray(action_masks)
     acts = np.zeros(len(observations), dtype=np.int64)
@@ -434,44 +424,33 @@ def act_batch_by_partner(partners: Sequence[BatchPolicy], bounds: np.ndarray, ob
 
 
 def _answers_together(partner: BatchPolicy) -> bool:
-    """Whether ``partner`` acts by :meth:`ScriptedPartner._act_chunk` with proposals read from a table."""
+    """Whether ``partner`` acts by :class:`ScriptedPartner`'s rule (:func:`_act_together`)."""
     cls = type(partner)
     return (isinstance(partner, ScriptedPartner) and cls.act_batch is ScriptedPartner.act_batch
-            and cls._act_chunk is ScriptedPartner._act_chunk
-            and cls._proposal_splits is ScriptedPartner._proposal_splits and _split_choice_table(cls) is not None)
+            and cls._act_chunk is ScriptedPartner._act_chunk)
 
 
 def _act_together(partners: Sequence[ScriptedPartner], bounds: np.ndarray, observations: np.ndarray,
                   action_masks: np.ndarray) -> np.ndarray:
-    """:meth:`ScriptedPartner._act_chunk` for several table-backed partners at once (see
-    :func:`act_batch_by_partner`): the per-partner settings become per-row arrays."""
+    """The rule of target-driven partners, for one partner or several at once (``partners[k]`` answers
+    rows ``bounds[k]:bounds[k + 1]``): each partner's targets and proposals on its rows, its settings
+    as per-row arrays, then the acceptance rule once for all rows."""
     view, masks = _check_batch(observations, action_masks)
     view.decode_all()
     n = view.batch_size
-    target, aim, reservation = np.empty(n), np.empty(n), np.empty(n)
+    target, reservation = np.empty(n), np.empty(n)
     final_offers = np.zeros(n, dtype=bool)
     offset = np.empty(n, dtype=np.int64)
-    blocks = []
+    splits = np.zeros(n, dtype=np.int64)
     for partner, lo, hi in zip(partners, bounds[:-1], bounds[1:]):
         if hi > lo:
-            block = view.select(slice(lo, hi))
-            blocks.append((partner, lo, hi, block))
+            block = view if (lo, hi) == (0, n) else view.select(slice(lo, hi))
             target[lo:hi] = np.asarray(partner.targets(block), dtype=np.float64)
-            aim[lo:hi] = target[lo:hi] if partner._proposal_target is None else partner._proposal_target
+            splits[lo:hi] = partner._proposal_splits(block, masks[lo:hi], target[lo:hi])
             reservation[lo:hi] = partner.reservation
             final_offers[lo:hi] = partner.accept_final_offers
             offset[lo:hi] = INSIST_OFFSET if partner.insist else PROPOSE_OFFSET
-    keys, ok = _own_context_keys(view, masks)
-    thresholds = _utility_thresholds(aim)
-    splits = np.zeros(n, dtype=np.int64)
-    for partner, lo, hi, block in blocks:
-        table = _split_choice_table(type(partner))
-        if ok[lo:hi].all():
-            splits[lo:hi] = table.lookup(keys[lo:hi], thresholds[lo:hi])
-        else:
-            on_table = lo + np.flatnonzero(ok[lo:hi])
-            splits[on_table] = table.lookup(keys[on_table], thresholds[on_table])
-            partner._choose_off_table(block, masks[lo:hi], target[lo:hi], np.flatnonzero(~ok[lo:hi]), splits[lo:hi])
+    # An offer sent as insist is final: accepted when worth the reservation value, if the partner says so.
     accept_at = np.where(final_offers & view.partner_insisted, np.minimum(target, reservation), target)
     accept = (masks[:, AGREE_ACTION] > 0) & view.has_offer & (view.offer_utility() >= accept_at - _EPS)
     actions = np.where(accept, AGREE_ACTION, offset + splits)
