@@ -91,6 +91,8 @@ _MAX_UTILITY = float(VALUE_TOTAL)
 _SPLITS_F32 = ALL_SPLITS.astype(np.float32)
 _ITEMS_KEPT = ALL_SPLITS.sum(axis=1).astype(np.float32)
 _SPLIT_RADIX = MAX_ITEM_COUNT + 1  # split (a, b, c) sits at index (a * 5 + b) * 5 + c
+#: The split index of each propose or insist action index.
+_ACTION_SPLIT = np.arange(AGREE_ACTION) % NUM_SPLITS
 #: _SPLIT_ITEMS[i][s]: how many items of type i split s keeps.
 _SPLIT_ITEMS = np.ascontiguousarray(ALL_SPLITS.T)
 
@@ -257,7 +259,8 @@ class ObservationView:
     def partner_offers(self) -> tuple[np.ndarray, np.ndarray]:
         """The partner's proposals in the history: split indices it kept (B, H) and a validity mask (B, H)."""
         is_offer = self._partner_offer_mask
-        return np.where(is_offer, self.history % NUM_SPLITS, 0), is_offer
+        # A table lookup instead of the (slower) integer modulo; rows that are no proposal read 0 either way.
+        return np.where(is_offer, np.take(_ACTION_SPLIT, self.history, mode="clip"), 0), is_offer
 
     @_decoded_field
     def partner_kept_total(self) -> np.ndarray:
