@@ -949,8 +949,8 @@ class BatchedNegotiation:
         codes = _count_codes(counts)
         if codes is None:
             raise ValueError(f"item counts must be 0..{MAX_ITEM_COUNT} for the batched rules")
-        counts = np.ascontiguousarray(counts, dtype=np.int64).reshape(len(idx), NUM_ITEM_TYPES)
-        values = np.ascontiguousarray(values, dtype=np.int64).reshape(len(idx), 2, NUM_ITEM_TYPES)
+        counts = np.ascontiguousarray(np.broadcast_to(np.asarray(counts, dtype=np.int64), (len(idx), NUM_ITEM_TYPES)))
+        values = np.ascontiguousarray(np.broadcast_to(np.asarray(values, dtype=np.int64), (len(idx), 2, NUM_ITEM_TYPES)))
         _row_elements(self.counts)[idx] = _row_elements(counts)
         self.count_codes[idx] = codes
         _row_elements(self.values)[idx] = _row_elements(values)
