@@ -851,6 +851,9 @@ class NegotiationState:
 # --------------------------------------------------------------------------------------------------
 
 
+#: How BatchedNegotiation keeps observations (all fields but the turn fraction are small integers).
+_SEAT_OBS_DTYPE = np.int16
+
 #: The split index (row of ALL_SPLITS) of each propose/insist action index.
 _ACTION_SPLIT_INDEX: np.ndarray = np.arange(AGREE_ACTION) % NUM_SPLITS
 _ACTION_SPLIT_INDEX.setflags(write=False)
@@ -867,8 +870,8 @@ def _row_elements(array: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _turn_fractions(max_turns: int) -> np.ndarray:
-    """float32 turn fraction written after the act at each turn: ``(turn + 1) / max_turns``."""
-    fractions = ((np.arange(max_turns) + 1) / max_turns).astype(np.float32)
+    """float32 turn fraction of the observations after ``turn`` acts: ``turn / max_turns``, 0..max_turns."""
+    fractions = (np.arange(max_turns + 1) / max_turns).astype(np.float32)
     fractions.setflags(write=False)
     return fractions
 
@@ -877,10 +880,10 @@ def _offer_blocks(seat_obs: np.ndarray, layout: ObservationLayout) -> tuple[np.n
     """Views of (N, D) float32 observations holding, as one opaque (void) element per row, the fields a
     proposal's speaker rewrites (partner offer flag through own offer) and those its listener rewrites
     (partner offer flag and items)."""
-    raw = seat_obs.view(np.uint8)
-    start = 4 * layout.partner_offer_flag
-    speaker = raw[:, start:4 * layout.own_offer.stop]
-    listener = raw[:, start:4 * layout.partner_offer.stop]
+    raw, width = seat_obs.view(np.uint8), seat_obs.itemsize
+    start = width * layout.partner_offer_flag
+    speaker = raw[:, start:width * layout.own_offer.stop]
+    listener = raw[:, start:width * layout.partner_offer.stop]
     return (speaker.view(np.dtype((np.void, speaker.shape[1])))[:, 0],
             listener.view(np.dtype((np.void, listener.shape[1])))[:, 0])
 
@@ -891,10 +894,10 @@ def _offer_block_tables(max_turns: int) -> tuple[np.ndarray, np.ndarray]:
     offer, its own proposal) and the listener's by ``count code * 125 + split index`` (the partner's
     offer: the items left to it)."""
     lay = ObservationLayout(max_turns)
-    speaker = np.zeros((1, NUM_SPLITS, lay.size), dtype=np.float32)
+    speaker = np.zeros((1, NUM_SPLITS, lay.size), dtype=_SEAT_OBS_DTYPE)
     speaker[0, :, lay.own_offer_flag] = 1.0
     speaker[0, :, lay.own_offer] = ALL_SPLITS
-    listener = np.zeros((NUM_SPLITS, NUM_SPLITS, lay.size), dtype=np.float32)  # [count code, split]
+    listener = np.zeros((NUM_SPLITS, NUM_SPLITS, lay.size), dtype=_SEAT_OBS_DTYPE)  # [count code, split]
     listener[:, :, lay.partner_offer_flag] = 1.0
     listener[:, :, lay.partner_offer] = ALL_SPLITS[:, None, :] - ALL_SPLITS[None, :, :]
     speaker_blocks, _ = _offer_blocks(speaker.reshape(-1, lay.size), lay)
@@ -941,7 +944,9 @@ class BatchedNegotiation:
         self.walked_away_by = np.full(b, -1, dtype=np.int64)
         # Both seats' observation vectors, kept up to date by reset_games and apply_actions (as the scalar
         # state does): reading observations is then one gather instead of assembling every field anew.
-        self._seat_obs = np.zeros((b, 2, self.layout.size), dtype=np.float32)
+        # Every field but the turn fraction is a small integer, so they are kept as int16 (half the memory
+        # to write) and the fraction is filled in from the turn when observations are read.
+        self._seat_obs = np.zeros((b, 2, self.layout.size), dtype=_SEAT_OBS_DTYPE)
 
     def reset_games(self, idx: np.ndarray, counts: np.ndarray, values: np.ndarray, first_player: np.ndarray) -> None:
         """Start new games at indices ``idx`` with the given contexts and first movers."""
@@ -969,7 +974,7 @@ class BatchedNegotiation:
         _row_elements(self.agreed_split)[idx] = _row_elements(np.zeros((1, NUM_ITEM_TYPES), dtype=np.int64))[0]
         self.walked_away_by[idx] = -1
         lay = self.layout
-        fresh = np.zeros((len(idx), 2, lay.size), dtype=np.float32)
+        fresh = np.zeros((len(idx), 2, lay.size), dtype=_SEAT_OBS_DTYPE)
         fresh[:, :, lay.counts] = counts[:, None, :]
         fresh[:, :, lay.values] = values
         first = self.first_player[idx]
@@ -1082,16 +1087,12 @@ class BatchedNegotiation:
         # Positions in the flat array: game r seen by seat p starts at (2 r + p) * size.
         seat0 = rows * (2 * size)
         at = seat0 + turn
-        token = (a + 1).astype(np.float32)
+        token = (a + 1).astype(_SEAT_OBS_DTYPE)
         flat[at + lay.history_acts.start] = token
         flat[at + (lay.history_acts.start + size)] = token
         spoke = at + player * size + lay.history_speakers.start
-        flat[spoke] = 1.0
-        flat[spoke + (1 - 2 * player) * size] = 2.0
-        fraction = _turn_fractions(self.max_turns)[turn]
-        at = seat0 + lay.turn_fraction
-        flat[at] = fraction
-        flat[at + size] = fraction
+        flat[spoke] = 1
+        flat[spoke + (1 - 2 * player) * size] = 2
         if offer_rows.size:
             # The speaker's proposal replaces whatever the partner had on the table; the listener sees it
             # as the partner's standing proposal. Both blocks are read from tables (by split, and by count
@@ -1129,8 +1130,11 @@ class BatchedNegotiation:
         if players.shape != (n,) or (n and (players.min() < 0 or players.max() > 1)):
             raise ValueError(f"players must hold one seat (0 or 1) per game, {n} in all; got shape {players.shape}"
                              f"{f', values {players.min()}..{players.max()}' if players.size else ''}")
-        flat_rows = players + (2 * np.arange(n) if rows is None else 2 * np.asarray(rows, dtype=np.int64))
-        return np.take(self._seat_obs_flat, flat_rows, axis=0)
+        games = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        observations = np.take(self._seat_obs_flat, players + 2 * games, axis=0).astype(np.float32)
+        turns = self.turn if rows is None else self.turn[games]
+        observations[:, self.layout.turn_fraction] = np.take(_turn_fractions(self.max_turns), turns)
+        return observations
 
 
 @functools.lru_cache(maxsize=1)
