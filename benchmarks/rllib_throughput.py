@@ -23,7 +23,9 @@ load:
   with torch on one thread.
 
 "Where the time goes" splits the default setup's iteration into sampling (overlapped: waiting for the
-batch), the learner connector and the SGD steps (RLlib's own timers, mean per timed iteration).
+batch), the learner connector and the SGD steps (RLlib's own timers, mean per timed iteration), and gives
+the CPU time per iteration of the driver and of the remote env runner: unlike wall time it hardly depends
+on other work on the machine, and env steps per the larger of the two is the rate with a free core each.
 
 Training quality at equal env steps: each path trains the partner-pool and the self-play setups for ``--quality-iterations`` iterations from the same seed; the greedy learner plays
 ``--eval-episodes`` games against every scripted partner.
@@ -57,14 +59,29 @@ PATHS = {OVERLAPPED: {"overlap_sampling": True}, BATCHED: SEQUENTIAL,
 SELF_PLAY_PATHS = {path: changes for path, changes in PATHS.items() if path != BIG_MINIBATCH}
 
 
+def remote_runners_cpu_s(algo) -> float:
+    """CPU seconds the remote env runners' processes have used so far, summed (0 without remote runners).
+    The call waits behind a sample request in flight, so it counts that request's sampling too."""
+    if algo.env_runner_group.num_remote_env_runners() == 0:
+        return 0.0
+    return float(sum(algo.env_runner_group.foreach_env_runner(lambda runner: time.process_time(),
+                                                             local_env_runner=False)))
+
+
 def time_iterations(config, iterations: int) -> dict:
-    """Build the algorithm, run one warm-up iteration, then time ``iterations`` more (torch on one thread)."""
+    """Build the algorithm, run one warm-up iteration, then time ``iterations`` more (torch on one thread).
+
+    Besides wall time it counts CPU time: the driver's and the remote env runners' per iteration. They do
+    not depend on the machine's load the way wall time does; the iteration takes at least the larger of
+    the two, and about that on a machine with a free core for each process."""
     from parley.agents.training.rllib_envs import one_torch_thread
 
     with one_torch_thread():
         algo = config.build_algo()
         try:
             algo.train()
+            runners_cpu = remote_runners_cpu_s(algo)
+            driver_cpu = time.process_time()
             steps = sampling_s = connector_s = update_s = 0.0
             start = time.perf_counter()
             for _ in range(iterations):
@@ -76,7 +93,12 @@ def time_iterations(config, iterations: int) -> dict:
                 connector = result.get("learners", {}).get("__all_modules__", {}).get("learner_connector", {})
                 connector_s += float(connector.get("connector_pipeline_timer", float("nan")))
             seconds = time.perf_counter() - start
+            driver_cpu = time.process_time() - driver_cpu
+            # after the timed iterations: the request in flight stands for the one the warm-up left
+            runners = max(algo.env_runner_group.num_remote_env_runners(), 1)
+            runners_cpu = (remote_runners_cpu_s(algo) - runners_cpu) / runners
             return {"steps": int(steps), "seconds": seconds, "rate": steps / seconds,
+                    "cpu": {"driver": driver_cpu / iterations, "runner": runners_cpu / iterations},
                     "sampling_rate": steps / sampling_s if sampling_s > 0 else float("nan"),
                     "split": {"iteration": seconds / iterations, "sampling": sampling_s / iterations,
                               "learner connector": connector_s / iterations,
@@ -190,13 +212,17 @@ def main() -> None:
               f"batched / RLlib's defaults {rate[(SELF_PLAY, BATCHED)] / rate[(SELF_PLAY, RLLIB)]:.2f}x; "
               f"2 env runners / 1 {rate[(REMOTE, '2 runners')] / rate[(REMOTE, '1 runner')]:.2f}x.")
     table = "\n".join(lines) + "\n\n" + ratios
-    split = {path: v["split"] for n, path, v in rows if n == DEFAULT_SETUP and path != BIG_MINIBATCH}
-    table += ("\n\nWhere the time of one default iteration goes (s per iteration, RLlib's timers):\n\n"
-              "| path | env steps | sampling (overlapped: waiting for it) | learner connector | SGD | whole iteration |\n"
-              "|---|---:|---:|---:|---:|---:|\n")
-    for path, part in split.items():
+    split = {path: (v["split"], v["cpu"]) for n, path, v in rows if n == DEFAULT_SETUP and path != BIG_MINIBATCH}
+    table += ("\n\nWhere the time of one default iteration goes (s per iteration: RLlib's timers, then CPU time of "
+              "the driver and of the remote env runner; the last column, env steps per the larger CPU time, is "
+              "the rate with a free core for each process):\n\n"
+              "| path | env steps | sampling (overlapped: waiting for it) | learner connector | SGD | whole iteration "
+              "| driver CPU | env runner CPU | env steps/s with free cores |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    for path, (part, cpu) in split.items():
         table += (f"| {path} | {part['steps']:,.0f} | {part['sampling']:.2f} | {part['learner connector']:.2f} | "
-                  f"{part['SGD']:.2f} | {part['iteration']:.2f} |\n")
+                  f"{part['SGD']:.2f} | {part['iteration']:.2f} | {cpu['driver']:.2f} | {cpu['runner']:.2f} | "
+                  f"{part['steps'] / max(cpu['driver'], cpu['runner']):,.0f} |\n")
     if quality:
         table += ("\nTraining quality at equal env steps (learner's greedy play vs every scripted partner, "
                   f"{args.eval_episodes} games each, seed {args.seed}):\n\n"

@@ -194,12 +194,17 @@ class BatchedPPOLearnerConnector(ConnectorV2):
     def module_batch(self, module, data: EpisodeChunks) -> dict[str, Any]:
         """One module's train batch (tensors on the module's device) from its episode chunks."""
         device = next(module.parameters()).device
+        steps = len(data)
         with torch.no_grad():
             inputs = {k: np.concatenate([v, data.bootstrap_observations[k]]) for k, v in data.observations.items()}
-            values = module.compute_values(
-                {Columns.OBS: {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}})
+            inputs = {Columns.OBS: {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}}
+            if self.proximal:  # one pass for the logits and the values
+                out = module.forward_train(inputs)
+                logits = out[Columns.ACTION_DIST_INPUTS][:steps]
+                values = module.compute_values(inputs, embeddings=out.get(Columns.EMBEDDINGS))
+            else:
+                values = module.compute_values(inputs)
             values = values.cpu().numpy().astype(np.float64)
-        steps = len(data)
         bootstrap = np.zeros(len(data.ends))
         bootstrap[~data.terminated] = values[steps:]
         values = values[:steps]
@@ -214,7 +219,7 @@ class BatchedPPOLearnerConnector(ConnectorV2):
         observations = {k: tensor(v) for k, v in data.observations.items()}
         columns = {k: tensor(v) for k, v in data.columns.items()}
         if self.proximal:
-            columns, weights = proximal_columns(module, observations, columns)
+            columns, weights = proximal_columns(module, logits, columns)
             standardised = standardised * weights
         out = {Columns.OBS: observations, Postprocessing.ADVANTAGES: tensor(standardised.astype(np.float32)),
                Postprocessing.VALUE_TARGETS: tensor(targets)}
@@ -226,13 +231,12 @@ class BatchedPPOLearnerConnector(ConnectorV2):
 MAX_PROXIMAL_WEIGHT = 1.0
 
 
-def proximal_columns(module, observations: dict[str, torch.Tensor], columns: dict[str, torch.Tensor]
+def proximal_columns(module, logits: torch.Tensor, columns: dict[str, torch.Tensor]
                      ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """The batch's columns with the action-distribution inputs and log-probabilities of ``module``'s
-    current weights, and per step the truncated ratio of the act's probability under them to the
-    probability it was sampled with."""
+    """The batch's columns with ``logits`` (``module``'s action-distribution inputs at its current weights)
+    and their log-probabilities of the acts, and per step the truncated ratio of the act's probability under
+    them to the probability it was sampled with."""
     with torch.no_grad():
-        logits = module.forward_exploration({Columns.OBS: observations})[Columns.ACTION_DIST_INPUTS]
         log_probs = module.get_train_action_dist_cls().from_logits(logits).logp(columns[Columns.ACTIONS])
     ratio = torch.exp(log_probs - columns[Columns.ACTION_LOGP]).cpu().numpy().astype(np.float64)
     return ({**columns, Columns.ACTION_DIST_INPUTS: logits, Columns.ACTION_LOGP: log_probs},

@@ -4,9 +4,13 @@ RLlib's PPO samples a batch, updates on it, then samples again: with the learner
 step waits for the other and one core idles. :class:`OverlappedPPO` keeps one sample request in flight
 per remote env runner. An iteration takes the batch that request returns, sends the next request (with
 the learner's current weights) and updates on the taken batch while the env runners sample. The batch
-of update k is therefore sampled with the weights of update k-2 instead of k-1 -- one update behind, as
-in APPO and IMPALA. PPO's clipped objective stays correct, since its importance ratio divides by the
-log-probabilities recorded at sampling; the batch is only slightly more off-policy.
+of update k is therefore sampled with the weights from before update k-1 -- one update behind, as in
+APPO and IMPALA. Measured from those sampling probabilities, PPO's ratio and KL term would start each
+update already one update away from 1 and 0 (the clip would cut part of every update, and the adaptive
+KL coefficient would grow); the batched learner connector's ``proximal`` mode measures them from
+the learner's weights at the start of the update instead and weights the advantages by the truncated
+ratio to the sampling probabilities (see
+:class:`~parley.agents.training.rllib_connector.BatchedPPOLearnerConnector`).
 
 Counting: an iteration reports the env steps (and episode metrics) of the batch it trained on; the
 request still in flight when training stops is dropped uncounted. A restored algorithm starts with

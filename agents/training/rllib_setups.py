@@ -80,9 +80,9 @@ class PPOSettings:
     batched_sampling: bool = True
     #: Sample the next train batch on remote env runners while the learner updates on this one
     #: (:class:`~parley.agents.training.rllib_overlap.OverlappedPPO`): the sampling and the update run on two
-    #: cores at once, and each batch is sampled with weights one update older than in sequential PPO (PPO's
-    #: importance ratio uses the log-probabilities recorded at sampling). With ``num_env_runners=0`` one
-    #: remote env runner samples. False: RLlib's PPO, sampling then updating.
+    #: cores at once, and each batch is sampled with weights one update older than in sequential PPO, which
+    #: the batched learner connector corrects for (its ``proximal`` mode; needs ``batched_learner``). With
+    #: ``num_env_runners=0`` one remote env runner samples. False: RLlib's PPO, sampling then updating.
     overlap_sampling: bool = True
 
     @property
