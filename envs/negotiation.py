@@ -877,7 +877,7 @@ def _turn_fractions(max_turns: int) -> np.ndarray:
 
 
 def _offer_blocks(seat_obs: np.ndarray, layout: ObservationLayout) -> tuple[np.ndarray, np.ndarray]:
-    """Views of (N, D) float32 observations holding, as one opaque (void) element per row, the fields a
+    """Views of (N, D) stored observations holding, as one opaque (void) element per row, the fields a
     proposal's speaker rewrites (partner offer flag through own offer) and those its listener rewrites
     (partner offer flag and items)."""
     raw, width = seat_obs.view(np.uint8), seat_obs.itemsize
@@ -895,10 +895,10 @@ def _offer_block_tables(max_turns: int) -> tuple[np.ndarray, np.ndarray]:
     offer: the items left to it)."""
     lay = ObservationLayout(max_turns)
     speaker = np.zeros((1, NUM_SPLITS, lay.size), dtype=_SEAT_OBS_DTYPE)
-    speaker[0, :, lay.own_offer_flag] = 1.0
+    speaker[0, :, lay.own_offer_flag] = 1
     speaker[0, :, lay.own_offer] = ALL_SPLITS
     listener = np.zeros((NUM_SPLITS, NUM_SPLITS, lay.size), dtype=_SEAT_OBS_DTYPE)  # [count code, split]
-    listener[:, :, lay.partner_offer_flag] = 1.0
+    listener[:, :, lay.partner_offer_flag] = 1
     listener[:, :, lay.partner_offer] = ALL_SPLITS[:, None, :] - ALL_SPLITS[None, :, :]
     speaker_blocks, _ = _offer_blocks(speaker.reshape(-1, lay.size), lay)
     _, listener_blocks = _offer_blocks(listener.reshape(-1, lay.size), lay)

@@ -93,8 +93,10 @@ def _answer_by_partner(pool: Sequence[Policy], bounds: np.ndarray, observations:
 class _PoolDispatcher:
     """The vector env's partner: answers each waiting game with that game's partner from the pool.
 
-    The env calls ``act_batch`` on the games where the partner is to move, in row order; the dispatcher
-    recomputes those rows from the env's state to know which game each observation belongs to.
+    ``act_batch`` takes the observations of the games where the partner is to move, in row order, and
+    recomputes those rows from the env's state to know which game each observation belongs to. The env
+    itself reads the observations already grouped by partner (``PartnerPoolVectorEnv._partner_acts``);
+    both give the same acts.
     """
 
     def __init__(self, env: PartnerPoolVectorEnv) -> None:
