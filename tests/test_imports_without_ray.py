@@ -24,6 +24,7 @@ NEEDS_RL_EXTRA = frozenset({
     "parley.agents.training.rllib_connector",
     "parley.agents.training.rllib_envs",
     "parley.agents.training.rllib_module",
+    "parley.agents.training.rllib_overlap",
     "parley.agents.training.rllib_setups",
     "parley.agents.training.sb3",
 })
