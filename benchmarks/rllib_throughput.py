@@ -50,12 +50,14 @@ BATCHED = "batched env runner + batched learner connector, sampling then update"
 RLLIB_RUNNER = "RLlib's env runner + batched learner connector"
 RLLIB = "RLlib's env runner + RLlib's PPO learner pipeline"
 BIG_MINIBATCH = "batched, overlapped, minibatch 4,096"
+BFLOAT16 = "batched, overlapped, learner in bfloat16"
 SEQUENTIAL = {"overlap_sampling": False}
 #: PPOSettings changes of each path of the default setup
 PATHS = {OVERLAPPED: {"overlap_sampling": True}, BATCHED: SEQUENTIAL,
          RLLIB_RUNNER: {"batched_sampling": False, **SEQUENTIAL},
          RLLIB: {"batched_sampling": False, "batched_learner": False, **SEQUENTIAL},
-         BIG_MINIBATCH: {"minibatch_size": 4096, "overlap_sampling": True}}
+         BIG_MINIBATCH: {"minibatch_size": 4096, "overlap_sampling": True},
+         BFLOAT16: {"overlap_sampling": True, "precision": "bfloat16"}}
 SELF_PLAY_PATHS = {path: changes for path, changes in PATHS.items() if path != BIG_MINIBATCH}
 
 
@@ -208,7 +210,9 @@ def main() -> None:
               f"batched runner + connector / RLlib's defaults "
               f"{rate[(DEFAULT_SETUP, BATCHED)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x (the batched learner connector "
               f"alone {rate[(DEFAULT_SETUP, RLLIB_RUNNER)] / rate[(DEFAULT_SETUP, RLLIB)]:.2f}x); minibatch 4,096 / "
-              f"2,048 {rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, OVERLAPPED)]:.2f}x (both overlapped); self-play, "
+              f"2,048 {rate[(DEFAULT_SETUP, BIG_MINIBATCH)] / rate[(DEFAULT_SETUP, OVERLAPPED)]:.2f}x (both overlapped); "
+              f"learner in bfloat16 / float32 {rate[(DEFAULT_SETUP, BFLOAT16)] / rate[(DEFAULT_SETUP, OVERLAPPED)]:.2f}x "
+              f"(self-play {rate[(SELF_PLAY, BFLOAT16)] / rate[(SELF_PLAY, OVERLAPPED)]:.2f}x, both overlapped); self-play, "
               f"batched / RLlib's defaults {rate[(SELF_PLAY, BATCHED)] / rate[(SELF_PLAY, RLLIB)]:.2f}x; "
               f"2 env runners / 1 {rate[(REMOTE, '2 runners')] / rate[(REMOTE, '1 runner')]:.2f}x.")
     table = "\n".join(lines) + "\n\n" + ratios

@@ -34,6 +34,40 @@ def resolve_device(device: str = "auto") -> str:
     raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} (or 'cuda:N')")
 
 
+#: The number formats the forward and backward passes of a training update may run in.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str = "auto", device: str = "cpu") -> str:
+    """Return ``"float32"`` or ``"bfloat16"``: the format a training update's matrix products run in.
+
+    ``"auto"`` picks bfloat16 where the hardware multiplies it natively (a CPU with AMX tiles or AVX-512
+    bfloat16 instructions, a CUDA GPU that supports it), else float32. Losses, log-probabilities and the
+    optimizer's state stay float32 either way; acting is always float32.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if str(device).startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    cpu = getattr(torch, "cpu", None)
+    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported",
+                                                                     "_is_avx512_bf16_supported"))
+    return "bfloat16" if native else "float32"
+
+
+def training_autocast(precision: str, device: str = "cpu"):
+    """A context in which a training forward pass runs its matrix products in ``precision`` (a resolved
+    precision: ``"float32"`` or ``"bfloat16"``)."""
+    import torch
+
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, numpy and torch (if installed); return a numpy generator on that seed."""
     random.seed(seed)

@@ -14,6 +14,8 @@ The module's ``model_config`` (a plain dict) says what to build:
 ``backbone``          a name from :func:`parley.agents.nn.backbones.list_backbones` (default ``"mlp"``)
 ``backbone_config``   keyword arguments for that backbone
 ``trainable``         ``"all"`` (default) or ``"adapters"``: train only Compacter adapter parameters
+``precision``         ``"float32"`` (default) or ``"bfloat16"``: the format of the training forward pass's
+                      matrix products (:func:`parley.utils.resolve_precision`); acting is float32
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from parley.agents.nn.compacter import freeze_all_but_adapters
 from parley.agents.nn.torch_policy import ActorCritic, LogSoftmaxCategorical, TorchPolicy, mask_logits
+from parley.utils import training_autocast
 
 OBSERVATION_KEY = "observation"
 MASK_KEY = "action_mask"
@@ -90,6 +93,7 @@ class NegotiationRLModule(TorchRLModule, ValueFunctionAPI):
         self.model = build_network(self.backbone_name, self.observation_size, self.backbone_config)
         if config.get("trainable", "all") == "adapters":
             freeze_all_but_adapters(self.model)
+        self.precision: str = config.get("precision", "float32")
 
     def _features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         obs = batch[Columns.OBS]
@@ -101,10 +105,13 @@ class NegotiationRLModule(TorchRLModule, ValueFunctionAPI):
         return {Columns.ACTION_DIST_INPUTS: mask_logits(self.model.policy_head(features), mask)}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Training: the masked logits and the backbone features, which the PPO loss's values reuse."""
-        features, mask = self._features(batch)
-        logits = mask_logits(self.model.policy_head(features), mask)
-        return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: features}
+        """Training: the masked logits and the backbone features, which the PPO loss's values reuse. The
+        matrix products run in the module's ``precision``; what leaves is float32."""
+        with training_autocast(self.precision, next(self.model.parameters()).device.type):
+            features, mask = self._features(batch)
+            logits = self.model.policy_head(features)
+        logits = mask_logits(logits.float(), mask)
+        return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: features.float()}
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
         if embeddings is None:
@@ -113,16 +120,19 @@ class NegotiationRLModule(TorchRLModule, ValueFunctionAPI):
 
 
 def module_spec(backbone: str = "mlp", backbone_config: dict[str, Any] | None = None, *,
-                trainable: str = "all", observation_space: gym.Space | None = None,
+                trainable: str = "all", precision: str = "float32", observation_space: gym.Space | None = None,
                 action_space: gym.Space | None = None) -> RLModuleSpec:
     """An :class:`RLModuleSpec` for :class:`NegotiationRLModule` (spaces are filled from the env if None)."""
     if trainable not in ("all", "adapters"):
         raise ValueError(f"trainable must be 'all' or 'adapters', got {trainable!r}")
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16' (resolve 'auto' first), got {precision!r}")
     return RLModuleSpec(
         module_class=NegotiationRLModule,
         observation_space=observation_space,
         action_space=action_space,
-        model_config={"backbone": backbone, "backbone_config": dict(backbone_config or {}), "trainable": trainable},
+        model_config={"backbone": backbone, "backbone_config": dict(backbone_config or {}), "trainable": trainable,
+                      "precision": precision},
     )
 
 

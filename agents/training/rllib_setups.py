@@ -84,6 +84,9 @@ class PPOSettings:
     #: the batched learner connector corrects for (its ``proximal`` mode; needs ``batched_learner``). With
     #: ``num_env_runners=0`` one remote env runner samples. False: RLlib's PPO, sampling then updating.
     overlap_sampling: bool = True
+    #: The format of the learner's forward and backward passes: ``"float32"`` or ``"bfloat16"`` (see
+    #: :func:`parley.utils.resolve_precision`); env runners act in float32 either way.
+    precision: str = "float32"
 
     @property
     def remote_env_runners(self) -> int:
@@ -96,6 +99,8 @@ class PPOSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_env_runners < 0:
             raise ValueError(f"num_env_runners must be 0 or more, got {self.num_env_runners}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.overlap_sampling and not self.batched_learner:
             raise ValueError("overlap_sampling needs batched_learner: the batched learner connector corrects for "
                              "the older weights the batches are sampled with (set both, or overlap_sampling=False)")
@@ -289,7 +294,8 @@ def partner_pool_config(partners: list[str], *, backbone: str = "mlp", backbone_
         .env_runners(num_envs_per_env_runner=envs, gym_env_vectorize_mode="vector_entry_point",
                      rollout_fragment_length=fragment,
                      env_runner_cls=BatchedPartnerPoolEnvRunner if settings.batched_sampling else PartnerPoolEnvRunner)
-        .rl_module(rl_module_spec=module_spec(backbone, backbone_config, trainable=trainable))
+        .rl_module(rl_module_spec=module_spec(backbone, backbone_config, trainable=trainable,
+                                              precision=settings.precision))
         .callbacks(NegotiationMetricsCallback)
     )
 
@@ -318,7 +324,7 @@ def self_play_config(*, backbone: str = "mlp", backbone_config: dict | None = No
     settings = settings or PPOSettings()
     if league_size < 1:
         raise ValueError(f"league_size must be at least 1, got {league_size}")
-    specs = {LEARNER: module_spec(backbone, backbone_config, trainable=trainable)}
+    specs = {LEARNER: module_spec(backbone, backbone_config, trainable=trainable, precision=settings.precision)}
     specs.update({slot: module_spec(backbone, backbone_config) for slot in league_ids(league_size)})
     return (
         _multi_agent_base(settings, seed, device, batched, [LEARNER])
@@ -334,7 +340,8 @@ def independent_learners_config(*, backbone: str = "mlp", backbone_config: dict 
                                 trainable: str = "all", batched: bool = True) -> PPOConfig:
     """Setup 3: two learners, one per seat, trained independently (``batched``: on the batched rules)."""
     settings = settings or PPOSettings()
-    specs = {m: module_spec(backbone, backbone_config, trainable=trainable) for m in ("learner_0", "learner_1")}
+    specs = {m: module_spec(backbone, backbone_config, trainable=trainable, precision=settings.precision)
+             for m in ("learner_0", "learner_1")}
     return (
         _multi_agent_base(settings, seed, device, batched, list(specs))
         .multi_agent(policies=set(specs), policy_mapping_fn=independent_mapping,
