@@ -45,6 +45,60 @@ def test_training_autocast_runs_matrix_products_in_the_asked_format():
         assert layer(x).dtype == torch.float32
 
 
+def native_run(precision: str, opponent_model: bool = False):
+    from parley.agents.nn.torch_policy import TorchPolicy
+    from parley.agents.partners.scripted import make_partner
+    from parley.agents.training.ppo import PPOConfig, train_ppo
+
+    learner = TorchPolicy("mlp", 36, {"hidden_sizes": [64, 64]}, device="cpu", deterministic=False, seed=3,
+                          opponent_model=opponent_model)
+    config = PPOConfig(total_games=256, games_per_iteration=128, precision=precision, seed=3,
+                       opponent_model_coef=0.5 if opponent_model else 0.0)
+    result = train_ppo(learner, [make_partner("boulware"), make_partner("conceder")], config)
+    return learner, result.history
+
+
+@pytest.mark.parametrize("opponent_model", [False, True])
+def test_native_update_in_bfloat16_trains_and_differs_from_float32_only_by_rounding(opponent_model):
+    full, full_rows = native_run("float32", opponent_model)
+    half, half_rows = native_run("bfloat16", opponent_model)
+    assert all(np.isfinite(row["approx_kl"]) for row in half_rows)
+    # the first iteration's games are the same (acting is float32 and seeded alike) ...
+    assert half_rows[0]["score"] == full_rows[0]["score"]
+    # ... and the updates differ: the matrix products ran in bfloat16, and every weight still moved
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), half.model.state_dict().items()):
+        assert a.dtype == b.dtype == torch.float32, name
+    assert any(not torch.equal(a, b) for a, b in zip(full.model.parameters(), half.model.parameters()))
+
+
+def test_native_settings_refuse_unresolved_precision():
+    from parley.agents.training.ppo import PPOConfig
+
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'"):
+        PPOConfig(precision="auto")
+
+
+def test_train_config_checks_precision_where_it_is_given():
+    from parley.agents.training.run import TrainConfig, TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="auto, float32, bfloat16"):
+        TrainConfig(framework="native", precision="half").validate()
+    with pytest.raises(TrainConfigError, match="--precision needs --framework rllib or native"):
+        TrainConfig(framework="sb3", precision="bfloat16").validate()
+
+
+
+def test_parley_train_refuses_an_unknown_precision_on_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from parley.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--framework", "native", "--precision", "half",
+                                      "--out", str(tmp_path / "run")], env={"COLUMNS": "250"})
+    assert result.exit_code == 2 and "unknown precision 'half'" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
 ray = pytest.importorskip("ray")
 
 from parley.agents.training import rllib_setups as setups  # noqa: E402
@@ -87,3 +141,14 @@ def test_precision_settings_refuse_unresolved_or_unknown_formats():
         setups.PPOSettings(precision="auto")
     with pytest.raises(ValueError, match="resolve 'auto' first"):
         build_module("auto")
+
+
+def test_parley_train_precision_reaches_the_learners_module():
+    from parley.agents.training.rllib import build_algorithm_config
+    from parley.agents.training.run import TrainConfig
+
+    for given, expected in (("bfloat16", "bfloat16"), ("float32", "float32"),
+                            ("auto", resolve_precision("auto", "cpu"))):
+        config = TrainConfig(precision=given, device="cpu").validate()
+        algo_config = build_algorithm_config(config, "mlp", {}, "all")
+        assert algo_config.rl_module_spec.model_config["precision"] == expected

@@ -93,6 +93,10 @@ def train_command(
     overlap_sampling: bool = typer.Option(DEFAULTS.overlap_sampling, "--overlap-sampling/--no-overlap-sampling",
                                           help="RLlib: a remote env runner samples the next batch while the "
                                                "learner updates on this one (weights one update older)."),
+    precision: str = typer.Option(DEFAULTS.precision, "--precision",
+                                  help="float32, bfloat16 or auto (bfloat16 where the CPU or GPU multiplies it "
+                                       "natively): the format of the PPO update's matrix products; acting "
+                                       "stays float32. RLlib and native."),
 ) -> None:
     """Train a negotiation policy with PPO; ends with an evaluation table and the checkpoint path."""
     import yaml
@@ -117,7 +121,8 @@ def train_command(
                   league_size=league_size,
                   league_threshold=league_threshold, lr=lr, train_batch_size=train_batch_size,
                   minibatch_size=minibatch_size, num_epochs=num_epochs, opponent_model_coef=opponent_model_coef,
-                  opponent_model_target=opponent_model_target, live=live, verbose=verbose, overlap_sampling=overlap_sampling)
+                  opponent_model_target=opponent_model_target, live=live, verbose=verbose, overlap_sampling=overlap_sampling,
+                  precision=precision)
     parameter = {"num_envs_per_env_runner": "num_envs"}
     given = {key: value for key, value in values.items()
              if ctx.get_parameter_source(parameter.get(key, key)).name in GIVEN_SOURCES}

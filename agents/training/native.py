@@ -64,9 +64,10 @@ OPTIMIZER_FILE = "optimizer.pt"
 UNLIMITED_GAMES = 2**40
 
 
-def ppo_config_for(config: TrainConfig):
-    """The :class:`~parley.agents.training.ppo.PPOConfig` of a native run."""
+def ppo_config_for(config: TrainConfig, device: str = "cpu"):
+    """The :class:`~parley.agents.training.ppo.PPOConfig` of a native run whose learner is on ``device``."""
     from parley.agents.training.ppo import PPOConfig
+    from parley.utils import resolve_precision
 
     return PPOConfig(
         total_games=UNLIMITED_GAMES,
@@ -79,6 +80,7 @@ def ppo_config_for(config: TrainConfig):
         max_turns=config.max_turns,
         opponent_model_coef=config.opponent_model_coef,
         opponent_model_target=config.opponent_model_target,
+        precision=resolve_precision(config.precision, device),
         seed=config.seed,
     )
 
@@ -127,7 +129,7 @@ def train_native(config: TrainConfig, run: Path, *, console=None, on_iteration=N
     else:
         learner = build_learner(config, device)
     frozen = [name for name, param in learner.model.named_parameters() if not param.requires_grad]
-    ppo = ppo_config_for(config)
+    ppo = ppo_config_for(config, device)
     logger = RunLogger(run, resume_from=iteration)
     view = LiveView(console, f"parley train: partners, {learner.backbone_name} backbone, native PPO -> {run}",
                     enabled=config.live)

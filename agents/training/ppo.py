@@ -59,6 +59,7 @@ from parley.envs.corpus import ActDataset
 from parley.envs.negotiation import AGREE_ACTION, DEFAULT_MAX_TURNS, NUM_ACTIONS, sample_context_arrays
 from parley.envs.play import PlayStep, play_batch, seating_for
 from parley.envs.policy import Policy
+from parley.utils import training_autocast
 
 #: Reward names and what they pay the learner at the end of a game (own/partner are points, 0..10).
 REWARDS: dict[str, str] = {
@@ -102,9 +103,14 @@ class PPOConfig:
     opponent_model_target: str = "reply"  # a key of OPPONENT_MODEL_TARGETS
     max_turns: int = DEFAULT_MAX_TURNS
     reward_scale: float = 0.1
+    #: the format of the update's forward and backward passes, "float32" or "bfloat16"
+    #: (:func:`parley.utils.resolve_precision`); rollouts act in float32 either way
+    precision: str = "float32"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
         if self.games_per_iteration < 1 or self.total_games < 1:
@@ -372,10 +378,12 @@ def train_ppo(learner: TorchPolicy, partner: Policy | Sequence[Policy], config: 
             order = torch.randperm(batch, device=device)
             for start in range(0, batch, minibatch):
                 mb = order[start:start + minibatch]
-                if opponent_model:
-                    logits, value, opponent_logits = model.forward_with_opponent(b_obs[mb], b_act[mb])
-                else:
-                    logits, value = model(b_obs[mb])
+                with training_autocast(config.precision, str(device)):
+                    if opponent_model:
+                        logits, value, opponent_logits = model.forward_with_opponent(b_obs[mb], b_act[mb])
+                        opponent_logits = opponent_logits.float()
+                    else:
+                        logits, value = model(b_obs[mb])
                 dist = LogSoftmaxCategorical(mask_logits(logits.float(), b_mask[mb]))
                 logp = dist.log_prob(b_act[mb])
                 log_ratio = logp - b_logp[mb]

@@ -147,14 +147,15 @@ def start_ray(address: str | None, *, verbose: bool = False) -> bool:
 def build_algorithm_config(config: TrainConfig, backbone: str, backbone_config: dict[str, Any], trainable: str):
     """The PPOConfig of the configured setup."""
     from parley.agents.training import rllib_setups as setups
-    from parley.utils import resolve_device
+    from parley.utils import resolve_device, resolve_precision
 
+    device = resolve_device(config.device)
     settings = setups.PPOSettings(
         lr=config.lr, entropy_coeff=config.entropy_coeff, train_batch_size=config.train_batch_size,
         minibatch_size=config.minibatch_size, num_epochs=config.num_epochs,
         num_env_runners=config.num_env_runners, num_envs_per_env_runner=config.num_envs_per_env_runner,
-        max_turns=config.max_turns, reward_scale=config.reward_scale, overlap_sampling=config.overlap_sampling)
-    device = resolve_device(config.device)
+        max_turns=config.max_turns, reward_scale=config.reward_scale, overlap_sampling=config.overlap_sampling,
+        precision=resolve_precision(config.precision, device))
     common = dict(backbone=backbone, backbone_config=backbone_config, settings=settings, seed=config.seed,
                   device=device, trainable=trainable)
     if config.setup == "self-play":

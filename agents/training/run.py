@@ -110,6 +110,7 @@ class TrainConfig:
     live: bool = True
     verbose: bool = False  # RLlib: Ray's and RLlib's log on the console instead of only in runs/NAME/ray.log
     overlap_sampling: bool = True  # RLlib: sample the next batch on a remote env runner during the update
+    precision: str = "float32"  # RLlib and native: the update's matrix products (parley.utils.PRECISIONS)
 
     @property
     def setup(self) -> str:
@@ -205,6 +206,13 @@ class TrainConfig:
         if self.opponent_model_coef > 0 and self.framework != "native":
             raise TrainConfigError("--opponent-model-coef needs --framework native (the auxiliary opponent-model "
                                    f"head is trained by parley's own PPO), not --framework {self.framework}")
+        from parley.utils import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.precision != "float32" and self.framework == "sb3":
+            raise TrainConfigError("--precision needs --framework rllib or native (Stable-Baselines3 trains in "
+                                   "float32)")
         if self.partner_sampling == "prioritised" and self.framework != "native":
             raise TrainConfigError("--partner-sampling prioritised needs --framework native (RLlib and "
                                    "Stable-Baselines3 draw partners uniformly)")
