@@ -36,6 +36,8 @@ def resolve_device(device: str = "auto") -> str:
 
 #: The number formats the forward and backward passes of a training update may run in.
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: What :func:`resolve_precision` returns: the formats a training update is set up with.
+RESOLVED_PRECISIONS = ("float32", "bfloat16")
 
 
 def resolve_precision(precision: str = "auto", device: str = "cpu") -> str:

@@ -59,7 +59,7 @@ from parley.envs.corpus import ActDataset
 from parley.envs.negotiation import AGREE_ACTION, DEFAULT_MAX_TURNS, NUM_ACTIONS, sample_context_arrays
 from parley.envs.play import PlayStep, play_batch, seating_for
 from parley.envs.policy import Policy
-from parley.utils import training_autocast
+from parley.utils import RESOLVED_PRECISIONS, training_autocast
 
 #: Reward names and what they pay the learner at the end of a game (own/partner are points, 0..10).
 REWARDS: dict[str, str] = {
@@ -109,7 +109,7 @@ class PPOConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.precision not in ("float32", "bfloat16"):
+        if self.precision not in RESOLVED_PRECISIONS:
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")

@@ -34,7 +34,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from parley.agents.nn.compacter import freeze_all_but_adapters
 from parley.agents.nn.torch_policy import ActorCritic, LogSoftmaxCategorical, TorchPolicy, mask_logits
-from parley.utils import training_autocast
+from parley.utils import RESOLVED_PRECISIONS, training_autocast
 
 OBSERVATION_KEY = "observation"
 MASK_KEY = "action_mask"
@@ -125,7 +125,7 @@ def module_spec(backbone: str = "mlp", backbone_config: dict[str, Any] | None = 
     """An :class:`RLModuleSpec` for :class:`NegotiationRLModule` (spaces are filled from the env if None)."""
     if trainable not in ("all", "adapters"):
         raise ValueError(f"trainable must be 'all' or 'adapters', got {trainable!r}")
-    if precision not in ("float32", "bfloat16"):
+    if precision not in RESOLVED_PRECISIONS:
         raise ValueError(f"precision must be 'float32' or 'bfloat16' (resolve 'auto' first), got {precision!r}")
     return RLModuleSpec(
         module_class=NegotiationRLModule,

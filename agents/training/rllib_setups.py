@@ -46,6 +46,7 @@ from parley.agents.training.rllib_envs import (
 )
 from parley.agents.training.rllib_module import module_spec
 from parley.agents.training.rllib_overlap import OverlappedPPO
+from parley.utils import RESOLVED_PRECISIONS
 
 SETUPS = ("partners", "self-play", "independent")
 LEARNER = "learner"
@@ -99,7 +100,7 @@ class PPOSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_env_runners < 0:
             raise ValueError(f"num_env_runners must be 0 or more, got {self.num_env_runners}")
-        if self.precision not in ("float32", "bfloat16"):
+        if self.precision not in RESOLVED_PRECISIONS:
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.overlap_sampling and not self.batched_learner:
             raise ValueError("overlap_sampling needs batched_learner: the batched learner connector corrects for "
