@@ -1107,12 +1107,21 @@ class BatchedNegotiation:
         """End games at ``idx`` with no deal (used for illegal-action penalties)."""
         self.done[np.asarray(idx, dtype=np.int64)] = True
 
-    def returns(self) -> np.ndarray:
-        """(B, 2) scores; ``no_deal_reward`` where there is no deal (or the game is still running)."""
-        s0 = (self.agreed_split * self.values[:, 0]).sum(-1)
-        s1 = ((self.counts - self.agreed_split) * self.values[:, 1]).sum(-1)
-        scores = np.stack([s0, s1], axis=1).astype(np.float64)
-        return np.where(self.agreed[:, None], scores, self.no_deal_reward)
+    def returns(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """(B, 2) scores; ``no_deal_reward`` where there is no deal (or the game is still running).
+
+        With ``rows`` (indices), only those games, one score row each.
+        """
+        if rows is None:
+            rows = np.arange(self.batch_size)
+        kept = np.take(self.agreed_split, rows, axis=0)
+        values = np.take(self.values, rows, axis=0)
+        given = np.take(self.counts, rows, axis=0) - kept
+        # Written out per item type: a reduction over a length-3 axis costs more than the arithmetic.
+        scores = np.empty((len(rows), 2), dtype=np.float64)
+        scores[:, 0] = kept[:, 0] * values[:, 0, 0] + kept[:, 1] * values[:, 0, 1] + kept[:, 2] * values[:, 0, 2]
+        scores[:, 1] = given[:, 0] * values[:, 1, 0] + given[:, 1] * values[:, 1, 1] + given[:, 2] * values[:, 1, 2]
+        return np.where(np.take(self.agreed, rows)[:, None], scores, self.no_deal_reward)
 
     def metrics(self) -> dict[str, np.ndarray]:
         m = outcome_metrics_batch(self.counts, self.values, self.agreed_split, self.agreed, self.no_deal_reward)

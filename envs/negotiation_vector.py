@@ -196,7 +196,7 @@ class NegotiationVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         ended = np.flatnonzero(terminated)
         if ended.size:
-            scores = self._scores(ended)
+            scores = self.game.returns(ended)
             own = np.where(self.side[ended] == 0, scores[:, 0], scores[:, 1])
             rewards[ended] = np.where(self.penalized[ended], self.illegal_penalty, own)
             infos = self._final_infos(ended, scores, rewards[ended])
@@ -272,18 +272,6 @@ class NegotiationVectorEnv(VectorEnv):
     def _observations(self) -> dict[str, np.ndarray]:
         self.masks = self.game.legal_masks()
         return {"observation": self.game.observations(self.side), "action_mask": self.masks}
-
-    def _scores(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), 2) final scores of those games (``BatchedNegotiation.returns`` for a subset)."""
-        game = self.game
-        kept = np.take(game.agreed_split, rows, axis=0)
-        values = np.take(game.values, rows, axis=0)
-        given = np.take(game.counts, rows, axis=0) - kept
-        # Written out per item type: a reduction over a length-3 axis costs more than the arithmetic.
-        scores = np.empty((len(rows), 2), dtype=np.float64)
-        scores[:, 0] = kept[:, 0] * values[:, 0, 0] + kept[:, 1] * values[:, 0, 1] + kept[:, 2] * values[:, 0, 2]
-        scores[:, 1] = given[:, 0] * values[:, 1, 0] + given[:, 1] * values[:, 1, 1] + given[:, 2] * values[:, 1, 2]
-        return np.where(game.agreed[rows][:, None], scores, self.no_deal_reward)
 
     def _final_infos(self, ended: np.ndarray, scores: np.ndarray, rewards: np.ndarray) -> dict[str, Any]:
         game = self.game
